@@ -1,0 +1,1 @@
+"""Built-in object-store backends (installed as ``rayr.backends``)."""

@@ -1,0 +1,446 @@
+"""The Ray-compatible API: init, shutdown, get, put, wait, remote and cluster queries."""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from rayr import context
+from rayr.config import Settings, env_address, load_settings
+from rayr.context import RuntimeContext, state
+from rayr.core_worker import CoreWorker
+from rayr.gcs.client import GcsClient, connect, normalize_address
+from rayr.ids import WorkerID
+from rayr.keys import Keys
+from rayr.node import LocalCluster
+from rayr.object_ref import ObjectRef
+from rayr.object_store.registry import open_backend
+from rayr.remote_function import RemoteFunction
+
+SESSION_FILE = "rayr_current_cluster"
+
+
+@dataclass
+class RayContext:
+    """What ``init()`` returns: where the cluster is and which node this driver uses."""
+
+    address_info: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.address_info[key]
+
+    def disconnect(self) -> None:
+        shutdown()
+
+    def __enter__(self) -> RayContext:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+
+def session_file_path(settings: Settings) -> str:
+    return os.path.join(settings.temp_dir, SESSION_FILE)
+
+
+def read_session_file(settings: Settings) -> dict[str, Any] | None:
+    """The cluster that ``rayr start`` recorded on this host, if any."""
+    try:
+        with open(session_file_path(settings)) as f:
+            return dict(json.load(f))
+    except (OSError, ValueError):
+        return None
+
+
+def _reachable(url: str, password: str | None) -> bool:
+    client = connect(url, password, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _resolve_address(address: str | None, settings: Settings) -> tuple[str | None, str | None]:
+    """(Redis URL, password) of the cluster to join, or (None, None) to start one."""
+    if address == "local":  # as in Ray: always start a new local cluster
+        return None, None
+    if not address:
+        address = env_address()
+        if address is None:
+            recorded = read_session_file(settings)
+            if recorded and _reachable(recorded["address"], recorded.get("password")):
+                return recorded["address"], recorded.get("password")
+            return None, None
+    if address == "auto":
+        address = env_address()
+        if address is None:
+            recorded = read_session_file(settings)
+            if recorded is None:
+                raise ConnectionError(
+                    "init(address='auto') found no cluster: RAYR_ADDRESS is not set and "
+                    f"{session_file_path(settings)} does not exist. Start one with "
+                    "`rayr start --head`, or call init() without an address to start a local one."
+                )
+            return recorded["address"], recorded.get("password")
+    url = normalize_address(address)
+    return url, settings.redis_password
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    object_store_backend: str | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    include_dashboard: bool | None = None,
+    logging_level: str | int | None = None,
+    _redis_password: str | None = None,
+    _temp_dir: str | None = None,
+    _cluster_name: str | None = None,
+) -> RayContext:
+    """Connect this process to a cluster, starting a local one when there is none.
+
+    With no address it joins ``RAYR_ADDRESS`` or a cluster started on this host with
+    ``rayr start``; otherwise it starts Redis, the monitor and a raylet as child processes
+    that stop with ``shutdown()`` or when this process exits, however it exits.
+    ``address`` may be ``"host:port"``, ``"redis://host:port"`` or ``"auto"``.
+
+    Raises:
+        RuntimeError: already initialized (unless ``ignore_reinit_error``).
+        ConnectionError: the given cluster cannot be reached.
+        ValueError: a bad argument.
+    """
+    del include_dashboard  # rayr has no dashboard; accepted so Ray scripts run unchanged
+    with state.lock:
+        if state.core is not None:
+            if ignore_reinit_error:
+                return RayContext(_address_info(state.core))
+            raise RuntimeError(
+                "Maybe you called init() twice by accident? This error can be suppressed by "
+                "passing ignore_reinit_error=True, or by calling shutdown() first."
+            )
+        level = logging_level if not isinstance(logging_level, int) else _level_name(logging_level)
+        settings = load_settings(
+            {
+                "temp_dir": _temp_dir,
+                "redis_password": _redis_password,
+                "object_store_backend": object_store_backend,
+                "object_store_memory": object_store_memory,
+                "cluster_name": _cluster_name,
+                "log_level": level,
+            }
+        )
+        if object_store_backend is not None:
+            from rayr.object_store.registry import get_backend_class
+
+            get_backend_class(object_store_backend)  # unknown name: ValueError now, not in a child
+        url, password = _resolve_address(address, settings)
+        cluster = None
+        if url is None:
+            os.makedirs(settings.temp_dir, exist_ok=True)
+            cluster = LocalCluster.new_session(settings)
+            try:
+                cluster.start_head(
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    resources=resources,
+                    object_store_memory=object_store_memory,
+                )
+            except BaseException:
+                cluster.shutdown()
+                raise
+            url = cluster.redis_url
+        else:
+            if num_cpus is not None or num_gpus is not None or resources is not None:
+                raise ValueError(
+                    "When connecting to an existing cluster, num_cpus, num_gpus and resources "
+                    "must not be given; they are set when the cluster's nodes start."
+                )
+            if password is not None:
+                settings.redis_password = password
+            if not _reachable(url, settings.redis_password):
+                raise ConnectionError(
+                    f"Could not reach a rayr cluster at {url}. Start one with "
+                    "`rayr start --head`, or call init() with no address to start a local one."
+                )
+        try:
+            state.core = _connect(url, settings, namespace)
+        except BaseException:
+            if cluster is not None:
+                cluster.shutdown()
+            raise
+        state.cluster = cluster
+        _register_atexit()
+        return RayContext(_address_info(state.core))
+
+
+def _level_name(level: int) -> str:
+    import logging
+
+    return logging.getLevelName(level)
+
+
+def _address_info(core: CoreWorker) -> dict[str, Any]:
+    cluster = state.cluster
+    return {
+        "address": core.gcs.r.connection_pool.connection_kwargs.get("host", ""),
+        "redis_address": _url_of(core),
+        "node_id": core.node_hex,
+        "session_dir": cluster.session_dir if cluster else "",
+        "job_id": core.job_id.hex(),
+    }
+
+
+def _url_of(core: CoreWorker) -> str:
+    kw = core.gcs.r.connection_pool.connection_kwargs
+    return f"redis://{kw.get('host')}:{kw.get('port')}"
+
+
+def _driver_sys_path() -> list[str]:
+    """Directories workers add to their import path so the driver's own modules import."""
+    skip = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    out = [os.getcwd()]
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if os.path.isdir(path) and not any(path.startswith(s + os.sep) or path == s for s in skip):
+            out.append(path)
+    return list(dict.fromkeys(out))
+
+
+def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
+    keys = Keys(settings.cluster_name)
+    gcs = GcsClient(connect(url, settings.redis_password), keys)
+    nodes = gcs.alive_nodes()
+    if not nodes:
+        raise ConnectionError(f"The cluster at {url} has no live nodes; start one with `rayr start`.")
+    hostname = socket.gethostname()
+    local = [n for n in nodes if n.get("hostname") == hostname]
+    if not local:
+        raise ConnectionError(
+            f"No rayr node of the cluster at {url} runs on this host ({hostname}); a driver "
+            "needs a local node: run `rayr start --address ...` here first."
+        )
+    node = sorted(local, key=lambda n: (n.get("is_head") != "1", n.get("start_time", "")))[0]
+    namespace = namespace or f"anonymous-{uuid.uuid4().hex}"
+    job_id = gcs.new_job(
+        {
+            "driver_pid": os.getpid(),
+            "driver_node": node["node_id"],
+            "namespace": namespace,
+            "entrypoint": " ".join(sys.argv),
+            "sys_path": _driver_sys_path(),
+        }
+    )
+    store = open_backend(node["store_backend"], node["store_namespace"])
+    return CoreWorker(
+        gcs=gcs,
+        blocking_redis=connect(url, settings.redis_password),
+        settings=settings,
+        node_hex=node["node_id"],
+        store=store,
+        job_id=job_id,
+        worker_hex=WorkerID.from_random().hex(),
+        namespace=namespace,
+    )
+
+
+_atexit_registered = False
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
+
+
+def shutdown() -> None:
+    """Disconnect; stop the processes ``init()`` started; free this job's objects."""
+    with state.lock:
+        core, cluster = state.core, state.cluster
+        state.core = None
+        state.cluster = None
+        if core is not None:
+            core.shutdown()
+            job = core.job_id
+            try:
+                core.gcs.finish_job(job.hex())
+            except redis.RedisError:
+                pass
+            core.store.cleanup(job.binary())
+            core.gcs.r.close()
+        if cluster is not None:
+            cluster.shutdown()
+
+
+def is_initialized() -> bool:
+    """Whether this process is connected to a cluster."""
+    return state.core is not None
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+        raise ValueError(f"'timeout' must be None or a non-negative number of seconds, got {timeout!r}")
+
+
+def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+    """The value of a ref, or the values of a list of refs, waiting as needed.
+
+    Raises:
+        GetTimeoutError: not ready within ``timeout`` seconds.
+        RayTaskError: the task failed (the error is also an instance of the original class).
+    """
+    _check_timeout(timeout)
+    if isinstance(object_refs, ObjectRef):
+        return context.require_core().get([object_refs], timeout)[0]
+    if not isinstance(object_refs, list):
+        raise ValueError(
+            f"Invalid type of object refs, {type(object_refs).__name__}, is given. "
+            "'object_refs' must either be an ObjectRef or a list of ObjectRefs."
+        )
+    for ref in object_refs:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"Attempting to call `get` on the value {ref!r}, which is not an ObjectRef.")
+    if not object_refs:
+        return []
+    return context.require_core().get(object_refs, timeout)
+
+
+def put(value: Any) -> ObjectRef:
+    """Store ``value`` in the cluster; returns its ref."""
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "Calling put() on an ObjectRef is not allowed. If you really want to do this, "
+            "wrap it in a list: put([ref])."
+        )
+    return context.require_core().put(value)
+
+
+def wait(
+    object_refs: list[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split refs into (ready, not ready) once ``num_returns`` are ready or time runs out.
+
+    Both lists keep the input order; ``ready`` holds at most ``num_returns`` refs.
+    """
+    del fetch_local  # values are read where they live; nothing to prefetch yet
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expected a list of ObjectRef, got a single ObjectRef")
+    if not isinstance(object_refs, list):
+        raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
+    _check_timeout(timeout)
+    for ref in object_refs:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(ref).__name__}")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns!r}; it must be >= 1.")
+    if not object_refs:
+        return [], []
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if num_returns > len(object_refs):
+        raise ValueError(
+            f"num_returns ({num_returns}) cannot be greater than the number of objects "
+            f"provided to wait() ({len(object_refs)})."
+        )
+    oids = [r.binary() for r in object_refs]
+    ready_ids = context.require_core().wait_ready(oids, num_returns, timeout)
+    ready: list[ObjectRef] = []
+    not_ready: list[ObjectRef] = []
+    for ref in object_refs:
+        if ref.binary() in ready_ids and len(ready) < num_returns:
+            ready.append(ref)
+        else:
+            not_ready.append(ref)
+    return ready, not_ready
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """Make a function a remote function: ``@remote`` or ``@remote(num_cpus=..., ...)``."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "The @remote decorator takes either a function or keyword options, "
+            "e.g. @remote(num_cpus=2)."
+        )
+    return lambda target: _make_remote(target, kwargs)
+
+
+def _make_remote(target: Callable, options: dict[str, Any]) -> RemoteFunction:
+    if inspect.isclass(target):
+        raise NotImplementedError(
+            f"@remote on a class ({target.__name__}) makes an actor; actors are not in this "
+            "build of rayr yet. Remote functions work."
+        )
+    if not callable(target):
+        raise TypeError(f"@remote expects a function, got {type(target).__name__}")
+    return RemoteFunction(target, options)
+
+
+def get_runtime_context() -> RuntimeContext:
+    """Ids of the current node, job, task and worker."""
+    return RuntimeContext(context.require_core())
+
+
+def _sum(nodes: list[dict[str, Any]], field_name: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for node in nodes:
+        for name, amount in node[field_name].items():
+            total[name] = total.get(name, 0.0) + float(amount)
+    return total
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of all live nodes."""
+    return _sum(context.require_core().gcs.alive_nodes(), "resources_total")
+
+
+def available_resources() -> dict[str, float]:
+    """Resources free right now (as of the nodes' last heartbeats); zeros left out."""
+    free = _sum(context.require_core().gcs.alive_nodes(), "resources_available")
+    return {k: v for k, v in free.items() if v > 1e-9}
+
+
+def nodes() -> list[dict[str, Any]]:
+    """Every node the cluster has seen, with Ray's key names."""
+    out = []
+    for node in context.require_core().gcs.list_nodes():
+        alive = node.get("state") == "ALIVE"
+        out.append(
+            {
+                "NodeID": node["node_id"],
+                "Alive": alive,
+                "alive": alive,
+                "NodeManagerAddress": node.get("host", ""),
+                "NodeManagerHostname": node.get("hostname", ""),
+                "NodeManagerPort": 0,
+                "ObjectStoreSocketName": node.get("store_namespace", ""),
+                "RayletSocketName": "",
+                "NodeName": node.get("host", ""),
+                "Resources": node["resources_total"] if alive else {},
+                "IsHead": node.get("is_head") == "1",
+                "DeathReason": node.get("death_reason", ""),
+            }
+        )
+    return out

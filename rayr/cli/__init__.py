@@ -1,0 +1,1 @@
+"""The ``rayr`` command line."""

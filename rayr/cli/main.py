@@ -1,0 +1,220 @@
+"""``rayr start | stop | status``: run cluster processes on this host and inspect clusters."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from typing import Any
+
+import click
+import psutil
+import redis
+
+from rayr import procs
+from rayr.api import read_session_file, session_file_path
+from rayr.cli import status as status_mod
+from rayr.config import ConfigError, Settings, env_address, load_settings
+from rayr.gcs.client import GcsClient, connect, normalize_address
+from rayr.keys import Keys
+from rayr.node import LocalCluster
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _started_dir(settings: Settings) -> str:
+    return os.path.join(settings.temp_dir, "started")
+
+
+def _record_started(settings: Settings, cluster: LocalCluster, info: dict[str, Any]) -> str:
+    """Remember the PIDs this invocation started, so ``rayr stop`` can stop exactly them."""
+    os.makedirs(_started_dir(settings), exist_ok=True)
+    path = os.path.join(_started_dir(settings), f"{os.getpid()}-{secrets.token_hex(3)}.json")
+    with open(path, "w") as f:
+        json.dump({"pids": cluster.pids(), "session_dir": cluster.session_dir, **info}, f)
+    return path
+
+
+def _write_session_file(settings: Settings, address: str, password: str | None, session_dir: str) -> None:
+    path = session_file_path(settings)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"address": address, "password": password, "session_dir": session_dir}, f)
+
+
+def _parse_resources(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise click.BadParameter(f"must be JSON, e.g. '{{\"GPU\": 1}}': {err}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, int | float) for v in value.values()):
+        raise click.BadParameter("must be a JSON object of resource name -> number")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+@click.group()
+@click.version_option(package_name="rayr")
+def cli() -> None:
+    """rayr: the Ray Core programming model on Redis."""
+
+
+@cli.command()
+@click.option("--head", is_flag=True, help="Start the head node: Redis, the monitor and a raylet.")
+@click.option("--address", help="Join the cluster whose Redis is at HOST:PORT as a new node.")
+@click.option("--port", type=int, default=6379, show_default=True, help="Redis port (head only).")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="Interface Redis listens on (head only); beyond loopback a password is required.")
+@click.option("--redis-password", help="Redis password (generated when binding beyond loopback).")
+@click.option("--num-cpus", type=float)
+@click.option("--num-gpus", type=float)
+@click.option("--resources", help='Custom resources as JSON, e.g. \'{"special": 2}\'.')
+@click.option("--object-store-memory", type=int, help="Object store capacity in bytes.")
+@click.option("--object-store-backend", help="Object store backend name (default: shm).")
+@click.option("--temp-dir", help="Where sessions and logs live (default: /tmp/rayr).")
+def start(
+    head: bool,
+    address: str | None,
+    port: int,
+    bind: str,
+    redis_password: str | None,
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: str | None,
+    object_store_memory: int | None,
+    object_store_backend: str | None,
+    temp_dir: str | None,
+) -> None:
+    """Start rayr processes on this host (they keep running after this command exits)."""
+    if head == bool(address):
+        raise click.UsageError("Give exactly one of --head or --address HOST:PORT.")
+    if head and bind not in LOOPBACK and not redis_password:
+        redis_password = secrets.token_urlsafe(24)
+        click.echo(f"Redis listens on {bind}: generated password {redis_password}")
+    try:
+        settings = load_settings({
+            "temp_dir": temp_dir,
+            "redis_password": redis_password,
+            "object_store_backend": object_store_backend,
+            "object_store_memory": object_store_memory,
+        })
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    os.makedirs(settings.temp_dir, exist_ok=True)
+    node_kwargs: dict[str, Any] = {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "resources": _parse_resources(resources),
+        "object_store_memory": object_store_memory,
+    }
+    if head:
+        cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind)
+        try:
+            node_id = cluster.start_head(**node_kwargs)
+        except Exception as err:
+            cluster.shutdown()
+            raise click.ClickException(f"could not start the head node: {err}") from None
+        url = cluster.redis_url
+        _write_session_file(settings, url, redis_password, cluster.session_dir)
+    else:
+        assert address is not None
+        try:
+            url = normalize_address(address)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--address") from None
+        client = connect(url, redis_password, socket_connect_timeout=3)
+        try:
+            client.ping()
+        except redis.RedisError as err:
+            raise click.ClickException(f"cannot reach the cluster's Redis at {url}: {err}") from None
+        finally:
+            client.close()
+        cluster = LocalCluster.new_session(settings, daemon=True, external_redis_url=url)
+        try:
+            node_id = cluster.add_node(**node_kwargs)
+        except Exception as err:
+            cluster.shutdown()
+            raise click.ClickException(f"could not start the node: {err}") from None
+    _record_started(settings, cluster, {"address": url, "node_id": node_id})
+    click.echo(f"rayr node {node_id} started; cluster address {url}")
+    if head:
+        host = bind if bind not in ("0.0.0.0", "::") else "<this host's address>"
+        click.echo(f"  Add a node:    rayr start --address {host}:{cluster.port}"
+                   + (f" --redis-password {redis_password}" if redis_password else ""))
+        click.echo("  Connect:       rayr.init()  (or rayr.init(address='auto'))")
+        click.echo("  Stop:          rayr stop")
+
+
+def _is_ours(pid: int) -> bool:
+    try:
+        cmd = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return "rayr" in cmd or "redis-server" in cmd
+
+
+@cli.command()
+@click.option("--temp-dir", help="Where sessions live (default: /tmp/rayr).")
+def stop(temp_dir: str | None) -> None:
+    """Stop every rayr process that ``rayr start`` started on this host."""
+    import shutil
+
+    settings = load_settings({"temp_dir": temp_dir})
+    directory = _started_dir(settings)
+    records = []
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            try:
+                with open(path) as f:
+                    records.append((path, json.load(f)))
+            except (OSError, ValueError):
+                os.unlink(path)
+    stopped = 0
+    for path, record in records:
+        # raylets first (they clean their stores), then monitor and Redis: the recorded order
+        for pid in record.get("pids", []):
+            if _is_ours(pid):
+                procs.stop_pid(pid, timeout=10)
+                stopped += 1
+        shutil.rmtree(record.get("session_dir", ""), ignore_errors=True)
+        os.unlink(path)
+    try:
+        os.unlink(session_file_path(settings))
+    except FileNotFoundError:
+        pass
+    click.echo(f"Stopped {stopped} rayr process(es).")
+
+
+@cli.command()
+@click.option("--address", help="Cluster address (default: RAYR_ADDRESS, then this host's cluster).")
+@click.option("--redis-password", help="Redis password, if the cluster needs one.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(address: str | None, redis_password: str | None, fmt: str) -> None:
+    """Show nodes, resource usage and pending demand."""
+    settings = load_settings({"redis_password": redis_password})
+    address = address or env_address()
+    if address is None:
+        recorded = read_session_file(settings)
+        if recorded is None:
+            click.echo("No cluster found: pass --address, set RAYR_ADDRESS or run `rayr start --head`.",
+                       err=True)
+            sys.exit(1)
+        address, redis_password = recorded["address"], recorded.get("password")
+    try:
+        url = normalize_address(address)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--address") from None
+    gcs = GcsClient(connect(url, redis_password, socket_connect_timeout=3), Keys(settings.cluster_name))
+    try:
+        data = status_mod.collect(gcs)
+    except redis.RedisError as err:
+        click.echo(f"Cannot reach the cluster at {url}: {err}", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else status_mod.render(data))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,82 @@
+"""``rayr status``: the cluster's nodes, resource usage and pending demand, Ray's layout."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient
+from rayr.raylet.resources import fits, parse_shape
+
+BYTE_RESOURCES = ("memory", "object_store_memory")
+
+
+def _bytes(n: float) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.2f}{unit}" if unit != "B" else f"{int(value)}B"
+        value /= 1024
+    return f"{value}B"
+
+
+def collect(gcs: GcsClient) -> dict[str, Any]:
+    """The status as data (``--format json`` prints exactly this)."""
+    nodes = gcs.list_nodes()
+    alive = [n for n in nodes if n.get("state") == NODE_ALIVE]
+    dead = [n for n in nodes if n.get("state") == NODE_DEAD]
+    total: dict[str, float] = {}
+    free: dict[str, float] = {}
+    for node in alive:
+        for name, amount in node["resources_total"].items():
+            total[name] = total.get(name, 0.0) + float(amount)
+        for name, amount in node["resources_available"].items():
+            free[name] = free.get(name, 0.0) + float(amount)
+    demands = []
+    for shape in sorted(gcs.shapes()):
+        queued = int(gcs.r.xlen(gcs.keys.shape_stream(shape)))
+        if queued:
+            request = parse_shape(shape)
+            feasible = any(fits(n["resources_total"], request) for n in alive)
+            demands.append({"resources": request, "count": queued, "feasible": feasible})
+    return {
+        "time": time.time(),
+        "active": [{"node_id": n["node_id"], "host": n.get("host"), "is_head": n.get("is_head") == "1"}
+                   for n in alive],
+        "failures": [{"node_id": n["node_id"], "host": n.get("host"), "reason": n.get("death_reason", "")}
+                     for n in dead],
+        "total": total,
+        "available": free,
+        "demands": demands,
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    """Ray's ``ray status`` layout."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data["time"]))
+    rule = "-" * 63
+    lines = [f"======== Cluster status: {stamp} ========", "Node status", rule, "Active:"]
+    lines += [f" 1 node_{n['node_id']}{' (head)' if n['is_head'] else ''}" for n in data["active"]]
+    if not data["active"]:
+        lines.append(" (no active nodes)")
+    lines += ["Pending:", " (no pending nodes)", "Recent failures:"]
+    lines += [f" node_{n['node_id']} ({n['host']}): {n['reason'] or 'died'}" for n in data["failures"]]
+    if not data["failures"]:
+        lines.append(" (no failures)")
+    lines += ["", "Resources", rule, "Usage:"]
+    for name in sorted(data["total"], key=lambda k: (k.startswith("node:"), k)):
+        if name.startswith("node:"):
+            continue
+        total = data["total"][name]
+        used = total - data["available"].get(name, 0.0)
+        if name in BYTE_RESOURCES:
+            lines.append(f" {_bytes(used)}/{_bytes(total)} {name}")
+        else:
+            lines.append(f" {used:.1f}/{total:.1f} {name}")
+    lines += ["", "Demands:"]
+    for demand in data["demands"]:
+        note = "" if demand["feasible"] else " (infeasible: no node has these resources)"
+        lines.append(f" {demand['resources']}: {demand['count']}+ pending tasks{note}")
+    if not data["demands"]:
+        lines.append(" (no resource demands)")
+    return "\n".join(lines)

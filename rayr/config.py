@@ -1,0 +1,102 @@
+"""Settings: call arguments > ``RAYR_*`` environment variables > YAML file > defaults.
+
+This is the only module that reads ``os.environ`` for rayr settings. Child processes
+receive their settings as JSON on the command line, never by re-reading the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "RAYR_"
+
+
+class Settings(BaseModel):
+    """Tunables shared by every rayr process of a cluster."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    cluster_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
+    temp_dir: str = "/tmp/rayr"
+    redis_password: str | None = None
+    # values at or below this many bytes travel inline, never touching an object store
+    inline_threshold: int = Field(100 * 1024, ge=0)
+    object_store_backend: str = "shm"
+    object_store_memory: int | None = Field(None, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    node_timeout_s: float = Field(5.0, gt=0)
+    # how long init() waits for a started cluster to accept work
+    start_timeout_s: float = Field(30.0, gt=0)
+    # a worker that has not connected to its raylet by then is replaced
+    worker_start_timeout_s: float = Field(30.0, gt=0)
+    # workers the raylet keeps per CPU at most when tasks block in get()
+    max_workers_per_cpu: int = Field(4, ge=1)
+    log_level: str = "WARNING"
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return upper
+
+
+class ConfigError(ValueError):
+    """A settings source held a bad value; the message names the field and the source."""
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"invalid rayr settings from {source}:"]
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"])
+        lines.append(f"  {path}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _env_values() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = os.environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    return values
+
+
+def load_settings(overrides: dict[str, Any] | None = None, yaml_path: str | None = None) -> Settings:
+    """Merge the sources in priority order and validate once.
+
+    Raises:
+        ConfigError: a field failed validation; names the field, the value and the source.
+    """
+    merged: dict[str, Any] = {}
+    sources: list[tuple[str, dict[str, Any]]] = []
+    if yaml_path:
+        data = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{yaml_path}: expected a mapping of settings, got {type(data).__name__}")
+        sources.append((yaml_path, data))
+    sources.append(("environment (RAYR_*)", _env_values()))
+    sources.append(("arguments", {k: v for k, v in (overrides or {}).items() if v is not None}))
+    for source, values in sources:
+        merged.update(values)
+        try:
+            Settings.model_validate(merged)
+        except ValidationError as err:
+            raise ConfigError(_format(err, source)) from None
+    return Settings.model_validate(merged)
+
+
+def env_address() -> str | None:
+    """The cluster address from ``RAYR_ADDRESS``, if set."""
+    return os.environ.get("RAYR_ADDRESS") or None
+
+
+def env_test_redis_url() -> str | None:
+    """An external Redis for the test suite (``RAYR_TEST_REDIS_URL``), if set."""
+    return os.environ.get("RAYR_TEST_REDIS_URL") or None

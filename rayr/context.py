@@ -1,0 +1,78 @@
+"""The one per-process state object, and the runtime context API built on it."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rayr.core_worker import CoreWorker
+    from rayr.node import LocalCluster
+
+
+class ProcessState:
+    """What this process knows about the cluster it belongs to.
+
+    ``core`` is set while connected (driver after init, worker for its whole life);
+    ``cluster`` holds the processes this driver started, if it started any.
+    """
+
+    def __init__(self) -> None:
+        self.core: CoreWorker | None = None
+        self.cluster: LocalCluster | None = None
+        self.lock = threading.RLock()
+
+
+state = ProcessState()
+
+
+def require_core() -> CoreWorker:
+    """The connected core worker; connects (``init()``) first when called in a fresh driver."""
+    core = state.core
+    if core is None:
+        from rayr import api  # the API layer owns auto-init; imported lazily to keep arrows one-way
+
+        api.init()
+        core = state.core
+        assert core is not None
+    return core
+
+
+class RuntimeContext:
+    """Ray's ``get_runtime_context()``: ids of the current node, job, task and worker."""
+
+    def __init__(self, core: CoreWorker) -> None:
+        self._core = core
+
+    def get_node_id(self) -> str:
+        return self._core.node_hex
+
+    def get_job_id(self) -> str:
+        return self._core.job_id.hex()
+
+    def get_task_id(self) -> str | None:
+        """Hex id of the running task, or None in the driver."""
+        task = self._core.current_task_id
+        return task.hex() if task else None
+
+    def get_worker_id(self) -> str:
+        return self._core.worker_hex
+
+    @property
+    def node_id(self) -> Any:
+        return self.get_node_id()
+
+    @property
+    def job_id(self) -> Any:
+        return self.get_job_id()
+
+    @property
+    def task_id(self) -> Any:
+        return self.get_task_id()
+
+    @property
+    def namespace(self) -> str:
+        return self._core.namespace
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        return dict(self._core.current_resources)

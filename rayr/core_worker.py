@@ -1,0 +1,494 @@
+"""The core worker: what every rayr process (driver or worker) uses to own and use objects.
+
+It submits tasks, stores and fetches objects, counts references and waits for results.
+Results reach it through its *inbox*, a Redis list that executors (and the Lua store
+script, for objects it waits on but does not own) push to; a background thread drains
+the inbox into ``_records`` and wakes whoever waits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rayr import serialization
+from rayr.exceptions import GetTimeoutError, ObjectLostError, RayTaskError
+from rayr.gcs import records as rec
+from rayr.gcs.client import GcsClient
+from rayr.ids import JobID
+from rayr.object_ref import ObjectRef
+from rayr.object_store.base import ObjectStoreBackend
+from rayr.raylet import resources as res
+from rayr.task_spec import ARGS_OBJECT_INDEX, ArgRef, TaskSpec
+
+if TYPE_CHECKING:
+    import redis
+
+    from rayr.config import Settings
+
+FIRST_RETURN = (1).to_bytes(4, "big")
+PUT_INDEX = (0).to_bytes(4, "big")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options of a remote function call, validated once when ``.options()`` is built."""
+
+    resources: dict[str, float]
+    shape: str
+    num_returns: int
+    max_retries: int
+    retry_exceptions: bool | bytes
+    name: str
+
+
+@dataclass
+class _WaitingTask:
+    """A submitted task whose ObjectRef arguments are not all ready yet."""
+
+    spec: TaskSpec
+    shape: str
+    missing: set[bytes]
+
+
+class CoreWorker:
+    """Per-process object ownership, task submission and retrieval.
+
+    Lock discipline: ``_cond`` guards every dict and set below; Redis calls and store I/O
+    happen outside it.
+    """
+
+    def __init__(
+        self,
+        *,
+        gcs: GcsClient,
+        blocking_redis: redis.Redis,
+        settings: Settings,
+        node_hex: str,
+        store: ObjectStoreBackend,
+        job_id: JobID,
+        worker_hex: str,
+        namespace: str = "",
+        on_blocked: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.gcs = gcs
+        self.keys = gcs.keys
+        self.settings = settings
+        self.node_hex = node_hex
+        self.store = store
+        self.job_id = job_id
+        self.worker_hex = worker_hex
+        self.namespace = namespace
+        self.current_task_id: bytes | None = None
+        self.current_resources: dict[str, float] = {}
+        self._on_blocked = on_blocked
+        self._threshold = settings.inline_threshold
+        self._inbox_key = self.keys.inbox(worker_hex)
+        self._blocking: Any = blocking_redis
+
+        self._cond = threading.Condition(threading.RLock())
+        self._records: dict[bytes, bytes] = {}  # resolved objects this process holds refs to
+        self._pending: set[bytes] = set()  # owned, result not arrived yet
+        self._owned: set[bytes] = set()  # owned and not freed
+        self._shared: set[bytes] = set()  # pickled into something: freed only at job end
+        self._freed_pending: set[bytes] = set()  # freed before its result arrived
+        self._watching: set[bytes] = set()  # borrowed; our inbox is registered as waiter
+        self._refs: dict[bytes, int] = {}  # live ObjectRef instances per id in this process
+        self._released: deque[bytes] = deque()  # ids whose ObjectRef died; counted down later
+        self._dep_waiters: dict[bytes, list[_WaitingTask]] = {}
+        # task id -> (argument refs kept alive until the task finishes, large-args object id)
+        self._inflight: dict[bytes, tuple[list[ObjectRef], bytes | None]] = {}
+        self._to_delete: list[tuple[bytes, bytes | None]] = []
+        self._exported: set[str] = set()
+        self._shapes: set[str] = set()
+        self._stopping = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._inbox_thread = threading.Thread(target=self._inbox_loop, name="rayr-inbox", daemon=True)
+        self._inbox_thread.start()
+
+    # ------------------------------------------------------------- lifecycle
+    def shutdown(self) -> None:
+        """Stop the inbox thread and free what this process still owns."""
+        if self._stopping:
+            return
+        self._stopping = True
+        try:
+            self.gcs.r.rpush(self._inbox_key, rec.MSG_STOP)
+        except Exception:  # Redis already gone: the thread ends on its own timeout
+            pass
+        self._inbox_thread.join(timeout=5)
+        self._drain_released()
+        self._flush_deletes()
+        try:
+            self.gcs.r.delete(self._inbox_key)
+        except Exception:
+            pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def run_in_background(self, fn: Callable[[], None]) -> None:
+        with self._cond:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rayr-future")
+        self._executor.submit(fn)
+
+    # ------------------------------------------------------ reference counts
+    def add_local_ref(self, oid: bytes, owner: str) -> None:
+        with self._cond:
+            self._refs[oid] = self._refs.get(oid, 0) + 1
+
+    def release_local_ref(self, oid: bytes) -> None:
+        # Called from __del__, possibly inside a locked section of this very thread:
+        # only record it; counts are updated at the next safe point.
+        self._released.append(oid)
+
+    def mark_shared(self, oid: bytes) -> None:
+        with self._cond:
+            if oid in self._owned:
+                self._shared.add(oid)
+
+    def _drain_released(self) -> None:
+        if not self._released:
+            return
+        with self._cond:
+            while self._released:
+                oid = self._released.popleft()
+                left = self._refs.get(oid, 0) - 1
+                if left > 0:
+                    self._refs[oid] = left
+                    continue
+                self._refs.pop(oid, None)
+                record = self._records.pop(oid, None)
+                if oid not in self._owned or oid in self._shared:
+                    continue
+                self._owned.discard(oid)
+                if oid in self._pending:
+                    self._pending.discard(oid)
+                    self._freed_pending.add(oid)
+                else:
+                    self._to_delete.append((oid, record))
+            flush = len(self._to_delete) >= 256
+        if flush:
+            self._flush_deletes()
+
+    def _flush_deletes(self) -> None:
+        with self._cond:
+            batch, self._to_delete = self._to_delete, []
+        if not batch:
+            return
+        for oid, record in batch:
+            if record and record[0] == rec.STORED:
+                self.store.delete(oid)
+        try:
+            self.gcs.delete_objects(oid.hex() for oid, _ in batch)
+        except Exception:  # cluster going away; job cleanup removes the rest
+            pass
+
+    # ----------------------------------------------------------------- inbox
+    def _inbox_loop(self) -> None:
+        while not self._stopping:
+            try:
+                item = self._blocking.blpop([self._inbox_key], timeout=1)
+                msgs = []
+                if item is not None:
+                    msgs.append(item[1])
+                    more = self._blocking.lpop(self._inbox_key, 1024)
+                    if more:
+                        msgs.extend(more)
+                if msgs:
+                    self._on_messages(msgs)
+                self._drain_released()
+                self._flush_deletes()
+            except Exception:
+                if self._stopping:
+                    return
+                time.sleep(0.2)  # Redis hiccup: retry rather than lose the inbox
+
+    def _on_messages(self, msgs: list[bytes]) -> None:
+        ready: list[_WaitingTask] = []
+        finished: list[tuple[list[ObjectRef], bytes | None]] = []
+        with self._cond:
+            for msg in msgs:
+                parsed = rec.parse_message(msg)
+                if parsed is None:
+                    continue
+                oid, record = parsed
+                self._watching.discard(oid)
+                if oid in self._pending:
+                    self._pending.discard(oid)
+                    self._records[oid] = record
+                elif oid in self._refs:
+                    self._records[oid] = record
+                elif oid in self._freed_pending:
+                    self._freed_pending.discard(oid)
+                    self._to_delete.append((oid, record))
+                for waiting in self._dep_waiters.pop(oid, ()):
+                    waiting.missing.discard(oid)
+                    if not waiting.missing:
+                        ready.append(waiting)
+                if oid[16:] == FIRST_RETURN:
+                    held = self._inflight.pop(oid[:16], None)
+                    if held is not None:
+                        finished.append(held)
+            self._cond.notify_all()
+        for waiting in ready:
+            self._submit_ready(waiting.spec, waiting.shape)
+        for _refs, args_object in finished:
+            if args_object is not None:
+                self.store.delete(args_object)
+                self.gcs.delete_objects([args_object.hex()])
+
+    # ------------------------------------------------------------ submission
+    def export_function(self, digest: str, pickled: Callable[[], bytes]) -> str:
+        """The function-table key for this job, exporting the function on first use."""
+        key = self.keys.function(self.job_id.hex(), digest)
+        if key not in self._exported:
+            self.gcs.export_function(self.job_id.hex(), digest, pickled())
+            self._exported.add(key)
+        return key
+
+    def submit_task(
+        self,
+        function_key: str,
+        function_name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        opts: TaskOptions,
+    ) -> list[ObjectRef]:
+        """Queue a task; returns one ref per return value (one hidden ref for num_returns=0)."""
+        self._drain_released()
+        self._ensure_shape(opts.shape, opts.resources, function_name)
+        task_id = self.job_id.binary() + os.urandom(12)
+        arg_refs: list[ObjectRef] = []
+
+        def swap(value: Any) -> Any:
+            if type(value) is ObjectRef:
+                arg_refs.append(value)
+                return ArgRef(len(arg_refs) - 1)
+            return value
+
+        call_args = tuple(swap(a) for a in args)
+        call_kwargs = {k: swap(v) for k, v in kwargs.items()}
+        try:
+            frame = serialization.serialize((call_args, call_kwargs))
+        except Exception as err:
+            raise TypeError(_unpicklable_message(function_name, args, kwargs, err)) from err
+        args_object = None
+        if frame.total_size > self._threshold:
+            args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
+            self.store.put_bytes(args_object, frame.write_to, frame.total_size)
+            self.gcs.store_objects([(args_object, rec.stored_record(self.node_hex, frame.total_size), "")])
+            frame_bytes = b""
+        else:
+            frame_bytes = frame.to_bytes()
+        spec = TaskSpec(
+            task_id=task_id,
+            job_hex=self.job_id.hex(),
+            function_key=function_key,
+            function_name=function_name,
+            args=frame_bytes,
+            args_object=args_object,
+            ref_args=tuple(r.binary() for r in arg_refs),
+            dep_records={},
+            num_returns=opts.num_returns,
+            resources=opts.resources,
+            max_retries=opts.max_retries,
+            retry_exceptions=opts.retry_exceptions,
+            owner=self.worker_hex,
+            attempt=0,
+            name=opts.name or function_name,
+        )
+        return_ids = spec.return_ids()
+        with self._cond:
+            self._pending.update(return_ids)
+            self._owned.update(return_ids)
+            self._inflight[task_id] = (arg_refs, args_object)
+        refs = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
+        deps = set(spec.ref_args)
+        if deps:
+            self._watch(deps)
+            with self._cond:
+                missing = {d for d in deps if d not in self._records}
+                if missing:
+                    waiting = _WaitingTask(spec, opts.shape, missing)
+                    for dep in missing:
+                        self._dep_waiters.setdefault(dep, []).append(waiting)
+                    return refs
+        self._submit_ready(spec, opts.shape)
+        return refs
+
+    def _submit_ready(self, spec: TaskSpec, shape: str) -> None:
+        if spec.ref_args:
+            inline = {}
+            with self._cond:
+                for dep in spec.ref_args:
+                    record = self._records.get(dep)
+                    if record is not None and record[0] != rec.STORED and len(record) <= self._threshold:
+                        inline[dep] = record
+            spec = spec._replace(dep_records=inline)
+        self.gcs.r.xadd(self.keys.shape_stream(shape), {b"s": spec.encode()})
+
+    def _ensure_shape(self, shape: str, request: dict[str, float], name: str) -> None:
+        if shape in self._shapes:
+            return
+        stream = self.keys.shape_stream(shape)
+        self.gcs.ensure_group(stream)
+        if self.gcs.r.sadd(self.keys.shapes, shape):
+            # new shape: tell every raylet to start reading its stream now
+            nodes = self.gcs.alive_nodes()
+            with self.gcs.r.pipeline(transaction=False) as p:
+                for node in nodes:
+                    p.xadd(self.keys.node_stream(node["node_id"]), {b"poke": b"1"})
+                p.execute()
+        else:
+            nodes = self.gcs.alive_nodes()
+        if not any(res.fits(n["resources_total"], request) for n in nodes):
+            totals = [n["resources_total"] for n in nodes]
+            warnings.warn(
+                f"Task {name!r} requests {request}, but no node in the cluster has that much "
+                f"(node totals: {totals}). It stays queued until a node that fits joins.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        self._shapes.add(shape)
+
+    # --------------------------------------------------------------- objects
+    def put(self, value: Any) -> ObjectRef:
+        """Store ``value`` as a new object owned by this process."""
+        self._drain_released()
+        try:
+            frame = serialization.serialize(value)
+        except Exception as err:
+            raise TypeError(f"put(): could not serialize {type(value).__name__}: {err}") from err
+        oid = self.job_id.binary() + os.urandom(12) + PUT_INDEX
+        record = self.make_record(oid, frame)
+        self.gcs.store_objects([(oid, record, "")])
+        with self._cond:
+            self._records[oid] = record
+            self._owned.add(oid)
+            if frame.contained_refs:
+                self._shared.add(oid)
+        return ObjectRef(oid, self.worker_hex)
+
+    def make_record(self, oid: bytes, frame: serialization.SerializedObject) -> bytes:
+        """An object-table record for ``frame``: inline when small, else in the node store."""
+        size = frame.total_size
+        if size <= self._threshold:
+            return rec.value_record(frame.to_bytes())
+        self.store.put_bytes(oid, frame.write_to, size)
+        return rec.stored_record(self.node_hex, size)
+
+    def _watch(self, oids: set[bytes] | list[bytes]) -> None:
+        """Ensure each object is known or will be announced to this process's inbox."""
+        with self._cond:
+            need = [
+                o for o in oids
+                if o not in self._records and o not in self._pending and o not in self._watching
+            ]
+            self._watching.update(need)
+        if not need:
+            return
+        found = self.gcs.fetch_or_wait(self.worker_hex, [o.hex() for o in need])
+        with self._cond:
+            for oid, record in zip(need, found, strict=True):
+                if record is not None:
+                    self._watching.discard(oid)
+                    if oid in self._refs:
+                        self._records[oid] = record
+
+    def wait_ready(self, oids: list[bytes], num: int, timeout: float | None) -> set[bytes]:
+        """Block until at least ``num`` of ``oids`` are resolved (or the timeout passes)."""
+        self._drain_released()
+        self._watch(oids)
+        with self._cond:
+            ready = {o for o in oids if o in self._records}
+            if len(ready) >= num or timeout == 0:
+                return ready
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._set_blocked(True)
+        try:
+            with self._cond:
+                while True:
+                    ready = {o for o in oids if o in self._records}
+                    if len(ready) >= num:
+                        return ready
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return ready
+                    self._cond.wait(remaining)
+        finally:
+            self._set_blocked(False)
+
+    def _set_blocked(self, blocked: bool) -> None:
+        if self._on_blocked is not None:
+            self._on_blocked(blocked)
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        """Values of ``refs`` in order; raises the first error among them."""
+        oids = [r.binary() for r in refs]
+        unique = list(dict.fromkeys(oids))
+        ready = self.wait_ready(unique, len(unique), timeout)
+        if len(ready) < len(unique):
+            raise GetTimeoutError(
+                f"get() timed out after {timeout}s: {len(unique) - len(ready)} of "
+                f"{len(unique)} objects were not ready"
+            )
+        with self._cond:
+            records = [self._records[o] for o in oids]
+        return [self.value_of(oid, record) for oid, record in zip(oids, records, strict=True)]
+
+    def record_of(self, oid: bytes) -> bytes | None:
+        with self._cond:
+            return self._records.get(oid)
+
+    def value_of(self, oid: bytes, record: bytes) -> Any:
+        """Deserialize a record; raise it if it is an error."""
+        kind = record[0]
+        if kind == rec.VALUE:
+            return serialization.deserialize(memoryview(record)[1:])
+        if kind == rec.ERROR:
+            err = serialization.deserialize(memoryview(record)[1:])
+            if isinstance(err, RayTaskError):
+                raise err.as_instanceof_cause()
+            raise err
+        node_hex, _size = rec.parse_stored(record)
+        if node_hex != self.node_hex:
+            raise ObjectLostError(
+                oid.hex(),
+                f"It is stored on node {node_hex[:12]}, and transfers between nodes are not "
+                "available in this build.",
+            )
+        view = self.store.get(oid)
+        if view is None:
+            raise ObjectLostError(oid.hex(), f"It is no longer in the object store of node {node_hex[:12]}.")
+        return serialization.deserialize(view)
+
+
+def _unpicklable_message(name: str, args: Sequence[Any], kwargs: dict[str, Any], err: Exception) -> str:
+    for index, value in enumerate(args):
+        try:
+            serialization.serialize(value)
+        except Exception as inner:
+            return (
+                f"Could not serialize argument {index} ({type(value).__name__}) of {name}(): "
+                f"{inner}. Arguments must be picklable (cloudpickle)."
+            )
+    for key, value in kwargs.items():
+        try:
+            serialization.serialize(value)
+        except Exception as inner:
+            return (
+                f"Could not serialize keyword argument {key!r} ({type(value).__name__}) of "
+                f"{name}(): {inner}. Arguments must be picklable (cloudpickle)."
+            )
+    return f"Could not serialize the arguments of {name}(): {err}"
+
+
+__all__ = ["CoreWorker", "TaskOptions"]

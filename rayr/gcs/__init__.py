@@ -1,0 +1,1 @@
+"""The Global Control Store on Redis: typed table access, Lua scripts, the head monitor."""

@@ -1,0 +1,181 @@
+"""Typed access to the GCS tables in Redis. Control-plane calls only; hot paths pipeline."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlparse
+
+import redis
+
+from rayr.gcs import scripts
+from rayr.ids import JobID
+from rayr.keys import TASK_GROUP, Keys
+
+NODE_ALIVE = "ALIVE"
+NODE_DEAD = "DEAD"
+
+
+def normalize_address(address: str) -> str:
+    """``host:port`` or ``redis://host:port`` (or ``rediss://``, ``unix://``) as a Redis URL.
+
+    Raises:
+        ValueError: the address is not in one of those forms.
+    """
+    text = address.strip()
+    if "://" not in text:
+        text = f"redis://{text}"
+    parsed = urlparse(text)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"cluster address {address!r} has scheme {parsed.scheme!r}; "
+            "expected 'host:port', 'redis://host:port', 'rediss://host:port' or 'unix://path'"
+        )
+    if parsed.scheme != "unix":
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if not parsed.hostname or port is None:
+            raise ValueError(f"cluster address {address!r} must name a host and a port, e.g. 127.0.0.1:6379")
+    return text
+
+
+def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:
+    """A Redis client for ``url`` (bytes replies)."""
+    return redis.Redis.from_url(url, password=password, **kwargs)
+
+
+class GcsClient:
+    """The node, job, function and object tables of one cluster."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        # Any: redis-py's stubs type replies as bytes | str, but we never decode responses
+        self.r: Any = client
+        self.keys = keys
+        self._store = client.register_script(scripts.STORE_OBJECTS)
+        self._fetch = client.register_script(scripts.FETCH_OR_WAIT)
+
+    # ---------------------------------------------------------------- nodes
+    def register_node(self, node_hex: str, info: dict[str, Any], ttl_s: float) -> None:
+        fields = {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in info.items()}
+        with self.r.pipeline() as p:
+            p.hset(self.keys.node(node_hex), mapping=fields)
+            p.sadd(self.keys.nodes, node_hex)
+            p.set(self.keys.node_alive(node_hex), b"1", px=int(ttl_s * 1000))
+            p.publish(self.keys.node_channel, f"{node_hex}:{NODE_ALIVE}")
+            p.execute()
+
+    def heartbeat(self, node_hex: str, ttl_s: float, available: dict[str, float], load: int) -> None:
+        with self.r.pipeline(transaction=False) as p:
+            p.set(self.keys.node_alive(node_hex), b"1", px=int(ttl_s * 1000))
+            p.hset(self.keys.node(node_hex), "resources_available", json.dumps(available))
+            p.publish(self.keys.heartbeat_channel, f"{node_hex}:{load}")
+            p.execute()
+
+    def set_node_state(self, node_hex: str, state: str, reason: str = "") -> None:
+        with self.r.pipeline() as p:
+            p.hset(self.keys.node(node_hex), mapping={"state": state, "death_reason": reason,
+                                                    "end_time": str(time.time())})
+            p.delete(self.keys.node_alive(node_hex))
+            p.publish(self.keys.node_channel, f"{node_hex}:{state}")
+            p.execute()
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """Every node ever registered, decoded; resources as dicts."""
+        ids = sorted(self.r.smembers(self.keys.nodes))
+        if not ids:
+            return []
+        with self.r.pipeline(transaction=False) as p:
+            for node_id in ids:
+                p.hgetall(self.keys.node(node_id.decode()))
+            rows = p.execute()
+        nodes = []
+        for raw in rows:
+            if not raw:
+                continue
+            node = {k.decode(): v.decode() for k, v in raw.items()}
+            for field in ("resources_total", "resources_available"):
+                node[field] = json.loads(node.get(field) or "{}")
+            nodes.append(node)
+        return nodes
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self.list_nodes() if n.get("state") == NODE_ALIVE]
+
+    # ----------------------------------------------------------------- jobs
+    def new_job(self, info: dict[str, Any]) -> JobID:
+        job_id = JobID.from_int(int(self.r.incr(self.keys.job_counter)))
+        fields = {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in info.items()}
+        fields.update(job_id=job_id.hex(), status="RUNNING", start_time=str(time.time()))
+        with self.r.pipeline() as p:
+            p.hset(self.keys.job(job_id.hex()), mapping=fields)
+            p.sadd(self.keys.jobs, job_id.hex())
+            p.execute()
+        return job_id
+
+    def get_job(self, job_hex: str) -> dict[str, str]:
+        raw = self.r.hgetall(self.keys.job(job_hex))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def finish_job(self, job_hex: str, status: str = "SUCCEEDED") -> None:
+        """Mark the job ended and drop its functions and objects from the tables."""
+        self.r.hset(self.keys.job(job_hex), mapping={"status": status, "end_time": str(time.time())})
+        for pattern in (
+            self.keys.objects_of_job(job_hex),
+            self.keys.object_waiters_of_job(job_hex),
+            self.keys.functions_of_job(job_hex),
+        ):
+            batch = []
+            for key in self.r.scan_iter(match=pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    self.r.delete(*batch)
+                    batch = []
+            if batch:
+                self.r.delete(*batch)
+
+    # ------------------------------------------------------------ functions
+    def export_function(self, job_hex: str, digest: str, data: bytes) -> str:
+        key = self.keys.function(job_hex, digest)
+        self.r.set(key, data, nx=True)
+        return key
+
+    def fetch_function(self, key: str) -> bytes | None:
+        return self.r.get(key)
+
+    # -------------------------------------------------------------- objects
+    def store_objects(
+        self, items: Iterable[tuple[bytes, bytes, str]], pipe: Any | None = None
+    ) -> Any:
+        """Write ``(object id, record, owner inbox hex or '')`` entries and wake waiters."""
+        args: list[Any] = [self.keys.prefix]
+        for oid, record, owner in items:
+            args.extend((oid, oid.hex(), record, owner))
+        return self._store(args=args, client=pipe or self.r)
+
+    def fetch_or_wait(self, inbox_hex: str, object_hexes: list[str]) -> list[bytes | None]:
+        """Records of the objects; those not stored yet will be announced to ``inbox_hex``."""
+        return list(self._fetch(args=[self.keys.prefix, inbox_hex, *object_hexes]))
+
+    def get_objects(self, object_hexes: list[str]) -> list[bytes | None]:
+        return list(self.r.mget([self.keys.object(h) for h in object_hexes]))
+
+    def delete_objects(self, object_hexes: Iterable[str]) -> None:
+        keys = [self.keys.object(h) for h in object_hexes]
+        if keys:
+            self.r.delete(*keys)
+
+    # ---------------------------------------------------------------- tasks
+    def ensure_group(self, stream: str) -> None:
+        """Create the raylets' consumer group on ``stream`` (and the stream) if missing."""
+        try:
+            self.r.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+    def shapes(self) -> set[str]:
+        return {s.decode() for s in self.r.smembers(self.keys.shapes)}

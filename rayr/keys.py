@@ -1,0 +1,105 @@
+"""Every Redis key, stream, consumer group and channel name rayr uses, in one place.
+
+All names share the prefix ``rayr:{<cluster>}:``. The braces are a Redis Cluster hash
+tag: every key of one rayr cluster hashes to one slot, so Lua scripts may touch any of
+them atomically, and several rayr clusters can share one Redis.
+"""
+
+from __future__ import annotations
+
+TASK_GROUP = "raylets"  # consumer group every raylet reads task streams through
+
+
+class Keys:
+    """Key names for one rayr cluster. Ids are passed as hex strings."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, cluster: str) -> None:
+        self.prefix = f"rayr:{{{cluster}}}:"
+
+    # -- node table: a hash per node, a set of all node ids, a TTL'd liveness key
+    @property
+    def nodes(self) -> str:
+        return self.prefix + "nodes"
+
+    def node(self, node_hex: str) -> str:
+        return f"{self.prefix}node:{node_hex}"
+
+    def node_alive(self, node_hex: str) -> str:
+        return f"{self.prefix}node_alive:{node_hex}"
+
+    @property
+    def heartbeat_channel(self) -> str:
+        return self.prefix + "heartbeats"
+
+    @property
+    def node_channel(self) -> str:
+        """Node state changes (ALIVE/DEAD), published as a hint; the node hash is the truth."""
+        return self.prefix + "node_events"
+
+    # -- job table
+    @property
+    def job_counter(self) -> str:
+        return self.prefix + "job_counter"
+
+    @property
+    def jobs(self) -> str:
+        return self.prefix + "jobs"
+
+    def job(self, job_hex: str) -> str:
+        return f"{self.prefix}job:{job_hex}"
+
+    # -- function table: cloudpickled functions, exported once per job
+    def function(self, job_hex: str, digest: str) -> str:
+        return f"{self.prefix}fn:{job_hex}:{digest}"
+
+    def functions_of_job(self, job_hex: str) -> str:
+        return f"{self.prefix}fn:{job_hex}:*"
+
+    # -- object table: one string per object (format: gcs/records.py)
+    def object(self, object_hex: str) -> str:
+        return f"{self.prefix}obj:{object_hex}"
+
+    def objects_of_job(self, job_hex: str) -> str:
+        return f"{self.prefix}obj:{job_hex}*"
+
+    def object_waiters(self, object_hex: str) -> str:
+        """Set of inbox names to notify when the object is stored."""
+        return f"{self.prefix}objw:{object_hex}"
+
+    def object_waiters_of_job(self, job_hex: str) -> str:
+        return f"{self.prefix}objw:{job_hex}*"
+
+    @property
+    def object_key_prefix(self) -> str:
+        return self.prefix + "obj:"
+
+    @property
+    def waiters_key_prefix(self) -> str:
+        return self.prefix + "objw:"
+
+    # -- task queues: per resource shape (any node that fits pulls) and per node (targeted)
+    @property
+    def shapes(self) -> str:
+        """Set of canonical resource-shape strings that have a task stream."""
+        return self.prefix + "shapes"
+
+    def shape_stream(self, shape: str) -> str:
+        return f"{self.prefix}tasks:shape:{shape}"
+
+    def node_stream(self, node_hex: str) -> str:
+        return f"{self.prefix}tasks:node:{node_hex}"
+
+    # -- result inboxes: one list per process that owns or waits on objects
+    def inbox(self, worker_hex: str) -> str:
+        return f"{self.prefix}inbox:{worker_hex}"
+
+    @property
+    def inbox_prefix(self) -> str:
+        return self.prefix + "inbox:"
+
+    # -- demand the cluster cannot meet (for status and the autoscaler)
+    @property
+    def infeasible(self) -> str:
+        return self.prefix + "infeasible"

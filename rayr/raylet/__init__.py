@@ -1,0 +1,1 @@
+"""The per-node raylet: scheduler, resources, worker pool and its I/O shell."""

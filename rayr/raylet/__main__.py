@@ -1,0 +1,3 @@
+from rayr.raylet.raylet import main
+
+main()

@@ -1,0 +1,53 @@
+"""Resource arithmetic and resource *shapes* (the canonical string naming a request).
+
+Pure functions; no I/O. A shape names one task stream: every task that asks for exactly
+these resources is queued on it, and any node whose totals fit the shape may pull from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+EMPTY_SHAPE = "none"
+_EPS = 1e-9
+
+
+def shape_key(request: Mapping[str, float]) -> str:
+    """Canonical name of a resource request, e.g. ``CPU=1,GPU=0.5``; ``none`` for nothing."""
+    parts = [f"{name}={amount:g}" for name, amount in sorted(request.items()) if amount > 0]
+    return ",".join(parts) if parts else EMPTY_SHAPE
+
+
+def parse_shape(key: str) -> dict[str, float]:
+    """Inverse of :func:`shape_key`."""
+    if key == EMPTY_SHAPE:
+        return {}
+    out = {}
+    for part in key.split(","):
+        name, _, amount = part.rpartition("=")
+        out[name] = float(amount)
+    return out
+
+
+def fits(available: Mapping[str, float], request: Mapping[str, float]) -> bool:
+    """Whether ``request`` fits in ``available``."""
+    return all(available.get(name, 0.0) + _EPS >= amount for name, amount in request.items())
+
+
+def how_many_fit(available: Mapping[str, float], request: Mapping[str, float], cap: int) -> int:
+    """How many copies of ``request`` fit in ``available`` (at most ``cap``)."""
+    n = cap
+    for name, amount in request.items():
+        if amount > 0:
+            n = min(n, int((available.get(name, 0.0) + _EPS) // amount))
+    return max(n, 0)
+
+
+def subtract(available: dict[str, float], request: Mapping[str, float]) -> None:
+    for name, amount in request.items():
+        available[name] = available.get(name, 0.0) - amount
+
+
+def add(available: dict[str, float], request: Mapping[str, float]) -> None:
+    for name, amount in request.items():
+        available[name] = available.get(name, 0.0) + amount

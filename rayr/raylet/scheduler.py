@@ -1,0 +1,162 @@
+"""The raylet's scheduling state machine: events in, actions out, no I/O.
+
+The raylet pulls from a task stream only as many tasks as its free resources can start,
+so a busy node leaves work in Redis for nodes that have room. Resources are reserved
+when a task is read and returned when its worker reports it done (or dies). A worker
+blocked in ``get`` gives its CPU back until it resumes, so nested tasks cannot deadlock
+a node whose every CPU is held by a waiting parent.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from rayr.raylet import resources as res
+
+READ_CAP = 64  # most tasks pulled from one stream at once
+
+
+@dataclass
+class QueuedTask:
+    """A task read from a stream: its origin (to ACK or re-queue it) and its encoded spec."""
+
+    stream: str
+    entry_id: bytes
+    spec: bytes
+    shape: str
+    request: dict[str, float]
+
+
+@dataclass
+class Dispatch:
+    worker: str
+    task: QueuedTask
+
+
+@dataclass
+class Scheduler:
+    """Resource accounting, the task queue and worker assignment of one node."""
+
+    total: dict[str, float]
+    max_workers: int
+    # free resources; negative for a moment when a blocked worker resumes on a full node
+    available: dict[str, float] = field(default_factory=dict)
+    # shapes with a stream in Redis that this node's totals can ever fit
+    shapes: set[str] = field(default_factory=set)
+    # read and reserved, waiting for an idle worker; FIFO
+    ready: deque[QueuedTask] = field(default_factory=deque)
+    # read but not reserved (more arrived than fit): waits for resources, blocks reading
+    overflow: deque[QueuedTask] = field(default_factory=deque)
+    idle: list[str] = field(default_factory=list)
+    running: dict[str, QueuedTask] = field(default_factory=dict)
+    # running workers blocked in get(): their resources are released meanwhile
+    blocked: set[str] = field(default_factory=set)
+    starting: int = 0  # workers launched but not yet ready
+    live: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not self.available:
+            self.available = dict(self.total)
+
+    # ---------------------------------------------------------------- shapes
+    def add_shapes(self, keys: set[str]) -> bool:
+        """Track shapes this node could run; True if any is new."""
+        new = {k for k in keys - self.shapes if res.fits(self.total, res.parse_shape(k))}
+        self.shapes |= new
+        return bool(new)
+
+    def read_budget(self) -> dict[str, int]:
+        """How many tasks of each shape to pull from Redis now."""
+        if self.overflow:
+            return {}
+        budget = {}
+        busy = len(self.running) + len(self.ready)
+        for key in self.shapes:
+            request = res.parse_shape(key)
+            if request:
+                n = res.how_many_fit(self.available, request, READ_CAP)
+            else:
+                n = min(READ_CAP, self.max_workers - busy)
+            if n > 0:
+                budget[key] = n
+        return budget
+
+    # ---------------------------------------------------------------- events
+    def on_tasks(self, tasks: list[QueuedTask]) -> None:
+        for task in tasks:
+            self.overflow.append(task)
+        self._reserve()
+
+    def on_worker_started(self) -> None:
+        self.starting += 1
+
+    def on_worker_ready(self, worker: str) -> None:
+        self.starting = max(0, self.starting - 1)
+        self.live.add(worker)
+        self.idle.append(worker)
+
+    def on_worker_failed_to_start(self) -> None:
+        self.starting = max(0, self.starting - 1)
+
+    def on_task_done(self, worker: str) -> QueuedTask | None:
+        task = self.running.pop(worker, None)
+        if task is not None:
+            self._release(worker, task)
+            self.idle.append(worker)
+            self._reserve()
+        return task
+
+    def on_worker_blocked(self, worker: str) -> None:
+        task = self.running.get(worker)
+        if task is not None and worker not in self.blocked:
+            self.blocked.add(worker)
+            res.add(self.available, task.request)
+            self._reserve()
+
+    def on_worker_unblocked(self, worker: str) -> None:
+        task = self.running.get(worker)
+        if task is not None and worker in self.blocked:
+            self.blocked.discard(worker)
+            res.subtract(self.available, task.request)
+
+    def on_worker_died(self, worker: str) -> QueuedTask | None:
+        """Forget the worker; returns the task it was running, if any (its resources freed)."""
+        self.live.discard(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        task = self.running.pop(worker, None)
+        if task is not None:
+            self._release(worker, task)
+            self._reserve()
+        return task
+
+    # --------------------------------------------------------------- actions
+    def dispatches(self) -> list[Dispatch]:
+        """Pair ready tasks with idle workers."""
+        out = []
+        while self.ready and self.idle:
+            worker = self.idle.pop()
+            task = self.ready.popleft()
+            self.running[worker] = task
+            out.append(Dispatch(worker, task))
+        return out
+
+    def workers_to_start(self) -> int:
+        """How many more workers to launch for the tasks that wait for one."""
+        want = len(self.ready) - len(self.idle) - self.starting
+        room = self.max_workers - len(self.live) - self.starting
+        return max(0, min(want, room))
+
+    # -------------------------------------------------------------- internal
+    def _release(self, worker: str, task: QueuedTask) -> None:
+        if worker in self.blocked:
+            self.blocked.discard(worker)  # its resources were already given back
+        else:
+            res.add(self.available, task.request)
+
+    def _reserve(self) -> None:
+        while self.overflow and res.fits(self.available, self.overflow[0].request):
+            task = self.overflow.popleft()
+            res.subtract(self.available, task.request)
+            self.ready.append(task)

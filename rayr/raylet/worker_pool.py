@@ -1,0 +1,74 @@
+"""Worker processes of one raylet: launching them and talking to them over socketpairs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from rayr import procs
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    proc: subprocess.Popen
+    conn: Connection
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+
+class WorkerPool:
+    """Launches ``python -m rayr.worker`` processes bound to this raylet."""
+
+    def __init__(self, base_args: list[str], log_dir: str) -> None:
+        self._base_args = base_args
+        self._log_dir = log_dir
+        self.workers: dict[str, WorkerHandle] = {}
+
+    def start(self) -> WorkerHandle:
+        worker_id = os.urandom(12).hex()
+        ours, theirs = socket.socketpair()
+        try:
+            with open(os.path.join(self._log_dir, f"worker-{worker_id}.log"), "ab") as log:
+                proc = procs.spawn(
+                    [sys.executable, "-P", "-m", "rayr.worker", "--fd", str(theirs.fileno()),
+                     "--worker-id", worker_id, *self._base_args],
+                    log=log,
+                    death_signal=signal.SIGKILL,
+                    pass_fds=[theirs.fileno()],
+                )
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        handle = WorkerHandle(worker_id, proc, conn)
+        self.workers[worker_id] = handle
+        return handle
+
+    def by_conn(self) -> dict[Connection, WorkerHandle]:
+        return {h.conn: h for h in self.workers.values()}
+
+    def remove(self, worker_id: str) -> WorkerHandle | None:
+        handle = self.workers.pop(worker_id, None)
+        if handle is not None:
+            handle.conn.close()
+            if handle.proc.poll() is None:
+                handle.proc.kill()
+            handle.proc.wait()
+        return handle
+
+    def stop_all(self, timeout: float = 2.0) -> None:
+        for handle in self.workers.values():
+            try:
+                handle.conn.send(("exit",))
+            except OSError:
+                pass
+        procs.stop([h.proc for h in self.workers.values()], timeout=timeout)
+        for handle in self.workers.values():
+            handle.conn.close()
+        self.workers.clear()

@@ -1,0 +1,158 @@
+"""``@rayr.remote`` functions: options, validation, and ``.remote()`` submission."""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+from rayr import context, serialization
+from rayr.core_worker import TaskOptions
+from rayr.object_ref import ObjectRef
+from rayr.raylet.resources import shape_key
+
+DEFAULT_TASK_OPTIONS: dict[str, Any] = {
+    "num_cpus": 1,
+    "num_gpus": 0,
+    "memory": 0,
+    "resources": None,
+    "num_returns": 1,
+    "max_retries": 3,
+    "retry_exceptions": False,
+    "name": "",
+    "scheduling_strategy": "DEFAULT",
+}
+SCHEDULING_STRATEGIES = ("DEFAULT", "SPREAD")
+
+
+def _number(name: str, value: Any, minimum: float = 0) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
+        raise ValueError(f"option {name!r} must be a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def validate_task_options(options: dict[str, Any]) -> TaskOptions:
+    """Check every option once, when the function or ``.options()`` is defined.
+
+    Raises:
+        ValueError: an unknown option or a bad value; the message names it and what is valid.
+    """
+    unknown = sorted(set(options) - set(DEFAULT_TASK_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Invalid option(s) {', '.join(map(repr, unknown))} for a remote function. "
+            f"Valid options: {', '.join(DEFAULT_TASK_OPTIONS)}."
+        )
+    opts = {**DEFAULT_TASK_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
+    request: dict[str, float] = {}
+    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        amount = _number(option, opts[option])
+        if amount:
+            request[resource] = amount
+    custom = opts["resources"] or {}
+    if not isinstance(custom, dict):
+        raise ValueError(f"option 'resources' must be a dict of name -> amount, got {custom!r}")
+    for name, amount in custom.items():
+        if name in ("CPU", "GPU", "memory"):
+            raise ValueError(
+                f"Use the {'num_cpus' if name == 'CPU' else 'num_gpus' if name == 'GPU' else 'memory'}"
+                f" option instead of resources={{{name!r}: ...}}"
+            )
+        if not isinstance(name, str) or not name or "," in name or "=" in name:
+            raise ValueError(f"resource names must be non-empty strings without ',' or '=', got {name!r}")
+        if _number(f"resources[{name!r}]", amount):
+            request[name] = float(amount)
+    num_returns = opts["num_returns"]
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"option 'num_returns' must be an int >= 0, got {num_returns!r}")
+    max_retries = opts["max_retries"]
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
+        raise ValueError(
+            f"option 'max_retries' must be an int >= -1 (-1 retries forever), got {max_retries!r}"
+        )
+    retry = opts["retry_exceptions"]
+    retry_spec: bool | bytes
+    if isinstance(retry, bool):
+        retry_spec = retry
+    elif isinstance(retry, list | tuple) and all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in retry
+    ):
+        retry_spec = serialization.pickle_code(list(retry))
+    else:
+        raise ValueError(
+            f"option 'retry_exceptions' must be a bool or a list of exception classes, got {retry!r}"
+        )
+    strategy = opts["scheduling_strategy"]
+    if strategy not in SCHEDULING_STRATEGIES:
+        raise ValueError(
+            f"option 'scheduling_strategy' must be one of {SCHEDULING_STRATEGIES}, got {strategy!r}"
+        )
+    if not isinstance(opts["name"], str):
+        raise ValueError(f"option 'name' must be a string, got {opts['name']!r}")
+    return TaskOptions(
+        resources=request,
+        shape=shape_key(request),
+        num_returns=num_returns,
+        max_retries=max_retries,
+        retry_exceptions=retry_spec,
+        name=opts["name"],
+    )
+
+
+class _Exported:
+    """The pickled function and its digest, computed once and shared by ``.options()`` copies."""
+
+    __slots__ = ("fn", "data", "digest")
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.data: bytes | None = None
+        self.digest = ""
+
+    def pickled(self) -> bytes:
+        if self.data is None:
+            self.data = serialization.pickle_code(self.fn)
+            self.digest = hashlib.sha1(self.data).hexdigest()
+        return self.data
+
+
+class RemoteFunction:
+    """A function that runs as a task: call ``f.remote(...)``, not ``f(...)``."""
+
+    def __init__(self, fn: Callable, options: dict[str, Any], _exported: _Exported | None = None):
+        self._function = fn
+        self._options = dict(options)
+        self._task_options = validate_task_options(self._options)
+        self._exported = _exported or _Exported(fn)
+        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self._name)
+        self.__module__ = getattr(fn, "__module__", __name__)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running "
+            f"'{self.__module__}.{self._name}()', try '{self.__module__}.{self._name}.remote()'."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteFunction, (self._function, self._options))
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """A copy with some options changed; the original keeps its own."""
+        return RemoteFunction(self._function, {**self._options, **options}, self._exported)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit a task; returns an ObjectRef, a list of them, or None for num_returns=0."""
+        core = context.require_core()
+        exported = self._exported
+        exported.pickled()
+        key = core.export_function(exported.digest, exported.pickled)
+        refs: list[ObjectRef] = core.submit_task(key, self._name, args, kwargs, self._task_options)
+        n = self._task_options.num_returns
+        if n == 1:
+            return refs[0]
+        if n == 0:
+            return None
+        return refs

@@ -1,0 +1,59 @@
+"""Task specifications and their stream encoding.
+
+A spec is a plain tuple of bytes/str/int/dict values pickled with the standard pickle, so
+a raylet can decode it (to retry or fail a task) without unpickling user data: user
+arguments stay an opaque serialized frame inside it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, NamedTuple
+
+ARGS_OBJECT_INDEX = 0xFFFFFFFF  # return index of the stored object holding large arguments
+
+
+class ArgRef:
+    """Stands in, inside the pickled arguments, for a top-level ObjectRef argument.
+
+    The executor swaps it for the referenced value before calling the function.
+    """
+
+    __slots__ = ("slot",)
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ArgRef, (self.slot,))
+
+
+class TaskSpec(NamedTuple):
+    """Everything an executor needs to run one task and deliver its results."""
+
+    task_id: bytes
+    job_hex: str
+    function_key: str
+    function_name: str
+    args: bytes  # frame of (args, kwargs) with ArgRef placeholders; b"" when args_object is set
+    args_object: bytes | None  # id of a stored frame holding large arguments
+    ref_args: tuple[bytes, ...]  # object id per ArgRef slot
+    dep_records: dict[bytes, bytes]  # object id -> record, for small deps inlined by the owner
+    num_returns: int
+    resources: dict[str, float]
+    max_retries: int  # -1: retry forever on worker crashes
+    retry_exceptions: bool | bytes  # bytes: pickled list of exception classes
+    owner: str  # inbox (worker id hex) of the process that owns the results
+    attempt: int
+    name: str
+
+    def return_ids(self) -> list[bytes]:
+        n = max(self.num_returns, 1)  # num_returns=0 still reports completion through one id
+        return [self.task_id + i.to_bytes(4, "big") for i in range(1, n + 1)]
+
+    def encode(self) -> bytes:
+        return pickle.dumps(tuple(self), protocol=5)
+
+    @classmethod
+    def decode(cls, data: bytes) -> TaskSpec:
+        return cls(*pickle.loads(data))

@@ -1,0 +1,236 @@
+"""The worker process: runs the tasks its raylet hands it over a local socket.
+
+Started by the raylet as ``python -m rayr.worker``. Messages on the socket are pickled
+tuples; the raylet sends ``("tasks", [(stream, entry_id, spec), ...])`` and the worker
+answers ``("ready", pid)`` once, then ``("done", n)`` after each batch and
+``("blocked", bool)`` around every wait in ``get``. Results never pass through the raylet:
+the worker stores them and acknowledges the stream entry in one Redis round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from rayr import context, serialization
+from rayr.config import Settings
+from rayr.core_worker import CoreWorker
+from rayr.exceptions import RayTaskError
+from rayr.gcs import records as rec
+from rayr.gcs.client import GcsClient, connect
+from rayr.ids import JobID
+from rayr.keys import TASK_GROUP, Keys
+from rayr.object_ref import ObjectRef
+from rayr.object_store.registry import open_backend
+from rayr.task_spec import ArgRef, TaskSpec
+
+
+class TaskExecutor:
+    """Loads functions, resolves arguments, runs tasks and delivers their results."""
+
+    def __init__(self, core: CoreWorker, conn: Connection) -> None:
+        self.core = core
+        self.conn = conn
+        self._functions: dict[str, Any] = {}
+        self._jobs_seen: set[str] = set()
+        self._send_lock = threading.Lock()
+
+    def send(self, msg: tuple) -> None:
+        with self._send_lock:
+            self.conn.send(msg)
+
+    def serve(self) -> None:
+        self.send(("ready", os.getpid()))
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg[0] == "exit":
+                return
+            for stream, entry_id, spec_bytes in msg[1]:
+                self.execute(stream, entry_id, TaskSpec.decode(spec_bytes))
+            self.send(("done", len(msg[1])))
+
+    # ------------------------------------------------------------------ run
+    def execute(self, stream: str, entry_id: bytes, spec: TaskSpec) -> None:
+        core = self.core
+        core.job_id = JobID.from_hex(spec.job_hex)  # type: ignore[assignment]
+        core.current_task_id = spec.task_id
+        core.current_resources = spec.resources
+        try:
+            records = self._run(spec)
+        finally:
+            core.current_task_id = None
+        items = [(oid, record, spec.owner) for oid, record in zip(spec.return_ids(), records, strict=True)]
+        with core.gcs.r.pipeline(transaction=False) as pipe:
+            core.gcs.store_objects(items, pipe)
+            pipe.xack(stream, TASK_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            pipe.execute()
+
+    def _run(self, spec: TaskSpec) -> list[bytes]:
+        n = max(spec.num_returns, 1)
+        try:
+            fn = self._function(spec)
+            args, kwargs, failed_dep = self._arguments(spec)
+        except Exception as err:
+            return [self._error(spec, err)] * n
+        if failed_dep is not None:
+            return [failed_dep] * n  # a failed argument fails this task with the same error
+        attempts = 0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+                return self._results(spec, result)
+            except Exception as err:
+                if self._should_retry(spec, err, attempts):
+                    attempts += 1
+                    continue
+                return [self._error(spec, err)] * n
+
+    def _should_retry(self, spec: TaskSpec, err: Exception, attempts: int) -> bool:
+        if spec.retry_exceptions is False:
+            return False
+        if spec.max_retries != -1 and spec.attempt + attempts >= spec.max_retries:
+            return False
+        if spec.retry_exceptions is True:
+            return True
+        allowed = tuple(pickle.loads(spec.retry_exceptions))
+        return isinstance(err, allowed)
+
+    def _function(self, spec: TaskSpec) -> Any:
+        fn = self._functions.get(spec.function_key)
+        if fn is None:
+            if spec.job_hex not in self._jobs_seen:
+                self._join_job(spec.job_hex)
+            data = self.core.gcs.fetch_function(spec.function_key)
+            if data is None:
+                raise RuntimeError(
+                    f"function {spec.function_name} ({spec.function_key}) is not in the function "
+                    "table; its job may have ended"
+                )
+            fn = serialization.unpickle(data)
+            self._functions[spec.function_key] = fn
+        return fn
+
+    def _join_job(self, job_hex: str) -> None:
+        """Make the driver's import paths importable here, as Ray does for a job's workers."""
+        info = self.core.gcs.get_job(job_hex)
+        for path in reversed(json.loads(info.get("sys_path", "[]"))):
+            if path not in sys.path and os.path.isdir(path):
+                sys.path.insert(1, path)
+        self._jobs_seen.add(job_hex)
+
+    def _arguments(self, spec: TaskSpec) -> tuple[tuple, dict, bytes | None]:
+        core = self.core
+        if spec.args_object is not None:
+            view = core.store.get(spec.args_object)
+            if view is None:
+                raise RuntimeError("the task's arguments are missing from the object store")
+            call_args, call_kwargs = serialization.deserialize(view)
+        else:
+            call_args, call_kwargs = serialization.deserialize(spec.args)
+        if not spec.ref_args:
+            return call_args, call_kwargs, None
+        values: list[Any] = []
+        missing = [o for o in spec.ref_args if o not in spec.dep_records]
+        held = [ObjectRef(o) for o in missing]  # keep them counted while we read them
+        if missing:
+            core.wait_ready(missing, len(set(missing)), None)
+        for oid in spec.ref_args:
+            record = spec.dep_records.get(oid) or core.record_of(oid)
+            assert record is not None
+            if record[0] == rec.ERROR:
+                return (), {}, record
+            values.append(core.value_of(oid, record))
+        del held
+
+        def fill(v: Any) -> Any:
+            return values[v.slot] if type(v) is ArgRef else v
+
+        return tuple(fill(a) for a in call_args), {k: fill(v) for k, v in call_kwargs.items()}, None
+
+    def _results(self, spec: TaskSpec, result: Any) -> list[bytes]:
+        if spec.num_returns <= 1:
+            values = [result if spec.num_returns == 1 else None]
+        else:
+            if not isinstance(result, tuple | list) or len(result) != spec.num_returns:
+                got = len(result) if isinstance(result, tuple | list) else type(result).__name__
+                raise ValueError(
+                    f"{spec.function_name} was declared with num_returns={spec.num_returns} "
+                    f"but returned {got!r} values; return a tuple of that length"
+                )
+            values = list(result)
+        out = []
+        for oid, value in zip(spec.return_ids(), values, strict=True):
+            try:
+                frame = serialization.serialize(value)
+            except Exception as err:
+                raise TypeError(
+                    f"could not serialize the return value of {spec.function_name}: {err}"
+                ) from err
+            out.append(self.core.make_record(oid, frame))
+        return out
+
+    def _error(self, spec: TaskSpec, err: Exception) -> bytes:
+        tb = traceback.format_exc()
+        wrapped = RayTaskError(spec.function_name, tb, err, os.getpid(), self.core.node_hex)
+        try:
+            frame = serialization.dumps(wrapped)
+        except Exception:  # the exception itself does not pickle: keep its text only
+            wrapped.cause = None
+            frame = serialization.dumps(wrapped)
+        return rec.error_record(frame)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rayr.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--store-backend", required=True)
+    parser.add_argument("--store-namespace", required=True)
+    parser.add_argument("--settings-json", required=True)
+    opts = parser.parse_args(argv)
+    settings = Settings.model_validate_json(opts.settings_json)
+    conn = Connection(opts.fd)
+    client = connect(opts.redis_url, settings.redis_password)
+    blocking = connect(opts.redis_url, settings.redis_password)
+    gcs = GcsClient(client, Keys(settings.cluster_name))
+    store = open_backend(opts.store_backend, opts.store_namespace)
+    executor: TaskExecutor | None = None
+
+    def on_blocked(blocked: bool) -> None:
+        if executor is not None and core.current_task_id is not None:
+            executor.send(("blocked", blocked))
+
+    core = CoreWorker(
+        gcs=gcs,
+        blocking_redis=blocking,
+        settings=settings,
+        node_hex=opts.node_id,
+        store=store,
+        job_id=JobID.from_int(0),
+        worker_hex=opts.worker_id,
+        on_blocked=on_blocked,
+    )
+    context.state.core = core
+    executor = TaskExecutor(core, conn)
+    try:
+        executor.serve()
+    finally:
+        context.state.core = None
+        core.shutdown()
+
+
+if __name__ == "__main__":
+    main()

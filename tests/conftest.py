@@ -1,0 +1,68 @@
+"""Shared fixtures: a real Redis for the session, a real cluster per module, leak checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import rayr
+from rayr.testing import Cluster, redis_server
+
+
+def rayr_processes() -> list[psutil.Process]:
+    """rayr and redis processes that descend from this test process."""
+    me = psutil.Process()
+    out = []
+    for proc in me.children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "rayr" in cmd or "redis-server" in cmd:
+            out.append(proc)
+    return out
+
+
+def shm_segments() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("rayr-")}
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftovers(redis_url: str) -> Iterator[None]:
+    before = shm_segments()
+    yield
+    rayr.shutdown()
+    # the session Redis is stopped after this check; every other process must be gone
+    session_port = redis_url.rsplit(":", 1)[-1]
+    leftover = [
+        p for p in rayr_processes()
+        if p.status() != psutil.STATUS_ZOMBIE and f":{session_port}" not in " ".join(p.cmdline())
+    ]
+    assert not leftover, f"processes left behind: {[p.cmdline() for p in leftover]}"
+    assert shm_segments() - before == set(), "shared-memory segments left behind"
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    """One node with 2 CPUs on the session Redis, with a driver connected."""
+    c = Cluster(redis_url)
+    c.add_node(num_cpus=2, resources={"custom": 2})
+    rayr.init(address=redis_url, _cluster_name=c.name)
+    yield c
+    rayr.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture
+def ray(cluster: Cluster) -> object:
+    """The rayr module, connected to the module's cluster."""
+    return rayr

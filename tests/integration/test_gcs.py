@@ -1,0 +1,102 @@
+"""The GCS tables and Lua scripts against a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from rayr.config import Settings
+from rayr.gcs import records as rec
+from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
+from rayr.gcs.monitor import Monitor
+from rayr.keys import Keys
+
+
+@pytest.fixture
+def gcs(redis_url):
+    keys = Keys(f"itest-{os.urandom(4).hex()}")
+    client = connect(redis_url)
+    yield GcsClient(client, keys)
+    for key in client.scan_iter(match=keys.prefix + "*"):
+        client.delete(key)
+    client.close()
+
+
+def oid(n: int) -> bytes:
+    return n.to_bytes(20, "big")
+
+
+def test_store_notifies_owner_and_waiters(gcs):
+    # a waiter registers before the object exists
+    assert gcs.fetch_or_wait("waiter", [oid(1).hex()]) == [None]
+    record = rec.value_record(b"frame")
+    assert gcs.store_objects([(oid(1), record, "owner")]) == 1
+    expected = rec.object_message(oid(1), record)
+    assert gcs.r.lrange(gcs.keys.inbox("owner"), 0, -1) == [expected]
+    assert gcs.r.lrange(gcs.keys.inbox("waiter"), 0, -1) == [expected]
+    assert not gcs.r.exists(gcs.keys.object_waiters(oid(1).hex()))
+    # a later reader finds it directly and is not registered
+    assert gcs.fetch_or_wait("late", [oid(1).hex()]) == [record]
+    assert rec.parse_message(expected) == (oid(1), record)
+
+
+def test_owner_is_not_notified_twice(gcs):
+    gcs.fetch_or_wait("owner", [oid(2).hex()])
+    gcs.store_objects([(oid(2), rec.value_record(b"v"), "owner")])
+    assert gcs.r.llen(gcs.keys.inbox("owner")) == 1
+
+
+def test_binary_records_survive(gcs):
+    record = rec.value_record(bytes(range(256)) * 4)
+    gcs.store_objects([(oid(3), record, "")])
+    assert gcs.get_objects([oid(3).hex(), oid(4).hex()]) == [record, None]
+    gcs.delete_objects([oid(3).hex()])
+    assert gcs.get_objects([oid(3).hex()]) == [None]
+
+
+def test_stored_record_format():
+    record = rec.stored_record("ab" * 16, 12345)
+    assert record[0] == rec.STORED
+    assert rec.parse_stored(record) == ("ab" * 16, 12345)
+
+
+def test_jobs_get_increasing_ids_and_cleanup(gcs):
+    a = gcs.new_job({"driver_pid": 1})
+    b = gcs.new_job({"driver_pid": 2})
+    assert b.int() == a.int() + 1
+    assert gcs.get_job(a.hex())["status"] == "RUNNING"
+    key = gcs.export_function(a.hex(), "d1", b"fn")
+    gcs.store_objects([(a.binary() + bytes(16), rec.value_record(b"x"), "")])
+    gcs.finish_job(a.hex())
+    assert gcs.get_job(a.hex())["status"] == "SUCCEEDED"
+    assert gcs.fetch_function(key) is None
+    assert gcs.get_objects([(a.binary() + bytes(16)).hex()]) == [None]
+
+
+def test_function_export_is_write_once(gcs):
+    key = gcs.export_function("00000001", "digest", b"first")
+    gcs.export_function("00000001", "digest", b"second")
+    assert gcs.fetch_function(key) == b"first"
+
+
+def test_monitor_declares_silent_nodes_dead(gcs):
+    settings = Settings(cluster_name="x", node_timeout_s=0.2)
+    gcs.register_node("n1", {"node_id": "n1", "state": NODE_ALIVE, "resources_total": {"CPU": 1}}, 0.2)
+    gcs.register_node("n2", {"node_id": "n2", "state": NODE_ALIVE, "resources_total": {"CPU": 1}}, 30)
+    monitor = Monitor(gcs, settings)
+    assert monitor.check_nodes() == []
+    time.sleep(0.3)
+    assert monitor.check_nodes() == ["n1"]
+    states = {n["node_id"]: n["state"] for n in gcs.list_nodes()}
+    assert states == {"n1": NODE_DEAD, "n2": NODE_ALIVE}
+    assert "heartbeat" in gcs.list_nodes()[0]["death_reason"]
+    assert [n["node_id"] for n in gcs.alive_nodes()] == ["n2"]
+
+
+def test_ensure_group_is_idempotent(gcs):
+    stream = gcs.keys.shape_stream("CPU=1")
+    gcs.ensure_group(stream)
+    gcs.ensure_group(stream)
+    assert gcs.r.xinfo_groups(stream)[0]["name"] == b"raylets"

@@ -1,0 +1,101 @@
+"""The raylet's scheduling state machine, without any I/O."""
+
+from __future__ import annotations
+
+from rayr.raylet import resources as res
+from rayr.raylet.scheduler import QueuedTask, Scheduler
+
+
+def task(shape: str, n: int = 0) -> QueuedTask:
+    return QueuedTask("stream", str(n).encode(), b"spec", shape, res.parse_shape(shape))
+
+
+def test_shape_keys_roundtrip():
+    assert res.shape_key({"CPU": 1.0, "GPU": 0.5}) == "CPU=1,GPU=0.5"
+    assert res.shape_key({"GPU": 0.5, "CPU": 1}) == "CPU=1,GPU=0.5"
+    assert res.shape_key({}) == res.shape_key({"CPU": 0}) == "none"
+    assert res.parse_shape("CPU=1,GPU=0.5") == {"CPU": 1.0, "GPU": 0.5}
+    assert res.parse_shape("none") == {}
+
+
+def test_budget_follows_free_resources():
+    s = Scheduler(total={"CPU": 2.0}, max_workers=8)
+    assert s.add_shapes({"CPU=1", "CPU=2", "CPU=4"})
+    assert s.shapes == {"CPU=1", "CPU=2"}  # a node never reads shapes it can never fit
+    assert s.read_budget() == {"CPU=1": 2, "CPU=2": 1}
+    s.on_tasks([task("CPU=1")])
+    assert s.read_budget() == {"CPU=1": 1}
+    s.on_tasks([task("CPU=1", 1)])
+    assert s.read_budget() == {}
+
+
+def test_overflow_waits_and_blocks_reading():
+    s = Scheduler(total={"CPU": 2.0}, max_workers=8)
+    s.add_shapes({"CPU=2"})
+    s.on_tasks([task("CPU=2", 1), task("CPU=2", 2)])
+    assert len(s.ready) == 1 and len(s.overflow) == 1
+    assert s.read_budget() == {}
+    s.on_worker_ready("w1")
+    (d,) = s.dispatches()
+    assert d.worker == "w1" and d.task.entry_id == b"1"
+    s.on_task_done("w1")
+    assert len(s.ready) == 1 and not s.overflow  # the overflow got the freed CPUs
+
+
+def test_workers_to_start_is_bounded():
+    s = Scheduler(total={"CPU": 2.0}, max_workers=3)
+    s.add_shapes({"CPU=1"})
+    s.on_tasks([task("CPU=1", i) for i in range(2)])
+    assert s.workers_to_start() == 2
+    s.on_worker_started()
+    s.on_worker_started()
+    assert s.workers_to_start() == 0  # two are already starting for two tasks
+
+
+def test_blocked_worker_gives_back_its_cpu():
+    s = Scheduler(total={"CPU": 1.0}, max_workers=4)
+    s.add_shapes({"CPU=1"})
+    s.on_worker_ready("parent")
+    s.on_tasks([task("CPU=1", 1)])
+    s.dispatches()
+    assert s.read_budget() == {}
+    s.on_worker_blocked("parent")
+    assert s.read_budget() == {"CPU=1": 1}
+    s.on_tasks([task("CPU=1", 2)])
+    s.on_worker_ready("child")
+    (d,) = s.dispatches()
+    assert d.worker == "child"
+    s.on_worker_unblocked("parent")
+    assert s.available["CPU"] == -1.0  # briefly oversubscribed, so nothing more is read
+    assert s.read_budget() == {}
+    s.on_task_done("child")
+    s.on_task_done("parent")
+    assert s.available["CPU"] == 1.0
+
+
+def test_finishing_while_blocked_does_not_double_release():
+    s = Scheduler(total={"CPU": 1.0}, max_workers=4)
+    s.add_shapes({"CPU=1"})
+    s.on_worker_ready("w")
+    s.on_tasks([task("CPU=1")])
+    s.dispatches()
+    s.on_worker_blocked("w")
+    s.on_task_done("w")
+    assert s.available["CPU"] == 1.0
+
+
+def test_dead_worker_returns_its_task_and_resources():
+    s = Scheduler(total={"CPU": 1.0}, max_workers=4)
+    s.add_shapes({"CPU=1"})
+    s.on_worker_ready("w")
+    s.on_tasks([task("CPU=1", 7)])
+    s.dispatches()
+    lost = s.on_worker_died("w")
+    assert lost is not None and lost.entry_id == b"7"
+    assert s.available["CPU"] == 1.0 and "w" not in s.live
+
+
+def test_zero_resource_shape_bounded_by_workers():
+    s = Scheduler(total={"CPU": 1.0}, max_workers=2)
+    s.add_shapes({"none"})
+    assert s.read_budget() == {"none": 2}
