@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
-from rayr import exceptions
+from rayr import actor, exceptions, util
+from rayr.actor import ActorClass, ActorHandle, method
 from rayr.api import (
     available_resources,
     cluster_resources,
     get,
+    get_actor,
     get_runtime_context,
     init,
     is_initialized,
+    kill,
     nodes,
     put,
     remote,
@@ -24,18 +27,25 @@ from rayr.object_ref import ObjectRef
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ObjectRef",
     "__version__",
+    "actor",
     "available_resources",
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]

@@ -16,9 +16,11 @@ from typing import Any
 import redis
 
 from rayr import context
+from rayr.actor import ActorClass, ActorHandle, handle_from_table
 from rayr.config import Settings, env_address, load_settings
 from rayr.context import RuntimeContext, state
 from rayr.core_worker import CoreWorker
+from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient, connect, normalize_address
 from rayr.ids import WorkerID
 from rayr.keys import Keys
@@ -277,6 +279,11 @@ def shutdown() -> None:
         state.core = None
         state.cluster = None
         if core is not None:
+            try:
+                for actor_id in core.gcs.job_actors(core.job_id.hex()):
+                    _kill_actor(core, actor_id, "its owner (the driver) exited", no_restart=True)
+            except redis.RedisError:
+                pass
             core.shutdown()
             job = core.job_id
             try:
@@ -387,12 +394,9 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     return lambda target: _make_remote(target, kwargs)
 
 
-def _make_remote(target: Callable, options: dict[str, Any]) -> RemoteFunction:
+def _make_remote(target: Callable, options: dict[str, Any]) -> RemoteFunction | ActorClass:
     if inspect.isclass(target):
-        raise NotImplementedError(
-            f"@remote on a class ({target.__name__}) makes an actor; actors are not in this "
-            "build of rayr yet. Remote functions work."
-        )
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@remote expects a function, got {type(target).__name__}")
     return RemoteFunction(target, options)
@@ -444,3 +448,48 @@ def nodes() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _kill_actor(core: CoreWorker, actor_id: str, why: str, no_restart: bool) -> None:
+    info = core.gcs.actor_info(actor_id)
+    if not info or info.get("state") == "DEAD":
+        return
+    if no_restart:
+        cause = f"The actor {actor_id} ({info.get('class_name')}) was killed: {why}."
+        core.gcs.fail_tasks(core.gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
+    node = info.get("node")
+    if node:
+        core.gcs.r.xadd(core.keys.node_stream(node), {b"kill": actor_id.encode()})
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor at once; pending and running calls fail with ActorDiedError.
+
+    With ``no_restart=False`` the actor is restarted if its ``max_restarts`` allows.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(
+            f"kill() only accepts an actor handle, got {type(actor).__name__}; "
+            "tasks are not killed, they are cancelled."
+        )
+    _kill_actor(context.require_core(), actor._actor_id, "rayr.kill() was called", no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of the live actor called ``name`` in ``namespace`` (default: this job's).
+
+    Raises:
+        ValueError: no live actor has that name there.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() needs a non-empty actor name, got {name!r}")
+    core = context.require_core()
+    ns = namespace if namespace is not None else core.namespace
+    actor_id = core.gcs.named_actor(ns, name)
+    if actor_id is None or core.gcs.actor_info(actor_id).get("state") == "DEAD":
+        raise ValueError(
+            f"Failed to look up actor with name {name!r} in namespace {ns!r}: no live actor has "
+            "that name there. It may have died, or been created in another namespace."
+        )
+    return handle_from_table(actor_id)
+

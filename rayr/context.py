@@ -55,6 +55,10 @@ class RuntimeContext:
         task = self._core.current_task_id
         return task.hex() if task else None
 
+    def get_actor_id(self) -> str | None:
+        """Hex id of the actor this code runs in, or None outside actors."""
+        return self._core.current_actor_id
+
     def get_worker_id(self) -> str:
         return self._core.worker_hex
 

@@ -8,6 +8,7 @@ the inbox into ``_records`` and wakes whoever waits.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 import time
@@ -19,14 +20,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rayr import serialization
-from rayr.exceptions import GetTimeoutError, ObjectLostError, RayTaskError
+from rayr.exceptions import ActorDiedError, GetTimeoutError, ObjectLostError, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.raylet import resources as res
-from rayr.task_spec import ARGS_OBJECT_INDEX, ArgRef, TaskSpec
+from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, ARGS_OBJECT_INDEX, TASK, ArgRef, TaskSpec
 
 if TYPE_CHECKING:
     import redis
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 
 FIRST_RETURN = (1).to_bytes(4, "big")
 PUT_INDEX = (0).to_bytes(4, "big")
+
+# The task (and its resources) running in this thread or asyncio task of a worker.
+_current_task: contextvars.ContextVar[tuple[bytes, dict[str, float]] | None] = contextvars.ContextVar(
+    "rayr_current_task", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,10 @@ class TaskOptions:
 
 @dataclass
 class _WaitingTask:
-    """A submitted task whose ObjectRef arguments are not all ready yet."""
+    """A submitted task whose ObjectRef arguments may not all be ready yet."""
 
     spec: TaskSpec
-    shape: str
+    shape: str  # the task stream's shape; "" for actor calls (they go to a mailbox)
     missing: set[bytes]
 
 
@@ -86,8 +92,7 @@ class CoreWorker:
         self.job_id = job_id
         self.worker_hex = worker_hex
         self.namespace = namespace
-        self.current_task_id: bytes | None = None
-        self.current_resources: dict[str, float] = {}
+        self.current_actor_id: str | None = None
         self._on_blocked = on_blocked
         self._threshold = settings.inline_threshold
         self._inbox_key = self.keys.inbox(worker_hex)
@@ -106,12 +111,29 @@ class CoreWorker:
         # task id -> (argument refs kept alive until the task finishes, large-args object id)
         self._inflight: dict[bytes, tuple[list[ObjectRef], bytes | None]] = {}
         self._to_delete: list[tuple[bytes, bytes | None]] = []
+        self._pinned_creation_args: list[tuple[list[ObjectRef], bytes | None]] = []
         self._exported: set[str] = set()
+        # per actor, this process's calls in submission order; sent head first once ready
+        self._actor_queues: dict[str, deque[_WaitingTask]] = {}
+        self._send_lock = threading.Lock()  # keeps one process's actor calls in order
         self._shapes: set[str] = set()
         self._stopping = False
         self._executor: ThreadPoolExecutor | None = None
         self._inbox_thread = threading.Thread(target=self._inbox_loop, name="rayr-inbox", daemon=True)
         self._inbox_thread.start()
+
+    @property
+    def current_task_id(self) -> bytes | None:
+        current = _current_task.get()
+        return current[0] if current else None
+
+    @property
+    def current_resources(self) -> dict[str, float]:
+        current = _current_task.get()
+        return current[1] if current else {}
+
+    def set_current_task(self, task_id: bytes | None, resources: dict[str, float] | None = None) -> None:
+        _current_task.set((task_id, resources or {}) if task_id else None)
 
     # ------------------------------------------------------------- lifecycle
     def shutdown(self) -> None:
@@ -225,7 +247,8 @@ class CoreWorker:
                     self._pending.discard(oid)
                     self._records[oid] = record
                 elif oid in self._refs:
-                    self._records[oid] = record
+                    # the first record wins: a call failed by an actor's death may still finish
+                    self._records.setdefault(oid, record)
                 elif oid in self._freed_pending:
                     self._freed_pending.discard(oid)
                     self._to_delete.append((oid, record))
@@ -239,7 +262,10 @@ class CoreWorker:
                         finished.append(held)
             self._cond.notify_all()
         for waiting in ready:
-            self._submit_ready(waiting.spec, waiting.shape)
+            if waiting.spec.kind == ACTOR_CALL:
+                self._flush_actor_queue(waiting.spec.actor_id)
+            else:
+                self._submit_ready(waiting.spec, waiting.shape)
         for _refs, args_object in finished:
             if args_object is not None:
                 self.store.delete(args_object)
@@ -261,10 +287,19 @@ class CoreWorker:
         args: Sequence[Any],
         kwargs: dict[str, Any],
         opts: TaskOptions,
+        *,
+        kind: int = TASK,
+        actor_id: str = "",
+        method: str = "",
+        actor_options: dict[str, Any] | None = None,
     ) -> list[ObjectRef]:
-        """Queue a task; returns one ref per return value (one hidden ref for num_returns=0)."""
+        """Queue a task, an actor creation or an actor call.
+
+        Returns one ref per return value (one hidden ref for num_returns=0).
+        """
         self._drain_released()
-        self._ensure_shape(opts.shape, opts.resources, function_name)
+        if kind != ACTOR_CALL:
+            self._ensure_shape(opts.shape, opts.resources, function_name)
         task_id = self.job_id.binary() + os.urandom(12)
         arg_refs: list[ObjectRef] = []
 
@@ -304,36 +339,71 @@ class CoreWorker:
             owner=self.worker_hex,
             attempt=0,
             name=opts.name or function_name,
+            kind=kind,
+            actor_id=actor_id,
+            method=method,
+            actor_options=actor_options,
         )
         return_ids = spec.return_ids()
         with self._cond:
             self._pending.update(return_ids)
             self._owned.update(return_ids)
-            self._inflight[task_id] = (arg_refs, args_object)
+            if kind != ACTOR_CREATION:
+                self._inflight[task_id] = (arg_refs, args_object)
+            else:
+                # a restarted actor re-reads its creation arguments: keep them for the job
+                self._pinned_creation_args.append((arg_refs, args_object))
         refs = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
         deps = set(spec.ref_args)
         if deps:
             self._watch(deps)
-            with self._cond:
-                missing = {d for d in deps if d not in self._records}
-                if missing:
-                    waiting = _WaitingTask(spec, opts.shape, missing)
-                    for dep in missing:
-                        self._dep_waiters.setdefault(dep, []).append(waiting)
-                    return refs
-        self._submit_ready(spec, opts.shape)
+        with self._cond:
+            missing = {d for d in deps if d not in self._records}
+            waiting = _WaitingTask(spec, opts.shape, missing)
+            for dep in missing:
+                self._dep_waiters.setdefault(dep, []).append(waiting)
+            if kind == ACTOR_CALL:
+                self._actor_queues.setdefault(actor_id, deque()).append(waiting)
+        if kind == ACTOR_CALL:
+            self._flush_actor_queue(actor_id)
+        elif not missing:
+            self._submit_ready(spec, opts.shape)
         return refs
 
+    def _flush_actor_queue(self, actor_id: str) -> None:
+        """Send this process's queued calls to an actor, in order, while the head is ready."""
+        with self._send_lock:
+            while True:
+                with self._cond:
+                    queue = self._actor_queues.get(actor_id)
+                    if not queue or queue[0].missing:
+                        return
+                    waiting = queue.popleft()
+                    if not queue:
+                        del self._actor_queues[actor_id]
+                spec = self._with_inline_deps(waiting.spec)
+                accepted, cause = self.gcs.submit_actor_call(actor_id, spec.encode())
+                if not accepted:
+                    self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {actor_id} is dead: {cause}"))
+
+    def _with_inline_deps(self, spec: TaskSpec) -> TaskSpec:
+        """The spec with small resolved dependencies inlined, so the executor need not fetch them."""
+        if not spec.ref_args:
+            return spec
+        inline = {}
+        with self._cond:
+            for dep in spec.ref_args:
+                record = self._records.get(dep)
+                if record is not None and record[0] != rec.STORED and len(record) <= self._threshold:
+                    inline[dep] = record
+        return spec._replace(dep_records=inline)
+
     def _submit_ready(self, spec: TaskSpec, shape: str) -> None:
-        if spec.ref_args:
-            inline = {}
-            with self._cond:
-                for dep in spec.ref_args:
-                    record = self._records.get(dep)
-                    if record is not None and record[0] != rec.STORED and len(record) <= self._threshold:
-                        inline[dep] = record
-            spec = spec._replace(dep_records=inline)
-        self.gcs.r.xadd(self.keys.shape_stream(shape), {b"s": spec.encode()})
+        spec = self._with_inline_deps(spec)
+        fields = {b"s": spec.encode()}
+        if spec.kind == ACTOR_CREATION:
+            fields[b"a"] = b"1"  # lets the raylet spot creations without decoding every spec
+        self.gcs.r.xadd(self.keys.shape_stream(shape), fields)
 
     def _ensure_shape(self, shape: str, request: dict[str, float], name: str) -> None:
         if shape in self._shapes:

@@ -8,6 +8,7 @@ them atomically, and several rayr clusters can share one Redis.
 from __future__ import annotations
 
 TASK_GROUP = "raylets"  # consumer group every raylet reads task streams through
+ACTOR_GROUP = "actor"  # consumer group (and the one consumer name) on an actor's mailbox
 
 
 class Keys:
@@ -103,3 +104,33 @@ class Keys:
     @property
     def infeasible(self) -> str:
         return self.prefix + "infeasible"
+
+    # -- actor table: a hash per actor, a name index per namespace, a mailbox stream each
+    def actor(self, actor_hex: str) -> str:
+        return f"{self.prefix}actor:{actor_hex}"
+
+    @property
+    def actor_key_prefix(self) -> str:
+        return self.prefix + "actor:"
+
+    def actor_mailbox(self, actor_hex: str) -> str:
+        """Stream of method calls; read by the actor's worker through ACTOR_GROUP."""
+        return f"{self.prefix}actor_mb:{actor_hex}"
+
+    def actor_names(self, namespace: str) -> str:
+        """Hash of actor name -> actor id hex within one namespace."""
+        return f"{self.prefix}actor_names:{namespace}"
+
+    @property
+    def actor_names_prefix(self) -> str:
+        return self.prefix + "actor_names:"
+
+    def job_actors(self, job_hex: str) -> str:
+        """Set of the job's non-detached actors, killed when the job ends."""
+        return f"{self.prefix}job_actors:{job_hex}"
+
+    @property
+    def actor_channel(self) -> str:
+        """Actor state changes (``<actor hex>:<state>``), a hint; the hash is the truth."""
+        return self.prefix + "actor_events"
+

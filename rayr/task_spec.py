@@ -12,6 +12,10 @@ from typing import Any, NamedTuple
 
 ARGS_OBJECT_INDEX = 0xFFFFFFFF  # return index of the stored object holding large arguments
 
+TASK = 0
+ACTOR_CREATION = 1
+ACTOR_CALL = 2
+
 
 class ArgRef:
     """Stands in, inside the pickled arguments, for a top-level ObjectRef argument.
@@ -46,6 +50,11 @@ class TaskSpec(NamedTuple):
     owner: str  # inbox (worker id hex) of the process that owns the results
     attempt: int
     name: str
+    kind: int = 0  # TASK, ACTOR_CREATION or ACTOR_CALL
+    actor_id: str = ""  # hex; the actor created (ACTOR_CREATION) or called (ACTOR_CALL)
+    method: str = ""  # ACTOR_CALL: the method's name
+    # ACTOR_CREATION: resources held while alive, restart and concurrency settings
+    actor_options: dict[str, Any] | None = None
 
     def return_ids(self) -> list[bytes]:
         n = max(self.num_returns, 1)  # num_returns=0 still reports completion through one id

@@ -35,11 +35,12 @@ from rayr.task_spec import ArgRef, TaskSpec
 class TaskExecutor:
     """Loads functions, resolves arguments, runs tasks and delivers their results."""
 
-    def __init__(self, core: CoreWorker, conn: Connection) -> None:
+    def __init__(self, core: CoreWorker, conn: Connection, redis_url: str) -> None:
         self.core = core
         self.conn = conn
+        self.redis_url = redis_url
         self._functions: dict[str, Any] = {}
-        self._jobs_seen: set[str] = set()
+        self._job_namespaces: dict[str, str] = {}
         self._send_lock = threading.Lock()
 
     def send(self, msg: tuple) -> None:
@@ -55,46 +56,65 @@ class TaskExecutor:
                 return
             if msg[0] == "exit":
                 return
+            if msg[0] == "actor":
+                from rayr.actor_runtime import ActorRuntime  # only actor workers need it
+
+                _, stream, entry_id, spec_bytes, restart = msg
+                ActorRuntime(self, TaskSpec.decode(spec_bytes), stream, entry_id, restart).run()
+                return
             for stream, entry_id, spec_bytes in msg[1]:
                 self.execute(stream, entry_id, TaskSpec.decode(spec_bytes))
             self.send(("done", len(msg[1])))
 
     # ------------------------------------------------------------------ run
     def execute(self, stream: str, entry_id: bytes, spec: TaskSpec) -> None:
-        core = self.core
-        core.job_id = JobID.from_hex(spec.job_hex)  # type: ignore[assignment]
-        core.current_task_id = spec.task_id
-        core.current_resources = spec.resources
+        self.enter_job(spec)
+        self.core.set_current_task(spec.task_id, spec.resources)
         try:
-            records = self._run(spec)
+            records = self.run(spec, None)
         finally:
-            core.current_task_id = None
+            self.core.set_current_task(None)
+        self.deliver(spec, records, stream, entry_id, TASK_GROUP)
+
+    def enter_job(self, spec: TaskSpec) -> None:
+        """Own what this task creates inside the task's job, in the job's namespace."""
+        if spec.job_hex not in self._job_namespaces:
+            self._join_job(spec.job_hex)
+        if spec.job_hex != self.core.job_id.hex():
+            self.core.job_id = JobID(bytes.fromhex(spec.job_hex))
+            self.core.namespace = self._job_namespaces[spec.job_hex]
+
+    def deliver(self, spec: TaskSpec, records: list[bytes], stream: str, entry_id: bytes, group: str) -> None:
+        """Store the results, wake the owner and waiters, and ACK the entry: one round trip."""
         items = [(oid, record, spec.owner) for oid, record in zip(spec.return_ids(), records, strict=True)]
-        with core.gcs.r.pipeline(transaction=False) as pipe:
-            core.gcs.store_objects(items, pipe)
-            pipe.xack(stream, TASK_GROUP, entry_id)
-            pipe.xdel(stream, entry_id)
+        with self.core.gcs.r.pipeline(transaction=False) as pipe:
+            self.core.gcs.store_objects(items, pipe)
+            if stream:
+                pipe.xack(stream, group, entry_id)
+                pipe.xdel(stream, entry_id)
             pipe.execute()
 
-    def _run(self, spec: TaskSpec) -> list[bytes]:
+    def run(self, spec: TaskSpec, fn: Any) -> list[bytes]:
+        """Run ``fn`` (the spec's function when None) on the spec's arguments; result records."""
         n = max(spec.num_returns, 1)
         try:
-            fn = self._function(spec)
-            args, kwargs, failed_dep = self._arguments(spec)
+            if fn is None:
+                fn = self.load_function(spec)
+            args, kwargs, failed_dep = self.arguments(spec)
         except Exception as err:
-            return [self._error(spec, err)] * n
+            return [self.error_record(spec, err)] * n
         if failed_dep is not None:
             return [failed_dep] * n  # a failed argument fails this task with the same error
         attempts = 0
         while True:
             try:
                 result = fn(*args, **kwargs)
-                return self._results(spec, result)
+                return self.result_records(spec, result)
             except Exception as err:
                 if self._should_retry(spec, err, attempts):
                     attempts += 1
                     continue
-                return [self._error(spec, err)] * n
+                return [self.error_record(spec, err)] * n
 
     def _should_retry(self, spec: TaskSpec, err: Exception, attempts: int) -> bool:
         if spec.retry_exceptions is False:
@@ -106,11 +126,9 @@ class TaskExecutor:
         allowed = tuple(pickle.loads(spec.retry_exceptions))
         return isinstance(err, allowed)
 
-    def _function(self, spec: TaskSpec) -> Any:
+    def load_function(self, spec: TaskSpec) -> Any:
         fn = self._functions.get(spec.function_key)
         if fn is None:
-            if spec.job_hex not in self._jobs_seen:
-                self._join_job(spec.job_hex)
             data = self.core.gcs.fetch_function(spec.function_key)
             if data is None:
                 raise RuntimeError(
@@ -127,9 +145,10 @@ class TaskExecutor:
         for path in reversed(json.loads(info.get("sys_path", "[]"))):
             if path not in sys.path and os.path.isdir(path):
                 sys.path.insert(1, path)
-        self._jobs_seen.add(job_hex)
+        self._job_namespaces[job_hex] = info.get("namespace", "")
 
-    def _arguments(self, spec: TaskSpec) -> tuple[tuple, dict, bytes | None]:
+    def arguments(self, spec: TaskSpec) -> tuple[tuple, dict, bytes | None]:
+        """(args, kwargs, None), or ((), {}, error record) when a dependency failed."""
         core = self.core
         if spec.args_object is not None:
             view = core.store.get(spec.args_object)
@@ -158,7 +177,7 @@ class TaskExecutor:
 
         return tuple(fill(a) for a in call_args), {k: fill(v) for k, v in call_kwargs.items()}, None
 
-    def _results(self, spec: TaskSpec, result: Any) -> list[bytes]:
+    def result_records(self, spec: TaskSpec, result: Any) -> list[bytes]:
         if spec.num_returns <= 1:
             values = [result if spec.num_returns == 1 else None]
         else:
@@ -180,7 +199,7 @@ class TaskExecutor:
             out.append(self.core.make_record(oid, frame))
         return out
 
-    def _error(self, spec: TaskSpec, err: Exception) -> bytes:
+    def error_record(self, spec: TaskSpec, err: BaseException) -> bytes:
         tb = traceback.format_exc()
         wrapped = RayTaskError(spec.function_name, tb, err, os.getpid(), self.core.node_hex)
         try:
@@ -210,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     executor: TaskExecutor | None = None
 
     def on_blocked(blocked: bool) -> None:
-        if executor is not None and core.current_task_id is not None:
+        if executor is not None and core.current_task_id is not None and core.current_actor_id is None:
             executor.send(("blocked", blocked))
 
     core = CoreWorker(
@@ -224,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         on_blocked=on_blocked,
     )
     context.state.core = core
-    executor = TaskExecutor(core, conn)
+    executor = TaskExecutor(core, conn, opts.redis_url)
     try:
         executor.serve()
     finally:

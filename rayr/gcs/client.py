@@ -10,9 +10,11 @@ from urllib.parse import urlparse
 
 import redis
 
-from rayr.gcs import scripts
+from rayr import serialization
+from rayr.gcs import records, scripts
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
+from rayr.task_spec import TaskSpec
 
 NODE_ALIVE = "ALIVE"
 NODE_DEAD = "DEAD"
@@ -57,6 +59,10 @@ class GcsClient:
         self.keys = keys
         self._store = client.register_script(scripts.STORE_OBJECTS)
         self._fetch = client.register_script(scripts.FETCH_OR_WAIT)
+        self._register_actor = client.register_script(scripts.REGISTER_ACTOR)
+        self._submit_actor_call = client.register_script(scripts.SUBMIT_ACTOR_CALL)
+        self._mark_actor_dead = client.register_script(scripts.MARK_ACTOR_DEAD)
+        self._update_live_actor = client.register_script(scripts.UPDATE_LIVE_ACTOR)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node_hex: str, info: dict[str, Any], ttl_s: float) -> None:
@@ -179,3 +185,70 @@ class GcsClient:
 
     def shapes(self) -> set[str]:
         return {s.decode() for s in self.r.smembers(self.keys.shapes)}
+
+    def fail_tasks(self, specs: Iterable[TaskSpec], error: BaseException, pipe: Any | None = None) -> None:
+        """Resolve every return of ``specs`` to ``error`` (delivered to each owner)."""
+        record = records.error_record(serialization.dumps(error))
+        items = [(oid, record, spec.owner) for spec in specs for oid in spec.return_ids()]
+        if items:
+            self.store_objects(items, pipe)
+
+    # --------------------------------------------------------------- actors
+    def register_actor(
+        self, actor_hex: str, namespace: str, name: str, job_hex: str, fields: dict[str, Any]
+    ) -> tuple[bool, str]:
+        """Create the actor entry and mailbox; (False, existing id) if the name is taken."""
+        args: list[Any] = [self.keys.prefix, actor_hex, namespace, name, job_hex]
+        for key, value in fields.items():
+            args.extend((key, value if isinstance(value, bytes) else str(value)))
+        created, which = self._register_actor(args=args)
+        return bool(created), which.decode()
+
+    def actor_info(self, actor_hex: str) -> dict[str, Any]:
+        """The actor's hash; values decoded except the pickled ``creation_spec``."""
+        raw = self.r.hgetall(self.keys.actor(actor_hex))
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            key = k.decode()
+            out[key] = v if key == "creation_spec" else v.decode()
+        return out
+
+    def set_actor_state(self, actor_hex: str, state: str, **fields: Any) -> bool:
+        """Move a live actor to ``state``; False (and no change) if it is already DEAD."""
+        args: list[Any] = [self.keys.actor_channel, f"{actor_hex}:{state}", "state", state]
+        for key, value in fields.items():
+            args.extend((key, value if isinstance(value, bytes) else str(value)))
+        return bool(self._update_live_actor(keys=[self.keys.actor(actor_hex)], args=args))
+
+    def submit_actor_call(self, actor_hex: str, spec: bytes) -> tuple[bool, str]:
+        """Queue a call; (False, death cause) when the actor is dead."""
+        ok, detail = self._submit_actor_call(
+            keys=[self.keys.actor(actor_hex), self.keys.actor_mailbox(actor_hex)], args=[spec]
+        )
+        return bool(ok), detail.decode() if isinstance(detail, bytes) else str(detail)
+
+    def mark_actor_dead(self, actor_hex: str, cause: str) -> list[TaskSpec]:
+        """Mark the actor DEAD; returns the calls left in its mailbox (never to run)."""
+        specs = self._mark_actor_dead(args=[self.keys.prefix, actor_hex, cause, str(time.time())])
+        return [TaskSpec.decode(s) for s in specs]
+
+    def named_actor(self, namespace: str, name: str) -> str | None:
+        found = self.r.hget(self.keys.actor_names(namespace), name)
+        return found.decode() if found else None
+
+    def named_actors(self, namespace: str | None) -> list[tuple[str, str]]:
+        """(namespace, name) of live named actors, in one namespace or all."""
+        if namespace is not None:
+            keys = [self.keys.actor_names(namespace)]
+        else:
+            keys = [k.decode() for k in self.r.scan_iter(match=self.keys.actor_names_prefix + "*")]
+        out = []
+        for key in keys:
+            ns = key[len(self.keys.actor_names_prefix):]
+            for name in self.r.hkeys(key):
+                out.append((ns, name.decode()))
+        return sorted(out)
+
+    def job_actors(self, job_hex: str) -> list[str]:
+        return sorted(a.decode() for a in self.r.smembers(self.keys.job_actors(job_hex)))
+

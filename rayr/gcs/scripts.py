@@ -55,3 +55,111 @@ for i = 3, #ARGV do
 end
 return out
 """
+
+# Create an actor's table entry, claim its name, and create its mailbox, atomically.
+# ARGV[1]  cluster key prefix
+# ARGV[2]  actor id hex
+# ARGV[3]  namespace
+# ARGV[4]  name ('' = unnamed)
+# ARGV[5]  job id hex ('' = detached: not killed when the job ends)
+# ARGV[6..] field, value pairs for the actor hash
+# Returns {1, actor hex} when created, or {0, existing actor hex} when the name is taken
+# by a live actor.
+REGISTER_ACTOR = """
+local prefix, actor, ns, name, job = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if name ~= '' then
+  local names = prefix .. 'actor_names:' .. ns
+  local existing = redis.call('HGET', names, name)
+  if existing then
+    local state = redis.call('HGET', prefix .. 'actor:' .. existing, 'state')
+    if state and state ~= 'DEAD' then
+      return {0, existing}
+    end
+  end
+  redis.call('HSET', names, name, actor)
+end
+local fields = {}
+for i = 6, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', prefix .. 'actor:' .. actor, unpack(fields))
+redis.call('XGROUP', 'CREATE', prefix .. 'actor_mb:' .. actor, 'actor', '0', 'MKSTREAM')
+if job ~= '' then
+  redis.call('SADD', prefix .. 'job_actors:' .. job, actor)
+end
+return {1, actor}
+"""
+
+# Append a call to a live actor's mailbox; refuse if the actor is dead.
+# KEYS[1]  actor hash
+# KEYS[2]  actor mailbox stream
+# ARGV[1]  encoded task spec
+# Returns {1, entry id}, or {0, death cause} when the actor is dead or unknown.
+SUBMIT_ACTOR_CALL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  return {0, 'the actor does not exist (it may belong to a job that ended)'}
+end
+if state == 'DEAD' then
+  return {0, redis.call('HGET', KEYS[1], 'death_cause') or 'the actor is dead'}
+end
+return {1, redis.call('XADD', KEYS[2], '*', 's', ARGV[1])}
+"""
+
+# Mark an actor DEAD, free its name, and take every call still in its mailbox.
+# ARGV[1]  cluster key prefix
+# ARGV[2]  actor id hex
+# ARGV[3]  death cause (shown to callers)
+# ARGV[4]  time of death
+# Returns the encoded specs of the calls that will never run (empty if already dead).
+MARK_ACTOR_DEAD = """
+local prefix, actor = ARGV[1], ARGV[2]
+local key = prefix .. 'actor:' .. actor
+local state = redis.call('HGET', key, 'state')
+if (not state) or state == 'DEAD' then
+  return {}
+end
+redis.call('HSET', key, 'state', 'DEAD', 'death_cause', ARGV[3], 'end_time', ARGV[4])
+local name = redis.call('HGET', key, 'name')
+if name and name ~= '' then
+  local names = prefix .. 'actor_names:' .. redis.call('HGET', key, 'namespace')
+  if redis.call('HGET', names, name) == actor then
+    redis.call('HDEL', names, name)
+  end
+end
+local job = redis.call('HGET', key, 'job')
+if job and job ~= '' then
+  redis.call('SREM', prefix .. 'job_actors:' .. job, actor)
+end
+local mailbox = prefix .. 'actor_mb:' .. actor
+local specs = {}
+for _, entry in ipairs(redis.call('XRANGE', mailbox, '-', '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 's' then
+      specs[#specs + 1] = fields[i + 1]
+    end
+  end
+end
+redis.call('DEL', mailbox)
+redis.call('PUBLISH', prefix .. 'actor_events', actor .. ':DEAD')
+return specs
+"""
+
+# Update an actor's hash unless it is already DEAD (a kill may race a state change).
+# KEYS[1]  actor hash
+# ARGV[1]  events channel; ARGV[2] message; ARGV[3..] field, value pairs
+# Returns 1 if updated, 0 if the actor is dead or unknown.
+UPDATE_LIVE_ACTOR = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (not state) or state == 'DEAD' then
+  return 0
+end
+local fields = {}
+for i = 3, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""

@@ -23,7 +23,7 @@ import redis
 
 from rayr import serialization
 from rayr.config import Settings
-from rayr.exceptions import WorkerCrashedError
+from rayr.exceptions import ActorDiedError, WorkerCrashedError
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.keys import TASK_GROUP, Keys
@@ -66,10 +66,13 @@ class Raylet:
         self.sched = Scheduler(
             total=dict(resources),
             max_workers=max(4, int(cpus * settings.max_workers_per_cpu)),
+            min_pool=max(1, int(cpus)),
         )
         self._lock = threading.Lock()  # guards self.sched (main + reader threads)
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
+        self._kills: queue.SimpleQueue[str] = queue.SimpleQueue()  # actor ids to kill
+        self._actor_of: dict[str, str] = {}  # worker id -> actor id hex
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stopping = threading.Event()
@@ -204,13 +207,22 @@ class Raylet:
         for stream_name, entries in reply or []:
             stream = stream_name.decode()
             for entry_id, fields in entries:
-                if b"poke" in fields:
-                    self._shapes_dirty.set()
+                if b"s" not in fields:  # node control: a new shape to read, an actor to kill
+                    if b"poke" in fields:
+                        self._shapes_dirty.set()
+                    if b"kill" in fields:
+                        self._kills.put(fields[b"kill"].decode())
+                        self._wake_w.send(b"k")
                     self.gcs.r.xack(stream, TASK_GROUP, entry_id)
                     self.gcs.r.xdel(stream, entry_id)
                     continue
                 shape = stream[len(prefix):]
-                tasks.append(QueuedTask(stream, entry_id, fields[b"s"], shape, res.parse_shape(shape)))
+                task = QueuedTask(stream, entry_id, fields[b"s"], shape, res.parse_shape(shape))
+                if b"a" in fields:  # actor creation: it will hold other resources once alive
+                    spec = TaskSpec.decode(task.spec)
+                    task.actor = spec.actor_id
+                    task.lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
+                tasks.append(task)
         if tasks:
             self._incoming.put(tasks)
             self._wake_w.send(b"t")
@@ -243,9 +255,18 @@ class Raylet:
             try:
                 tasks = self._incoming.get_nowait()
             except queue.Empty:
-                return
+                break
             with self._lock:
                 self.sched.on_tasks(tasks)
+        while True:
+            try:
+                actor_id = self._kills.get_nowait()
+            except queue.Empty:
+                return
+            for worker_id, hosted in list(self._actor_of.items()):
+                handle = self.pool.workers.get(worker_id)
+                if hosted == actor_id and handle is not None and handle.proc.poll() is None:
+                    handle.proc.kill()  # its socket closes; _on_worker_exit decides what follows
 
     def _on_worker_message(self, handle: WorkerHandle) -> None:
         try:
@@ -254,7 +275,7 @@ class Raylet:
             self._on_worker_exit(handle)
             return
         kind = msg[0]
-        freed = kind == "done" or (kind == "blocked" and bool(msg[1]))
+        freed = kind in ("done", "actor_ready", "actor_failed") or (kind == "blocked" and bool(msg[1]))
         with self._lock:
             if kind == "ready":
                 handle.ready = True
@@ -266,11 +287,23 @@ class Raylet:
                     self.sched.on_worker_blocked(handle.worker_id)
                 else:
                     self.sched.on_worker_unblocked(handle.worker_id)
+            elif kind == "actor_ready":
+                self._actor_of[handle.worker_id] = msg[1]
+                self.sched.on_actor_ready(handle.worker_id)
+            elif kind == "actor_failed":
+                self.sched.on_worker_retiring(handle.worker_id)
         if freed:
             self._capacity_freed()
 
     def _on_worker_exit(self, handle: WorkerHandle) -> None:
         self.pool.remove(handle.worker_id)
+        actor_id = self._actor_of.pop(handle.worker_id, None)
+        if actor_id is not None:
+            with self._lock:
+                self.sched.on_actor_died(handle.worker_id)
+            self._actor_exited(actor_id, handle)
+            self._capacity_freed()
+            return
         with self._lock:
             if handle.ready:
                 task = self.sched.on_worker_died(handle.worker_id)
@@ -282,7 +315,34 @@ class Raylet:
             self._task_crashed(task, f"worker pid={handle.proc.pid} exited with code {code}")
         self._capacity_freed()
 
+    def _actor_exited(self, actor_id: str, handle: WorkerHandle) -> None:
+        """Restart the actor here if it may be restarted; otherwise it is dead for good."""
+        info = self.gcs.actor_info(actor_id)
+        if not info or info.get("state") == "DEAD":
+            return  # killed, exited on purpose, or its job ended: already handled
+        max_restarts = int(info.get("max_restarts", 0))
+        restarts = int(info.get("restarts", 0))
+        why = f"its worker process (pid={handle.proc.pid}) exited with code {handle.proc.returncode}"
+        if max_restarts == -1 or restarts < max_restarts:
+            if not self.gcs.set_actor_state(actor_id, "RESTARTING", restarts=restarts + 1):
+                return  # killed meanwhile
+            spec = TaskSpec.decode(info["creation_spec"])
+            lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
+            task = QueuedTask("", b"", info["creation_spec"], "", lifetime, actor_id, lifetime, True)
+            with self._lock:
+                self.sched.on_tasks([task])
+            log.warning("actor %s restarting (%d/%s): %s", actor_id, restarts + 1, max_restarts, why)
+            return
+        cause = (
+            f"The actor {actor_id} ({info.get('class_name')}) died: {why}, and it has no restarts "
+            f"left (max_restarts={max_restarts})."
+        )
+        self.gcs.fail_tasks(self.gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
+
     def _task_crashed(self, task: QueuedTask, why: str) -> None:
+        if task.actor:
+            self._creation_crashed(task, why)
+            return
         spec = TaskSpec.decode(task.spec)
         with self.gcs.r.pipeline(transaction=False) as pipe:
             if spec.max_retries == -1 or spec.attempt < spec.max_retries:
@@ -299,6 +359,31 @@ class Raylet:
             pipe.xdel(task.stream, task.entry_id)
             pipe.execute()
 
+    def _creation_crashed(self, task: QueuedTask, why: str) -> None:
+        """The worker died while constructing an actor: retry within max_restarts."""
+        info = self.gcs.actor_info(task.actor)
+        if not info or info.get("state") == "DEAD":
+            return
+        max_restarts = int(info.get("max_restarts", 0))
+        restarts = int(info.get("restarts", 0))
+        if max_restarts == -1 or restarts < max_restarts:
+            if not self.gcs.set_actor_state(task.actor, "RESTARTING", restarts=restarts + 1):
+                return
+            with self._lock:
+                self.sched.on_tasks([QueuedTask(task.stream, task.entry_id, task.spec, task.shape,
+                                                task.request, task.actor, task.lifetime, task.restart)])
+            return
+        cause = f"The actor {task.actor} died while being constructed: {why}."
+        self.gcs.fail_tasks(self.gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause))
+        spec = TaskSpec.decode(task.spec)
+        with self.gcs.r.pipeline(transaction=False) as pipe:
+            if not task.restart:
+                self.gcs.fail_tasks([spec], ActorDiedError(cause), pipe)
+            if task.stream:
+                pipe.xack(task.stream, TASK_GROUP, task.entry_id)
+                pipe.xdel(task.stream, task.entry_id)
+            pipe.execute()
+
     def _act(self) -> None:
         with self._lock:
             dispatches = self.sched.dispatches()
@@ -307,7 +392,11 @@ class Raylet:
             handle = self.pool.workers.get(d.worker)
             try:
                 assert handle is not None
-                handle.conn.send(("tasks", [(d.task.stream, d.task.entry_id, d.task.spec)]))
+                task = d.task
+                if task.actor:
+                    handle.conn.send(("actor", task.stream, task.entry_id, task.spec, task.restart))
+                else:
+                    handle.conn.send(("tasks", [(task.stream, task.entry_id, task.spec)]))
             except (AssertionError, OSError):
                 if handle is not None:
                     self._on_worker_exit(handle)

@@ -21,11 +21,14 @@ READ_CAP = 64  # most tasks pulled from one stream at once
 class QueuedTask:
     """A task read from a stream: its origin (to ACK or re-queue it) and its encoded spec."""
 
-    stream: str
+    stream: str  # "" for an actor restart, which has no stream entry
     entry_id: bytes
     spec: bytes
     shape: str
-    request: dict[str, float]
+    request: dict[str, float]  # resources to run it (to place it, for an actor creation)
+    actor: str = ""  # actor id hex for an actor creation or restart
+    lifetime: dict[str, float] = field(default_factory=dict)  # actor: resources held while alive
+    restart: bool = False
 
 
 @dataclass
@@ -53,7 +56,10 @@ class Scheduler:
     # running workers blocked in get(): their resources are released meanwhile
     blocked: set[str] = field(default_factory=set)
     starting: int = 0  # workers launched but not yet ready
-    live: set[str] = field(default_factory=set)
+    live: set[str] = field(default_factory=set)  # ready pool workers (not actors)
+    # worker -> resources its actor holds; actor workers leave the pool for good
+    actors: dict[str, dict[str, float]] = field(default_factory=dict)
+    min_pool: int = 1  # idle-or-busy pool workers kept around (prestarted)
 
     def __post_init__(self) -> None:
         if not self.available:
@@ -120,6 +126,29 @@ class Scheduler:
             self.blocked.discard(worker)
             res.subtract(self.available, task.request)
 
+    def on_actor_ready(self, worker: str) -> None:
+        """The creation task became a live actor: trade placement for lifetime resources."""
+        task = self.running.pop(worker, None)
+        if task is None:
+            return
+        self._release(worker, task)
+        res.subtract(self.available, task.lifetime)
+        self.actors[worker] = task.lifetime
+        self.live.discard(worker)
+        self._reserve()
+
+    def on_actor_died(self, worker: str) -> None:
+        res.add(self.available, self.actors.pop(worker, {}))
+        self._reserve()
+
+    def on_worker_retiring(self, worker: str) -> None:
+        """The worker finished its task and is about to exit: not idle, not live."""
+        task = self.running.pop(worker, None)
+        if task is not None:
+            self._release(worker, task)
+            self._reserve()
+        self.live.discard(worker)
+
     def on_worker_died(self, worker: str) -> QueuedTask | None:
         """Forget the worker; returns the task it was running, if any (its resources freed)."""
         self.live.discard(worker)
@@ -144,7 +173,10 @@ class Scheduler:
 
     def workers_to_start(self) -> int:
         """How many more workers to launch for the tasks that wait for one."""
-        want = len(self.ready) - len(self.idle) - self.starting
+        want = max(
+            len(self.ready) - len(self.idle) - self.starting,
+            self.min_pool - len(self.live) - self.starting,
+        )
         room = self.max_workers - len(self.live) - self.starting
         return max(0, min(want, room))
 

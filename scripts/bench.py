@@ -1,7 +1,7 @@
-"""Task latency and throughput, rayr side by side with Ray when a Ray Python is given.
+"""Task and actor latency and throughput, rayr side by side with Ray when it is given.
 
-    python scripts/bench_tasks.py                         # rayr only
-    python scripts/bench_tasks.py --ray-python ~/rayvenv/bin/python --repeats 3
+    python scripts/bench.py                         # rayr only
+    python scripts/bench.py --ray-python ~/rayvenv/bin/python --repeats 3
 
 Each measurement runs in a fresh process, alternating runtimes, so both see the same
 machine noise; the table shows medians over repeats and the rayr/Ray ratio (lower is
@@ -43,16 +43,39 @@ n = int(sys.argv[3])
 s = time.perf_counter()
 ray.get([noop.remote() for _ in range(n)])
 rate = n / (time.perf_counter() - s)
+
+@ray.remote
+class Actor:
+    def noop(self):
+        return None
+
+a = Actor.remote()
+ray.get([a.noop.remote() for _ in range(200)])
+alat = []
+for _ in range(int(sys.argv[2])):
+    s = time.perf_counter()
+    ray.get(a.noop.remote())
+    alat.append(time.perf_counter() - s)
+s = time.perf_counter()
+ray.get([a.noop.remote() for _ in range(n)])
+arate = n / (time.perf_counter() - s)
+s = time.perf_counter()
+actors = [Actor.remote() for _ in range(10)]
+ray.get([x.noop.remote() for x in actors])
+create_rate = 10 / (time.perf_counter() - s)
 ray.shutdown()
 print(json.dumps({
     "cold_start_s": cold,
     "sync_task_median_ms": 1000 * statistics.median(lat),
     "sync_task_p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
     "async_tasks_per_s": rate,
+    "sync_actor_call_median_ms": 1000 * statistics.median(alat),
+    "async_actor_calls_per_s": arate,
+    "actors_created_per_s": create_rate,
 }))
 """
 
-HIGHER_IS_BETTER = {"async_tasks_per_s"}
+HIGHER_IS_BETTER = {"async_tasks_per_s", "async_actor_calls_per_s", "actors_created_per_s"}
 
 
 def run_once(python: str, runtime: str, sync_n: int, async_n: int) -> dict[str, float]:
@@ -88,10 +111,10 @@ def main() -> None:
         name: {m: statistics.median(r[m] for r in runs) for m in metrics}
         for name, runs in results.items()
     }
-    header = f"{'metric':<24}{'rayr':>12}" + (f"{'ray':>12}{'rayr/ray':>10}" if "ray" in med else "")
+    header = f"{'metric':<28}{'rayr':>12}" + (f"{'ray':>12}{'rayr/ray':>10}" if "ray" in med else "")
     print(header)
     for m in metrics:
-        line = f"{m:<24}{med['rayr'][m]:>12.3f}"
+        line = f"{m:<28}{med['rayr'][m]:>12.3f}"
         if "ray" in med:
             ratio = med["rayr"][m] / med["ray"][m]
             better = ratio > 1 if m in HIGHER_IS_BETTER else ratio < 1

@@ -1,0 +1,325 @@
+"""Actors: ``@rayr.remote`` classes, their handles and methods."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import Any
+
+from rayr import context
+from rayr.core_worker import TaskOptions
+from rayr.object_ref import ObjectRef
+from rayr.raylet.resources import shape_key
+from rayr.remote_function import _Exported, validate_task_options
+from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION
+
+DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
+    "num_cpus": None,
+    "num_gpus": None,
+    "memory": None,
+    "resources": None,
+    "name": None,
+    "namespace": None,
+    "lifetime": None,
+    "get_if_exists": False,
+    "max_restarts": 0,
+    "max_task_retries": 0,
+    "max_concurrency": None,
+    "scheduling_strategy": "DEFAULT",
+}
+METHOD_OPTIONS = ("num_returns", "name")
+ASYNC_DEFAULT_CONCURRENCY = 1000
+
+
+class ActorExitRequest(BaseException):
+    """Raised by :func:`exit_actor`; a BaseException so ``except Exception`` cannot swallow it."""
+
+
+def exit_actor() -> None:
+    """End the current actor on purpose: no restart; pending and later calls fail."""
+    core = context.state.core
+    if core is None or core.current_actor_id is None:
+        raise TypeError("exit_actor() can only be called inside an actor method")
+    raise ActorExitRequest()
+
+
+def method(*, num_returns: int = 1, **unknown: Any) -> Any:
+    """Decorate an actor method with options: ``@rayr.method(num_returns=2)``."""
+    if unknown:
+        raise ValueError(
+            f"Invalid option(s) {sorted(unknown)} for @method; valid options: num_returns"
+        )
+
+    def mark(fn: Any) -> Any:
+        fn.__rayr_num_returns__ = num_returns
+        return fn
+
+    return mark
+
+
+def _int_option(options: dict[str, Any], name: str, minimum: int) -> int:
+    value = options[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"actor option {name!r} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def validate_actor_options(options: dict[str, Any], is_async: bool) -> dict[str, Any]:
+    """Check actor options; returns them completed with derived placement/lifetime resources.
+
+    Raises:
+        ValueError: an unknown option or a bad value, naming it and what is valid.
+    """
+    unknown = sorted(set(options) - set(DEFAULT_ACTOR_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Invalid option(s) {', '.join(map(repr, unknown))} for an actor. "
+            f"Valid options: {', '.join(DEFAULT_ACTOR_OPTIONS)}."
+        )
+    opts = {**DEFAULT_ACTOR_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
+    explicit = any(opts[k] is not None for k in ("num_cpus", "num_gpus", "memory", "resources"))
+    # Resources as Ray sets them: with none given, 1 CPU to place the actor and 0 held while
+    # it lives, so a node can host more actors than it has CPUs.
+    lifetime = validate_task_options(
+        {
+            "num_cpus": opts["num_cpus"] or 0,
+            "num_gpus": opts["num_gpus"],
+            "memory": opts["memory"],
+            "resources": opts["resources"],
+        }
+    ).resources
+    placement = lifetime if explicit else {"CPU": 1.0}
+    for name in ("name", "namespace"):
+        if opts[name] is not None and (not isinstance(opts[name], str) or not opts[name]):
+            raise ValueError(f"actor option {name!r} must be a non-empty string, got {opts[name]!r}")
+    if opts["lifetime"] not in (None, "detached", "non_detached"):
+        raise ValueError(
+            f"actor option 'lifetime' must be None, 'detached' or 'non_detached', got {opts['lifetime']!r}"
+        )
+    if opts["get_if_exists"] and not opts["name"]:
+        raise ValueError("actor option 'get_if_exists' needs a 'name'")
+    if opts["scheduling_strategy"] not in ("DEFAULT", "SPREAD"):
+        raise ValueError(
+            f"actor option 'scheduling_strategy' must be 'DEFAULT' or 'SPREAD', "
+            f"got {opts['scheduling_strategy']!r}"
+        )
+    max_restarts = _int_option(opts, "max_restarts", -1)
+    max_task_retries = _int_option(opts, "max_task_retries", -1)
+    if opts["max_concurrency"] is None:
+        opts["max_concurrency"] = ASYNC_DEFAULT_CONCURRENCY if is_async else 1
+    max_concurrency = _int_option(opts, "max_concurrency", 1)
+    opts.update(
+        placement=placement,
+        lifetime_resources=lifetime,
+        max_restarts=max_restarts,
+        max_task_retries=max_task_retries,
+        max_concurrency=max_concurrency,
+    )
+    return opts
+
+
+def _methods_of(cls: type) -> dict[str, int]:
+    """Public callable attributes of the class -> their num_returns."""
+    out = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("__") or not callable(member) or inspect.isclass(member):
+            continue
+        out[name] = getattr(member, "__rayr_num_returns__", 1)
+    return out
+
+
+def _is_async_class(cls: type) -> bool:
+    return any(
+        inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+        for _, m in inspect.getmembers(cls, predicate=inspect.isfunction)
+    )
+
+
+class ActorClass:
+    """A class made remote: ``Cls.remote(...)`` creates an actor and returns its handle."""
+
+    def __init__(self, cls: type, options: dict[str, Any], _exported: _Exported | None = None):
+        self._cls = cls
+        self._options = dict(options)
+        self._is_async = _is_async_class(cls)
+        self._validated = validate_actor_options(self._options, self._is_async)
+        self._exported = _exported or _Exported(cls)
+        self._methods = _methods_of(cls)
+        self.__name__ = cls.__name__
+        self.__doc__ = cls.__doc__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+            f"use '{self.__name__}.remote()'."
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorClass, (self._cls, self._options))
+
+    def options(self, **options: Any) -> ActorClass:
+        """A copy with some options changed."""
+        return ActorClass(self._cls, {**self._options, **options}, self._exported)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        """Create the actor; returns its handle at once (construction happens remotely)."""
+        core = context.require_core()
+        opts = self._validated
+        namespace = opts["namespace"] or core.namespace
+        name = opts["name"] or ""
+        detached = opts["lifetime"] == "detached"
+        exported = self._exported
+        exported.pickled()
+        key = core.export_function(exported.digest, exported.pickled)
+        actor_hex = core.job_id.hex() + os.urandom(12).hex()
+        fields = {
+            "actor_id": actor_hex,
+            "state": "PENDING",
+            "class_name": self.__name__,
+            "name": name,
+            "namespace": namespace,
+            "job": "" if detached else core.job_id.hex(),
+            "detached": int(detached),
+            "owner": core.worker_hex,
+            "max_restarts": opts["max_restarts"],
+            "max_task_retries": opts["max_task_retries"],
+            "max_concurrency": opts["max_concurrency"],
+            "restarts": 0,
+            "methods": json.dumps(self._methods),
+            "is_async": int(self._is_async),
+            "node": "",
+        }
+        created, existing = core.gcs.register_actor(
+            actor_hex, namespace, name, fields["job"], fields
+        )
+        if not created:
+            if opts["get_if_exists"]:
+                return handle_from_table(existing)
+            raise ValueError(
+                f"The actor name {name!r} is already taken in namespace {namespace!r} by actor "
+                f"{existing}. Pick another name, or pass get_if_exists=True to reuse it."
+            )
+        placement = opts["placement"]
+        create_opts = TaskOptions(
+            resources=placement,
+            shape=shape_key(placement),
+            num_returns=1,
+            max_retries=0,
+            retry_exceptions=False,
+            name=f"{self.__name__}.__init__",
+        )
+        core.submit_task(
+            key,
+            f"{self.__name__}.__init__",
+            args,
+            kwargs,
+            create_opts,
+            kind=ACTOR_CREATION,
+            actor_id=actor_hex,
+            actor_options={
+                "lifetime_resources": opts["lifetime_resources"],
+                "max_concurrency": opts["max_concurrency"],
+                "max_task_retries": opts["max_task_retries"],
+                "is_async": self._is_async,
+            },
+        )
+        return ActorHandle(actor_hex, self.__name__, self._methods, opts["max_task_retries"])
+
+
+def handle_from_table(actor_hex: str) -> ActorHandle:
+    """A handle for an existing actor, from the actor table."""
+    info = context.require_core().gcs.actor_info(actor_hex)
+    if not info:
+        raise ValueError(f"No actor {actor_hex} in the actor table")
+    return ActorHandle(
+        actor_hex,
+        info["class_name"],
+        json.loads(info.get("methods", "{}")),
+        int(info.get("max_task_retries", 0)),
+    )
+
+
+class ActorHandle:
+    """A reference to an actor: ``handle.method.remote(...)`` calls it. Picklable."""
+
+    def __init__(self, actor_id: str, class_name: str, methods: dict[str, int], max_task_retries: int):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._max_task_retries = max_task_retries
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods")
+        if methods is None or name not in methods:
+            raise AttributeError(
+                f"'{self.__dict__.get('_class_name', 'Actor')}' actor has no method {name!r}"
+            )
+        return ActorMethod(self, name, {"num_returns": methods[name]})
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id})"
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._max_task_retries))
+
+
+class ActorMethod:
+    """``handle.method``: call with ``.remote(...)``; ``.options(num_returns=...)`` first."""
+
+    def __init__(self, handle: ActorHandle, name: str, options: dict[str, Any]):
+        self._handle = handle
+        self._name = name
+        self._options = options
+        num_returns = options.get("num_returns", 1)
+        if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+            raise ValueError(f"option 'num_returns' must be an int >= 0, got {num_returns!r}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of running "
+            f"'{self._handle._class_name}.{self._name}()', try "
+            f"'{self._handle._class_name}.{self._name}.remote()'."
+        )
+
+    def options(self, **options: Any) -> ActorMethod:
+        unknown = sorted(set(options) - set(METHOD_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Invalid option(s) {unknown} for an actor method; valid options: {METHOD_OPTIONS}"
+            )
+        return ActorMethod(self._handle, self._name, {**self._options, **options})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        core = context.require_core()
+        num_returns = self._options.get("num_returns", 1)
+        opts = TaskOptions(
+            resources={},
+            shape="",
+            num_returns=num_returns,
+            max_retries=self._handle._max_task_retries,
+            retry_exceptions=False,
+            name=self._options.get("name") or f"{self._handle._class_name}.{self._name}",
+        )
+        refs: list[ObjectRef] = core.submit_task(
+            "",
+            f"{self._handle._class_name}.{self._name}",
+            args,
+            kwargs,
+            opts,
+            kind=ACTOR_CALL,
+            actor_id=self._handle._actor_id,
+            method=self._name,
+        )
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs

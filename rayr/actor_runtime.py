@@ -1,0 +1,248 @@
+"""An actor's worker process: constructs the instance, then serves its mailbox stream.
+
+The actor reads its calls straight from Redis (``XREADGROUP`` on its mailbox), with no
+raylet hop per call. A normal actor runs calls one at a time in stream order, so calls from
+one caller run in submission order; ``max_concurrency > 1`` runs them on a thread pool, and
+an actor with ``async def`` methods interleaves them on one event loop.
+
+Calls stay in the mailbox's pending list until their results are stored, so a restarted
+actor finds the calls its previous incarnation had read: the first ``max_concurrency`` of
+them may have been running and are retried within ``max_task_retries``; the rest had not
+started and simply run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from rayr import serialization
+from rayr.actor import ActorExitRequest
+from rayr.exceptions import ActorDiedError, RayTaskError
+from rayr.gcs import records as rec
+from rayr.gcs.client import connect
+from rayr.keys import ACTOR_GROUP, TASK_GROUP
+from rayr.task_spec import TaskSpec
+
+if TYPE_CHECKING:
+    from rayr.worker import TaskExecutor
+
+log = logging.getLogger("rayr.actor")
+READ_BATCH = 64
+
+
+class ActorRuntime:
+    """One actor instance and the loop that feeds it calls."""
+
+    def __init__(
+        self, executor: TaskExecutor, spec: TaskSpec, stream: str, entry_id: bytes, restart: bool
+    ) -> None:
+        self.executor = executor
+        self.core = executor.core
+        self.gcs = self.core.gcs
+        self.spec = spec
+        self.actor_id = spec.actor_id
+        self.creation_stream = stream
+        self.creation_entry = entry_id
+        self.restart = restart
+        options = spec.actor_options or {}
+        self.max_concurrency = int(options.get("max_concurrency", 1))
+        self.max_task_retries = int(options.get("max_task_retries", 0))
+        self.is_async = bool(options.get("is_async", False))
+        self.mailbox = self.gcs.keys.actor_mailbox(self.actor_id)
+        self.instance: Any = None
+        self._exiting = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    # ------------------------------------------------------------- creation
+    def run(self) -> None:
+        if not self._construct():
+            return
+        self.core.current_actor_id = self.actor_id
+        if self.is_async:
+            self._start_loop()
+        elif self.max_concurrency > 1:
+            self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rayr-actor")
+        self._serve()
+
+    def _construct(self) -> bool:
+        spec = self.spec
+        executor = self.executor
+        executor.enter_job(spec)
+        info = self.gcs.actor_info(self.actor_id)
+        if info.get("state", "DEAD") == "DEAD":
+            # killed before it started: finish the creation task and serve as a plain worker
+            executor.deliver(spec, [rec.value_record(serialization.dumps(None))],
+                             self.creation_stream, self.creation_entry, TASK_GROUP)
+            executor.send(("actor_failed",))
+            return False
+        self.core.current_actor_id = self.actor_id
+        self.core.set_current_task(spec.task_id, spec.resources)
+        holder: list[Any] = []
+
+        def construct(*args: Any, **kwargs: Any) -> None:
+            holder.append(executor.load_function(spec)(*args, **kwargs))
+
+        records = executor.run(spec, construct)
+        self.core.set_current_task(None)
+        if records[0][0] == rec.ERROR or not holder:
+            cause = serialization.deserialize(memoryview(records[0])[1:])
+            text = str(cause) if isinstance(cause, RayTaskError) else repr(cause)
+            self._die(f"The actor died because of an error raised in its creation task:\n{text}")
+            if not self.restart:
+                executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
+            executor.send(("actor_failed",))
+            return False
+        self.instance = holder[0]
+        alive = self.gcs.set_actor_state(
+            self.actor_id,
+            "ALIVE",
+            node=self.core.node_hex,
+            pid=os.getpid(),
+            worker=self.core.worker_hex,
+            creation_spec=spec.encode(),
+        )
+        if not alive:  # killed while it was being constructed
+            if not self.restart:
+                executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
+            executor.send(("actor_failed",))
+            os._exit(0)
+        if not self.restart:
+            executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
+        executor.send(("actor_ready", self.actor_id))
+        return True
+
+    def _die(self, cause: str) -> None:
+        """Mark the actor DEAD and fail every call left in its mailbox."""
+        specs = self.gcs.mark_actor_dead(self.actor_id, cause)
+        self.gcs.fail_tasks(specs, ActorDiedError(cause))
+
+    # -------------------------------------------------------------- serving
+    def _serve(self) -> None:
+        client: Any = connect(self.executor.redis_url, self.core.settings.redis_password)
+        if self.restart:
+            self._replay_pending(client)
+        while not self._exiting.is_set():
+            try:
+                reply = client.xreadgroup(
+                    ACTOR_GROUP, "actor", {self.mailbox: ">"}, count=READ_BATCH, block=1000
+                )
+            except Exception:
+                if self._exiting.is_set():
+                    return
+                if self.gcs.actor_info(self.actor_id).get("state", "DEAD") == "DEAD":
+                    os._exit(0)  # killed: its mailbox is gone and no call can arrive
+                log.exception("reading the mailbox of actor %s failed; retrying", self.actor_id)
+                time.sleep(0.5)
+                continue
+            for _stream, entries in reply or []:
+                for entry_id, fields in entries:
+                    self._dispatch(entry_id, TaskSpec.decode(fields[b"s"]))
+
+    def _replay_pending(self, client: Any) -> None:
+        """Handle the calls an earlier incarnation read but did not finish."""
+        pending = client.xpending_range(self.mailbox, ACTOR_GROUP, "-", "+", 100_000)
+        delivered = {p["message_id"]: p["times_delivered"] for p in pending}
+        reply = client.xreadgroup(ACTOR_GROUP, "actor", {self.mailbox: "0"}, count=100_000)
+        entries = reply[0][1] if reply else []
+        for position, (entry_id, fields) in enumerate(entries):
+            if not fields:
+                continue
+            spec = TaskSpec.decode(fields[b"s"])
+            retries_used = delivered.get(entry_id, 1) - 1
+            maybe_running = position < self.max_concurrency
+            if maybe_running and self.max_task_retries != -1 and retries_used >= self.max_task_retries:
+                err = ActorDiedError(
+                    f"The actor {self.actor_id} died while running {spec.function_name}() and "
+                    f"max_task_retries={self.max_task_retries} allows no more retries."
+                )
+                self._fail(entry_id, spec, err)
+                continue
+            self._dispatch(entry_id, spec)
+
+    def _dispatch(self, entry_id: bytes, spec: TaskSpec) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._call_async(entry_id, spec), self._loop)
+        elif self._pool is not None:
+            self._pool.submit(self._call, entry_id, spec)
+        else:
+            self._call(entry_id, spec)
+
+    def _method(self, spec: TaskSpec) -> Any:
+        try:
+            return getattr(self.instance, spec.method)
+        except AttributeError:
+            def missing(*_: Any, **__: Any) -> None:
+                raise AttributeError(f"'{type(self.instance).__name__}' actor has no method {spec.method!r}")
+            return missing
+
+    def _call(self, entry_id: bytes, spec: TaskSpec) -> None:
+        self.core.set_current_task(spec.task_id, spec.resources)
+        try:
+            records = self.executor.run(spec, self._method(spec))
+        except ActorExitRequest:
+            self._exit(entry_id, spec)
+            return
+        finally:
+            self.core.set_current_task(None)
+        self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP)
+
+    # ---------------------------------------------------------------- async
+    def _start_loop(self) -> None:
+        ready = threading.Event()
+
+        def loop_thread() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+            ready.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=loop_thread, name="rayr-actor-loop", daemon=True).start()
+        ready.wait()
+
+    async def _call_async(self, entry_id: bytes, spec: TaskSpec) -> None:
+        assert self._semaphore is not None and self._loop is not None
+        async with self._semaphore:
+            self.core.set_current_task(spec.task_id, spec.resources)
+            fn = self._method(spec)
+            n = max(spec.num_returns, 1)
+            try:
+                args, kwargs, failed = self.executor.arguments(spec)
+                if failed is not None:
+                    records = [failed] * n
+                else:
+                    result = fn(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    records = self.executor.result_records(spec, result)
+            except ActorExitRequest:
+                await self._loop.run_in_executor(None, self._exit, entry_id, spec)
+                return
+            except Exception as err:
+                records = [self.executor.error_record(spec, err)] * n
+            await self._loop.run_in_executor(
+                None, self.executor.deliver, spec, records, self.mailbox, entry_id, ACTOR_GROUP
+            )
+
+    def _fail(self, entry_id: bytes, spec: TaskSpec, err: BaseException) -> None:
+        """Resolve a call's returns to ``err`` and ACK it."""
+        records = [rec.error_record(serialization.dumps(err))] * max(spec.num_returns, 1)
+        self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP)
+
+    # ----------------------------------------------------------------- exit
+    def _exit(self, entry_id: bytes, spec: TaskSpec) -> None:
+        """exit_actor(): fail this call and everything queued, then end the process."""
+        self._exiting.set()
+        cause = f"The actor {self.actor_id} exited on purpose (exit_actor() in {spec.function_name}())."
+        self._fail(entry_id, spec, ActorDiedError(cause))
+        self._die(cause)
+        os._exit(0)
