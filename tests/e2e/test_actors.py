@@ -306,6 +306,22 @@ def test_restart_reruns_constructor(ray):
         rayr.get(c.get.remote(), timeout=30)
 
 
+def test_kill_with_restart_allowed_restarts(ray):
+    c = Counter.options(max_restarts=1).remote(3)
+    rayr.get(c.inc.remote())
+    old_pid = rayr.get(c.pid.remote())
+    rayr.kill(c, no_restart=False)
+    deadline = time.time() + 30
+    pid = old_pid
+    while pid == old_pid and time.time() < deadline:  # the kill is asynchronous
+        try:
+            pid = rayr.get(c.pid.remote(), timeout=30)
+        except ActorDiedError:  # a call that was running when the process died
+            continue
+    assert pid != old_pid
+    assert rayr.get(c.get.remote()) == 3  # the constructor ran again
+
+
 def test_max_task_retries_retries_the_crashed_call(ray, tmp_path):
     marker = tmp_path / "crashed-once"
 

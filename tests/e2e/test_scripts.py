@@ -48,6 +48,51 @@ RAY_SCRIPT = textwrap.dedent(
 )
 
 
+RAY_ACTOR_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, os
+    import rayr as ray
+
+    ray.init(num_cpus=2, namespace="app")
+
+    @ray.remote
+    class Counter:
+        def __init__(self):
+            self.value = 0
+
+        def increment(self):
+            self.value += 1
+            return self.value
+
+        def die(self):
+            os._exit(1)
+
+    @ray.remote
+    class AsyncActor:
+        async def run(self, x):
+            await asyncio.sleep(0.01)
+            return x * 3
+
+    counter = Counter.options(name="global_counter", max_restarts=1).remote()
+    assert ray.get([counter.increment.remote() for _ in range(3)]) == [1, 2, 3]
+    same = ray.get_actor("global_counter")
+    assert ray.get(same.increment.remote()) == 4
+    counter.die.remote()
+    assert ray.get(counter.increment.remote()) == 1   # restarted with fresh state
+    a = AsyncActor.remote()
+    assert ray.get([a.run.remote(i) for i in range(5)]) == [0, 3, 6, 9, 12]
+    ray.kill(a)
+    try:
+        ray.get(a.run.remote(1))
+        raise SystemExit("a killed actor answered")
+    except ray.exceptions.RayActorError:
+        pass
+    ray.shutdown()
+    print("ray-actor-script-ok")
+    """
+)
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path / "rayr")}
     env.pop("RAYR_ADDRESS", None)
@@ -61,6 +106,15 @@ def test_unchanged_ray_core_script_runs(tmp_path):
                          env=_env(tmp_path), timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "ray-script-ok" in out.stdout
+
+
+def test_unchanged_ray_actor_script_runs(tmp_path):
+    script = tmp_path / "actors.py"
+    script.write_text(RAY_ACTOR_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=_env(tmp_path), timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ray-actor-script-ok" in out.stdout
 
 
 def test_demo_runs(tmp_path):
