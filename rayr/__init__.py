@@ -9,6 +9,7 @@ from rayr import actor, exceptions, util
 from rayr.actor import ActorClass, ActorHandle, method
 from rayr.api import (
     available_resources,
+    cancel,
     cluster_resources,
     get,
     get_actor,
@@ -23,6 +24,7 @@ from rayr.api import (
     wait,
 )
 from rayr.object_ref import ObjectRef
+from rayr.streaming import ObjectRefGenerator
 
 __version__ = "0.1.0"
 
@@ -30,9 +32,11 @@ __all__ = [
     "ActorClass",
     "ActorHandle",
     "ObjectRef",
+    "ObjectRefGenerator",
     "__version__",
     "actor",
     "available_resources",
+    "cancel",
     "cluster_resources",
     "exceptions",
     "get",

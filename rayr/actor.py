@@ -11,8 +11,9 @@ from rayr import context
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
 from rayr.raylet.resources import shape_key
-from rayr.remote_function import _Exported, validate_task_options
-from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION
+from rayr.remote_function import _Exported, default_num_returns, parse_num_returns, validate_task_options
+from rayr.streaming import ObjectRefGenerator
+from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, STREAMING
 
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": None,
@@ -119,13 +120,13 @@ def validate_actor_options(options: dict[str, Any], is_async: bool) -> dict[str,
     return opts
 
 
-def _methods_of(cls: type) -> dict[str, int]:
+def _methods_of(cls: type) -> dict[str, Any]:
     """Public callable attributes of the class -> their num_returns."""
     out = {}
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") or not callable(member) or inspect.isclass(member):
             continue
-        out[name] = getattr(member, "__rayr_num_returns__", 1)
+        out[name] = getattr(member, "__rayr_num_returns__", default_num_returns(member))
     return out
 
 
@@ -244,7 +245,7 @@ def handle_from_table(actor_hex: str) -> ActorHandle:
 class ActorHandle:
     """A reference to an actor: ``handle.method.remote(...)`` calls it. Picklable."""
 
-    def __init__(self, actor_id: str, class_name: str, methods: dict[str, int], max_task_retries: int):
+    def __init__(self, actor_id: str, class_name: str, methods: dict[str, Any], max_task_retries: int):
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
@@ -278,9 +279,7 @@ class ActorMethod:
         self._handle = handle
         self._name = name
         self._options = options
-        num_returns = options.get("num_returns", 1)
-        if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
-            raise ValueError(f"option 'num_returns' must be an int >= 0, got {num_returns!r}")
+        self._num_returns = parse_num_returns(options.get("num_returns", 1))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -299,7 +298,7 @@ class ActorMethod:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         core = context.require_core()
-        num_returns = self._options.get("num_returns", 1)
+        num_returns = self._num_returns
         opts = TaskOptions(
             resources={},
             shape="",
@@ -322,4 +321,6 @@ class ActorMethod:
             return refs[0]
         if num_returns == 0:
             return None
+        if num_returns == STREAMING:
+            return ObjectRefGenerator(refs[0])
         return refs

@@ -28,7 +28,7 @@ from rayr.exceptions import ActorDiedError, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import connect
 from rayr.keys import ACTOR_GROUP, TASK_GROUP
-from rayr.task_spec import TaskSpec
+from rayr.task_spec import STREAMING, TaskSpec
 
 if TYPE_CHECKING:
     from rayr.worker import TaskExecutor
@@ -56,6 +56,9 @@ class ActorRuntime:
         self.max_task_retries = int(options.get("max_task_retries", 0))
         self.is_async = bool(options.get("is_async", False))
         self.mailbox = self.gcs.keys.actor_mailbox(self.actor_id)
+        self.control = self.gcs.keys.actor_control(self.actor_id)
+        # calls running on the event loop, by task id, so a cancellation can reach them
+        self._async_calls: dict[bytes, Any] = {}
         self.instance: Any = None
         self._exiting = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,6 +88,7 @@ class ActorRuntime:
             executor.send(("actor_failed",))
             return False
         self.core.current_actor_id = self.actor_id
+        executor.attribute_output(spec.function_name.split(".")[0])  # the class, as Ray prefixes
         self.core.set_current_task(spec.task_id, spec.resources)
         holder: list[Any] = []
 
@@ -130,11 +134,10 @@ class ActorRuntime:
         client: Any = connect(self.executor.redis_url, self.core.settings.redis_password)
         if self.restart:
             self._replay_pending(client)
+        streams = {self.mailbox: ">", self.control: ">"}
         while not self._exiting.is_set():
             try:
-                reply = client.xreadgroup(
-                    ACTOR_GROUP, "actor", {self.mailbox: ">"}, count=READ_BATCH, block=1000
-                )
+                reply = client.xreadgroup(ACTOR_GROUP, "actor", streams, count=READ_BATCH, block=1000)
             except Exception:
                 if self._exiting.is_set():
                     return
@@ -143,9 +146,39 @@ class ActorRuntime:
                 log.exception("reading the mailbox of actor %s failed; retrying", self.actor_id)
                 time.sleep(0.5)
                 continue
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._dispatch(entry_id, TaskSpec.decode(fields[b"s"]))
+            calls = []
+            for stream, entries in reply or []:
+                if stream.decode() == self.control:
+                    self._on_control(entries)
+                else:
+                    calls.extend(entries)
+            for entry_id, fields in calls:
+                self._dispatch(entry_id, TaskSpec.decode(fields[b"s"]))
+
+    def _on_control(self, entries: list) -> None:
+        """Cancellations: flag the call (a sync method may poll is_canceled()), or cancel it."""
+        for entry_id, fields in entries or []:
+            if b"cancel" in fields:
+                task_id = bytes.fromhex(fields[b"cancel"].decode())
+                self.core.cancelled_tasks.add(task_id)
+                future = self._async_calls.get(task_id)
+                if future is not None:
+                    future.cancel()
+            self.gcs.r.xack(self.control, ACTOR_GROUP, entry_id)
+            self.gcs.r.xdel(self.control, entry_id)
+
+    def _read_control(self, pipe: Any) -> None:
+        pipe.xreadgroup(ACTOR_GROUP, "actor", {self.control: ">"}, count=READ_BATCH)
+
+    def _deliver(self, entry_id: bytes, spec: TaskSpec, records: list[bytes]) -> None:
+        """Deliver a call's results; a sync actor also picks up cancellations on the way."""
+        if spec.task_id in self.core.cancelled_tasks:
+            self.core.cancelled_tasks.discard(spec.task_id)
+            records = [self.executor.cancelled_record(spec)] * max(spec.num_returns, 1)
+        control = self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP,
+                                        extra=self._read_control)
+        for _stream, entries in control or []:
+            self._on_control(entries)
 
     def _replay_pending(self, client: Any) -> None:
         """Handle the calls an earlier incarnation read but did not finish."""
@@ -169,8 +202,13 @@ class ActorRuntime:
             self._dispatch(entry_id, spec)
 
     def _dispatch(self, entry_id: bytes, spec: TaskSpec) -> None:
+        if spec.task_id in self.core.cancelled_tasks:  # cancelled before it started
+            self._deliver(entry_id, spec, [])
+            return
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._call_async(entry_id, spec), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._call_async(entry_id, spec), self._loop)
+            self._async_calls[spec.task_id] = future
+            future.add_done_callback(lambda _: self._async_calls.pop(spec.task_id, None))
         elif self._pool is not None:
             self._pool.submit(self._call, entry_id, spec)
         else:
@@ -193,7 +231,7 @@ class ActorRuntime:
             return
         finally:
             self.core.set_current_task(None)
-        self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP)
+        self._deliver(entry_id, spec, records)
 
     # ---------------------------------------------------------------- async
     def _start_loop(self) -> None:
@@ -221,22 +259,43 @@ class ActorRuntime:
                     records = [failed] * n
                 else:
                     result = fn(*args, **kwargs)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    records = self.executor.result_records(spec, result)
+                    if spec.num_returns == STREAMING:
+                        records = [await self._stream_async(spec, result)]
+                    else:
+                        if inspect.isawaitable(result):
+                            result = await result
+                        records = self.executor.result_records(spec, result)
             except ActorExitRequest:
                 await self._loop.run_in_executor(None, self._exit, entry_id, spec)
                 return
+            except asyncio.CancelledError:
+                records = [self.executor.cancelled_record(spec)] * n
+                self.core.cancelled_tasks.discard(spec.task_id)
             except Exception as err:
                 records = [self.executor.error_record(spec, err)] * n
-            await self._loop.run_in_executor(
-                None, self.executor.deliver, spec, records, self.mailbox, entry_id, ACTOR_GROUP
-            )
+            await self._loop.run_in_executor(None, self._deliver, entry_id, spec, records)
 
     def _fail(self, entry_id: bytes, spec: TaskSpec, err: BaseException) -> None:
         """Resolve a call's returns to ``err`` and ACK it."""
         records = [rec.error_record(serialization.dumps(err))] * max(spec.num_returns, 1)
         self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP)
+
+    async def _stream_async(self, spec: TaskSpec, items: Any) -> bytes:
+        """Like TaskExecutor.stream_items, for async (or plain) generators on the event loop."""
+        assert self._loop is not None
+        if not inspect.isasyncgen(items):
+            return await self._loop.run_in_executor(None, self.executor.stream_items, spec, items)
+        count = 0
+        store = self.executor.store_item
+        try:
+            async for value in items:
+                await self._loop.run_in_executor(None, store, spec, count, value)
+                count += 1
+        except Exception as err:
+            record = self.executor.error_record(spec, err)
+            await self._loop.run_in_executor(None, store, spec, count, None, record)
+            count += 1
+        return rec.value_record(serialization.dumps(count))
 
     # ----------------------------------------------------------------- exit
     def _exit(self, entry_id: bytes, spec: TaskSpec) -> None:

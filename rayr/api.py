@@ -24,10 +24,12 @@ from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient, connect, normalize_address
 from rayr.ids import WorkerID
 from rayr.keys import Keys
+from rayr.log_stream import LogPrinter
 from rayr.node import LocalCluster
 from rayr.object_ref import ObjectRef
 from rayr.object_store.registry import open_backend
 from rayr.remote_function import RemoteFunction
+from rayr.streaming import ObjectRefGenerator
 
 SESSION_FILE = "rayr_current_cluster"
 
@@ -110,6 +112,7 @@ def init(
     object_store_backend: str | None = None,
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
     include_dashboard: bool | None = None,
     logging_level: str | int | None = None,
     _redis_password: str | None = None,
@@ -121,7 +124,9 @@ def init(
     With no address it joins ``RAYR_ADDRESS`` or a cluster started on this host with
     ``rayr start``; otherwise it starts Redis, the monitor and a raylet as child processes
     that stop with ``shutdown()`` or when this process exits, however it exits.
-    ``address`` may be ``"host:port"``, ``"redis://host:port"`` or ``"auto"``.
+    ``address`` may be ``"host:port"``, ``"redis://host:port"`` or ``"auto"``. With
+    ``log_to_driver`` (the default) what tasks and actors print appears here, prefixed
+    with ``(name pid=..., node=...)``.
 
     Raises:
         RuntimeError: already initialized (unless ``ignore_reinit_error``).
@@ -188,6 +193,12 @@ def init(
                 cluster.shutdown()
             raise
         state.cluster = cluster
+        if log_to_driver:
+            core = state.core
+            pubsub = core.gcs.r.pubsub()
+            pubsub.subscribe(core.keys.job_logs(core.job_id.hex()))
+            state.log_printer = LogPrinter(pubsub)
+            state.log_printer.start()
         _register_atexit()
         return RayContext(_address_info(state.core))
 
@@ -275,9 +286,12 @@ def _register_atexit() -> None:
 def shutdown() -> None:
     """Disconnect; stop the processes ``init()`` started; free this job's objects."""
     with state.lock:
-        core, cluster = state.core, state.cluster
+        core, cluster, printer = state.core, state.cluster, state.log_printer
         state.core = None
         state.cluster = None
+        state.log_printer = None
+        if printer is not None:
+            printer.stop(drain_s=0.05)
         if core is not None:
             try:
                 for actor_id in core.gcs.job_actors(core.job_id.hex()):
@@ -492,4 +506,24 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
             "that name there. It may have died, or been created in another namespace."
         )
     return handle_from_table(actor_id)
+
+
+def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``ref``; ``get`` on it then raises TaskCancelledError.
+
+    A queued task never runs. A running task gets KeyboardInterrupt raised in it, or with
+    ``force=True`` its worker is killed. ``recursive`` also cancels the tasks it submitted.
+    For actor calls: a queued call never runs; a running call on an async actor is
+    cancelled, on a sync actor it can check ``get_runtime_context().is_canceled()``;
+    ``force=True`` is refused for actor calls.
+
+    Raises:
+        TypeError: ``ref`` is not a task's output (e.g. it came from ``put``).
+        ValueError: ``force=True`` on an actor call, or this process does not own ``ref``.
+    """
+    if isinstance(ref, ObjectRefGenerator):
+        ref = ref.completed()
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() expects an ObjectRef returned by a task, got {type(ref).__name__}")
+    context.require_core().cancel(ref.binary(), force, recursive)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rayr.core_worker import CoreWorker
+    from rayr.log_stream import LogPrinter
     from rayr.node import LocalCluster
 
 
@@ -20,6 +21,7 @@ class ProcessState:
     def __init__(self) -> None:
         self.core: CoreWorker | None = None
         self.cluster: LocalCluster | None = None
+        self.log_printer: LogPrinter | None = None
         self.lock = threading.RLock()
 
 
@@ -58,6 +60,11 @@ class RuntimeContext:
     def get_actor_id(self) -> str | None:
         """Hex id of the actor this code runs in, or None outside actors."""
         return self._core.current_actor_id
+
+    def is_canceled(self) -> bool:
+        """Whether the running task (or actor call) has been cancelled."""
+        task = self._core.current_task_id
+        return task is not None and self._core.is_cancelled(task)
 
     def get_worker_id(self) -> str:
         return self._core.worker_hex

@@ -20,14 +20,28 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rayr import serialization
-from rayr.exceptions import ActorDiedError, GetTimeoutError, ObjectLostError, RayTaskError
+from rayr.exceptions import (
+    ActorDiedError,
+    GetTimeoutError,
+    ObjectLostError,
+    RayTaskError,
+    TaskCancelledError,
+)
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.raylet import resources as res
-from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, ARGS_OBJECT_INDEX, TASK, ArgRef, TaskSpec
+from rayr.task_spec import (
+    ACTOR_CALL,
+    ACTOR_CREATION,
+    ARGS_OBJECT_INDEX,
+    STREAMING,
+    TASK,
+    ArgRef,
+    TaskSpec,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -62,6 +76,7 @@ class _WaitingTask:
     spec: TaskSpec
     shape: str  # the task stream's shape; "" for actor calls (they go to a mailbox)
     missing: set[bytes]
+    cancelled: bool = False
 
 
 class CoreWorker:
@@ -112,6 +127,11 @@ class CoreWorker:
         self._inflight: dict[bytes, tuple[list[ObjectRef], bytes | None]] = {}
         self._to_delete: list[tuple[bytes, bytes | None]] = []
         self._pinned_creation_args: list[tuple[list[ObjectRef], bytes | None]] = []
+        self._streams: set[bytes] = set()  # generator tasks whose items we accept as they come
+        # task id -> (stream, entry id, spec) of submitted, unfinished tasks (to cancel them)
+        self._submitted: dict[bytes, tuple[str, bytes, TaskSpec]] = {}
+        self._children: dict[bytes, list[bytes]] = {}  # running task -> first return of each child
+        self.cancelled_tasks: set[bytes] = set()  # calls of this actor cancelled while queued/running
         self._exported: set[str] = set()
         # per actor, this process's calls in submission order; sent head first once ready
         self._actor_queues: dict[str, deque[_WaitingTask]] = {}
@@ -242,26 +262,20 @@ class CoreWorker:
                 if parsed is None:
                     continue
                 oid, record = parsed
-                self._watching.discard(oid)
-                if oid in self._pending:
-                    self._pending.discard(oid)
-                    self._records[oid] = record
-                elif oid in self._refs:
-                    # the first record wins: a call failed by an actor's death may still finish
-                    self._records.setdefault(oid, record)
-                elif oid in self._freed_pending:
-                    self._freed_pending.discard(oid)
-                    self._to_delete.append((oid, record))
+                self._accept(oid, record)
                 for waiting in self._dep_waiters.pop(oid, ()):
                     waiting.missing.discard(oid)
                     if not waiting.missing:
                         ready.append(waiting)
                 if oid[16:] == FIRST_RETURN:
+                    self._submitted.pop(oid[:16], None)
                     held = self._inflight.pop(oid[:16], None)
                     if held is not None:
                         finished.append(held)
             self._cond.notify_all()
         for waiting in ready:
+            if waiting.cancelled:
+                continue
             if waiting.spec.kind == ACTOR_CALL:
                 self._flush_actor_queue(waiting.spec.actor_id)
             else:
@@ -270,6 +284,22 @@ class CoreWorker:
             if args_object is not None:
                 self.store.delete(args_object)
                 self.gcs.delete_objects([args_object.hex()])
+
+    def _accept(self, oid: bytes, record: bytes) -> None:
+        """File one arrived record (under the lock)."""
+        self._watching.discard(oid)
+        if oid in self._pending:
+            self._pending.discard(oid)
+            self._records[oid] = record
+        elif oid in self._refs:
+            # the first record wins: a call failed by an actor's death may still finish
+            self._records.setdefault(oid, record)
+        elif oid in self._freed_pending:
+            self._freed_pending.discard(oid)
+            self._to_delete.append((oid, record))
+        elif oid[:16] in self._streams:  # a generator's item: ours before any ref exists
+            self._records.setdefault(oid, record)
+            self._owned.add(oid)
 
     # ------------------------------------------------------------ submission
     def export_function(self, digest: str, pickled: Callable[[], bytes]) -> str:
@@ -301,28 +331,7 @@ class CoreWorker:
         if kind != ACTOR_CALL:
             self._ensure_shape(opts.shape, opts.resources, function_name)
         task_id = self.job_id.binary() + os.urandom(12)
-        arg_refs: list[ObjectRef] = []
-
-        def swap(value: Any) -> Any:
-            if type(value) is ObjectRef:
-                arg_refs.append(value)
-                return ArgRef(len(arg_refs) - 1)
-            return value
-
-        call_args = tuple(swap(a) for a in args)
-        call_kwargs = {k: swap(v) for k, v in kwargs.items()}
-        try:
-            frame = serialization.serialize((call_args, call_kwargs))
-        except Exception as err:
-            raise TypeError(_unpicklable_message(function_name, args, kwargs, err)) from err
-        args_object = None
-        if frame.total_size > self._threshold:
-            args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
-            self.store.put_bytes(args_object, frame.write_to, frame.total_size)
-            self.gcs.store_objects([(args_object, rec.stored_record(self.node_hex, frame.total_size), "")])
-            frame_bytes = b""
-        else:
-            frame_bytes = frame.to_bytes()
+        frame_bytes, args_object, arg_refs = self._pack_arguments(task_id, function_name, args, kwargs)
         spec = TaskSpec(
             task_id=task_id,
             job_hex=self.job_id.hex(),
@@ -345,9 +354,14 @@ class CoreWorker:
             actor_options=actor_options,
         )
         return_ids = spec.return_ids()
+        parent = self.current_task_id
         with self._cond:
+            if parent is not None:
+                self._children.setdefault(parent, []).append(return_ids[0])
             self._pending.update(return_ids)
             self._owned.update(return_ids)
+            if opts.num_returns == STREAMING:
+                self._streams.add(task_id)  # before submitting: items may arrive at once
             if kind != ACTOR_CREATION:
                 self._inflight[task_id] = (arg_refs, args_object)
             else:
@@ -370,6 +384,49 @@ class CoreWorker:
             self._submit_ready(spec, opts.shape)
         return refs
 
+    def _pack_arguments(
+        self, task_id: bytes, function_name: str, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[bytes, bytes | None, list[ObjectRef]]:
+        """(inline args frame, id of a stored args frame, top-level ObjectRef args).
+
+        Top-level refs become ArgRef placeholders resolved by the executor; a frame over the
+        inline threshold goes to the node store so large arguments are never copied into Redis.
+        """
+        arg_refs: list[ObjectRef] = []
+
+        def swap(value: Any) -> Any:
+            if type(value) is ObjectRef:
+                arg_refs.append(value)
+                return ArgRef(len(arg_refs) - 1)
+            return value
+
+        call_args = tuple(swap(a) for a in args)
+        call_kwargs = {k: swap(v) for k, v in kwargs.items()}
+        try:
+            frame = serialization.serialize((call_args, call_kwargs))
+        except Exception as err:
+            raise TypeError(_unpicklable_message(function_name, args, kwargs, err)) from err
+        if frame.total_size <= self._threshold:
+            return frame.to_bytes(), None, arg_refs
+        args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
+        self.store.put_bytes(args_object, frame.write_to, frame.total_size)
+        self.gcs.store_objects([(args_object, rec.stored_record(self.node_hex, frame.total_size), "")])
+        return b"", args_object, arg_refs
+
+    def forget_stream(self, task_id: bytes, first_unread: int) -> None:
+        """The generator is gone: free items nobody took, stop accepting new ones."""
+        with self._cond:
+            self._streams.discard(task_id)
+            unread = [
+                o for o in self._records
+                if o[:16] == task_id and int.from_bytes(o[16:], "big") >= first_unread
+            ]
+            for oid in unread:
+                if oid not in self._refs:
+                    record = self._records.pop(oid)
+                    self._owned.discard(oid)
+                    self._to_delete.append((oid, record))
+
     def _flush_actor_queue(self, actor_id: str) -> None:
         """Send this process's queued calls to an actor, in order, while the head is ready."""
         with self._send_lock:
@@ -381,10 +438,17 @@ class CoreWorker:
                     waiting = queue.popleft()
                     if not queue:
                         del self._actor_queues[actor_id]
+                if waiting.cancelled:
+                    continue
                 spec = self._with_inline_deps(waiting.spec)
-                accepted, cause = self.gcs.submit_actor_call(actor_id, spec.encode())
+                accepted, detail = self.gcs.submit_actor_call(actor_id, spec.encode())
                 if not accepted:
-                    self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {actor_id} is dead: {cause}"))
+                    self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {actor_id} is dead: {detail}"))
+                else:
+                    with self._cond:
+                        if spec.task_id in self._pending_ids(spec):
+                            mailbox = self.keys.actor_mailbox(actor_id)
+                            self._submitted[spec.task_id] = (mailbox, detail.encode(), spec)
 
     def _with_inline_deps(self, spec: TaskSpec) -> TaskSpec:
         """The spec with small resolved dependencies inlined, so the executor need not fetch them."""
@@ -403,7 +467,82 @@ class CoreWorker:
         fields = {b"s": spec.encode()}
         if spec.kind == ACTOR_CREATION:
             fields[b"a"] = b"1"  # lets the raylet spot creations without decoding every spec
-        self.gcs.r.xadd(self.keys.shape_stream(shape), fields)
+        stream = self.keys.shape_stream(shape)
+        entry_id = self.gcs.r.xadd(stream, fields)
+        with self._cond:
+            if spec.task_id in self._pending_ids(spec):
+                self._submitted[spec.task_id] = (stream, entry_id, spec)
+
+    def _pending_ids(self, spec: TaskSpec) -> set[bytes]:
+        """The spec's task id if its first return is still pending (call under the lock)."""
+        return {spec.task_id} if spec.return_ids()[0] in self._pending else set()
+
+    # ---------------------------------------------------------- cancellation
+    def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
+        """Cancel the task that produces ``oid`` (see ``rayr.cancel``)."""
+        task_id = oid[:16]
+        if oid[16:] == PUT_INDEX:
+            raise TypeError(
+                f"cancel() needs the ref of a task's output; {oid.hex()} was made by put(), "
+                "and no task produces it"
+            )
+        with self._cond:
+            if oid not in self._owned and oid not in self._records and task_id not in self._submitted:
+                raise ValueError(
+                    f"cancel(): this process does not own {oid.hex()}; only the process that "
+                    "submitted a task can cancel it"
+                )
+            if oid in self._records and oid not in self._pending:
+                return  # already finished
+            entry = self._submitted.get(task_id)
+            waiting = self._find_waiting(task_id)
+        spec = waiting.spec if waiting is not None else entry[2] if entry is not None else None
+        if spec is not None and spec.kind == ACTOR_CALL and force:
+            raise ValueError("force=True is not supported for actor tasks; use kill() on the actor")
+        error = TaskCancelledError(f"Task {spec.name if spec else task_id.hex()} was cancelled.")
+        if waiting is not None:
+            waiting.cancelled = True
+            self.gcs.fail_tasks([waiting.spec], error)
+            return
+        if entry is None:
+            return
+        stream, entry_id, spec = entry
+        if spec.kind == ACTOR_CALL:
+            status = self.gcs.cancel_actor_call(spec.actor_id, entry_id, task_id.hex())
+        else:
+            flags = ",".join(f for f, on in (("force", force), ("recursive", recursive)) if on)
+            status, _node = self.gcs.cancel_task(stream, entry_id, task_id.hex(), flags)
+        if status == "deleted":  # never reached an executor: resolve it here
+            self.gcs.fail_tasks([spec], error)
+
+    def _find_waiting(self, task_id: bytes) -> _WaitingTask | None:
+        for group in (*self._dep_waiters.values(), *self._actor_queues.values()):
+            for waiting in group:
+                if waiting.spec.task_id == task_id and not waiting.cancelled:
+                    return waiting
+        return None
+
+    def cancel_children(self, task_id: bytes) -> None:
+        """Cancel (recursively) the unfinished tasks that task ``task_id`` submitted."""
+        with self._cond:
+            children = [c for c in self._children.get(task_id, []) if c in self._pending]
+        for child in children:
+            try:
+                self.cancel(child, force=False, recursive=True)
+            except ValueError:  # an actor call: not force-cancellable, nothing more to do
+                pass
+
+    def forget_children(self, task_id: bytes) -> None:
+        with self._cond:
+            self._children.pop(task_id, None)
+
+    def is_cancelled(self, task_id: bytes) -> bool:
+        if task_id in self.cancelled_tasks:
+            return True
+        if self.gcs.cancel_flags(task_id.hex()) is None:
+            return False
+        self.cancelled_tasks.add(task_id)  # so the call's result is reported as cancelled
+        return True
 
     def _ensure_shape(self, shape: str, request: dict[str, float], name: str) -> None:
         if shape in self._shapes:
@@ -461,6 +600,7 @@ class CoreWorker:
             need = [
                 o for o in oids
                 if o not in self._records and o not in self._pending and o not in self._watching
+                and o[:16] not in self._streams
             ]
             self._watching.update(need)
         if not need:

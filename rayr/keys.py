@@ -134,3 +134,15 @@ class Keys:
         """Actor state changes (``<actor hex>:<state>``), a hint; the hash is the truth."""
         return self.prefix + "actor_events"
 
+    # -- worker output, published per job for drivers that show it
+    def job_logs(self, job_hex: str) -> str:
+        return f"{self.prefix}logs:{job_hex}"
+
+    def actor_control(self, actor_hex: str) -> str:
+        """Stream of control messages (cancellations) the actor reads beside its mailbox."""
+        return f"{self.prefix}actor_ctl:{actor_hex}"
+
+    # -- cancellation markers: set by the owner, read where the task runs
+    def cancel_marker(self, task_hex: str) -> str:
+        return f"{self.prefix}cancel:{task_hex}"
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,8 @@ from rayr import context, serialization
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
 from rayr.raylet.resources import shape_key
+from rayr.streaming import ObjectRefGenerator
+from rayr.task_spec import STREAMING
 
 DEFAULT_TASK_OPTIONS: dict[str, Any] = {
     "num_cpus": 1,
@@ -30,6 +33,20 @@ def _number(name: str, value: Any, minimum: float = 0) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
         raise ValueError(f"option {name!r} must be a number >= {minimum}, got {value!r}")
     return float(value)
+
+
+def parse_num_returns(value: Any) -> int:
+    """An int >= 0, or "streaming" (returned as STREAMING)."""
+    if value == "streaming":
+        return STREAMING
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"option 'num_returns' must be an int >= 0 or 'streaming', got {value!r}")
+    return value
+
+
+def default_num_returns(fn: Any) -> Any:
+    """Generator functions stream their items by default, as in Ray."""
+    return "streaming" if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn) else 1
 
 
 def validate_task_options(options: dict[str, Any]) -> TaskOptions:
@@ -63,9 +80,7 @@ def validate_task_options(options: dict[str, Any]) -> TaskOptions:
             raise ValueError(f"resource names must be non-empty strings without ',' or '=', got {name!r}")
         if _number(f"resources[{name!r}]", amount):
             request[name] = float(amount)
-    num_returns = opts["num_returns"]
-    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
-        raise ValueError(f"option 'num_returns' must be an int >= 0, got {num_returns!r}")
+    num_returns = parse_num_returns(opts["num_returns"])
     max_retries = opts["max_retries"]
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
         raise ValueError(
@@ -123,6 +138,7 @@ class RemoteFunction:
     def __init__(self, fn: Callable, options: dict[str, Any], _exported: _Exported | None = None):
         self._function = fn
         self._options = dict(options)
+        self._options.setdefault("num_returns", default_num_returns(fn))
         self._task_options = validate_task_options(self._options)
         self._exported = _exported or _Exported(fn)
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
@@ -144,7 +160,8 @@ class RemoteFunction:
         return RemoteFunction(self._function, {**self._options, **options}, self._exported)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Submit a task; returns an ObjectRef, a list of them, or None for num_returns=0."""
+        """Submit a task; returns an ObjectRef, a list of them, None for num_returns=0, or an
+        ObjectRefGenerator for a streaming (generator) task."""
         core = context.require_core()
         exported = self._exported
         exported.pickled()
@@ -155,4 +172,6 @@ class RemoteFunction:
             return refs[0]
         if n == 0:
             return None
+        if n == STREAMING:
+            return ObjectRefGenerator(refs[0])
         return refs

@@ -16,6 +16,9 @@ TASK = 0
 ACTOR_CREATION = 1
 ACTOR_CALL = 2
 
+STREAMING = -1  # num_returns of a generator task: items arrive one by one
+STREAM_FIRST_ITEM = 2  # return index of a stream's first item; index 1 reports the item count
+
 
 class ArgRef:
     """Stands in, inside the pickled arguments, for a top-level ObjectRef argument.
@@ -57,7 +60,8 @@ class TaskSpec(NamedTuple):
     actor_options: dict[str, Any] | None = None
 
     def return_ids(self) -> list[bytes]:
-        n = max(self.num_returns, 1)  # num_returns=0 still reports completion through one id
+        # num_returns=0 still reports completion through one id; a stream reports its count there
+        n = max(self.num_returns, 1)
         return [self.task_id + i.to_bytes(4, "big") for i in range(1, n + 1)]
 
     def encode(self) -> bytes:

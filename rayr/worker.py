@@ -10,26 +10,30 @@ the worker stores them and acknowledges the stream entry in one Redis round trip
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import pickle
+import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from rayr import context, serialization
 from rayr.config import Settings
 from rayr.core_worker import CoreWorker
-from rayr.exceptions import RayTaskError
+from rayr.exceptions import RayTaskError, TaskCancelledError
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient, connect
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
+from rayr.log_stream import OutputCapture, encode
 from rayr.object_ref import ObjectRef
 from rayr.object_store.registry import open_backend
-from rayr.task_spec import ArgRef, TaskSpec
+from rayr.task_spec import STREAM_FIRST_ITEM, STREAMING, ArgRef, TaskSpec
 
 
 class TaskExecutor:
@@ -42,6 +46,7 @@ class TaskExecutor:
         self._functions: dict[str, Any] = {}
         self._job_namespaces: dict[str, str] = {}
         self._send_lock = threading.Lock()
+        self.output: OutputCapture | None = None  # set once stdout/stderr are captured
 
     def send(self, msg: tuple) -> None:
         with self._send_lock:
@@ -69,12 +74,18 @@ class TaskExecutor:
     # ------------------------------------------------------------------ run
     def execute(self, stream: str, entry_id: bytes, spec: TaskSpec) -> None:
         self.enter_job(spec)
+        self.attribute_output(spec.name)
         self.core.set_current_task(spec.task_id, spec.resources)
         try:
             records = self.run(spec, None)
         finally:
             self.core.set_current_task(None)
         self.deliver(spec, records, stream, entry_id, TASK_GROUP)
+
+    def attribute_output(self, name: str) -> None:
+        """Prefix what is printed from now on with ``name`` (a task, or an actor's class)."""
+        if self.output is not None:
+            self.output.set_source(self.core.job_id.hex(), name)
 
     def enter_job(self, spec: TaskSpec) -> None:
         """Own what this task creates inside the task's job, in the job's namespace."""
@@ -84,18 +95,50 @@ class TaskExecutor:
             self.core.job_id = JobID(bytes.fromhex(spec.job_hex))
             self.core.namespace = self._job_namespaces[spec.job_hex]
 
-    def deliver(self, spec: TaskSpec, records: list[bytes], stream: str, entry_id: bytes, group: str) -> None:
-        """Store the results, wake the owner and waiters, and ACK the entry: one round trip."""
+    def deliver(
+        self,
+        spec: TaskSpec,
+        records: list[bytes],
+        stream: str,
+        entry_id: bytes,
+        group: str,
+        extra: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Store the results, wake the owner and waiters, and ACK the entry: one round trip.
+
+        ``extra`` may queue more commands on the same pipeline; the last reply is returned.
+        """
         items = [(oid, record, spec.owner) for oid, record in zip(spec.return_ids(), records, strict=True)]
         with self.core.gcs.r.pipeline(transaction=False) as pipe:
             self.core.gcs.store_objects(items, pipe)
             if stream:
                 pipe.xack(stream, group, entry_id)
                 pipe.xdel(stream, entry_id)
-            pipe.execute()
+            if extra is not None:
+                extra(pipe)
+            return pipe.execute()[-1]
 
     def run(self, spec: TaskSpec, fn: Any) -> list[bytes]:
-        """Run ``fn`` (the spec's function when None) on the spec's arguments; result records."""
+        """Run ``fn`` (the spec's function when None) on the spec's arguments; result records.
+
+        A cancellation (KeyboardInterrupt raised by the SIGINT handler) yields
+        TaskCancelledError records and, if asked, cancels the tasks this one submitted.
+        """
+        try:
+            return self._run(spec, fn)
+        except KeyboardInterrupt:
+            flags = self.core.gcs.cancel_flags(spec.task_id.hex()) or ""
+            if "recursive" in flags:
+                self.core.cancel_children(spec.task_id)
+            return [self.cancelled_record(spec)] * max(spec.num_returns, 1)
+        finally:
+            self.core.forget_children(spec.task_id)
+
+    def cancelled_record(self, spec: TaskSpec) -> bytes:
+        err = TaskCancelledError(f"Task {spec.name} ({spec.task_id.hex()}) was cancelled.")
+        return rec.error_record(serialization.dumps(err))
+
+    def _run(self, spec: TaskSpec, fn: Any) -> list[bytes]:
         n = max(spec.num_returns, 1)
         try:
             if fn is None:
@@ -109,6 +152,8 @@ class TaskExecutor:
         while True:
             try:
                 result = fn(*args, **kwargs)
+                if spec.num_returns == STREAMING:
+                    return [self.stream_items(spec, result)]
                 return self.result_records(spec, result)
             except Exception as err:
                 if self._should_retry(spec, err, attempts):
@@ -177,10 +222,31 @@ class TaskExecutor:
 
         return tuple(fill(a) for a in call_args), {k: fill(v) for k, v in call_kwargs.items()}, None
 
+    def stream_items(self, spec: TaskSpec, items: Any) -> bytes:
+        """Deliver each item as it is produced; returns the record of the item count."""
+        count = 0
+        try:
+            for value in items:
+                self.store_item(spec, count, value)
+                count += 1
+        except Exception as err:
+            self.store_item(spec, count, None, self.error_record(spec, err))
+            count += 1
+        return rec.value_record(serialization.dumps(count))
+
+    def store_item(self, spec: TaskSpec, index: int, value: Any, record: bytes | None = None) -> None:
+        """Store one streamed item and announce it to the owner."""
+        oid = spec.task_id + (STREAM_FIRST_ITEM + index).to_bytes(4, "big")
+        if record is None:
+            record = self.core.make_record(oid, serialization.serialize(value))
+        self.core.gcs.store_objects([(oid, record, spec.owner)])
+
     def result_records(self, spec: TaskSpec, result: Any) -> list[bytes]:
         if spec.num_returns <= 1:
             values = [result if spec.num_returns == 1 else None]
         else:
+            if inspect.isgenerator(result):  # a generator declared with a fixed num_returns
+                result = list(result)
             if not isinstance(result, tuple | list) or len(result) != spec.num_returns:
                 got = len(result) if isinstance(result, tuple | list) else type(result).__name__
                 raise ValueError(
@@ -244,6 +310,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     context.state.core = core
     executor = TaskExecutor(core, conn, opts.redis_url)
+    executor.output = OutputCapture(
+        lambda job, payload: gcs.r.publish(gcs.keys.job_logs(job), encode(opts.node_id, payload)),
+    )
+    executor.output.start()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # The raylet sends SIGINT to cancel the running task; a stray one (the task already
+        # ended, or it was not this one) is ignored rather than killing the worker.
+        task = core.current_task_id
+        if task is not None and core.current_actor_id is None and core.is_cancelled(task):
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         executor.serve()
     finally:

@@ -63,6 +63,8 @@ class GcsClient:
         self._submit_actor_call = client.register_script(scripts.SUBMIT_ACTOR_CALL)
         self._mark_actor_dead = client.register_script(scripts.MARK_ACTOR_DEAD)
         self._update_live_actor = client.register_script(scripts.UPDATE_LIVE_ACTOR)
+        self._cancel_task = client.register_script(scripts.CANCEL_TASK)
+        self._cancel_actor_call = client.register_script(scripts.CANCEL_ACTOR_CALL)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node_hex: str, info: dict[str, Any], ttl_s: float) -> None:
@@ -251,4 +253,31 @@ class GcsClient:
 
     def job_actors(self, job_hex: str) -> list[str]:
         return sorted(a.decode() for a in self.r.smembers(self.keys.job_actors(job_hex)))
+
+    # ---------------------------------------------------------- cancellation
+    def cancel_task(self, stream: str, entry_id: bytes, task_hex: str, flags: str) -> tuple[str, str]:
+        """("deleted" | "gone" | "node", node id or "") for a task queued on ``stream``."""
+        reply = self._cancel_task(
+            keys=[stream, self.keys.cancel_marker(task_hex)],
+            args=[entry_id, self.keys.prefix, task_hex, flags],
+        )
+        status = reply[0].decode()
+        return status, reply[1].decode() if len(reply) > 1 else ""
+
+    def cancel_actor_call(self, actor_hex: str, entry_id: bytes, task_hex: str) -> str:
+        """"deleted", "gone" or "delivered" for a call in an actor's mailbox."""
+        reply = self._cancel_actor_call(
+            keys=[
+                self.keys.actor_mailbox(actor_hex),
+                self.keys.cancel_marker(task_hex),
+                self.keys.actor_control(actor_hex),
+            ],
+            args=[entry_id, task_hex],
+        )
+        return reply.decode()
+
+    def cancel_flags(self, task_hex: str) -> str | None:
+        """The flags a task was cancelled with, or None if it was not cancelled."""
+        value = self.r.get(self.keys.cancel_marker(task_hex))
+        return None if value is None else value.decode()
 

@@ -84,6 +84,7 @@ for i = 6, #ARGV do
 end
 redis.call('HSET', prefix .. 'actor:' .. actor, unpack(fields))
 redis.call('XGROUP', 'CREATE', prefix .. 'actor_mb:' .. actor, 'actor', '0', 'MKSTREAM')
+redis.call('XGROUP', 'CREATE', prefix .. 'actor_ctl:' .. actor, 'actor', '0', 'MKSTREAM')
 if job ~= '' then
   redis.call('SADD', prefix .. 'job_actors:' .. job, actor)
 end
@@ -141,7 +142,7 @@ for _, entry in ipairs(redis.call('XRANGE', mailbox, '-', '+')) do
     end
   end
 end
-redis.call('DEL', mailbox)
+redis.call('DEL', mailbox, prefix .. 'actor_ctl:' .. actor)
 redis.call('PUBLISH', prefix .. 'actor_events', actor .. ':DEAD')
 return specs
 """
@@ -162,4 +163,47 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
+"""
+
+# Cancel a task queued on a stream: delete it if no raylet took it yet, else tell the
+# raylet that took it (the pending-entries list names it as the consumer).
+# KEYS[1]  task stream
+# KEYS[2]  the task's cancel marker
+# ARGV[1]  stream entry id
+# ARGV[2]  cluster key prefix
+# ARGV[3]  task id hex
+# ARGV[4]  flags: "force" and/or "recursive", comma separated
+# Returns {'deleted'} (the caller resolves it), {'gone'} (already finished) or {'node', id}.
+CANCEL_TASK = """
+redis.call('SET', KEYS[2], ARGV[4], 'EX', 86400)
+local pending = redis.call('XPENDING', KEYS[1], 'raylets', ARGV[1], ARGV[1], 1)
+if #pending == 0 then
+  if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+    return {'deleted'}
+  end
+  return {'gone'}
+end
+local node = pending[1][2]
+redis.call('XADD', ARGV[2] .. 'tasks:node:' .. node, '*', 'cancel', ARGV[3], 'flags', ARGV[4])
+return {'node', node}
+"""
+
+# Cancel an actor call: delete it if the actor has not read it yet, else tell the actor.
+# KEYS[1]  actor mailbox
+# KEYS[2]  the call's cancel marker
+# KEYS[3]  actor control stream
+# ARGV[1]  mailbox entry id
+# ARGV[2]  task id hex
+# Returns 'deleted', 'gone' or 'delivered'.
+CANCEL_ACTOR_CALL = """
+redis.call('SET', KEYS[2], '1', 'EX', 86400)
+local pending = redis.call('XPENDING', KEYS[1], 'actor', ARGV[1], ARGV[1], 1)
+if #pending == 0 then
+  if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+    return 'deleted'
+  end
+  return 'gone'
+end
+redis.call('XADD', KEYS[3], '*', 'cancel', ARGV[2])
+return 'delivered'
 """

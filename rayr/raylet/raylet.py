@@ -23,7 +23,7 @@ import redis
 
 from rayr import serialization
 from rayr.config import Settings
-from rayr.exceptions import ActorDiedError, WorkerCrashedError
+from rayr.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.keys import TASK_GROUP, Keys
@@ -72,6 +72,10 @@ class Raylet:
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
         self._kills: queue.SimpleQueue[str] = queue.SimpleQueue()  # actor ids to kill
+        self._cancels: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()  # (task id, flags)
+        # cancels that found no task here yet (it may still be on its way from the reader)
+        self._cancel_later: dict[bytes, float] = {}  # task id -> when the cancel arrived
+        self._force_cancelled: set[bytes] = set()  # tasks whose worker we killed to cancel them
         self._actor_of: dict[str, str] = {}  # worker id -> actor id hex
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -213,6 +217,10 @@ class Raylet:
                     if b"kill" in fields:
                         self._kills.put(fields[b"kill"].decode())
                         self._wake_w.send(b"k")
+                    if b"cancel" in fields:
+                        task_id = bytes.fromhex(fields[b"cancel"].decode())
+                        self._cancels.put((task_id, fields.get(b"flags", b"").decode()))
+                        self._wake_w.send(b"c")
                     self.gcs.r.xack(stream, TASK_GROUP, entry_id)
                     self.gcs.r.xdel(stream, entry_id)
                     continue
@@ -256,8 +264,15 @@ class Raylet:
                 tasks = self._incoming.get_nowait()
             except queue.Empty:
                 break
+            if self._cancel_later:
+                tasks = self._drop_cancelled(tasks)
             with self._lock:
                 self.sched.on_tasks(tasks)
+        while True:
+            try:
+                self._cancel(*self._cancels.get_nowait())
+            except queue.Empty:
+                break
         while True:
             try:
                 actor_id = self._kills.get_nowait()
@@ -267,6 +282,48 @@ class Raylet:
                 handle = self.pool.workers.get(worker_id)
                 if hosted == actor_id and handle is not None and handle.proc.poll() is None:
                     handle.proc.kill()  # its socket closes; _on_worker_exit decides what follows
+
+    def _cancel(self, task_id: bytes, flags: str) -> None:
+        """Drop a queued task, or interrupt (or, with force, kill) the worker running it."""
+        def is_it(task: QueuedTask) -> bool:
+            return not task.actor and TaskSpec.decode(task.spec).task_id == task_id
+
+        with self._lock:
+            queued = self.sched.remove_queued(is_it)
+            running = next((w for w, t in self.sched.running.items() if is_it(t)), None)
+        if queued is not None:
+            self._finish_cancelled(queued)
+            self._capacity_freed()
+            return
+        handle = self.pool.workers.get(running) if running else None
+        if handle is None:
+            self._cancel_later[task_id] = time.monotonic()
+            return
+        if "force" in flags.split(","):
+            self._force_cancelled.add(task_id)
+            handle.proc.kill()  # _on_worker_exit resolves the task as cancelled
+        else:
+            handle.proc.send_signal(signal.SIGINT)
+
+    def _drop_cancelled(self, tasks: list[QueuedTask]) -> list[QueuedTask]:
+        keep = []
+        for task in tasks:
+            spec_id = TaskSpec.decode(task.spec).task_id
+            if spec_id in self._cancel_later:
+                del self._cancel_later[spec_id]
+                self._finish_cancelled(task)
+            else:
+                keep.append(task)
+        return keep
+
+    def _finish_cancelled(self, task: QueuedTask) -> None:
+        spec = TaskSpec.decode(task.spec)
+        with self.gcs.r.pipeline(transaction=False) as pipe:
+            self.gcs.fail_tasks([spec], TaskCancelledError(f"Task {spec.name} was cancelled."), pipe)
+            if task.stream:
+                pipe.xack(task.stream, TASK_GROUP, task.entry_id)
+                pipe.xdel(task.stream, task.entry_id)
+            pipe.execute()
 
     def _on_worker_message(self, handle: WorkerHandle) -> None:
         try:
@@ -344,6 +401,10 @@ class Raylet:
             self._creation_crashed(task, why)
             return
         spec = TaskSpec.decode(task.spec)
+        if spec.task_id in self._force_cancelled or self.gcs.cancel_flags(spec.task_id.hex()) is not None:
+            self._force_cancelled.discard(spec.task_id)
+            self._finish_cancelled(task)  # a cancelled task is never retried
+            return
         with self.gcs.r.pipeline(transaction=False) as pipe:
             if spec.max_retries == -1 or spec.attempt < spec.max_retries:
                 retry = spec._replace(attempt=spec.attempt + 1)
@@ -418,6 +479,10 @@ class Raylet:
                 self._on_worker_exit(handle)
 
     def _heartbeat(self) -> None:
+        # a cancel for a task that had already finished here never finds it: forget it
+        stale = time.monotonic() - 60
+        for task_id in [t for t, at in self._cancel_later.items() if at < stale]:
+            del self._cancel_later[task_id]
         with self._lock:
             available = {k: round(v, 6) for k, v in self.sched.available.items()}
             load = len(self.sched.running) + len(self.sched.ready) + len(self.sched.overflow)

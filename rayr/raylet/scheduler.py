@@ -10,6 +10,7 @@ a node whose every CPU is held by a waiting parent.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rayr.raylet import resources as res
@@ -159,6 +160,20 @@ class Scheduler:
             self._release(worker, task)
             self._reserve()
         return task
+
+    def remove_queued(self, match: Callable[[QueuedTask], bool]) -> QueuedTask | None:
+        """Take a task that has not started out of the queues (cancellation)."""
+        for task in self.ready:
+            if match(task):
+                self.ready.remove(task)
+                res.add(self.available, task.request)
+                self._reserve()
+                return task
+        for task in self.overflow:
+            if match(task):
+                self.overflow.remove(task)
+                return task
+        return None
 
     # --------------------------------------------------------------- actions
     def dispatches(self) -> list[Dispatch]:

@@ -1,0 +1,86 @@
+"""Streaming generators: iterate a generator task's items while the task still runs.
+
+The executor stores item ``i`` under return index ``STREAM_FIRST_ITEM + i`` as soon as it
+is yielded, and when the generator ends stores the item count under index 1. An exception
+raised by the generator becomes one last item whose ``get`` raises it, as in Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from rayr import context
+from rayr.gcs import records as rec
+from rayr.object_ref import ObjectRef
+from rayr.task_spec import STREAM_FIRST_ITEM
+
+
+class ObjectRefGenerator:
+    """What ``f.remote()`` returns for a generator task: yields one ObjectRef per item."""
+
+    def __init__(self, end_ref: ObjectRef) -> None:
+        self._end = end_ref
+        self._task = end_ref.binary()[:16]
+        self._owner = end_ref.owner_address()
+        self._next = 0
+        self._total: int | None = None
+
+    def __iter__(self) -> ObjectRefGenerator:
+        return self
+
+    def __next__(self) -> ObjectRef:
+        ref = self._next_ref(None)
+        if ref is None:
+            raise StopIteration
+        return ref
+
+    def __aiter__(self) -> ObjectRefGenerator:
+        return self
+
+    async def __anext__(self) -> ObjectRef:
+        ref = await asyncio.get_running_loop().run_in_executor(None, self._next_ref, None)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
+
+    def next_ready(self, timeout: float | None) -> ObjectRef | None:
+        """The next item's ref within ``timeout`` seconds (TimeoutError if none), or None at the end."""
+        return self._next_ref(timeout, raise_timeout=True)
+
+    def completed(self) -> ObjectRef:
+        """A ref that resolves (to the item count) when the generator task has finished."""
+        return self._end
+
+    def _item_id(self, index: int) -> bytes:
+        return self._task + (STREAM_FIRST_ITEM + index).to_bytes(4, "big")
+
+    def _next_ref(self, timeout: float | None, raise_timeout: bool = False) -> ObjectRef | None:
+        core = context.require_core()
+        end = self._end.binary()
+        while True:
+            if self._total is not None and self._next >= self._total:
+                return None
+            item = self._item_id(self._next)
+            ready = core.wait_ready([item, end], 1, timeout)
+            if item in ready:
+                self._next += 1
+                return ObjectRef(item, self._owner)
+            if end in ready:
+                record = core.record_of(end)
+                assert record is not None
+                if record[0] != rec.VALUE:  # the task died: its error is the last "item"
+                    self._total = self._next
+                    self._next += 1
+                    return self._end
+                self._total = int(core.value_of(end, record))
+                continue
+            if raise_timeout:
+                raise TimeoutError(f"no new item within {timeout}s")
+
+    def __del__(self) -> None:
+        core = context.state.core
+        if core is not None:
+            core.forget_stream(self._task, STREAM_FIRST_ITEM + self._next)
+
+    def __repr__(self) -> str:
+        return f"ObjectRefGenerator({self._end.hex()})"

@@ -1,0 +1,187 @@
+"""rayr.cancel for queued, running, forced, recursive and actor tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import rayr
+from rayr.exceptions import TaskCancelledError
+
+
+@rayr.remote
+def sleeper(seconds, marker=None):
+    if marker:
+        with open(marker, "a") as f:
+            f.write("started\n")
+    time.sleep(seconds)
+    return seconds
+
+
+def _wait_for(path, timeout=20.0):
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.02)
+    assert os.path.exists(path), f"{path} never appeared"
+
+
+def test_cancel_queued_task_never_runs(ray, tmp_path):
+    blockers = [sleeper.options(num_cpus=2).remote(1.0)]  # occupy the whole node
+    marker = tmp_path / "queued-ran"
+    queued = sleeper.options(num_cpus=2).remote(0, str(marker))
+    rayr.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(queued, timeout=20)
+    rayr.get(blockers)
+    time.sleep(0.3)
+    assert not marker.exists(), "a cancelled queued task ran anyway"
+
+
+def test_cancel_task_waiting_for_dependencies(ray):
+    dep = sleeper.remote(1.0)
+
+    @rayr.remote
+    def after(x):
+        return x
+
+    ref = after.remote(dep)
+    rayr.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(ref, timeout=20)
+    assert rayr.get(dep) == 1.0
+
+
+def test_cancel_running_task_interrupts_it(ray, tmp_path):
+    marker = tmp_path / "started"
+    ref = sleeper.remote(30, str(marker))
+    _wait_for(marker)
+    start = time.monotonic()
+    rayr.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(ref, timeout=20)
+    assert time.monotonic() - start < 10
+    assert rayr.get(sleeper.remote(0)) == 0  # the worker survived and serves on
+
+
+def test_force_cancel_kills_the_worker_and_is_not_retried(ray, tmp_path):
+    marker = tmp_path / "started"
+
+    @rayr.remote(max_retries=3)
+    def stubborn(path):
+        with open(path, "a") as f:
+            f.write("x")
+        try:
+            time.sleep(30)
+        except KeyboardInterrupt:  # ignores polite cancellation
+            time.sleep(30)
+        return os.getpid()
+
+    ref = stubborn.remote(str(marker))
+    _wait_for(marker)
+    rayr.cancel(ref, force=True)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(ref, timeout=20)
+    time.sleep(0.5)
+    assert marker.read_text() == "x", "a force-cancelled task was retried"
+
+
+def test_recursive_cancel_reaches_children(ray, tmp_path):
+    child_marker = tmp_path / "child"
+
+    @rayr.remote(num_cpus=0)
+    def parent(path):
+        child = sleeper.options(num_cpus=0).remote(30, path)
+        return rayr.get(child)
+
+    ref = parent.remote(str(child_marker))
+    _wait_for(child_marker)
+    rayr.cancel(ref, recursive=True)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(ref, timeout=20)
+    # the child was cancelled too: both CPUs are free again promptly
+    assert rayr.get([sleeper.remote(0), sleeper.remote(0)], timeout=10) == [0, 0]
+
+
+def test_cancel_finished_task_is_a_no_op(ray):
+    ref = sleeper.remote(0)
+    assert rayr.get(ref) == 0
+    rayr.cancel(ref)
+    assert rayr.get(ref) == 0
+
+
+def test_cancel_bad_input(ray):
+    with pytest.raises(TypeError, match="put"):
+        rayr.cancel(rayr.put(1))
+    with pytest.raises(TypeError):
+        rayr.cancel("not a ref")
+
+
+@rayr.remote
+class Worker:
+    def __init__(self):
+        self.seen = []
+
+    def nap(self, seconds, tag):
+        self.seen.append(tag)
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if rayr.get_runtime_context().is_canceled():
+                return "noticed"
+            time.sleep(0.02)
+        return tag
+
+    def tags(self):
+        return self.seen
+
+
+def test_cancel_queued_actor_call_is_not_executed(ray):
+    w = Worker.remote()
+    rayr.get(w.tags.remote())
+    first = w.nap.remote(1.0, "first")
+    second = w.nap.remote(0, "second")
+    rayr.cancel(second)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(second, timeout=20)
+    assert rayr.get(first) == "first"
+    assert rayr.get(w.tags.remote()) == ["first"]
+
+
+def test_cancel_running_sync_actor_call_sets_flag(ray):
+    w = Worker.remote()
+    rayr.get(w.tags.remote())
+    ref = w.nap.remote(20, "long")
+    time.sleep(0.5)
+    rayr.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(ref, timeout=20)
+    assert rayr.get(w.tags.remote(), timeout=10) == ["long"]  # the method returned early
+
+
+def test_cancel_running_async_actor_call(ray):
+    @rayr.remote
+    class Async:
+        async def nap(self):
+            await asyncio.sleep(30)
+
+        async def ping(self):
+            return "pong"
+
+    a = Async.remote()
+    rayr.get(a.ping.remote())
+    ref = a.nap.remote()
+    time.sleep(0.3)
+    rayr.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(ref, timeout=10)
+    assert rayr.get(a.ping.remote()) == "pong"
+
+
+def test_force_cancel_of_actor_call_is_refused(ray):
+    w = Worker.remote()
+    ref = w.nap.remote(0.5, "x")
+    with pytest.raises(ValueError, match="force"):
+        rayr.cancel(ref, force=True)
+    assert rayr.get(ref) == "x"

@@ -1,0 +1,121 @@
+"""Generator tasks and actor methods stream their items to the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import rayr
+from rayr.exceptions import RayTaskError
+
+
+@rayr.remote
+def count(n, delay=0.0):
+    for i in range(n):
+        time.sleep(delay)
+        yield i
+
+
+def test_generator_returns_object_ref_generator(ray):
+    gen = count.remote(5)
+    assert isinstance(gen, rayr.ObjectRefGenerator)
+    refs = list(gen)
+    assert all(isinstance(r, rayr.ObjectRef) for r in refs)
+    assert rayr.get(refs) == [0, 1, 2, 3, 4]
+
+
+def test_first_item_arrives_before_the_task_finishes(ray):
+    @rayr.remote
+    def slow_tail():
+        yield "first"
+        time.sleep(1.5)
+        yield "second"
+
+    gen = slow_tail.remote()
+    start = time.monotonic()
+    first = next(gen)
+    arrived = time.monotonic() - start
+    assert rayr.get(first) == "first"
+    ready, _ = rayr.wait([gen.completed()], timeout=0)
+    assert ready == [], "the task should still be running"
+    assert arrived < 1.2
+    assert rayr.get(next(gen)) == "second"
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_exception_mid_stream_surfaces_at_that_point(ray):
+    @rayr.remote
+    def breaks():
+        yield 1
+        yield 2
+        raise KeyError("stream broke")
+
+    values = []
+    with pytest.raises(KeyError, match="stream broke") as info:
+        for ref in breaks.remote():
+            values.append(rayr.get(ref))
+    assert values == [1, 2]
+    assert isinstance(info.value, RayTaskError)
+
+
+def test_empty_generator(ray):
+    assert list(count.remote(0)) == []
+
+
+def test_explicit_num_returns_on_generator(ray):
+    a, b = count.options(num_returns=2).remote(2)
+    assert rayr.get([a, b]) == [0, 1]
+
+
+def test_async_iteration(ray):
+    async def consume():
+        return [await ref async for ref in count.remote(4)]
+
+    assert asyncio.run(consume()) == [0, 1, 2, 3]
+
+
+def test_large_items_go_through_the_store(ray):
+    import numpy as np
+
+    @rayr.remote
+    def arrays():
+        for i in range(3):
+            yield np.full(200_000, i)
+
+    assert [int(rayr.get(r)[0]) for r in arrays.remote()] == [0, 1, 2]
+
+
+def test_actor_generator_methods(ray):
+    @rayr.remote
+    class Source:
+        def items(self, n):
+            yield from range(n)
+
+    @rayr.remote
+    class AsyncSource:
+        async def items(self, n):
+            for i in range(n):
+                await asyncio.sleep(0.01)
+                yield i * 2
+
+    assert rayr.get(list(Source.remote().items.remote(3))) == [0, 1, 2]
+    assert rayr.get(list(AsyncSource.remote().items.remote(3))) == [0, 2, 4]
+
+
+def test_next_ready_timeout(ray):
+    gen = count.remote(2, 1.0)
+    with pytest.raises(TimeoutError):
+        gen.next_ready(timeout=0.1)
+    assert rayr.get(gen.next_ready(timeout=10)) == 0
+
+
+def test_cancel_a_generator(ray):
+    gen = count.remote(1000, 0.05)
+    assert rayr.get(next(gen)) == 0
+    rayr.cancel(gen)
+    with pytest.raises(rayr.exceptions.TaskCancelledError):
+        for ref in gen:
+            rayr.get(ref)
