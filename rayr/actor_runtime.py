@@ -118,6 +118,7 @@ class ActorRuntime:
             if not self.restart:
                 executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
             executor.send(("actor_failed",))
+            self.core.commands.flush()
             os._exit(0)
         if not self.restart:
             executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
@@ -167,18 +168,22 @@ class ActorRuntime:
             self.gcs.r.xack(self.control, ACTOR_GROUP, entry_id)
             self.gcs.r.xdel(self.control, entry_id)
 
-    def _read_control(self, pipe: Any) -> None:
-        pipe.xreadgroup(ACTOR_GROUP, "actor", {self.control: ">"}, count=READ_BATCH)
 
     def _deliver(self, entry_id: bytes, spec: TaskSpec, records: list[bytes]) -> None:
         """Deliver a call's results; a sync actor also picks up cancellations on the way."""
         if spec.task_id in self.core.cancelled_tasks:
             self.core.cancelled_tasks.discard(spec.task_id)
             records = [self.executor.cancelled_record(spec)] * max(spec.num_returns, 1)
-        control = self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP,
-                                        extra=self._read_control)
-        for _stream, entries in control or []:
-            self._on_control(entries)
+        read_control = ("XREADGROUP", "GROUP", ACTOR_GROUP, "actor", "COUNT", READ_BATCH,
+                        "STREAMS", self.control, ">")
+        self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP,
+                              extra=(read_control, self._on_control_reply))
+
+    def _on_control_reply(self, reply: Any) -> None:
+        if isinstance(reply, Exception) or not reply:
+            return
+        for _stream, raw in reply:  # raw RESP: fields come as a flat list
+            self._on_control([(eid, dict(zip(f[::2], f[1::2], strict=False))) for eid, f in raw])
 
     def _replay_pending(self, client: Any) -> None:
         """Handle the calls an earlier incarnation read but did not finish."""
@@ -304,4 +309,5 @@ class ActorRuntime:
         cause = f"The actor {self.actor_id} exited on purpose (exit_actor() in {spec.function_name}())."
         self._fail(entry_id, spec, ActorDiedError(cause))
         self._die(cause)
+        self.core.commands.flush()
         os._exit(0)

@@ -22,6 +22,7 @@ from rayr.context import RuntimeContext, state
 from rayr.core_worker import CoreWorker
 from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient, connect, normalize_address
+from rayr.gcs.command_stream import CommandStream
 from rayr.ids import WorkerID
 from rayr.keys import Keys
 from rayr.log_stream import LogPrinter
@@ -264,6 +265,7 @@ def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
     return CoreWorker(
         gcs=gcs,
         blocking_redis=connect(url, settings.redis_password),
+        commands=CommandStream(url, settings.redis_password),
         settings=settings,
         node_hex=node["node_id"],
         store=store,

@@ -8,6 +8,7 @@ the inbox into ``_records`` and wakes whoever waits.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextvars
 import os
 import threading
@@ -15,7 +16,6 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +24,13 @@ from rayr.exceptions import (
     ActorDiedError,
     GetTimeoutError,
     ObjectLostError,
+    RaySystemError,
     RayTaskError,
     TaskCancelledError,
 )
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient
+from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
@@ -91,6 +93,7 @@ class CoreWorker:
         *,
         gcs: GcsClient,
         blocking_redis: redis.Redis,
+        commands: CommandStream,
         settings: Settings,
         node_hex: str,
         store: ObjectStoreBackend,
@@ -112,6 +115,7 @@ class CoreWorker:
         self._threshold = settings.inline_threshold
         self._inbox_key = self.keys.inbox(worker_hex)
         self._blocking: Any = blocking_redis
+        self.commands = commands  # hot-path writes that need no immediate reply
 
         self._cond = threading.Condition(threading.RLock())
         self._records: dict[bytes, bytes] = {}  # resolved objects this process holds refs to
@@ -138,7 +142,8 @@ class CoreWorker:
         self._send_lock = threading.Lock()  # keeps one process's actor calls in order
         self._shapes: set[str] = set()
         self._stopping = False
-        self._executor: ThreadPoolExecutor | None = None
+        # futures of ObjectRefs (await ref): resolved by the inbox thread, no thread each
+        self._futures: dict[bytes, list[tuple[ObjectRef, concurrent.futures.Future]]] = {}
         self._inbox_thread = threading.Thread(target=self._inbox_loop, name="rayr-inbox", daemon=True)
         self._inbox_thread.start()
 
@@ -168,18 +173,33 @@ class CoreWorker:
         self._inbox_thread.join(timeout=5)
         self._drain_released()
         self._flush_deletes()
+        self.commands.close()
         try:
             self.gcs.r.delete(self._inbox_key)
         except Exception:
             pass
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def run_in_background(self, fn: Callable[[], None]) -> None:
+    def future_of(self, ref: ObjectRef) -> concurrent.futures.Future:
+        """A future resolved with the ref's value (or error) when its record arrives."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        oid = ref.binary()
+        self._watch([oid])
         with self._cond:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rayr-future")
-        self._executor.submit(fn)
+            record = self._records.get(oid)
+            if record is None:
+                # the ref rides along so the record is kept until the future is resolved
+                self._futures.setdefault(oid, []).append((ref, fut))
+                return fut
+        self._resolve_future(fut, oid, record)
+        return fut
+
+    def _resolve_future(self, fut: concurrent.futures.Future, oid: bytes, record: bytes) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(self.value_of(oid, record))
+        except BaseException as err:  # delivered to whoever awaits the future
+            fut.set_exception(err)
 
     # ------------------------------------------------------ reference counts
     def add_local_ref(self, oid: bytes, owner: str) -> None:
@@ -256,6 +276,7 @@ class CoreWorker:
     def _on_messages(self, msgs: list[bytes]) -> None:
         ready: list[_WaitingTask] = []
         finished: list[tuple[list[ObjectRef], bytes | None]] = []
+        resolved: list[tuple[concurrent.futures.Future, bytes, bytes]] = []
         with self._cond:
             for msg in msgs:
                 parsed = rec.parse_message(msg)
@@ -263,6 +284,8 @@ class CoreWorker:
                     continue
                 oid, record = parsed
                 self._accept(oid, record)
+                if oid in self._futures and oid in self._records:
+                    resolved.extend((fut, oid, self._records[oid]) for _, fut in self._futures.pop(oid))
                 for waiting in self._dep_waiters.pop(oid, ()):
                     waiting.missing.discard(oid)
                     if not waiting.missing:
@@ -273,6 +296,8 @@ class CoreWorker:
                     if held is not None:
                         finished.append(held)
             self._cond.notify_all()
+        for fut, oid, record in resolved:
+            self._resolve_future(fut, oid, record)
         for waiting in ready:
             if waiting.cancelled:
                 continue
@@ -410,7 +435,8 @@ class CoreWorker:
             return frame.to_bytes(), None, arg_refs
         args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
         self.store.put_bytes(args_object, frame.write_to, frame.total_size)
-        self.gcs.store_objects([(args_object, rec.stored_record(self.node_hex, frame.total_size), "")])
+        record = rec.stored_record(self.node_hex, frame.total_size)
+        self.commands.send([self.gcs.store_objects_command([(args_object, record, "")])])
         return b"", args_object, arg_refs
 
     def forget_stream(self, task_id: bytes, first_unread: int) -> None:
@@ -441,14 +467,27 @@ class CoreWorker:
                 if waiting.cancelled:
                     continue
                 spec = self._with_inline_deps(waiting.spec)
-                accepted, detail = self.gcs.submit_actor_call(actor_id, spec.encode())
-                if not accepted:
-                    self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {actor_id} is dead: {detail}"))
-                else:
-                    with self._cond:
-                        if spec.task_id in self._pending_ids(spec):
-                            mailbox = self.keys.actor_mailbox(actor_id)
-                            self._submitted[spec.task_id] = (mailbox, detail.encode(), spec)
+                command = self.gcs.submit_actor_call_command(actor_id, spec.encode())
+                self.commands.send([command], self._on_actor_call_queued(spec))
+
+    def _on_actor_call_queued(self, spec: TaskSpec) -> Callable[[list[Any]], None]:
+        def on_reply(replies: list[Any]) -> None:
+            reply = replies[0]
+            if isinstance(reply, Exception):
+                self.gcs.fail_tasks([spec], ActorDiedError(f"Could not call the actor: {reply}"))
+            elif not reply[0]:
+                cause = reply[1].decode(errors="replace")
+                self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {spec.actor_id} is dead: {cause}"))
+            else:
+                self._remember_submitted(spec, self.keys.actor_mailbox(spec.actor_id), reply[1])
+
+        return on_reply
+
+    def _remember_submitted(self, spec: TaskSpec, stream: str, entry_id: bytes) -> None:
+        """Where a task waits, so it can be cancelled; only while it is unfinished."""
+        with self._cond:
+            if spec.return_ids()[0] in self._pending:
+                self._submitted[spec.task_id] = (stream, entry_id, spec)
 
     def _with_inline_deps(self, spec: TaskSpec) -> TaskSpec:
         """The spec with small resolved dependencies inlined, so the executor need not fetch them."""
@@ -468,19 +507,21 @@ class CoreWorker:
         if spec.kind == ACTOR_CREATION:
             fields[b"a"] = b"1"  # lets the raylet spot creations without decoding every spec
         stream = self.keys.shape_stream(shape)
-        entry_id = self.gcs.r.xadd(stream, fields)
-        with self._cond:
-            if spec.task_id in self._pending_ids(spec):
-                self._submitted[spec.task_id] = (stream, entry_id, spec)
+        command = ("XADD", stream, "*", *[x for kv in fields.items() for x in kv])
 
-    def _pending_ids(self, spec: TaskSpec) -> set[bytes]:
-        """The spec's task id if its first return is still pending (call under the lock)."""
-        return {spec.task_id} if spec.return_ids()[0] in self._pending else set()
+        def on_reply(replies: list[Any]) -> None:
+            if isinstance(replies[0], Exception):
+                self.gcs.fail_tasks([spec], RaySystemError(f"Could not queue the task: {replies[0]}"))
+            else:
+                self._remember_submitted(spec, stream, replies[0])
+
+        self.commands.send([command], on_reply)
 
     # ---------------------------------------------------------- cancellation
     def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
         """Cancel the task that produces ``oid`` (see ``rayr.cancel``)."""
         task_id = oid[:16]
+        self.commands.flush()  # learn the stream entries of everything submitted so far
         if oid[16:] == PUT_INDEX:
             raise TypeError(
                 f"cancel() needs the ref of a task's output; {oid.hex()} was made by put(), "
@@ -578,7 +619,9 @@ class CoreWorker:
             raise TypeError(f"put(): could not serialize {type(value).__name__}: {err}") from err
         oid = self.job_id.binary() + os.urandom(12) + PUT_INDEX
         record = self.make_record(oid, frame)
-        self.gcs.store_objects([(oid, record, "")])
+        # written on the command stream: any task that later receives the ref is queued
+        # on the same connection, after it, so it always finds the record
+        self.commands.send([self.gcs.store_objects_command([(oid, record, "")])])
         with self._cond:
             self._records[oid] = record
             self._owned.add(oid)
@@ -617,16 +660,21 @@ class CoreWorker:
         """Block until at least ``num`` of ``oids`` are resolved (or the timeout passes)."""
         self._drain_released()
         self._watch(oids)
+        records = self._records
         with self._cond:
-            ready = {o for o in oids if o in self._records}
+            ready = {o for o in oids if o in records}
             if len(ready) >= num or timeout == 0:
                 return ready
+            missing = [o for o in dict.fromkeys(oids) if o not in ready]
         deadline = None if timeout is None else time.monotonic() + timeout
         self._set_blocked(True)
         try:
             with self._cond:
                 while True:
-                    ready = {o for o in oids if o in self._records}
+                    # only re-check what is still missing: a wait on many refs stays linear
+                    still = [o for o in missing if o not in records]
+                    ready.update(o for o in missing if o in records)
+                    missing = still
                     if len(ready) >= num:
                         return ready
                     remaining = None if deadline is None else deadline - time.monotonic()

@@ -64,16 +64,7 @@ class ObjectRef:
 
     def future(self) -> concurrent.futures.Future:
         """A concurrent.futures.Future resolved with the object's value (or error)."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
-        def resolve() -> None:
-            try:
-                fut.set_result(context.require_core().get([self], None)[0])
-            except BaseException as err:  # delivered to whoever awaits the future
-                fut.set_exception(err)
-
-        context.require_core().run_in_background(resolve)
-        return fut
+        return context.require_core().future_of(self)
 
     def __await__(self) -> Any:
         return asyncio.wrap_future(self.future()).__await__()

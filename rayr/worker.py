@@ -28,6 +28,7 @@ from rayr.core_worker import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
 from rayr.log_stream import OutputCapture, encode
@@ -102,21 +103,25 @@ class TaskExecutor:
         stream: str,
         entry_id: bytes,
         group: str,
-        extra: Callable[[Any], None] | None = None,
-    ) -> Any:
-        """Store the results, wake the owner and waiters, and ACK the entry: one round trip.
+        extra: tuple[Any, Callable[[Any], None]] | None = None,
+    ) -> None:
+        """Store the results, wake the owner and waiters, and ACK the entry, without waiting.
 
-        ``extra`` may queue more commands on the same pipeline; the last reply is returned.
+        The commands go out on the command stream in this order, so the ACK never lands
+        before the results. ``extra`` adds one more command whose reply it receives.
         """
+        gcs = self.core.gcs
         items = [(oid, record, spec.owner) for oid, record in zip(spec.return_ids(), records, strict=True)]
-        with self.core.gcs.r.pipeline(transaction=False) as pipe:
-            self.core.gcs.store_objects(items, pipe)
-            if stream:
-                pipe.xack(stream, group, entry_id)
-                pipe.xdel(stream, entry_id)
-            if extra is not None:
-                extra(pipe)
-            return pipe.execute()[-1]
+        commands: list[Any] = [gcs.store_objects_command(items)]
+        if stream:
+            commands.append(("XACK", stream, group, entry_id))
+            commands.append(("XDEL", stream, entry_id))
+        callback = None
+        if extra is not None:
+            command, on_reply = extra
+            commands.append(command)
+            callback = lambda replies: on_reply(replies[-1])  # noqa: E731
+        self.core.commands.send(commands, callback)
 
     def run(self, spec: TaskSpec, fn: Any) -> list[bytes]:
         """Run ``fn`` (the spec's function when None) on the spec's arguments; result records.
@@ -239,7 +244,7 @@ class TaskExecutor:
         oid = spec.task_id + (STREAM_FIRST_ITEM + index).to_bytes(4, "big")
         if record is None:
             record = self.core.make_record(oid, serialization.serialize(value))
-        self.core.gcs.store_objects([(oid, record, spec.owner)])
+        self.core.commands.send([self.core.gcs.store_objects_command([(oid, record, spec.owner)])])
 
     def result_records(self, spec: TaskSpec, result: Any) -> list[bytes]:
         if spec.num_returns <= 1:
@@ -301,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     core = CoreWorker(
         gcs=gcs,
         blocking_redis=blocking,
+        commands=CommandStream(opts.redis_url, settings.redis_password),
         settings=settings,
         node_hex=opts.node_id,
         store=store,

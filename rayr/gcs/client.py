@@ -164,6 +164,18 @@ class GcsClient:
             args.extend((oid, oid.hex(), record, owner))
         return self._store(args=args, client=pipe or self.r)
 
+    def store_objects_command(self, items: Iterable[tuple[bytes, bytes, str]]) -> tuple[Any, ...]:
+        """The STORE_OBJECTS call as one command, for a CommandStream."""
+        args: list[Any] = [self.keys.prefix]
+        for oid, record, owner in items:
+            args.extend((oid, oid.hex(), record, owner))
+        return ("EVAL", scripts.STORE_OBJECTS, 0, *args)
+
+    def submit_actor_call_command(self, actor_hex: str, spec: bytes) -> tuple[Any, ...]:
+        """The SUBMIT_ACTOR_CALL call as one command; its reply is {1, id} or {0, cause}."""
+        return ("EVAL", scripts.SUBMIT_ACTOR_CALL, 2, self.keys.actor(actor_hex),
+                self.keys.actor_mailbox(actor_hex), spec)
+
     def fetch_or_wait(self, inbox_hex: str, object_hexes: list[str]) -> list[bytes | None]:
         """Records of the objects; those not stored yet will be announced to ``inbox_hex``."""
         return list(self._fetch(args=[self.keys.prefix, inbox_hex, *object_hexes]))

@@ -12,11 +12,11 @@ import json
 import logging
 import os
 import queue
+import selectors
 import signal
 import socket
 import threading
 import time
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import redis
@@ -67,6 +67,7 @@ class Raylet:
             total=dict(resources),
             max_workers=max(4, int(cpus * settings.max_workers_per_cpu)),
             min_pool=max(1, int(cpus)),
+            prefetch=max(1, int(cpus)),
         )
         self._lock = threading.Lock()  # guards self.sched (main + reader threads)
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
@@ -79,6 +80,9 @@ class Raylet:
         self._actor_of: dict[str, str] = {}  # worker id -> actor id hex
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        # one selector for the raylet's life: worker sockets come and go, the wake socket stays
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stopping = threading.Event()
         self._shapes_dirty = threading.Event()
         self._reader_parked = False  # reader blocked on the node stream alone
@@ -243,14 +247,12 @@ class Raylet:
             if now >= next_beat:
                 self._heartbeat()
                 next_beat = now + self.settings.heartbeat_interval_s
-            conns = self.pool.by_conn()
-            ready = wait([self._wake_r, *conns], timeout=max(0.0, next_beat - time.monotonic()))
-            for item in ready:
-                if item is self._wake_r:
+            events = self._selector.select(timeout=max(0.0, next_beat - time.monotonic()))
+            for key, _ in events:
+                if key.data is None:
                     self._drain_wake()
-                else:
-                    assert isinstance(item, Connection)
-                    self._on_worker_message(conns[item])
+                elif key.data.worker_id in self.pool.workers:  # not removed earlier in this round
+                    self._on_worker_message(key.data)
             self._act()
 
     def _drain_wake(self) -> None:
@@ -353,6 +355,8 @@ class Raylet:
             self._capacity_freed()
 
     def _on_worker_exit(self, handle: WorkerHandle) -> None:
+        if handle.worker_id in self.pool.workers:
+            self._selector.unregister(handle.conn.fileno())
         self.pool.remove(handle.worker_id)
         actor_id = self._actor_of.pop(handle.worker_id, None)
         if actor_id is not None:
@@ -466,7 +470,8 @@ class Raylet:
         self._reap_slow_starters()
 
     def _start_worker(self) -> None:
-        self.pool.start()
+        handle = self.pool.start()
+        self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, handle)
         with self._lock:
             self.sched.on_worker_started()
 

@@ -61,6 +61,9 @@ class Scheduler:
     # worker -> resources its actor holds; actor workers leave the pool for good
     actors: dict[str, dict[str, float]] = field(default_factory=dict)
     min_pool: int = 1  # idle-or-busy pool workers kept around (prestarted)
+    # tasks read beyond what fits now, so a finishing worker gets its next task without a
+    # Redis round trip; small, because what this node holds other nodes cannot take
+    prefetch: int = 0
 
     def __post_init__(self) -> None:
         if not self.available:
@@ -75,18 +78,20 @@ class Scheduler:
 
     def read_budget(self) -> dict[str, int]:
         """How many tasks of each shape to pull from Redis now."""
-        if self.overflow:
+        room = self.prefetch - len(self.overflow)
+        if self.overflow and room <= 0:
             return {}
         budget = {}
         busy = len(self.running) + len(self.ready)
         for key in self.shapes:
             request = res.parse_shape(key)
             if request:
-                n = res.how_many_fit(self.available, request, READ_CAP)
+                fit = 0 if self.overflow else res.how_many_fit(self.available, request, READ_CAP)
+                n = fit + (max(room, 0) if fit or self.running or self.ready else 0)
             else:
                 n = min(READ_CAP, self.max_workers - busy)
             if n > 0:
-                budget[key] = n
+                budget[key] = min(n, READ_CAP)
         return budget
 
     # ---------------------------------------------------------------- events

@@ -189,3 +189,19 @@ def test_store_usage_returns_to_baseline(ray):
     while store.usage().num_objects > baseline and time.time() < deadline:
         time.sleep(0.05)
     assert store.usage().num_objects <= baseline
+
+
+def test_many_pending_awaits_do_not_block_a_ready_one(ray):
+    slow = [sleep_then.remote(i, 1.5) for i in range(8)]
+
+    async def main():
+        waiting = [asyncio.ensure_future(asyncio.wrap_future(r.future())) for r in slow]
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        assert await rayr.put("ready") == "ready"
+        quick = time.monotonic() - start
+        return quick, await asyncio.gather(*waiting)
+
+    quick, values = asyncio.run(main())
+    assert quick < 0.5, f"an await on a ready ref waited {quick:.2f}s behind pending ones"
+    assert values == list(range(8))

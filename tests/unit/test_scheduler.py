@@ -99,3 +99,17 @@ def test_zero_resource_shape_bounded_by_workers():
     s = Scheduler(total={"CPU": 1.0}, max_workers=2)
     s.add_shapes({"none"})
     assert s.read_budget() == {"none": 2}
+
+
+def test_prefetch_reads_ahead_while_busy():
+    s = Scheduler(total={"CPU": 1.0}, max_workers=4, prefetch=2)
+    s.add_shapes({"CPU=1"})
+    assert s.read_budget() == {"CPU=1": 3}  # one that fits now, two to have ready next
+    s.on_worker_ready("w")
+    s.on_tasks([task("CPU=1", i) for i in range(3)])
+    assert len(s.ready) == 1 and len(s.overflow) == 2
+    assert s.read_budget() == {}  # the prefetch is full
+    s.dispatches()
+    s.on_task_done("w")
+    assert len(s.ready) == 1 and len(s.overflow) == 1  # the next one is ready at once
+    assert s.read_budget() == {"CPU=1": 1}

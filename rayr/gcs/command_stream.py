@@ -1,0 +1,104 @@
+"""Fire-and-forget Redis commands for the hot paths.
+
+A submitter or executor writes its commands to one dedicated connection and goes on
+without waiting; a reader thread takes the replies in order and hands each batch to its
+callback. Redis executes one connection's commands in the order they were written, so a
+result stored before an ACK on this connection is stored before the ACK takes effect, and
+a put written before a task that uses it is visible to that task. This removes a round trip
+(~0.1 ms) from every task submission and result delivery, and lets many submissions share
+the wire without a thread hop on the synchronous path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+log = logging.getLogger("rayr.commands")
+
+Command = Sequence[Any]
+Callback = Callable[[list[Any]], None]
+
+
+class CommandStream:
+    """Write commands now, read their replies on a background thread."""
+
+    def __init__(self, url: str, password: str | None) -> None:
+        pool = redis.ConnectionPool.from_url(url, password=password)
+        self._conn: Any = pool.make_connection()
+        self._conn.connect()
+        self._lock = threading.Lock()  # one writer at a time keeps commands whole and ordered
+        self._waiting: deque[tuple[int, Callback | None]] = deque()
+        self._cond = threading.Condition()
+        self._sent = 0  # batches written
+        self._done = 0  # batches whose replies were read
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_replies, name="rayr-replies", daemon=True)
+        self._reader.start()
+
+    def send(self, commands: Sequence[Command], callback: Callback | None = None) -> None:
+        """Write ``commands``; ``callback(replies)`` runs on the reader thread once they are in.
+
+        A reply that is an error arrives as an exception object in the list.
+        """
+        packed = self._conn.pack_commands(commands)
+        with self._lock:
+            with self._cond:
+                self._waiting.append((len(commands), callback))
+                self._sent += 1
+            self._conn.send_packed_command(packed, check_health=False)
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Wait until every batch written so far has its replies; False on timeout."""
+        with self._cond:
+            target = self._sent
+            return self._cond.wait_for(lambda: self._done >= target or self._closed, timeout)
+
+    def _read_replies(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait(0.5)
+                if self._closed and not self._waiting:
+                    return
+                count, callback = self._waiting[0]
+            replies: list[Any] = []
+            try:
+                for _ in range(count):
+                    try:
+                        replies.append(self._conn.read_response(disable_decoding=True))
+                    except redis.ResponseError as err:  # an error reply, already consumed
+                        replies.append(err)
+            except (redis.ConnectionError, OSError, ValueError):
+                if not self._closed:
+                    log.error("lost the command connection to Redis; pending replies dropped")
+                with self._cond:
+                    self._closed = True
+                    self._waiting.clear()
+                    self._cond.notify_all()
+                return
+            if callback is not None:
+                try:
+                    callback(replies)
+                except Exception:
+                    log.exception("reply callback failed")
+            with self._cond:
+                self._waiting.popleft()
+                self._done += 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        self.flush(timeout=2.0)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        try:
+            self._conn.disconnect()
+        except Exception:
+            pass
+        self._reader.join(timeout=2)
