@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rayr import context
+from rayr.util.actor_pool import ActorPool
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
@@ -15,4 +16,4 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     return [name for _, name in core.gcs.named_actors(core.namespace)]
 
 
-__all__ = ["list_named_actors"]
+__all__ = ["ActorPool", "list_named_actors"]
