@@ -35,6 +35,7 @@ from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.raylet import resources as res
+from rayr.raylet.resources import ACTOR_SHAPE_MARK
 from rayr.task_spec import (
     ACTOR_CALL,
     ACTOR_CREATION,
@@ -353,8 +354,11 @@ class CoreWorker:
         Returns one ref per return value (one hidden ref for num_returns=0).
         """
         self._drain_released()
+        # actor creations get streams of their own: a worker leased to a shape's task stream
+        # must never take a creation from it
+        shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
         if kind != ACTOR_CALL:
-            self._ensure_shape(opts.shape, opts.resources, function_name)
+            self._ensure_shape(shape, opts.resources, function_name)
         task_id = self.job_id.binary() + os.urandom(12)
         frame_bytes, args_object, arg_refs = self._pack_arguments(task_id, function_name, args, kwargs)
         spec = TaskSpec(
@@ -398,7 +402,7 @@ class CoreWorker:
             self._watch(deps)
         with self._cond:
             missing = {d for d in deps if d not in self._records}
-            waiting = _WaitingTask(spec, opts.shape, missing)
+            waiting = _WaitingTask(spec, shape, missing)
             for dep in missing:
                 self._dep_waiters.setdefault(dep, []).append(waiting)
             if kind == ACTOR_CALL:
@@ -406,7 +410,7 @@ class CoreWorker:
         if kind == ACTOR_CALL:
             self._flush_actor_queue(actor_id)
         elif not missing:
-            self._submit_ready(spec, opts.shape)
+            self._submit_ready(spec, shape)
         return refs
 
     def _pack_arguments(

@@ -183,8 +183,10 @@ if #pending == 0 then
   end
   return {'gone'}
 end
-local node = pending[1][2]
-redis.call('XADD', ARGV[2] .. 'tasks:node:' .. node, '*', 'cancel', ARGV[3], 'flags', ARGV[4])
+local consumer = pending[1][2]
+local node = string.match(consumer, '^[^.]+')  -- worker consumers are '<node>.<worker>'
+redis.call('XADD', ARGV[2] .. 'tasks:node:' .. node, '*', 'cancel', ARGV[3], 'flags', ARGV[4],
+           'consumer', consumer)
 return {'node', node}
 """
 

@@ -67,13 +67,14 @@ class Raylet:
             total=dict(resources),
             max_workers=max(4, int(cpus * settings.max_workers_per_cpu)),
             min_pool=max(1, int(cpus)),
-            prefetch=max(1, int(cpus)),
+            prefetch=0,  # leased workers pull the next task themselves
         )
         self._lock = threading.Lock()  # guards self.sched (main + reader threads)
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
         self._kills: queue.SimpleQueue[str] = queue.SimpleQueue()  # actor ids to kill
-        self._cancels: queue.SimpleQueue[tuple[bytes, str]] = queue.SimpleQueue()  # (task id, flags)
+        # (task id, flags, consumer that took it: the node, or '<node>.<worker>' for a lease)
+        self._cancels: queue.SimpleQueue[tuple[bytes, str, str]] = queue.SimpleQueue()
         # cancels that found no task here yet (it may still be on its way from the reader)
         self._cancel_later: dict[bytes, float] = {}  # task id -> when the cancel arrived
         self._force_cancelled: set[bytes] = set()  # tasks whose worker we killed to cancel them
@@ -223,7 +224,8 @@ class Raylet:
                         self._wake_w.send(b"k")
                     if b"cancel" in fields:
                         task_id = bytes.fromhex(fields[b"cancel"].decode())
-                        self._cancels.put((task_id, fields.get(b"flags", b"").decode()))
+                        self._cancels.put((task_id, fields.get(b"flags", b"").decode(),
+                                           fields.get(b"consumer", b"").decode()))
                         self._wake_w.send(b"c")
                     self.gcs.r.xack(stream, TASK_GROUP, entry_id)
                     self.gcs.r.xdel(stream, entry_id)
@@ -285,7 +287,7 @@ class Raylet:
                 if hosted == actor_id and handle is not None and handle.proc.poll() is None:
                     handle.proc.kill()  # its socket closes; _on_worker_exit decides what follows
 
-    def _cancel(self, task_id: bytes, flags: str) -> None:
+    def _cancel(self, task_id: bytes, flags: str, consumer: str) -> None:
         """Drop a queued task, or interrupt (or, with force, kill) the worker running it."""
         def is_it(task: QueuedTask) -> bool:
             return not task.actor and TaskSpec.decode(task.spec).task_id == task_id
@@ -293,6 +295,8 @@ class Raylet:
         with self._lock:
             queued = self.sched.remove_queued(is_it)
             running = next((w for w, t in self.sched.running.items() if is_it(t)), None)
+        if running is None and "." in consumer:  # a leased worker took it from the stream itself
+            running = consumer.split(".", 1)[1]
         if queued is not None:
             self._finish_cancelled(queued)
             self._capacity_freed()
@@ -373,8 +377,29 @@ class Raylet:
                 task = None
         code = handle.proc.returncode
         if task is not None:
-            self._task_crashed(task, f"worker pid={handle.proc.pid} exited with code {code}")
+            why = f"worker pid={handle.proc.pid} exited with code {code}"
+            for lost in self._unfinished_of(handle, task):
+                self._task_crashed(lost, why)
         self._capacity_freed()
+
+    def _unfinished_of(self, handle: WorkerHandle, task: QueuedTask) -> list[QueuedTask]:
+        """What a dead worker left unfinished: the task we gave it, if not yet ACKed, and the
+        tasks it took itself under its lease (the pending entries of its own consumer)."""
+        if task.actor or not task.stream:
+            return [task]
+        consumer = f"{self.node_id}.{handle.worker_id}"
+        r = self.gcs.r
+        lost = []
+        if r.xpending_range(task.stream, TASK_GROUP, task.entry_id, task.entry_id, 1):
+            lost.append(task)
+        for entry in r.xpending_range(task.stream, TASK_GROUP, "-", "+", 100, consumername=consumer):
+            found = r.xrange(task.stream, entry["message_id"], entry["message_id"])
+            if found and b"s" in found[0][1]:
+                lost.append(QueuedTask(task.stream, entry["message_id"], found[0][1][b"s"],
+                                       task.shape, task.request))
+            else:  # the entry is gone (finished or cancelled): just clear the pending slot
+                r.xack(task.stream, TASK_GROUP, entry["message_id"])
+        return lost
 
     def _actor_exited(self, actor_id: str, handle: WorkerHandle) -> None:
         """Restart the actor here if it may be restarted; otherwise it is dead for good."""
@@ -461,7 +486,8 @@ class Raylet:
                 if task.actor:
                     handle.conn.send(("actor", task.stream, task.entry_id, task.spec, task.restart))
                 else:
-                    handle.conn.send(("tasks", [(task.stream, task.entry_id, task.spec)]))
+                    # a lease: after this task the worker keeps taking the shape's tasks itself
+                    handle.conn.send(("tasks", [(task.stream, task.entry_id, task.spec)], True))
             except (AssertionError, OSError):
                 if handle is not None:
                     self._on_worker_exit(handle)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 EMPTY_SHAPE = "none"
+ACTOR_SHAPE_MARK = "@"  # prefixes the shape of actor-creation streams, e.g. "@CPU=1"
 _EPS = 1e-9
 
 
@@ -19,7 +20,8 @@ def shape_key(request: Mapping[str, float]) -> str:
 
 
 def parse_shape(key: str) -> dict[str, float]:
-    """Inverse of :func:`shape_key`."""
+    """Inverse of :func:`shape_key` (an actor-creation mark is ignored)."""
+    key = key.removeprefix(ACTOR_SHAPE_MARK)
     if key == EMPTY_SHAPE:
         return {}
     out = {}

@@ -113,3 +113,8 @@ def test_prefetch_reads_ahead_while_busy():
     s.on_task_done("w")
     assert len(s.ready) == 1 and len(s.overflow) == 1  # the next one is ready at once
     assert s.read_budget() == {"CPU=1": 1}
+
+
+def test_actor_creation_shapes_parse_like_task_shapes():
+    assert res.parse_shape("@CPU=1") == {"CPU": 1.0}
+    assert res.parse_shape("@none") == {}
