@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from rayr import context
+from rayr.object_ref import ObjectRef
 from rayr.util.actor_pool import ActorPool
 
 
@@ -16,4 +18,14 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     return [name for _, name in core.gcs.named_actors(core.namespace)]
 
 
-__all__ = ["ActorPool", "list_named_actors"]
+def progress(refs: Iterable[ObjectRef], **options: Any) -> Iterator[ObjectRef]:
+    """Yield refs as they complete while a progress bar advances (see ``progress_bar``).
+
+    tqdm is imported on first use, so ``import rayr`` stays fast.
+    """
+    from rayr.util.progress_bar import progress as show_progress
+
+    return show_progress(refs, **options)
+
+
+__all__ = ["ActorPool", "list_named_actors", "progress"]
