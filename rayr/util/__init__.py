@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable, Iterator
+from types import ModuleType
 from typing import Any
 
 from rayr import context
@@ -26,6 +28,14 @@ def progress(refs: Iterable[ObjectRef], **options: Any) -> Iterator[ObjectRef]:
     from rayr.util.progress_bar import progress as show_progress
 
     return show_progress(refs, **options)
+
+
+def __getattr__(name: str) -> ModuleType:
+    # ``ray.util.queue.Queue`` and ``ray.util.multiprocessing.Pool`` work as attribute paths
+    # after ``import rayr as ray``, without importing those modules for every program
+    if name in ("queue", "multiprocessing"):
+        return importlib.import_module(f"rayr.util.{name}")
+    raise AttributeError(f"module 'rayr.util' has no attribute {name!r}")
 
 
 __all__ = ["ActorPool", "list_named_actors", "progress"]

@@ -93,6 +93,51 @@ RAY_ACTOR_SCRIPT = textwrap.dedent(
 )
 
 
+RAY_UTIL_SCRIPT = textwrap.dedent(
+    """
+    import time
+    import rayr as ray
+
+    ray.init(num_cpus=2)
+
+    @ray.remote
+    def numbers(n):
+        for i in range(n):
+            yield i
+
+    @ray.remote
+    def forever():
+        time.sleep(60)
+
+    @ray.remote
+    class Doubler:
+        def double(self, x):
+            print("doubling", x)
+            return 2 * x
+
+    assert [ray.get(r) for r in numbers.remote(4)] == [0, 1, 2, 3]
+    ref = forever.remote()
+    time.sleep(0.3)
+    ray.cancel(ref)
+    try:
+        ray.get(ref, timeout=20)
+        raise SystemExit("a cancelled task returned")
+    except ray.exceptions.TaskCancelledError:
+        pass
+    pool = ray.util.ActorPool([Doubler.remote(), Doubler.remote()])
+    assert list(pool.map(lambda a, v: a.double.remote(v), [1, 2, 3])) == [2, 4, 6]
+    q = ray.util.queue.Queue()
+    q.put("item")
+    assert q.get(timeout=5) == "item"
+    with ray.util.multiprocessing.Pool(2) as mp:
+        assert mp.map(abs, [-1, -2]) == [1, 2]
+    time.sleep(0.3)
+    ray.shutdown()
+    print("ray-util-script-ok")
+    """
+)
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path / "rayr")}
     env.pop("RAYR_ADDRESS", None)
@@ -115,6 +160,16 @@ def test_unchanged_ray_actor_script_runs(tmp_path):
                          env=_env(tmp_path), timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "ray-actor-script-ok" in out.stdout
+
+
+def test_unchanged_ray_util_script_runs(tmp_path):
+    script = tmp_path / "util.py"
+    script.write_text(RAY_UTIL_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=_env(tmp_path), timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ray-util-script-ok" in out.stdout
+    assert "(Doubler pid=" in out.stdout and "doubling 3" in out.stdout
 
 
 def test_demo_runs(tmp_path):
