@@ -24,6 +24,9 @@ class MemoryBackend(ObjectStoreBackend):
     def seal(self, object_id: bytes) -> None:
         self._sealed[object_id] = bytes(self._open.pop(object_id))
 
+    def abort(self, object_id: bytes) -> None:
+        self._open.pop(object_id, None)
+
     def get(self, object_id: bytes) -> memoryview | None:
         data = self._sealed.get(object_id)
         return None if data is None else memoryview(data)

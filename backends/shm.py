@@ -64,6 +64,15 @@ class ShmBackend(ObjectStoreBackend):
             mapping.close()
         os.rename(self._path(object_id, tmp=True), self._path(object_id))
 
+    def abort(self, object_id: bytes) -> None:
+        mapping = self._writing.pop(object_id, None)
+        if mapping is not None:
+            mapping.close()
+        try:
+            os.unlink(self._path(object_id, tmp=True))
+        except FileNotFoundError:
+            pass
+
     def get(self, object_id: bytes) -> memoryview | None:
         try:
             fd = os.open(self._path(object_id), os.O_RDONLY)

@@ -11,7 +11,13 @@ from rayr import context
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
 from rayr.raylet.resources import shape_key
-from rayr.remote_function import _Exported, default_num_returns, parse_num_returns, validate_task_options
+from rayr.remote_function import (
+    _Exported,
+    check_strategy,
+    default_num_returns,
+    parse_num_returns,
+    validate_task_options,
+)
 from rayr.streaming import ObjectRefGenerator
 from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, STREAMING
 
@@ -100,11 +106,7 @@ def validate_actor_options(options: dict[str, Any], is_async: bool) -> dict[str,
         )
     if opts["get_if_exists"] and not opts["name"]:
         raise ValueError("actor option 'get_if_exists' needs a 'name'")
-    if opts["scheduling_strategy"] not in ("DEFAULT", "SPREAD"):
-        raise ValueError(
-            f"actor option 'scheduling_strategy' must be 'DEFAULT' or 'SPREAD', "
-            f"got {opts['scheduling_strategy']!r}"
-        )
+    check_strategy(opts["scheduling_strategy"])
     max_restarts = _int_option(opts, "max_restarts", -1)
     max_task_retries = _int_option(opts, "max_task_retries", -1)
     if opts["max_concurrency"] is None:
@@ -210,6 +212,7 @@ class ActorClass:
             max_retries=0,
             retry_exceptions=False,
             name=f"{self.__name__}.__init__",
+            strategy=opts["scheduling_strategy"],
         )
         core.submit_task(
             key,

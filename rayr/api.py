@@ -33,6 +33,7 @@ from rayr.remote_function import RemoteFunction
 from rayr.streaming import ObjectRefGenerator
 
 SESSION_FILE = "rayr_current_cluster"
+REMOTE_DRIVER_INLINE = 1 << 62  # a driver without a node keeps every object inline
 
 
 @dataclass
@@ -245,32 +246,36 @@ def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
         raise ConnectionError(f"The cluster at {url} has no live nodes; start one with `rayr start`.")
     hostname = socket.gethostname()
     local = [n for n in nodes if n.get("hostname") == hostname]
-    if not local:
-        raise ConnectionError(
-            f"No rayr node of the cluster at {url} runs on this host ({hostname}); a driver "
-            "needs a local node: run `rayr start --address ...` here first."
-        )
-    node = sorted(local, key=lambda n: (n.get("is_head") != "1", n.get("start_time", "")))[0]
+    worker_hex = WorkerID.from_random().hex()
+    if local:
+        node = sorted(local, key=lambda n: (n.get("is_head") != "1", n.get("start_time", "")))[0]
+        node_hex = node["node_id"]
+        store = open_backend(node["store_backend"], node["store_namespace"])
+    else:
+        # A driver on a host with no node: its objects travel inline through Redis, and
+        # objects it reads are pulled into its own memory.
+        node_hex = f"driver-{worker_hex}"
+        store = open_backend("memory", node_hex)
+        settings = settings.model_copy(update={"inline_threshold": REMOTE_DRIVER_INLINE})
     namespace = namespace or f"anonymous-{uuid.uuid4().hex}"
     job_id = gcs.new_job(
         {
             "driver_pid": os.getpid(),
-            "driver_node": node["node_id"],
+            "driver_node": node_hex,
             "namespace": namespace,
             "entrypoint": " ".join(sys.argv),
             "sys_path": _driver_sys_path(),
         }
     )
-    store = open_backend(node["store_backend"], node["store_namespace"])
     return CoreWorker(
         gcs=gcs,
         blocking_redis=connect(url, settings.redis_password),
         commands=CommandStream(url, settings.redis_password),
         settings=settings,
-        node_hex=node["node_id"],
+        node_hex=node_hex,
         store=store,
         job_id=job_id,
-        worker_hex=WorkerID.from_random().hex(),
+        worker_hex=worker_hex,
         namespace=namespace,
     )
 
@@ -304,6 +309,11 @@ def shutdown() -> None:
             job = core.job_id
             try:
                 core.gcs.finish_job(job.hex())
+                # every node frees what the job left in its store (results, pulled copies)
+                with core.gcs.r.pipeline(transaction=False) as pipe:
+                    for node in core.gcs.alive_nodes():
+                        pipe.xadd(core.keys.node_stream(node["node_id"]), {b"jobdone": job.hex().encode()})
+                    pipe.execute()
             except redis.RedisError:
                 pass
             core.store.cleanup(job.binary())

@@ -33,9 +33,11 @@ from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
+from rayr.object_store import transfer
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.raylet import resources as res
-from rayr.raylet.resources import ACTOR_SHAPE_MARK
+from rayr.raylet.resources import ACTOR_SHAPE_MARK, TARGET_MARK
+from rayr.routing import Router
 from rayr.task_spec import (
     ACTOR_CALL,
     ACTOR_CREATION,
@@ -70,6 +72,7 @@ class TaskOptions:
     max_retries: int
     retry_exceptions: bool | bytes
     name: str
+    strategy: Any = "DEFAULT"  # "DEFAULT", "SPREAD" or a NodeAffinitySchedulingStrategy
 
 
 @dataclass
@@ -77,7 +80,7 @@ class _WaitingTask:
     """A submitted task whose ObjectRef arguments may not all be ready yet."""
 
     spec: TaskSpec
-    shape: str  # the task stream's shape; "" for actor calls (they go to a mailbox)
+    stream: str  # the task stream it goes to; "" for actor calls (they go to a mailbox)
     missing: set[bytes]
     cancelled: bool = False
 
@@ -141,7 +144,8 @@ class CoreWorker:
         # per actor, this process's calls in submission order; sent head first once ready
         self._actor_queues: dict[str, deque[_WaitingTask]] = {}
         self._send_lock = threading.Lock()  # keeps one process's actor calls in order
-        self._shapes: set[str] = set()
+        self._shapes: set[str] = set()  # task streams this process has announced
+        self._router = Router(gcs)
         self._stopping = False
         # futures of ObjectRefs (await ref): resolved by the inbox thread, no thread each
         self._futures: dict[bytes, list[tuple[ObjectRef, concurrent.futures.Future]]] = {}
@@ -305,7 +309,7 @@ class CoreWorker:
             if waiting.spec.kind == ACTOR_CALL:
                 self._flush_actor_queue(waiting.spec.actor_id)
             else:
-                self._submit_ready(waiting.spec, waiting.shape)
+                self._submit_ready(waiting.spec, waiting.stream)
         for _refs, args_object in finished:
             if args_object is not None:
                 self.store.delete(args_object)
@@ -357,8 +361,10 @@ class CoreWorker:
         # actor creations get streams of their own: a worker leased to a shape's task stream
         # must never take a creation from it
         shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
+        stream = ""
         if kind != ACTOR_CALL:
-            self._ensure_shape(shape, opts.resources, function_name)
+            key, node = self._router.route(shape, opts.resources, opts.strategy)
+            stream = self._ensure_stream(key, node, opts.resources, function_name)
         task_id = self.job_id.binary() + os.urandom(12)
         frame_bytes, args_object, arg_refs = self._pack_arguments(task_id, function_name, args, kwargs)
         spec = TaskSpec(
@@ -402,7 +408,7 @@ class CoreWorker:
             self._watch(deps)
         with self._cond:
             missing = {d for d in deps if d not in self._records}
-            waiting = _WaitingTask(spec, shape, missing)
+            waiting = _WaitingTask(spec, stream, missing)
             for dep in missing:
                 self._dep_waiters.setdefault(dep, []).append(waiting)
             if kind == ACTOR_CALL:
@@ -410,7 +416,7 @@ class CoreWorker:
         if kind == ACTOR_CALL:
             self._flush_actor_queue(actor_id)
         elif not missing:
-            self._submit_ready(spec, shape)
+            self._submit_ready(spec, stream)
         return refs
 
     def _pack_arguments(
@@ -505,12 +511,11 @@ class CoreWorker:
                     inline[dep] = record
         return spec._replace(dep_records=inline)
 
-    def _submit_ready(self, spec: TaskSpec, shape: str) -> None:
+    def _submit_ready(self, spec: TaskSpec, stream: str) -> None:
         spec = self._with_inline_deps(spec)
         fields = {b"s": spec.encode()}
         if spec.kind == ACTOR_CREATION:
             fields[b"a"] = b"1"  # lets the raylet spot creations without decoding every spec
-        stream = self.keys.shape_stream(shape)
         command = ("XADD", stream, "*", *[x for kv in fields.items() for x in kv])
 
         def on_reply(replies: list[Any]) -> None:
@@ -589,21 +594,27 @@ class CoreWorker:
         self.cancelled_tasks.add(task_id)  # so the call's result is reported as cancelled
         return True
 
-    def _ensure_shape(self, shape: str, request: dict[str, float], name: str) -> None:
-        if shape in self._shapes:
-            return
-        stream = self.keys.shape_stream(shape)
+    def _ensure_stream(self, key: str, node: str, request: dict[str, float], name: str) -> str:
+        """The stream for scheduler ``key`` (targeted at ``node`` if given), announced to the
+        raylets that should read it the first time this process uses it."""
+        stream = self.keys.task_stream(key, node)
+        if stream in self._shapes:
+            return stream
         self.gcs.ensure_group(stream)
-        if self.gcs.r.sadd(self.keys.shapes, shape):
-            # new shape: tell every raylet to start reading its stream now
-            nodes = self.gcs.alive_nodes()
-            with self.gcs.r.pipeline(transaction=False) as p:
-                for node in nodes:
-                    p.xadd(self.keys.node_stream(node["node_id"]), {b"poke": b"1"})
-                p.execute()
+        if node:
+            added = self.gcs.r.sadd(self.keys.node_shapes(node), key[len(TARGET_MARK):])
+            targets = [node] if added else []
+            nodes = self._router.alive_nodes()
         else:
+            added = self.gcs.r.sadd(self.keys.shapes, key)
             nodes = self.gcs.alive_nodes()
-        if not any(res.fits(n["resources_total"], request) for n in nodes):
+            targets = [n["node_id"] for n in nodes] if added else []
+        if targets:  # new stream: tell the raylets to start reading it now
+            with self.gcs.r.pipeline(transaction=False) as p:
+                for target in targets:
+                    p.xadd(self.keys.node_stream(target), {b"poke": b"1"})
+                p.execute()
+        if not node and not any(res.fits(n["resources_total"], request) for n in nodes):
             totals = [n["resources_total"] for n in nodes]
             warnings.warn(
                 f"Task {name!r} requests {request}, but no node in the cluster has that much "
@@ -611,7 +622,8 @@ class CoreWorker:
                 RuntimeWarning,
                 stacklevel=4,
             )
-        self._shapes.add(shape)
+        self._shapes.add(stream)
+        return stream
 
     # --------------------------------------------------------------- objects
     def put(self, value: Any) -> ObjectRef:
@@ -720,17 +732,51 @@ class CoreWorker:
             if isinstance(err, RayTaskError):
                 raise err.as_instanceof_cause()
             raise err
-        node_hex, _size = rec.parse_stored(record)
-        if node_hex != self.node_hex:
-            raise ObjectLostError(
-                oid.hex(),
-                f"It is stored on node {node_hex[:12]}, and transfers between nodes are not "
-                "available in this build.",
-            )
+        return serialization.deserialize(self.stored_view(oid, record))
+
+    def stored_view(self, oid: bytes, record: bytes) -> memoryview:
+        """A local, read-only view of a stored object, pulled from its node first if need be."""
+        node_hex, size = rec.parse_stored(record)
         view = self.store.get(oid)
-        if view is None:
+        if view is not None:
+            return view
+        if node_hex == self.node_hex:
             raise ObjectLostError(oid.hex(), f"It is no longer in the object store of node {node_hex[:12]}.")
-        return serialization.deserialize(view)
+        return self._pull(oid, node_hex, size)
+
+    def _pull(self, oid: bytes, holder: str, size: int) -> memoryview:
+        """Copy an object from ``holder`` into this node's store; one pull per node at a time."""
+        lock = self.keys.transfer_lock(oid.hex(), self.node_hex)
+        deadline = time.monotonic() + transfer.PULL_TIMEOUT_S * 2
+        while time.monotonic() < deadline:
+            if self.gcs.r.set(lock, self.worker_hex, nx=True, px=transfer.PULL_TIMEOUT_S * 2000):
+                try:
+                    view = self.store.get(oid)  # another puller may have just finished
+                    if view is None:
+                        buf = self.store.create(oid, size)
+                        try:
+                            transfer.pull_object(self.gcs.r, self.keys, oid, holder, self.node_hex, buf)
+                        except BaseException:
+                            buf.release()
+                            self.store.abort(oid)
+                            raise
+                        buf.release()
+                        self.store.seal(oid)
+                        view = self.store.get(oid)
+                    assert view is not None
+                    return view
+                finally:
+                    self.gcs.r.delete(lock)
+            # someone else on this node is pulling it: wait for it to appear
+            while self.gcs.r.exists(lock) and time.monotonic() < deadline:
+                view = self.store.get(oid)
+                if view is not None:
+                    return view
+                time.sleep(0.005)
+            view = self.store.get(oid)
+            if view is not None:
+                return view
+        raise ObjectLostError(oid.hex(), f"Pulling it from node {holder[:12]} did not finish in time.")
 
 
 def _unpicklable_message(name: str, args: Sequence[Any], kwargs: dict[str, Any], err: Exception) -> str:

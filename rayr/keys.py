@@ -90,7 +90,19 @@ class Keys:
         return f"{self.prefix}tasks:shape:{shape}"
 
     def node_stream(self, node_hex: str) -> str:
+        """The node's control stream: new-shape pokes, kills, cancels, pulls, job ends."""
         return f"{self.prefix}tasks:node:{node_hex}"
+
+    def node_shapes(self, node_hex: str) -> str:
+        """Set of shapes with a task stream targeted at this node (affinity, SPREAD)."""
+        return f"{self.prefix}node_shapes:{node_hex}"
+
+    def task_stream(self, key: str, node_hex: str) -> str:
+        """The stream behind a scheduler key: shared (``CPU=1``), actor-creation (``@CPU=1``),
+        or targeted at ``node_hex`` (``~CPU=1``, ``~@CPU=1``)."""
+        if key.startswith("~"):
+            return f"{self.prefix}tasks:node:{node_hex}:{key[1:]}"
+        return self.shape_stream(key)
 
     # -- result inboxes: one list per process that owns or waits on objects
     def inbox(self, worker_hex: str) -> str:
@@ -145,4 +157,12 @@ class Keys:
     # -- cancellation markers: set by the owner, read where the task runs
     def cancel_marker(self, task_hex: str) -> str:
         return f"{self.prefix}cancel:{task_hex}"
+
+    # -- cross-node transfers: chunks of one object on their way to one node
+    def transfer(self, object_hex: str, dest: str) -> str:
+        return f"{self.prefix}xfer:{object_hex}:{dest}"
+
+    def transfer_lock(self, object_hex: str, dest: str) -> str:
+        """Held by the one process pulling an object to ``dest``; others wait for it."""
+        return f"{self.prefix}xferlock:{object_hex}:{dest}"
 

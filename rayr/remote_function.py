@@ -12,6 +12,7 @@ from rayr import context, serialization
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
 from rayr.raylet.resources import shape_key
+from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rayr.streaming import ObjectRefGenerator
 from rayr.task_spec import STREAMING
 
@@ -33,6 +34,16 @@ def _number(name: str, value: Any, minimum: float = 0) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
         raise ValueError(f"option {name!r} must be a number >= {minimum}, got {value!r}")
     return float(value)
+
+
+def check_strategy(strategy: Any) -> Any:
+    """A valid ``scheduling_strategy`` value, or ValueError naming the valid ones."""
+    if strategy in SCHEDULING_STRATEGIES or isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return strategy
+    raise ValueError(
+        f"option 'scheduling_strategy' must be one of {SCHEDULING_STRATEGIES} or a "
+        f"NodeAffinitySchedulingStrategy, got {strategy!r}"
+    )
 
 
 def parse_num_returns(value: Any) -> int:
@@ -98,11 +109,7 @@ def validate_task_options(options: dict[str, Any]) -> TaskOptions:
         raise ValueError(
             f"option 'retry_exceptions' must be a bool or a list of exception classes, got {retry!r}"
         )
-    strategy = opts["scheduling_strategy"]
-    if strategy not in SCHEDULING_STRATEGIES:
-        raise ValueError(
-            f"option 'scheduling_strategy' must be one of {SCHEDULING_STRATEGIES}, got {strategy!r}"
-        )
+    strategy = check_strategy(opts["scheduling_strategy"])
     if not isinstance(opts["name"], str):
         raise ValueError(f"option 'name' must be a string, got {opts['name']!r}")
     return TaskOptions(
@@ -112,6 +119,7 @@ def validate_task_options(options: dict[str, Any]) -> TaskOptions:
         max_retries=max_retries,
         retry_exceptions=retry_spec,
         name=opts["name"],
+        strategy=strategy,
     )
 
 

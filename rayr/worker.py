@@ -232,10 +232,10 @@ class TaskExecutor:
         """(args, kwargs, None), or ((), {}, error record) when a dependency failed."""
         core = self.core
         if spec.args_object is not None:
-            view = core.store.get(spec.args_object)
-            if view is None:
-                raise RuntimeError("the task's arguments are missing from the object store")
-            call_args, call_kwargs = serialization.deserialize(view)
+            (record,) = core.gcs.get_objects([spec.args_object.hex()])
+            if record is None:
+                raise RuntimeError("the task's arguments are missing from the object table")
+            call_args, call_kwargs = serialization.deserialize(core.stored_view(spec.args_object, record))
         else:
             call_args, call_kwargs = serialization.deserialize(spec.args)
         if not spec.ref_args:

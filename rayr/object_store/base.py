@@ -63,6 +63,10 @@ class ObjectStoreBackend(ABC):
         """Make a created object visible, immutably, to ``get`` in every process of the node."""
 
     @abstractmethod
+    def abort(self, object_id: bytes) -> None:
+        """Discard an object that was created but will never be sealed (a failed write)."""
+
+    @abstractmethod
     def get(self, object_id: bytes) -> memoryview | None:
         """A read-only, zero-copy view of a sealed object, or None when absent."""
 

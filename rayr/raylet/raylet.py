@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
@@ -27,8 +28,10 @@ from rayr.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedErr
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.keys import TASK_GROUP, Keys
+from rayr.object_store import transfer
 from rayr.object_store.registry import open_backend
 from rayr.raylet import resources as res
+from rayr.raylet.resources import TARGET_MARK
 from rayr.raylet.scheduler import QueuedTask, Scheduler
 from rayr.raylet.worker_pool import WorkerHandle, WorkerPool
 from rayr.task_spec import TaskSpec
@@ -73,6 +76,7 @@ class Raylet:
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
         self._kills: queue.SimpleQueue[str] = queue.SimpleQueue()  # actor ids to kill
+        self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rayr-send")
         # (task id, flags, consumer that took it: the node, or '<node>.<worker>' for a lease)
         self._cancels: queue.SimpleQueue[tuple[bytes, str, str]] = queue.SimpleQueue()
         # cancels that found no task here yet (it may still be on its way from the reader)
@@ -87,6 +91,7 @@ class Raylet:
         self._stopping = threading.Event()
         self._shapes_dirty = threading.Event()
         self._reader_parked = False  # reader blocked on the node stream alone
+        self._key_of: dict[str, str] = {}  # task stream -> its scheduler key (reader thread only)
         self._reader_client_id = 0
         log_dir = os.path.join(session_dir, "logs")
         os.makedirs(log_dir, exist_ok=True)
@@ -110,6 +115,7 @@ class Raylet:
             self._start_worker()
         reader = threading.Thread(target=self._reader_loop, name="rayr-reader", daemon=True)
         reader.start()
+        threading.Thread(target=self._control_loop, name="rayr-control", daemon=True).start()
         try:
             self._main_loop()
         finally:
@@ -150,12 +156,15 @@ class Raylet:
 
     def _refresh_shapes(self) -> None:
         shapes = self.gcs.shapes()
+        targeted = self.gcs.r.smembers(self.keys.node_shapes(self.node_id))
+        shapes |= {TARGET_MARK + s.decode() for s in targeted}
         for shape in shapes:
-            self.gcs.ensure_group(self.keys.shape_stream(shape))
+            self.gcs.ensure_group(self.keys.task_stream(shape, self.node_id))
         with self._lock:
             self.sched.add_shapes(shapes)
 
     def _shutdown(self) -> None:
+        self._transfers.shutdown(wait=False, cancel_futures=True)
         self.pool.stop_all()
         self.store.cleanup()
         try:
@@ -165,9 +174,9 @@ class Raylet:
 
     # ---------------------------------------------------------------- reader
     def _reader_loop(self) -> None:
+        """Pull tasks from the shape streams this node can start now (the task reader)."""
         client: Any = connect(self.redis_url, self.settings.redis_password, single_connection_client=True)
         self._reader_client_id = int(client.client_id())
-        node_stream = self.keys.node_stream(self.node_id)
         while not self._stopping.is_set():
             try:
                 if self._shapes_dirty.is_set():
@@ -175,33 +184,77 @@ class Raylet:
                     self._refresh_shapes()
                 with self._lock:
                     budget = self.sched.read_budget()
-                    cpu_free = self.sched.available.get("CPU", 0.0) >= 1.0
-                    # No known shape fits, but a new one might: wait on our node stream,
-                    # where submitters announce new shapes; main unblocks us if room frees.
-                    self._reader_parked = not budget and cpu_free
-                if not budget and not cpu_free:
-                    # Saturated: nothing to read until a task ends (or a shape poke is due).
-                    if not self._capacity.wait(1.0):
-                        self._take(client.xreadgroup(TASK_GROUP, self.node_id, {node_stream: ">"}, count=16))
+                if not budget:
+                    # nothing fits now: wait for room to free up or for a new shape
+                    self._capacity.wait(1.0)
                     self._capacity.clear()
                     continue
-                streams = {node_stream: ">"}
+                streams = {}
                 for shape in budget:
-                    streams[self.keys.shape_stream(shape)] = ">"
+                    stream = self.keys.task_stream(shape, self.node_id)
+                    streams[stream] = ">"
+                    self._key_of[stream] = shape
+                # While blocked here, freed room or a new shape unblocks us (CLIENT UNBLOCK).
+                self._reader_parked = True
                 reply = client.xreadgroup(
-                    TASK_GROUP, self.node_id, streams, count=max(budget.values(), default=16), block=1000
+                    TASK_GROUP, self.node_id, streams, count=max(budget.values()), block=1000
                 )
                 self._reader_parked = False
                 self._take(reply)
             except redis.RedisError:
+                self._reader_parked = False
                 if self._stopping.is_set():
                     return
                 log.exception("reading task streams failed; retrying")
                 time.sleep(0.5)
         client.close()
 
+    def _control_loop(self) -> None:
+        """Serve the node stream at once, however busy the node: pokes, kills, cancels,
+        pulls of objects this node holds, and jobs that ended."""
+        client: Any = connect(self.redis_url, self.settings.redis_password)
+        stream = self.keys.node_stream(self.node_id)
+        while not self._stopping.is_set():
+            try:
+                reply = client.xreadgroup(TASK_GROUP, self.node_id, {stream: ">"}, count=64, block=1000)
+                for _name, entries in reply or []:
+                    for entry_id, fields in entries:
+                        self._on_control(fields)
+                        client.xack(stream, TASK_GROUP, entry_id)
+                        client.xdel(stream, entry_id)
+            except redis.RedisError:
+                if self._stopping.is_set():
+                    return
+                log.exception("reading the node stream failed; retrying")
+                time.sleep(0.5)
+        client.close()
+
+    def _on_control(self, fields: dict[bytes, bytes]) -> None:
+        if b"poke" in fields:
+            self._shapes_dirty.set()
+            self._capacity_freed()  # wake the task reader to read the new stream
+        if b"kill" in fields:
+            self._kills.put(fields[b"kill"].decode())
+            self._wake_w.send(b"k")
+        if b"cancel" in fields:
+            task_id = bytes.fromhex(fields[b"cancel"].decode())
+            self._cancels.put((task_id, fields.get(b"flags", b"").decode(),
+                               fields.get(b"consumer", b"").decode()))
+            self._wake_w.send(b"c")
+        if b"pull" in fields:
+            oid = bytes.fromhex(fields[b"pull"].decode())
+            self._transfers.submit(self._send_object, oid, fields[b"dest"].decode(), int(fields[b"size"]))
+        if b"jobdone" in fields:  # free what the ended job left in this node's store
+            self.store.cleanup(bytes.fromhex(fields[b"jobdone"].decode()))
+
+    def _send_object(self, oid: bytes, dest: str, size: int) -> None:
+        try:
+            transfer.send_object(self.gcs.r, self.keys, self.store, oid, dest, size)
+        except Exception:
+            log.exception("sending object %s to %s failed", oid.hex(), dest)
+
     def _capacity_freed(self) -> None:
-        """Wake the reader: it may now pull more tasks."""
+        """Wake the task reader: it may now pull more (or other) tasks."""
         self._capacity.set()
         if self._reader_parked:
             self._reader_parked = False
@@ -212,25 +265,13 @@ class Raylet:
 
     def _take(self, reply: list) -> None:
         tasks: list[QueuedTask] = []
-        prefix = self.keys.shape_stream("")
         for stream_name, entries in reply or []:
             stream = stream_name.decode()
             for entry_id, fields in entries:
-                if b"s" not in fields:  # node control: a new shape to read, an actor to kill
-                    if b"poke" in fields:
-                        self._shapes_dirty.set()
-                    if b"kill" in fields:
-                        self._kills.put(fields[b"kill"].decode())
-                        self._wake_w.send(b"k")
-                    if b"cancel" in fields:
-                        task_id = bytes.fromhex(fields[b"cancel"].decode())
-                        self._cancels.put((task_id, fields.get(b"flags", b"").decode(),
-                                           fields.get(b"consumer", b"").decode()))
-                        self._wake_w.send(b"c")
+                if b"s" not in fields:  # a deleted (cancelled) entry: nothing to run
                     self.gcs.r.xack(stream, TASK_GROUP, entry_id)
-                    self.gcs.r.xdel(stream, entry_id)
                     continue
-                shape = stream[len(prefix):]
+                shape = self._key_of[stream]
                 task = QueuedTask(stream, entry_id, fields[b"s"], shape, res.parse_shape(shape))
                 if b"a" in fields:  # actor creation: it will hold other resources once alive
                     spec = TaskSpec.decode(task.spec)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 EMPTY_SHAPE = "none"
 ACTOR_SHAPE_MARK = "@"  # prefixes the shape of actor-creation streams, e.g. "@CPU=1"
+TARGET_MARK = "~"  # prefixes scheduler keys of streams targeted at one node, e.g. "~CPU=1"
 _EPS = 1e-9
 
 
@@ -21,7 +22,7 @@ def shape_key(request: Mapping[str, float]) -> str:
 
 def parse_shape(key: str) -> dict[str, float]:
     """Inverse of :func:`shape_key` (an actor-creation mark is ignored)."""
-    key = key.removeprefix(ACTOR_SHAPE_MARK)
+    key = key.removeprefix(TARGET_MARK).removeprefix(ACTOR_SHAPE_MARK)
     if key == EMPTY_SHAPE:
         return {}
     out = {}

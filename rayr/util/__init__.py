@@ -33,7 +33,7 @@ def progress(refs: Iterable[ObjectRef], **options: Any) -> Iterator[ObjectRef]:
 def __getattr__(name: str) -> ModuleType:
     # ``ray.util.queue.Queue`` and ``ray.util.multiprocessing.Pool`` work as attribute paths
     # after ``import rayr as ray``, without importing those modules for every program
-    if name in ("queue", "multiprocessing"):
+    if name in ("queue", "multiprocessing", "scheduling_strategies"):
         return importlib.import_module(f"rayr.util.{name}")
     raise AttributeError(f"module 'rayr.util' has no attribute {name!r}")
 

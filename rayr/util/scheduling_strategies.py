@@ -1,0 +1,7 @@
+"""Ray's import path for scheduling strategies (``ray.util.scheduling_strategies``)."""
+
+from __future__ import annotations
+
+from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+__all__ = ["NodeAffinitySchedulingStrategy"]
