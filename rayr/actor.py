@@ -18,6 +18,7 @@ from rayr.remote_function import (
     parse_num_returns,
     validate_task_options,
 )
+from rayr.routing import in_placement_group
 from rayr.streaming import ObjectRefGenerator
 from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, STREAMING
 
@@ -204,7 +205,7 @@ class ActorClass:
                 f"The actor name {name!r} is already taken in namespace {namespace!r} by actor "
                 f"{existing}. Pick another name, or pass get_if_exists=True to reuse it."
             )
-        placement = opts["placement"]
+        placement = opts["placement"]  # renamed into the group's resources by submit_task
         create_opts = TaskOptions(
             resources=placement,
             shape=shape_key(placement),
@@ -223,7 +224,9 @@ class ActorClass:
             kind=ACTOR_CREATION,
             actor_id=actor_hex,
             actor_options={
-                "lifetime_resources": opts["lifetime_resources"],
+                "lifetime_resources": in_placement_group(
+                    opts["lifetime_resources"], opts["scheduling_strategy"]
+                ),
                 "max_concurrency": opts["max_concurrency"],
                 "max_task_retries": opts["max_task_retries"],
                 "is_async": self._is_async,

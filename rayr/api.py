@@ -303,6 +303,9 @@ def shutdown() -> None:
             try:
                 for actor_id in core.gcs.job_actors(core.job_id.hex()):
                     _kill_actor(core, actor_id, "its owner (the driver) exited", no_restart=True)
+                for info in core.gcs.placement_groups():
+                    if info["pg_id"].startswith(core.job_id.hex()) and info.get("detached") != "1":
+                        core.gcs.remove_placement_group(info["pg_id"])
             except redis.RedisError:
                 pass
             core.shutdown()

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rayr import serialization
@@ -36,8 +36,8 @@ from rayr.object_ref import ObjectRef
 from rayr.object_store import transfer
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.raylet import resources as res
-from rayr.raylet.resources import ACTOR_SHAPE_MARK, TARGET_MARK
-from rayr.routing import Router
+from rayr.raylet.resources import ACTOR_SHAPE_MARK, TARGET_MARK, shape_key
+from rayr.routing import Router, in_placement_group
 from rayr.task_spec import (
     ACTOR_CALL,
     ACTOR_CREATION,
@@ -360,9 +360,12 @@ class CoreWorker:
         self._drain_released()
         # actor creations get streams of their own: a worker leased to a shape's task stream
         # must never take a creation from it
-        shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
         stream = ""
         if kind != ACTOR_CALL:
+            request = in_placement_group(opts.resources, opts.strategy)
+            if request is not opts.resources:
+                opts = replace(opts, resources=request, shape=shape_key(request))
+            shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
             key, node = self._router.route(shape, opts.resources, opts.strategy)
             stream = self._ensure_stream(key, node, opts.resources, function_name)
         task_id = self.job_id.binary() + os.urandom(12)

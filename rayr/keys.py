@@ -166,3 +166,28 @@ class Keys:
         """Held by the one process pulling an object to ``dest``; others wait for it."""
         return f"{self.prefix}xferlock:{object_hex}:{dest}"
 
+    # -- placement groups: a hash each, the ones waiting for room, names per namespace
+    def placement_group(self, pg_hex: str) -> str:
+        return f"{self.prefix}pg:{pg_hex}"
+
+    @property
+    def pending_placement_groups(self) -> str:
+        """List of groups the monitor has yet to place (FIFO)."""
+        return self.prefix + "pg_pending"
+
+    def placement_group_names(self, namespace: str) -> str:
+        return f"{self.prefix}pg_names:{namespace}"
+
+    def placement_group_reply(self, pg_hex: str) -> str:
+        """Where raylets answer the monitor's bundle reservations for one group."""
+        return f"{self.prefix}pg_reply:{pg_hex}"
+
+    @property
+    def placement_group_key_prefix(self) -> str:
+        return self.prefix + "pg:"
+
+    @property
+    def monitor_stream(self) -> str:
+        """Wakes the head monitor: a group to place or to remove."""
+        return self.prefix + "monitor"
+

@@ -12,7 +12,7 @@ from rayr import context, serialization
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
 from rayr.raylet.resources import shape_key
-from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy
+from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from rayr.streaming import ObjectRefGenerator
 from rayr.task_spec import STREAMING
 
@@ -38,7 +38,9 @@ def _number(name: str, value: Any, minimum: float = 0) -> float:
 
 def check_strategy(strategy: Any) -> Any:
     """A valid ``scheduling_strategy`` value, or ValueError naming the valid ones."""
-    if strategy in SCHEDULING_STRATEGIES or isinstance(strategy, NodeAffinitySchedulingStrategy):
+    if strategy in SCHEDULING_STRATEGIES or isinstance(
+        strategy, NodeAffinitySchedulingStrategy | PlacementGroupSchedulingStrategy
+    ):
         return strategy
     raise ValueError(
         f"option 'scheduling_strategy' must be one of {SCHEDULING_STRATEGIES} or a "

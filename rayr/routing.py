@@ -11,11 +11,20 @@ import time
 from typing import Any
 
 from rayr.gcs.client import GcsClient
+from rayr.gcs.placement import renamed_request
 from rayr.raylet import resources as res
 from rayr.raylet.resources import TARGET_MARK
-from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy
+from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 NODE_CACHE_S = 1.0  # how stale the node list may be when routing
+
+
+def in_placement_group(request: dict[str, float], strategy: Any) -> dict[str, float]:
+    """The resources a task asks for: inside a placement group, its bundle's renamed ones."""
+    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+        pg = strategy.placement_group
+        return renamed_request(request, pg.id, strategy.placement_group_bundle_index)
+    return request
 
 
 class Router:
@@ -40,8 +49,8 @@ class Router:
         Raises:
             ValueError: hard affinity to a node that is not alive or can never fit the task.
         """
-        if strategy in (None, "DEFAULT"):
-            return shape, ""
+        if strategy in (None, "DEFAULT") or isinstance(strategy, PlacementGroupSchedulingStrategy):
+            return shape, ""  # a group's renamed resources exist only on its bundles' nodes
         nodes = self.alive_nodes()
         if strategy == "SPREAD":
             fitting = sorted(n["node_id"] for n in nodes if res.fits(n["resources_total"], request))

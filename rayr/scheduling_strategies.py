@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,4 +25,27 @@ class NodeAffinitySchedulingStrategy:
             raise ValueError(f"NodeAffinitySchedulingStrategy needs a node id (hex), got {self.node_id!r}")
 
 
-__all__ = ["NodeAffinitySchedulingStrategy"]
+@dataclass(frozen=True)
+class PlacementGroupSchedulingStrategy:
+    """Run in a placement group's reserved resources: in bundle ``placement_group_bundle_index``,
+    or in any of its bundles with -1 (the default)."""
+
+    placement_group: Any
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool | None = None
+
+    def __post_init__(self) -> None:
+        pg_hex = getattr(self.placement_group, "id", None)
+        if not isinstance(pg_hex, str):
+            raise ValueError(
+                f"PlacementGroupSchedulingStrategy needs a PlacementGroup, got {self.placement_group!r}"
+            )
+        count = len(getattr(self.placement_group, "bundle_specs", []))
+        index = self.placement_group_bundle_index
+        if not isinstance(index, int) or index < -1 or index >= count:
+            raise ValueError(
+                f"placement_group_bundle_index must be -1 or in [0, {count}), got {index!r}"
+            )
+
+
+__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -39,6 +40,11 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
             request = parse_shape(shape)
             feasible = any(fits(n["resources_total"], request) for n in alive)
             demands.append({"resources": request, "count": queued, "feasible": feasible})
+    for info in gcs.placement_groups():
+        if info.get("state") == "PENDING":
+            feasible = info.get("infeasible") != "1"
+            demands.append({"placement_group": info["pg_id"], "resources": json.loads(info["bundles"]),
+                            "strategy": info.get("strategy"), "count": 1, "feasible": feasible})
     return {
         "time": time.time(),
         "active": [{"node_id": n["node_id"], "host": n.get("host"), "is_head": n.get("is_head") == "1"}
@@ -76,7 +82,10 @@ def render(data: dict[str, Any]) -> str:
     lines += ["", "Demands:"]
     for demand in data["demands"]:
         note = "" if demand["feasible"] else " (infeasible: no node has these resources)"
-        lines.append(f" {demand['resources']}: {demand['count']}+ pending tasks{note}")
+        if "placement_group" in demand:
+            lines.append(f" {demand['resources']} ({demand['strategy']}): pending placement group{note}")
+        else:
+            lines.append(f" {demand['resources']}: {demand['count']}+ pending tasks{note}")
     if not data["demands"]:
         lines.append(" (no resource demands)")
     return "\n".join(lines)

@@ -9,6 +9,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from rayr import serialization
 from rayr.gcs import records, scripts
@@ -45,8 +47,15 @@ def normalize_address(address: str) -> str:
     return text
 
 
+def redis_retry() -> Retry:
+    """Retries for one command: enough for a blip, short enough that a process whose Redis is
+    gone (the cluster is shutting down) stops in about a second, not redis-py's ~5 s."""
+    return Retry(ExponentialBackoff(cap=0.5, base=0.02), 3)
+
+
 def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` (bytes replies)."""
+    kwargs.setdefault("retry", redis_retry())
     return redis.Redis.from_url(url, password=password, **kwargs)
 
 
@@ -292,4 +301,48 @@ class GcsClient:
         """The flags a task was cancelled with, or None if it was not cancelled."""
         value = self.r.get(self.keys.cancel_marker(task_hex))
         return None if value is None else value.decode()
+
+    # ------------------------------------------------------ placement groups
+    def create_placement_group(self, pg_hex: str, namespace: str, name: str, fields: dict[str, Any]) -> bool:
+        """Record a new group and wake the monitor; False if ``name`` is taken."""
+        if name and not self.r.hsetnx(self.keys.placement_group_names(namespace), name, pg_hex):
+            existing = self.r.hget(self.keys.placement_group_names(namespace), name)
+            state = self.r.hget(self.keys.placement_group(existing.decode()), "state") if existing else None
+            if state not in (None, b"REMOVED"):
+                return False
+            self.r.hset(self.keys.placement_group_names(namespace), name, pg_hex)
+        with self.r.pipeline() as p:
+            p.hset(self.keys.placement_group(pg_hex), mapping={"pg_id": pg_hex, **fields})
+            p.rpush(self.keys.pending_placement_groups, pg_hex)
+            p.xadd(self.keys.monitor_stream, {b"pg": pg_hex.encode()}, maxlen=1000, approximate=True)
+            p.execute()
+        return True
+
+    def remove_placement_group(self, pg_hex: str) -> None:
+        info = self.placement_group_info(pg_hex)
+        if not info or info.get("state") == "REMOVED":
+            return
+        with self.r.pipeline() as p:
+            p.hset(self.keys.placement_group(pg_hex), "state", "REMOVED")
+            if info.get("name"):
+                p.hdel(self.keys.placement_group_names(info.get("namespace", "")), info["name"])
+            p.lrem(self.keys.pending_placement_groups, 0, pg_hex)
+            p.xadd(self.keys.monitor_stream, {b"pg_remove": pg_hex.encode()}, maxlen=1000, approximate=True)
+            p.execute()
+
+    def placement_group_info(self, pg_hex: str) -> dict[str, str]:
+        raw = self.r.hgetall(self.keys.placement_group(pg_hex))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def named_placement_group(self, namespace: str, name: str) -> dict[str, str] | None:
+        pg_hex = self.r.hget(self.keys.placement_group_names(namespace), name)
+        if pg_hex is None:
+            return None
+        info = self.placement_group_info(pg_hex.decode())
+        return info if info and info.get("state") != "REMOVED" else None
+
+    def placement_groups(self) -> list[dict[str, str]]:
+        prefix = self.keys.placement_group_key_prefix
+        ids = [key.decode()[len(prefix):] for key in self.r.scan_iter(match=prefix + "*", count=1000)]
+        return [info for info in map(self.placement_group_info, ids) if info]
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import redis
 
+from rayr.gcs.client import redis_retry
+
 log = logging.getLogger("rayr.commands")
 
 Command = Sequence[Any]
@@ -29,7 +31,7 @@ class CommandStream:
     """Write commands now, read their replies on a background thread."""
 
     def __init__(self, url: str, password: str | None) -> None:
-        pool = redis.ConnectionPool.from_url(url, password=password)
+        pool = redis.ConnectionPool.from_url(url, password=password, retry=redis_retry())
         self._conn: Any = pool.make_connection()
         self._conn.connect()
         self._lock = threading.Lock()  # one writer at a time keeps commands whole and ordered

@@ -1,20 +1,29 @@
-"""The head monitor: declares nodes dead when their liveness key lapses.
+"""The head monitor: declares nodes dead when their liveness key lapses, and places
+placement groups.
 
-All of its state lives in Redis, so it can be restarted at any time.
+All of its state lives in Redis (the pending-group list is the truth; the monitor stream only
+wakes it early), so it can be restarted at any time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import threading
+import time
 
 import redis
 
 from rayr.config import Settings
+from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
+from rayr.gcs.placement import place_bundles, ready_object_id
 from rayr.keys import Keys
+from rayr.serialization import dumps
+
+RESERVE_TIMEOUT_S = 5.0  # a raylet that does not answer a reservation in time counts as a no
 
 log = logging.getLogger("rayr.monitor")
 
@@ -48,12 +57,101 @@ class Monitor:
         return died
 
     def run(self) -> None:
+        last = "$"
+        next_check = 0.0
         while not self._stop.is_set():
             try:
-                self.check_nodes()
+                now = time.monotonic()
+                if now >= next_check:
+                    self.check_nodes()
+                    next_check = now + self.settings.heartbeat_interval_s
+                self.place_pending_groups()
+                reply = self.gcs.r.xread(
+                    {self.gcs.keys.monitor_stream: last},
+                    block=int(self.settings.heartbeat_interval_s * 1000),
+                    count=100,
+                )
+                for _stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        if b"pg_remove" in fields:
+                            self.release_group(fields[b"pg_remove"].decode())
             except redis.RedisError:
-                log.exception("node check failed; retrying")
-            self._stop.wait(self.settings.heartbeat_interval_s)
+                if self._stop.is_set():
+                    return
+                log.exception("monitor round failed; retrying")
+                self._stop.wait(0.5)
+
+    # ------------------------------------------------------- placement groups
+    def place_pending_groups(self) -> list[str]:
+        """Try to place every pending group, oldest first; returns the ones placed now."""
+        keys = self.gcs.keys
+        placed = []
+        for raw in self.gcs.r.lrange(keys.pending_placement_groups, 0, -1):
+            pg = raw.decode()
+            info = self.gcs.placement_group_info(pg)
+            if info.get("state") != "PENDING":
+                self.gcs.r.lrem(keys.pending_placement_groups, 0, pg)
+                continue
+            bundles = json.loads(info["bundles"])
+            nodes = self.gcs.alive_nodes()
+            free = {n["node_id"]: n["resources_available"] for n in nodes}
+            plan = place_bundles(bundles, info["strategy"], free)
+            if plan is None:
+                totals = {n["node_id"]: n["resources_total"] for n in nodes}
+                never = place_bundles(bundles, info["strategy"], totals) is None
+                self.gcs.r.hset(keys.placement_group(pg), "infeasible", int(never))
+                continue
+            if self._reserve(pg, bundles, plan):
+                self._mark_created(pg, plan)
+                placed.append(pg)
+        return placed
+
+    def _reserve(self, pg: str, bundles: list[dict[str, float]], plan: list[str]) -> bool:
+        """Ask each chosen raylet to set its bundles aside; undo them all if any says no."""
+        keys = self.gcs.keys
+        by_node: dict[str, list[tuple[int, dict[str, float]]]] = {}
+        for index, node in enumerate(plan):
+            by_node.setdefault(node, []).append((index, bundles[index]))
+        reply_key = keys.placement_group_reply(pg)
+        self.gcs.r.delete(reply_key)
+        for node, items in by_node.items():
+            self.gcs.r.xadd(keys.node_stream(node), {
+                b"pg_reserve": json.dumps({"pg": pg, "bundles": items}).encode(),
+                b"reply": reply_key.encode(),
+            })
+        answers: dict[str, bool] = {}
+        deadline = time.monotonic() + RESERVE_TIMEOUT_S
+        while len(answers) < len(by_node) and time.monotonic() < deadline:
+            item = self.gcs.r.blpop([reply_key], timeout=max(0.01, deadline - time.monotonic()))
+            if item is None:
+                break
+            verdict, _, node = item[1].decode().partition(":")
+            answers[node] = verdict == "ok"
+        self.gcs.r.delete(reply_key)
+        if len(answers) == len(by_node) and all(answers.values()):
+            return True
+        for node in by_node:  # a late "ok" is undone too: releasing what was not reserved is a no-op
+            self.gcs.r.xadd(keys.node_stream(node), {b"pg_release": pg.encode()})
+        return False
+
+    def _mark_created(self, pg: str, plan: list[str]) -> None:
+        keys = self.gcs.keys
+        with self.gcs.r.pipeline() as p:
+            p.hset(keys.placement_group(pg), mapping={
+                "state": "CREATED", "bundle_nodes": json.dumps(plan), "infeasible": 0,
+            })
+            p.lrem(keys.pending_placement_groups, 0, pg)
+            p.execute()
+        ready = ready_object_id(pg)
+        self.gcs.store_objects([(ready, rec.value_record(dumps(True)), "")])
+        log.info("placement group %s placed on %s", pg, plan)
+
+    def release_group(self, pg: str) -> None:
+        """A removed group: its raylets give the bundles back."""
+        info = self.gcs.placement_group_info(pg)
+        for node in set(json.loads(info.get("bundle_nodes", "[]"))):
+            self.gcs.r.xadd(self.gcs.keys.node_stream(node), {b"pg_release": pg.encode()})
 
 
 def main(argv: list[str] | None = None) -> None:

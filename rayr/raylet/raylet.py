@@ -244,6 +244,25 @@ class Raylet:
         if b"pull" in fields:
             oid = bytes.fromhex(fields[b"pull"].decode())
             self._transfers.submit(self._send_object, oid, fields[b"dest"].decode(), int(fields[b"size"]))
+        if b"pg_reserve" in fields:
+            request = json.loads(fields[b"pg_reserve"])
+            bundles = [(int(i), dict(b)) for i, b in request["bundles"]]
+            with self._lock:
+                ok = self.sched.reserve_bundles(request["pg"], bundles)
+                total = dict(self.sched.total)
+            if ok:
+                self.gcs.r.hset(self.keys.node(self.node_id), "resources_total", json.dumps(total))
+                self._publish_resources()
+                self._shapes_dirty.set()
+                self._capacity_freed()
+            self.gcs.r.rpush(fields[b"reply"].decode(), f"{'ok' if ok else 'fail'}:{self.node_id}")
+        if b"pg_release" in fields:
+            with self._lock:
+                self.sched.release_bundles(fields[b"pg_release"].decode())
+                total = dict(self.sched.total)
+            self.gcs.r.hset(self.keys.node(self.node_id), "resources_total", json.dumps(total))
+            self._publish_resources()
+            self._capacity_freed()
         if b"jobdone" in fields:  # free what the ended job left in this node's store
             self.store.cleanup(bytes.fromhex(fields[b"jobdone"].decode()))
 
@@ -555,6 +574,10 @@ class Raylet:
         stale = time.monotonic() - 60
         for task_id in [t for t, at in self._cancel_later.items() if at < stale]:
             del self._cancel_later[task_id]
+        self._publish_resources()
+
+    def _publish_resources(self) -> None:
+        """Refresh liveness and free resources in the node table (any thread)."""
         with self._lock:
             available = {k: round(v, 6) for k, v in self.sched.available.items()}
             load = len(self.sched.running) + len(self.sched.ready) + len(self.sched.overflow)

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rayr.gcs.placement import BUNDLE, BUNDLE_MARKER_TOTAL, bundle_resource_names
 from rayr.raylet import resources as res
 
 READ_CAP = 64  # most tasks pulled from one stream at once
@@ -48,6 +49,9 @@ class Scheduler:
     available: dict[str, float] = field(default_factory=dict)
     # shapes with a stream in Redis that this node's totals can ever fit
     shapes: set[str] = field(default_factory=set)
+    known_shapes: set[str] = field(default_factory=set)  # every shape seen, fitting or not
+    # placement group -> its bundles here: (bundle index, resources), held out of `available`
+    bundles: dict[str, list[tuple[int, dict[str, float]]]] = field(default_factory=dict)
     # read and reserved, waiting for an idle worker; FIFO
     ready: deque[QueuedTask] = field(default_factory=deque)
     # read but not reserved (more arrived than fit): waits for resources, blocks reading
@@ -72,9 +76,52 @@ class Scheduler:
     # ---------------------------------------------------------------- shapes
     def add_shapes(self, keys: set[str]) -> bool:
         """Track shapes this node could run; True if any is new."""
-        new = {k for k in keys - self.shapes if res.fits(self.total, res.parse_shape(k))}
-        self.shapes |= new
-        return bool(new)
+        self.known_shapes |= keys
+        return self._refilter_shapes()
+
+    def _refilter_shapes(self) -> bool:
+        fitting = {k for k in self.known_shapes if res.fits(self.total, res.parse_shape(k))}
+        new = bool(fitting - self.shapes)
+        self.shapes = fitting
+        return new
+
+    # ------------------------------------------------------- placement groups
+    def reserve_bundles(self, pg: str, bundles: list[tuple[int, dict[str, float]]]) -> bool:
+        """Set aside resources for a group's bundles on this node, as Ray does: each bundle's
+        resources become ``<name>_group_<index>_<pg>`` and ``<name>_group_<pg>`` here, which
+        only the group's tasks ask for. False (nothing changed) if they do not fit now."""
+        if pg in self.bundles:
+            return True
+        need: dict[str, float] = {}
+        for _, bundle in bundles:
+            res.add(need, bundle)
+        if not res.fits(self.available, need):
+            return False
+        res.subtract(self.available, need)
+        for index, bundle in bundles:
+            for name, amount in {**bundle, BUNDLE: BUNDLE_MARKER_TOTAL}.items():
+                for renamed in bundle_resource_names(name, pg, index):
+                    self.total[renamed] = self.total.get(renamed, 0.0) + amount
+                    self.available[renamed] = self.available.get(renamed, 0.0) + amount
+        self.bundles[pg] = bundles
+        self._refilter_shapes()
+        return True
+
+    def release_bundles(self, pg: str) -> None:
+        """Give a group's bundles back (the group was removed or could not be placed)."""
+        bundles = self.bundles.pop(pg, None)
+        if bundles is None:
+            return
+        for index, bundle in bundles:
+            res.add(self.available, bundle)
+            for name, amount in {**bundle, BUNDLE: BUNDLE_MARKER_TOTAL}.items():
+                for renamed in bundle_resource_names(name, pg, index):
+                    for table in (self.total, self.available):
+                        table[renamed] = table.get(renamed, 0.0) - amount
+                        if abs(table[renamed]) < 1e-9:
+                            del table[renamed]
+        self._refilter_shapes()
+        self._reserve()
 
     def read_budget(self) -> dict[str, int]:
         """How many tasks of each shape to pull from Redis now."""

@@ -11,6 +11,15 @@ from rayr import context
 from rayr.object_ref import ObjectRef
 from rayr.util.actor_pool import ActorPool
 
+# as in Ray, the functions shadow the submodule's name (``ray.util.placement_group(...)``)
+from rayr.util.placement_group import (
+    PlacementGroup,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
+
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     """Names of live named actors in this job's namespace, or dicts of every namespace's."""
@@ -38,4 +47,13 @@ def __getattr__(name: str) -> ModuleType:
     raise AttributeError(f"module 'rayr.util' has no attribute {name!r}")
 
 
-__all__ = ["ActorPool", "list_named_actors", "progress"]
+__all__ = [
+    "ActorPool",
+    "PlacementGroup",
+    "get_placement_group",
+    "list_named_actors",
+    "placement_group",
+    "placement_group_table",
+    "progress",
+    "remove_placement_group",
+]

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy
+from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-__all__ = ["NodeAffinitySchedulingStrategy"]
+__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

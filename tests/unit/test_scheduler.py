@@ -118,3 +118,19 @@ def test_prefetch_reads_ahead_while_busy():
 def test_actor_creation_shapes_parse_like_task_shapes():
     assert res.parse_shape("@CPU=1") == {"CPU": 1.0}
     assert res.parse_shape("@none") == {}
+
+
+def test_bundles_carve_out_renamed_resources():
+    s = Scheduler(total={"CPU": 4.0}, max_workers=8)
+    s.add_shapes({"CPU_group_0_pg1=1", "CPU=1"})
+    assert s.shapes == {"CPU=1"}  # the group's resources do not exist yet
+    assert s.reserve_bundles("pg1", [(0, {"CPU": 2.0})])
+    assert s.available["CPU"] == 2.0
+    assert s.total["CPU_group_0_pg1"] == 2.0 and s.available["CPU_group_pg1"] == 2.0
+    assert "CPU_group_0_pg1=1" in s.shapes
+    assert not s.reserve_bundles("pg2", [(0, {"CPU": 3.0})])  # does not fit: nothing changes
+    assert s.available["CPU"] == 2.0 and "pg2" not in s.bundles
+    assert s.total["bundle_group_0_pg1"] == 1000.0
+    s.release_bundles("pg1")
+    assert s.available == {"CPU": 4.0} and s.total == {"CPU": 4.0}
+    assert s.shapes == {"CPU=1"}
