@@ -69,13 +69,28 @@ def read_session_file(settings: Settings) -> dict[str, Any] | None:
 
 
 def _reachable(url: str, password: str | None) -> bool:
+    """Whether the cluster's Redis answers; a password problem is an error of its own."""
     client = connect(url, password, socket_connect_timeout=2)
     try:
         return bool(client.ping())
+    except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as err:
+        raise ConnectionError(_auth_message(url, password, err)) from None
+    except redis.ResponseError as err:
+        if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
+            raise ConnectionError(_auth_message(url, password, err)) from None
+        return False
     except redis.RedisError:
         return False
     finally:
         client.close()
+
+
+def _auth_message(url: str, password: str | None, err: Exception) -> str:
+    if password:
+        return (f"The cluster at {url} refused the Redis password given ({err}). Pass the one "
+                "`rayr start --head` printed: init(_redis_password=...) or RAYR_REDIS_PASSWORD.")
+    return (f"The cluster at {url} requires a Redis password ({err}). Pass the one "
+            "`rayr start --head` printed: init(_redis_password=...) or RAYR_REDIS_PASSWORD.")
 
 
 def _resolve_address(address: str | None, settings: Settings) -> tuple[str | None, str | None]:

@@ -127,6 +127,11 @@ def start(
         client = connect(url, redis_password, socket_connect_timeout=3)
         try:
             client.ping()
+        except redis.AuthenticationError as err:
+            hint = "wrong --redis-password" if redis_password else "it needs --redis-password"
+            raise click.ClickException(f"the cluster's Redis at {url} refused us ({hint}): {err}") from None
+        except redis.ResponseError as err:
+            raise click.ClickException(f"the cluster's Redis at {url} refused us: {err}") from None
         except redis.RedisError as err:
             raise click.ClickException(f"cannot reach the cluster's Redis at {url}: {err}") from None
         finally:

@@ -1,0 +1,66 @@
+"""A head listening beyond loopback requires a password, and bad passwords fail clearly."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+
+import pytest
+
+import rayr
+from rayr.node import free_port
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rayr.cli.main", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+@pytest.fixture
+def open_head(tmp_path, monkeypatch):
+    temp_dir = str(tmp_path / "rayr")
+    env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
+    env.pop("RAYR_ADDRESS", None)
+    monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)
+    monkeypatch.delenv("RAYR_ADDRESS", raising=False)
+    port = free_port()
+    out = run_cli("start", "--head", "--bind", "0.0.0.0", "--port", str(port), "--num-cpus", "1", env=env)
+    try:
+        assert out.returncode == 0, out.stderr
+        match = re.search(r"generated password (\S+)", out.stdout)
+        assert match, f"the generated password must be shown: {out.stdout}"
+        yield port, match.group(1), temp_dir, env
+    finally:
+        run_cli("stop", env=env)
+
+
+def test_generated_password_is_required_and_kept_private(open_head):
+    port, password, temp_dir, env = open_head
+    session = os.path.join(temp_dir, "rayr_current_cluster")
+    assert stat.S_IMODE(os.stat(session).st_mode) == 0o600
+    with open(session) as f:
+        assert password in f.read()
+    address = f"127.0.0.1:{port}"
+    with pytest.raises(ConnectionError, match="requires a Redis password"):
+        rayr.init(address=address)
+    with pytest.raises(ConnectionError, match="refused the Redis password"):
+        rayr.init(address=address, _redis_password="not-it")
+    assert not rayr.is_initialized()
+    rayr.init(address="auto")  # the session file carries the password
+    try:
+        assert rayr.get(rayr.remote(lambda: 5).remote()) == 5
+    finally:
+        rayr.shutdown()
+    rayr.init(address=address, _redis_password=password)
+    rayr.shutdown()
+
+
+def test_node_with_a_wrong_password_fails_fast(open_head):
+    port, _password, _temp_dir, env = open_head
+    out = run_cli("start", "--address", f"127.0.0.1:{port}", "--redis-password", "bad", env=env)
+    assert out.returncode != 0 and "wrong --redis-password" in out.stderr
+    out = run_cli("start", "--address", f"127.0.0.1:{port}", env=env)
+    assert out.returncode != 0 and "needs --redis-password" in out.stderr
