@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from rayr.config import Settings
 
 FIRST_RETURN = (1).to_bytes(4, "big")
+LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this do not move a task
 PUT_INDEX = (0).to_bytes(4, "big")
 
 # The task (and its resources) running in this thread or asyncio task of a worker.
@@ -135,6 +136,7 @@ class CoreWorker:
         self._inflight: dict[bytes, tuple[list[ObjectRef], bytes | None]] = {}
         self._to_delete: list[tuple[bytes, bytes | None]] = []
         self._pinned_creation_args: list[tuple[list[ObjectRef], bytes | None]] = []
+        self._args_sizes: dict[bytes, int] = {}  # large-args object -> bytes, until submitted
         self._streams: set[bytes] = set()  # generator tasks whose items we accept as they come
         # task id -> (stream, entry id, spec) of submitted, unfinished tasks (to cancel them)
         self._submitted: dict[bytes, tuple[str, bytes, TaskSpec]] = {}
@@ -450,6 +452,7 @@ class CoreWorker:
         self.store.put_bytes(args_object, frame.write_to, frame.total_size)
         record = rec.stored_record(self.node_hex, frame.total_size)
         self.commands.send([self.gcs.store_objects_command([(args_object, record, "")])])
+        self._args_sizes[args_object] = frame.total_size
         return b"", args_object, arg_refs
 
     def forget_stream(self, task_id: bytes, first_unread: int) -> None:
@@ -514,8 +517,35 @@ class CoreWorker:
                     inline[dep] = record
         return spec._replace(dep_records=inline)
 
+    def _near_large_arguments(self, spec: TaskSpec, stream: str) -> str:
+        """Pull a DEFAULT task toward the node holding most of its large arguments, when that
+        node has room for it now: moving the task is cheaper than moving the bytes."""
+        shared = self.keys.shape_stream("")
+        if spec.kind != TASK or not stream.startswith(shared):
+            return stream
+        held: dict[str, int] = {}
+        if spec.args_object is not None:  # large arguments passed by value sit in our store
+            held[self.node_hex] = self._args_sizes.pop(spec.args_object, 0)
+        with self._cond:
+            for dep in spec.ref_args:
+                record = self._records.get(dep)
+                if record is not None and record[0] == rec.STORED:
+                    node, size = rec.parse_stored(record)
+                    held[node] = held.get(node, 0) + size
+        if not held:
+            return stream
+        node, size = max(held.items(), key=lambda kv: kv[1])
+        if size < LOCALITY_MIN_BYTES:
+            return stream
+        target = next((n for n in self._router.alive_nodes() if n["node_id"] == node), None)
+        if target is None or not res.fits(target["resources_available"], spec.resources):
+            return stream
+        shape = stream[len(shared):]
+        return self._ensure_stream(TARGET_MARK + shape, node, spec.resources, spec.function_name)
+
     def _submit_ready(self, spec: TaskSpec, stream: str) -> None:
         spec = self._with_inline_deps(spec)
+        stream = self._near_large_arguments(spec, stream)
         fields = {b"s": spec.encode()}
         if spec.kind == ACTOR_CREATION:
             fields[b"a"] = b"1"  # lets the raylet spot creations without decoding every spec

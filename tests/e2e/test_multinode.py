@@ -144,3 +144,20 @@ def test_driver_on_a_host_without_a_node(three_nodes, tmp_path):
                          timeout=120, env={**os.environ})
     assert out.returncode == 0, out.stderr
     assert "remote-driver-ok" in out.stdout
+
+
+def test_tasks_move_to_their_large_arguments(three_nodes):
+    _, nodes = three_nodes
+
+    @rayr.remote
+    def make():
+        return np.zeros(2_000_000, dtype=np.uint8)  # 2 MB: stored where it was made
+
+    @rayr.remote
+    def consume(arr):
+        return rayr.get_runtime_context().get_node_id()
+
+    far = make.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[2], soft=False)).remote()
+    rayr.wait([far])
+    ran_on = rayr.get([consume.remote(far) for _ in range(3)])
+    assert ran_on.count(nodes[2]) >= 2, f"tasks should follow their 2 MB argument to its node: {ran_on}"
