@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store-backend", required=True)
     parser.add_argument("--store-namespace", required=True)
     parser.add_argument("--settings-json", required=True)
+    parser.add_argument("--cancel-file", required=True, help="where the raylet names a task to cancel")
     opts = parser.parse_args(argv)
     settings = Settings.model_validate_json(opts.settings_json)
     conn = Connection(opts.fd)
@@ -353,11 +354,25 @@ def main(argv: list[str] | None = None) -> None:
     executor.output.start()
 
     def on_sigint(signum: int, frame: Any) -> None:
-        # The raylet sends SIGINT to cancel the running task; a stray one (the task already
-        # ended, or it was not this one) is ignored rather than killing the worker.
+        # The raylet writes the task to cancel into our cancel file, then sends SIGINT. A stray
+        # signal (the task already ended, or it was another) is ignored. Only raw os calls
+        # here: the handler may interrupt this thread inside a lock (Redis's connection pool,
+        # a buffered file), and taking it again would deadlock the worker.
         task = core.current_task_id
-        if task is not None and core.current_actor_id is None and core.is_cancelled(task):
+        if task is None or core.current_actor_id is not None:
+            return
+        try:
+            fd = os.open(cancel_file, os.O_RDONLY)
+            try:
+                wanted = os.read(fd, 64).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        if wanted == task.hex():
             raise KeyboardInterrupt
+
+    cancel_file = opts.cancel_file
 
     signal.signal(signal.SIGINT, on_sigint)
     try:

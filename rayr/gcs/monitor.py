@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import time
+from typing import Any
 
 import redis
 
@@ -35,9 +36,14 @@ class Monitor:
         self.gcs = gcs
         self.settings = settings
         self._stop = threading.Event()
+        self._signalled = False
 
     def stop(self) -> None:
         self._stop.set()
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        # a flag only: the handler may interrupt this thread inside the Event's own lock
+        self._signalled = True
 
     def check_nodes(self) -> list[str]:
         """Mark ALIVE nodes whose liveness key expired as DEAD; returns their ids."""
@@ -59,7 +65,7 @@ class Monitor:
     def run(self) -> None:
         last = "$"
         next_check = 0.0
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self._signalled:
             try:
                 now = time.monotonic()
                 if now >= next_check:
@@ -77,10 +83,10 @@ class Monitor:
                         if b"pg_remove" in fields:
                             self.release_group(fields[b"pg_remove"].decode())
             except redis.RedisError:
-                if self._stop.is_set():
+                if self._stop.is_set() or self._signalled:
                     return
                 log.exception("monitor round failed; retrying")
-                self._stop.wait(0.5)
+                time.sleep(0.5)
 
     # ------------------------------------------------------- placement groups
     def place_pending_groups(self) -> list[str]:
@@ -163,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     gcs = GcsClient(connect(opts.redis_url, settings.redis_password), Keys(settings.cluster_name))
     monitor = Monitor(gcs, settings)
-    signal.signal(signal.SIGTERM, lambda *_: monitor.stop())
-    signal.signal(signal.SIGINT, lambda *_: monitor.stop())
+    signal.signal(signal.SIGTERM, monitor.on_signal)
+    signal.signal(signal.SIGINT, monitor.on_signal)
     monitor.run()
 
 

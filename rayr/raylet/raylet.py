@@ -89,6 +89,7 @@ class Raylet:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stopping = threading.Event()
+        self._signalled = False  # set by the SIGTERM/SIGINT handler, acted on by the main loop
         self._shapes_dirty = threading.Event()
         self._reader_parked = False  # reader blocked on the node stream alone
         self._key_of: dict[str, str] = {}  # task stream -> its scheduler key (reader thread only)
@@ -108,8 +109,8 @@ class Raylet:
 
     # ------------------------------------------------------------- lifecycle
     def run(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         self._register()
         for _ in range(max(1, int(self.sched.total.get("CPU", 1)))):
             self._start_worker()
@@ -120,6 +121,15 @@ class Raylet:
             self._main_loop()
         finally:
             self._shutdown()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag and a byte: the handler may interrupt this thread inside a lock (an
+        # Event.set, say), and taking any lock here could deadlock the raylet for good.
+        self._signalled = True
+        try:
+            self._wake_w.send(b"s")
+        except OSError:
+            pass
 
     def stop(self) -> None:
         self._stopping.set()
@@ -305,6 +315,9 @@ class Raylet:
     def _main_loop(self) -> None:
         next_beat = 0.0
         while not self._stopping.is_set():
+            if self._signalled:
+                self.stop()
+                break
             now = time.monotonic()
             if now >= next_beat:
                 self._heartbeat()
@@ -369,6 +382,8 @@ class Raylet:
             self._force_cancelled.add(task_id)
             handle.proc.kill()  # _on_worker_exit resolves the task as cancelled
         else:
+            with open(self.pool.cancel_file(handle.worker_id), "w") as f:
+                f.write(task_id.hex())
             handle.proc.send_signal(signal.SIGINT)
 
     def _drop_cancelled(self, tasks: list[QueuedTask]) -> list[QueuedTask]:

@@ -38,7 +38,8 @@ class WorkerPool:
             with open(os.path.join(self._log_dir, f"worker-{worker_id}.log"), "ab") as log:
                 proc = procs.spawn(
                     [sys.executable, "-P", "-m", "rayr.worker", "--fd", str(theirs.fileno()),
-                     "--worker-id", worker_id, *self._base_args],
+                     "--worker-id", worker_id, "--cancel-file", self.cancel_file(worker_id),
+                     *self._base_args],
                     log=log,
                     death_signal=signal.SIGKILL,
                     pass_fds=[theirs.fileno()],
@@ -50,12 +51,20 @@ class WorkerPool:
         self.workers[worker_id] = handle
         return handle
 
+    def cancel_file(self, worker_id: str) -> str:
+        """Where the raylet names the task a worker should cancel on its next SIGINT."""
+        return os.path.join(self._log_dir, f"worker-{worker_id}.cancel")
+
     def by_conn(self) -> dict[Connection, WorkerHandle]:
         return {h.conn: h for h in self.workers.values()}
 
     def remove(self, worker_id: str) -> WorkerHandle | None:
         handle = self.workers.pop(worker_id, None)
         if handle is not None:
+            try:
+                os.unlink(self.cancel_file(worker_id))
+            except FileNotFoundError:
+                pass
             handle.conn.close()
             if handle.proc.poll() is None:
                 handle.proc.kill()
