@@ -42,14 +42,17 @@ def send_object(r: Any, keys: Keys, store: ObjectStoreBackend, oid: bytes, dest:
     try:
         for offset in range(0, size, CHUNK):
             chunk = view[offset : offset + CHUNK]
-            payload: bytes | memoryview = chunk
-            kind = RAW
+            message: bytes | bytearray | None = None
             if compress is not False:
                 packed = lz4.block.compress(chunk, store_size=False)
                 compress = len(packed) < _WORTH_IT * len(chunk)
                 if compress:
-                    payload, kind = _LEN.pack(len(chunk)) + packed, LZ4
-            queued = r.rpush(key, kind + bytes(payload))
+                    message = LZ4 + _LEN.pack(len(chunk)) + packed
+            if message is None:  # one copy, straight from the store's mapping
+                message = bytearray(1 + len(chunk))
+                message[0:1] = RAW
+                message[1:] = chunk
+            queued = r.rpush(key, message)
             if offset == 0:
                 r.expire(key, 120)  # a receiver that vanished leaves nothing behind for long
             while queued >= MAX_IN_FLIGHT:
@@ -80,9 +83,11 @@ def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: mem
             raise ObjectLostError(oid.hex(), f"Node {holder[:12]} could not send it: {data[1:].decode()}")
         if kind == LZ4:
             (length,) = _LEN.unpack_from(data, 1)
-            chunk: bytes = lz4.block.decompress(memoryview(data)[1 + _LEN.size :], uncompressed_size=length)
+            chunk: bytes | memoryview = lz4.block.decompress(
+                memoryview(data)[1 + _LEN.size :], uncompressed_size=length
+            )
         else:
-            chunk = data[1:]
+            chunk = memoryview(data)[1:]  # no copy until it lands in the store
         out[offset : offset + len(chunk)] = chunk
         offset += len(chunk)
     r.delete(key)
