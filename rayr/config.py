@@ -22,7 +22,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     cluster_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$")
-    temp_dir: str = "/tmp/rayr"
+    # not "/tmp/rayr": a directory named like the package beside a script shadows an
+    # editable install of rayr (a namespace package wins over the editable finder)
+    temp_dir: str = "/tmp/rayr-sessions"
     redis_password: str | None = None
     # values at or below this many bytes travel inline, never touching an object store
     inline_threshold: int = Field(100 * 1024, ge=0)

@@ -73,7 +73,7 @@ def cli() -> None:
 @click.option("--resources", help='Custom resources as JSON, e.g. \'{"special": 2}\'.')
 @click.option("--object-store-memory", type=int, help="Object store capacity in bytes.")
 @click.option("--object-store-backend", help="Object store backend name (default: shm).")
-@click.option("--temp-dir", help="Where sessions and logs live (default: /tmp/rayr).")
+@click.option("--temp-dir", help="Where sessions and logs live (default: /tmp/rayr-sessions).")
 def start(
     head: bool,
     address: str | None,
@@ -161,7 +161,7 @@ def _is_ours(pid: int) -> bool:
 
 
 @cli.command()
-@click.option("--temp-dir", help="Where sessions live (default: /tmp/rayr).")
+@click.option("--temp-dir", help="Where sessions live (default: /tmp/rayr-sessions).")
 def stop(temp_dir: str | None) -> None:
     """Stop every rayr process that ``rayr start`` started on this host."""
     import shutil

@@ -21,7 +21,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def open_head(tmp_path, monkeypatch):
-    temp_dir = str(tmp_path / "rayr")
+    temp_dir = str(tmp_path / "rayr-sessions")
     env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
     env.pop("RAYR_ADDRESS", None)
     monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)

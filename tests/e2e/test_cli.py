@@ -25,7 +25,7 @@ def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
 
 
 def test_start_status_join_stop(tmp_path, monkeypatch):
-    temp_dir = str(tmp_path / "rayr")
+    temp_dir = str(tmp_path / "rayr-sessions")
     env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
     env.pop("RAYR_ADDRESS", None)
     monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)
@@ -86,3 +86,66 @@ def test_start_needs_head_or_address(tmp_path):
     env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path)}
     out = run_cli("start", env=env, check=False)
     assert out.returncode != 0 and "--head" in out.stderr
+
+
+MIXED = """
+import hashlib, sys
+import numpy as np
+import rayr
+
+rayr.init()
+nodes = [n["NodeID"] for n in rayr.nodes() if n["Alive"]]
+assert len(nodes) == 3, nodes
+
+@rayr.remote
+def where(x):
+    return x, rayr.get_runtime_context().get_node_id()
+
+@rayr.remote
+def digest(arr):
+    return hashlib.sha256(arr.tobytes()).hexdigest(), rayr.get_runtime_context().get_node_id()
+
+@rayr.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def inc(self):
+        self.n += 1
+        return self.n
+
+results = rayr.get([where.options(scheduling_strategy="SPREAD").remote(i) for i in range(30)])
+assert [x for x, _ in results] == list(range(30))
+assert {n for _, n in results} == set(nodes)
+data = np.random.default_rng(1).integers(0, 255, size=100_000_000, dtype=np.uint8)
+expected = hashlib.sha256(data.tobytes()).hexdigest()
+ref = rayr.put(data)
+from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On
+far = [digest.options(scheduling_strategy=On(n, soft=False)).remote(ref) for n in nodes]
+assert sorted(rayr.get(far)) == sorted((expected, n) for n in nodes)
+counters = [Counter.options(scheduling_strategy=On(n, soft=False)).remote() for n in nodes]
+assert rayr.get([c.inc.remote() for c in counters for _ in range(2)]) == [1, 2, 1, 2, 1, 2]
+rayr.shutdown()
+print("mixed-ok")
+"""
+
+
+def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(tmp_path):
+    temp_dir = str(tmp_path / "rayr-sessions")
+    env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
+    env.pop("RAYR_ADDRESS", None)
+    port = free_port()
+    try:
+        run_cli("start", "--head", "--port", str(port), "--num-cpus", "1", env=env)
+        for _ in range(2):
+            run_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", env=env)
+        status = run_cli("status", env=env).stdout
+        assert status.count(" 1 node_") == 3 and "0.0/3.0 CPU" in status
+        script = tmp_path / "mixed.py"
+        script.write_text(MIXED)
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert "mixed-ok" in out.stdout
+    finally:
+        stopped = run_cli("stop", env=env)
+    assert "Stopped 5" in stopped.stdout  # redis, monitor, three raylets

@@ -37,9 +37,9 @@ def _wait_gone(pids: list[int], timeout: float = 10) -> list[int]:
 @pytest.fixture
 def temp_dir(tmp_path, monkeypatch):
     """Isolate session files: no cluster recorded by `rayr start` is visible."""
-    monkeypatch.setenv("RAYR_TEMP_DIR", str(tmp_path / "rayr"))
+    monkeypatch.setenv("RAYR_TEMP_DIR", str(tmp_path / "rayr-sessions"))
     monkeypatch.delenv("RAYR_ADDRESS", raising=False)
-    return tmp_path / "rayr"
+    return tmp_path / "rayr-sessions"
 
 
 def test_embedded_cluster_starts_and_stops_cleanly(temp_dir):

@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run(tmp_path, log_to_driver: bool) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path / "rayr")}
+    env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path / "rayr-sessions")}
     env.pop("RAYR_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-c", SCRIPT.format(log_to_driver=log_to_driver)],

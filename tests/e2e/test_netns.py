@@ -46,7 +46,7 @@ def netns(tmp_path):
 
 def test_node_in_another_network_namespace(netns, tmp_path, monkeypatch):
     name, head_ip = netns
-    temp_dir = str(tmp_path / "rayr")
+    temp_dir = str(tmp_path / "rayr-sessions")
     env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
     env.pop("RAYR_ADDRESS", None)
     monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)

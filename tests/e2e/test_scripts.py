@@ -139,7 +139,7 @@ RAY_UTIL_SCRIPT = textwrap.dedent(
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path / "rayr")}
+    env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path / "rayr-sessions")}
     env.pop("RAYR_ADDRESS", None)
     return env
 
