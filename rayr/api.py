@@ -127,6 +127,7 @@ def init(
     resources: dict[str, float] | None = None,
     object_store_memory: int | None = None,
     object_store_backend: str | None = None,
+    object_spilling_directory: str | None = None,
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
@@ -166,6 +167,7 @@ def init(
                 "redis_password": _redis_password,
                 "object_store_backend": object_store_backend,
                 "object_store_memory": object_store_memory,
+                "object_spilling_directory": object_spilling_directory,
                 "cluster_name": _cluster_name,
                 "log_level": level,
             }
@@ -265,7 +267,7 @@ def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
     if local:
         node = sorted(local, key=lambda n: (n.get("is_head") != "1", n.get("start_time", "")))[0]
         node_hex = node["node_id"]
-        store = open_backend(node["store_backend"], node["store_namespace"])
+        store = open_backend(node["store_backend"], node["store_namespace"], node.get("store_options") or {})
     else:
         # A driver on a host with no node: its objects travel inline through Redis, and
         # objects it reads are pulled into its own memory.

@@ -30,6 +30,8 @@ class Settings(BaseModel):
     inline_threshold: int = Field(100 * 1024, ge=0)
     object_store_backend: str = "shm"
     object_store_memory: int | None = Field(None, gt=0)
+    # where full stores spill objects; None: <temp_dir>/spill
+    object_spilling_directory: str | None = None
     heartbeat_interval_s: float = Field(1.0, gt=0)
     node_timeout_s: float = Field(5.0, gt=0)
     # how long init() waits for a started cluster to accept work

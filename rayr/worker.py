@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--store-backend", required=True)
     parser.add_argument("--store-namespace", required=True)
+    parser.add_argument("--store-options-json", default="{}")
     parser.add_argument("--settings-json", required=True)
     parser.add_argument("--cancel-file", required=True, help="where the raylet names a task to cancel")
     opts = parser.parse_args(argv)
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     client = connect(opts.redis_url, settings.redis_password)
     blocking = connect(opts.redis_url, settings.redis_password)
     gcs = GcsClient(client, Keys(settings.cluster_name))
-    store = open_backend(opts.store_backend, opts.store_namespace)
+    store = open_backend(opts.store_backend, opts.store_namespace, json.loads(opts.store_options_json))
     executor: TaskExecutor | None = None
 
     def on_blocked(blocked: bool) -> None:

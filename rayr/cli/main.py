@@ -73,6 +73,8 @@ def cli() -> None:
 @click.option("--resources", help='Custom resources as JSON, e.g. \'{"special": 2}\'.')
 @click.option("--object-store-memory", type=int, help="Object store capacity in bytes.")
 @click.option("--object-store-backend", help="Object store backend name (default: shm).")
+@click.option("--object-spilling-directory",
+              help="Where full object stores spill (default: <temp-dir>/spill).")
 @click.option("--temp-dir", help="Where sessions and logs live (default: /tmp/rayr-sessions).")
 def start(
     head: bool,
@@ -85,6 +87,7 @@ def start(
     resources: str | None,
     object_store_memory: int | None,
     object_store_backend: str | None,
+    object_spilling_directory: str | None,
     temp_dir: str | None,
 ) -> None:
     """Start rayr processes on this host (they keep running after this command exits)."""
@@ -99,6 +102,7 @@ def start(
             "redis_password": redis_password,
             "object_store_backend": object_store_backend,
             "object_store_memory": object_store_memory,
+            "object_spilling_directory": object_spilling_directory,
         })
     except ConfigError as err:
         raise click.UsageError(str(err)) from None

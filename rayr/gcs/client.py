@@ -114,7 +114,7 @@ class GcsClient:
             if not raw:
                 continue
             node = {k.decode(): v.decode() for k, v in raw.items()}
-            for field in ("resources_total", "resources_available"):
+            for field in ("resources_total", "resources_available", "store_options"):
                 node[field] = json.loads(node.get(field) or "{}")
             nodes.append(node)
         return nodes

@@ -27,10 +27,13 @@ class ObjectExistsError(KeyError):
 
 @dataclass(frozen=True)
 class StoreUsage:
-    """Bytes held and objects sealed in one node's store."""
+    """Bytes held and objects sealed in one node's store (and spilled out of it)."""
 
     used_bytes: int
     num_objects: int
+    spilled_bytes: int = 0
+    spilled_objects: int = 0
+    capacity: int | None = None
 
 
 class ObjectStoreBackend(ABC):

@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "rayr.object_stores"
 
 BUILTIN_BACKENDS: dict[str, str] = {
     "shm": "rayr.backends.shm:ShmBackend",
+    "mmap": "rayr.backends.mmap_spill:MmapBackend",
     "memory": "rayr.backends.memory:MemoryBackend",
 }
 

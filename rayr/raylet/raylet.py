@@ -62,9 +62,11 @@ class Raylet:
         self.session_dir = session_dir
         self.is_head = is_head
         self.host = host
-        self.store_backend = store_backend
         self.store_namespace = f"rayr-{node_id[:16]}"
-        self.store = open_backend(store_backend, self.store_namespace)
+        self.store_backend, self.store_options = choose_store(
+            store_backend, int(resources.get("object_store_memory", 0)) or None, settings, session_dir
+        )
+        self.store = open_backend(self.store_backend, self.store_namespace, self.store_options)
         cpus = resources.get("CPU", 0)
         self.sched = Scheduler(
             total=dict(resources),
@@ -100,8 +102,9 @@ class Raylet:
             [
                 "--redis-url", redis_url,
                 "--node-id", node_id,
-                "--store-backend", store_backend,
+                "--store-backend", self.store_backend,
                 "--store-namespace", self.store_namespace,
+                "--store-options-json", json.dumps(self.store_options),
                 "--settings-json", settings.model_dump_json(),
             ],
             log_dir,
@@ -156,6 +159,7 @@ class Raylet:
                 "resources_available": totals,
                 "store_backend": self.store_backend,
                 "store_namespace": self.store_namespace,
+                "store_options": self.store_options,
                 "session_dir": self.session_dir,
                 "start_time": time.time(),
             },
@@ -600,6 +604,38 @@ class Raylet:
             self.gcs.heartbeat(self.node_id, self.settings.node_timeout_s, available, load)
         except redis.RedisError:
             log.exception("heartbeat failed")
+
+
+def choose_store(
+    backend: str, capacity: int | None, settings: Settings, session_dir: str
+) -> tuple[str, dict[str, Any]]:
+    """The backend and options of this node's store.
+
+    ``shm`` falls back to ``mmap`` (files under the session directory) when /dev/shm cannot
+    hold the configured capacity, as in a container whose /dev/shm is 64 MiB.
+    """
+    spill = settings.object_spilling_directory or os.path.join(settings.temp_dir, "spill")
+    options: dict[str, Any] = {"capacity": capacity, "spill_directory": spill}
+    if backend == "shm" and capacity:
+        try:
+            stats = os.statvfs("/dev/shm")
+            shm_free = stats.f_bavail * stats.f_frsize
+        except OSError:
+            shm_free = 0
+        if shm_free < capacity:
+            log.warning(
+                "/dev/shm has %d bytes free, less than the object store's %d: using the 'mmap' "
+                "backend instead (or give the node a smaller object_store_memory)",
+                shm_free, capacity,
+            )
+            backend = "mmap"
+    if backend == "mmap":
+        directory = os.path.join(session_dir, "objects")
+        os.makedirs(directory, exist_ok=True)
+        options["directory"] = directory
+    if backend not in ("shm", "mmap"):  # a third-party backend takes only its own options
+        options = {}
+    return backend, options
 
 
 def main(argv: list[str] | None = None) -> None:

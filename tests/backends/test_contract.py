@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -13,9 +14,9 @@ OID = bytes(range(20))
 OID2 = bytes(range(1, 21))
 
 
-@pytest.fixture(params=["shm", "memory"])
+@pytest.fixture(params=["shm", "mmap", "memory"])
 def backend(request, tmp_path) -> ObjectStoreBackend:
-    options = {"directory": str(tmp_path)} if request.param == "shm" else {}
+    options = {"directory": str(tmp_path)} if request.param != "memory" else {}
     store = open_backend(request.param, f"rayr-test-{request.param}", options)
     yield store
     store.cleanup()
@@ -95,7 +96,7 @@ def test_shm_is_shared_across_processes(tmp_path):
 
 
 def test_registry():
-    assert {"shm", "memory"} <= set(available_backends())
+    assert {"shm", "mmap", "memory"} <= set(available_backends())
     assert get_backend_class("shm").name == "shm"
     with pytest.raises(ValueError, match="Did you mean 'memory'"):
         get_backend_class("memroy")
@@ -106,3 +107,65 @@ def test_options_are_validated():
         open_backend("shm", "ns", {"directry": "/tmp"})
     with pytest.raises(ValueError, match="does not exist"):
         open_backend("shm", "ns", {"directory": "/no/such/dir"})
+
+
+@pytest.fixture(params=["shm", "mmap"])
+def small_store(request, tmp_path) -> ObjectStoreBackend:
+    primary = tmp_path / "primary"
+    primary.mkdir()
+    store = open_backend(request.param, "rayr-test-small", {
+        "directory": str(primary), "capacity": 1000, "spill_directory": str(tmp_path / "spill"),
+    })
+    yield store
+    store.cleanup()
+
+
+def oid_n(n: int) -> bytes:
+    return n.to_bytes(20, "big")
+
+
+def test_spills_least_recently_used_and_reads_everything_back(small_store):
+    import time as _time
+
+    for n in range(6):  # 6 x 400 bytes into a 1000-byte store
+        write(small_store, oid_n(n), bytes([n]) * 400)
+        _time.sleep(0.01)  # distinct modification times: a clear LRU order
+    usage = small_store.usage()
+    assert usage.used_bytes <= 1000 and usage.spilled_objects >= 4
+    assert usage.num_objects + usage.spilled_objects == 6
+    assert not os.path.exists(small_store._path(oid_n(0)))  # the oldest went first
+    for n in range(6):
+        assert bytes(small_store.get(oid_n(n))) == bytes([n]) * 400
+        assert small_store.contains(oid_n(n))
+    assert small_store.delete(oid_n(0)) and not small_store.contains(oid_n(0))
+
+
+def test_restores_a_spilled_object_when_there_is_room(small_store):
+    write(small_store, oid_n(1), b"a" * 600)
+    write(small_store, oid_n(2), b"b" * 600)  # spills object 1
+    assert small_store.usage().spilled_objects == 1
+    small_store.delete(oid_n(2))
+    assert bytes(small_store.get(oid_n(1))) == b"a" * 600  # read from the spill dir...
+    usage = small_store.usage()
+    assert usage.num_objects == 1 and usage.spilled_objects == 0  # ...and brought back
+
+
+def test_full_without_spilling_says_what_to_do(tmp_path):
+    from rayr.exceptions import ObjectStoreFullError
+
+    store = open_backend("mmap", "rayr-test-full", {"directory": str(tmp_path), "capacity": 1000})
+    write(store, oid_n(1), b"x" * 800)
+    with pytest.raises(ObjectStoreFullError, match="object_spilling_directory"):
+        store.create(oid_n(2), 400)
+    with pytest.raises(ObjectStoreFullError, match="larger than the whole object store"):
+        store.create(oid_n(3), 5000)
+    assert bytes(store.get(oid_n(1))) == b"x" * 800  # nothing was lost
+    store.cleanup()
+
+
+def test_cleanup_removes_spilled_files(small_store):
+    for n in range(4):
+        write(small_store, oid_n(n), b"z" * 400)
+    assert small_store.usage().spilled_objects > 0
+    small_store.cleanup()
+    assert small_store.usage().num_objects == 0 and small_store.usage().spilled_objects == 0

@@ -1,0 +1,261 @@
+"""Objects as files, mapped by every reader on the node; the base of ``shm`` and ``mmap``.
+
+An object is written to ``<dir>/<namespace>-<hex>.tmp`` and renamed on ``seal``, so a reader
+either sees a complete object or none. ``get`` maps the file read-only: the view (and numpy
+arrays built on it) shares pages with every other process on the node.
+
+With a ``capacity``, a writer that would overflow it first *spills* the least recently used
+objects: each is copied into ``spill_directory`` (complete under a temporary name, then
+renamed) and only then removed from the primary directory, so any reader finds it in one
+place or the other; views handed out earlier stay valid. ``get`` of a spilled object maps it
+from the spill directory (the page cache serves it) and, when there is room, restores it.
+Only when even spilling cannot make room does ``create`` raise ObjectStoreFullError.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import time
+
+from rayr.exceptions import ObjectStoreFullError
+from rayr.object_store.base import BackendOptions, ObjectExistsError, ObjectStoreBackend, StoreUsage
+
+
+class FileOptions(BackendOptions):
+    directory: str = "/dev/shm"
+    # bytes the primary directory may hold; None: unlimited (no spilling)
+    capacity: int | None = None
+    # where objects go when the primary directory is full; None: never spill
+    spill_directory: str | None = None
+
+
+class FileBackend(ObjectStoreBackend):
+    """Objects as files in one directory, spilled to another past ``capacity``."""
+
+    name = "files"
+    Options = FileOptions
+    options: FileOptions
+
+    def __init__(self, namespace: str, options: dict | BackendOptions | None = None):
+        super().__init__(namespace, options)
+        self._dir = self.options.directory
+        if not os.path.isdir(self._dir):
+            raise ValueError(
+                f"{self.name} backend: directory {self._dir!r} does not exist; set the "
+                "'directory' option to an existing directory"
+            )
+        self._spill = self.options.spill_directory
+        if self._spill:
+            os.makedirs(self._spill, exist_ok=True)
+        self._prefix = f"{namespace}-"
+        self._writing: dict[bytes, mmap.mmap | None] = {}
+
+    # ----------------------------------------------------------------- paths
+    def _path(self, object_id: bytes, tmp: bool = False) -> str:
+        suffix = ".tmp" if tmp else ""
+        return os.path.join(self._dir, f"{self._prefix}{object_id.hex()}{suffix}")
+
+    def _spilled_path(self, object_id: bytes) -> str | None:
+        if not self._spill:
+            return None
+        return os.path.join(self._spill, f"{self._prefix}{object_id.hex()}")
+
+    # ------------------------------------------------------------- contract
+    def create(self, object_id: bytes, size: int) -> memoryview:
+        if object_id in self._writing or self.contains(object_id):
+            raise ObjectExistsError(object_id.hex())
+        self.make_room(size)
+        fd = os.open(self._path(object_id, tmp=True), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            # mmap cannot map zero bytes; an empty object is just an empty file
+            mapping = mmap.mmap(fd, size) if size else None
+        finally:
+            os.close(fd)
+        self._writing[object_id] = mapping
+        return memoryview(mapping) if mapping is not None else memoryview(bytearray())
+
+    def seal(self, object_id: bytes) -> None:
+        mapping = self._writing.pop(object_id)
+        if mapping is not None:
+            mapping.close()
+        os.rename(self._path(object_id, tmp=True), self._path(object_id))
+
+    def abort(self, object_id: bytes) -> None:
+        mapping = self._writing.pop(object_id, None)
+        if mapping is not None:
+            mapping.close()
+        try:
+            os.unlink(self._path(object_id, tmp=True))
+        except FileNotFoundError:
+            pass
+
+    def get(self, object_id: bytes) -> memoryview | None:
+        path = self._path(object_id)
+        view = self._map(path)
+        if view is None:
+            spilled = self._spilled_path(object_id)
+            if spilled is None:
+                return None
+            view = self._map(spilled)
+            if view is not None:
+                self._restore(object_id, spilled, view.nbytes)
+            return view
+        try:
+            os.utime(path)  # recently used: spilled last
+        except FileNotFoundError:
+            pass
+        return view
+
+    @staticmethod
+    def _map(path: str) -> memoryview | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            if os.fstat(fd).st_size == 0:
+                return memoryview(b"")
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        return memoryview(mapping)
+
+    def contains(self, object_id: bytes) -> bool:
+        spilled = self._spilled_path(object_id)
+        return os.path.exists(self._path(object_id)) or bool(spilled and os.path.exists(spilled))
+
+    def delete(self, object_id: bytes) -> bool:
+        found = False
+        for path in (self._path(object_id), self._spilled_path(object_id)):
+            if path is None:
+                continue
+            try:
+                os.unlink(path)
+                found = True
+            except FileNotFoundError:
+                pass
+        return found
+
+    def _entries(self, directory: str | None) -> list[os.DirEntry]:
+        if not directory:
+            return []
+        try:
+            with os.scandir(directory) as it:
+                return [e for e in it if e.name.startswith(self._prefix) and not e.name.endswith(".tmp")]
+        except FileNotFoundError:
+            return []
+
+    def usage(self) -> StoreUsage:
+        sealed = self._entries(self._dir)
+        spilled = self._entries(self._spill)
+        return StoreUsage(
+            used_bytes=sum(_size(e) for e in sealed),
+            num_objects=len(sealed),
+            spilled_bytes=sum(_size(e) for e in spilled),
+            spilled_objects=len(spilled),
+            capacity=self.options.capacity,
+        )
+
+    def cleanup(self, id_prefix: bytes = b"") -> None:
+        for oid in [o for o in self._writing if o.startswith(id_prefix)]:
+            self.abort(oid)
+        wanted = self._prefix + id_prefix.hex()
+        for directory in (self._dir, self._spill):
+            if not directory:
+                continue
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(wanted):
+                    try:
+                        os.unlink(entry.path)
+                    except FileNotFoundError:
+                        pass
+
+    # -------------------------------------------------------------- spilling
+    def make_room(self, size: int) -> None:
+        """Spill least-recently-used objects until ``size`` more bytes fit.
+
+        Raises:
+            ObjectStoreFullError: the object cannot fit even with everything spilled.
+        """
+        capacity = self.options.capacity
+        if capacity is None:
+            return
+        if size > capacity:
+            raise ObjectStoreFullError(
+                f"An object of {size} bytes is larger than the whole object store "
+                f"({capacity} bytes). Start the node with a larger object_store_memory."
+            )
+        entries = self._entries(self._dir)
+        used = sum(_size(e) for e in entries)
+        if used + size <= capacity:
+            return
+        if not self._spill:
+            raise ObjectStoreFullError(
+                f"The object store is full: {used} of {capacity} bytes used and {size} more "
+                "needed, and spilling is off. Free objects (drop their refs), raise "
+                "object_store_memory, or set object_spilling_directory."
+            )
+        for entry in sorted(entries, key=_mtime):
+            if used + size <= capacity:
+                return
+            used -= self.spill(entry) or 0
+        if used + size > capacity:
+            raise ObjectStoreFullError(
+                f"The object store is full: {used} of {capacity} bytes are still used after "
+                f"spilling and {size} more are needed. Raise object_store_memory."
+            )
+
+    def spill(self, entry: os.DirEntry) -> int:
+        """Move one object to the spill directory; the bytes freed (0 if it vanished)."""
+        assert self._spill is not None
+        target = os.path.join(self._spill, entry.name)
+        partial = f"{target}.{os.getpid()}.tmp"
+        try:
+            size = _size(entry)
+            shutil.copyfile(entry.path, partial)
+            os.rename(partial, target)  # complete before the original goes
+            os.unlink(entry.path)
+            return size
+        except FileNotFoundError:  # deleted (or spilled by someone else) meanwhile
+            try:
+                os.unlink(partial)
+            except FileNotFoundError:
+                pass
+            return 0
+
+    def _restore(self, object_id: bytes, spilled: str, size: int) -> None:
+        """Bring a spilled object back into the primary directory if it fits without spilling."""
+        capacity = self.options.capacity
+        if capacity is not None and sum(_size(e) for e in self._entries(self._dir)) + size > capacity:
+            return
+        partial = self._path(object_id, tmp=True) + f".{os.getpid()}"
+        try:
+            shutil.copyfile(spilled, partial)
+            os.rename(partial, self._path(object_id))
+            os.unlink(spilled)
+        except FileNotFoundError:
+            try:
+                os.unlink(partial)
+            except FileNotFoundError:
+                pass
+
+
+def _size(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime(entry: os.DirEntry) -> float:
+    try:
+        return entry.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()
