@@ -226,6 +226,7 @@ class CoreWorker:
     def _drain_released(self) -> None:
         if not self._released:
             return
+        stored_freed = False
         with self._cond:
             while self._released:
                 oid = self._released.popleft()
@@ -243,7 +244,9 @@ class CoreWorker:
                     self._freed_pending.add(oid)
                 else:
                     self._to_delete.append((oid, record))
-            flush = len(self._to_delete) >= 256
+                    # a stored object's memory is worth having back (and reusing) at once
+                    stored_freed = stored_freed or bool(record and record[0] == rec.STORED)
+            flush = stored_freed or len(self._to_delete) >= 256
         if flush:
             self._flush_deletes()
 

@@ -169,3 +169,37 @@ def test_cleanup_removes_spilled_files(small_store):
     assert small_store.usage().spilled_objects > 0
     small_store.cleanup()
     assert small_store.usage().num_objects == 0 and small_store.usage().spilled_objects == 0
+
+
+def test_deleted_large_objects_are_reused(tmp_path):
+    from rayr.backends.files import POOL_MIN_BYTES
+
+    store = open_backend("shm", "rayr-test-pool", {"directory": str(tmp_path)})
+    size = POOL_MIN_BYTES * 2
+    write(store, oid_n(1), b"a" * size)
+    inode = os.stat(store._path(oid_n(1))).st_ino
+    assert store.delete(oid_n(1)) and not store.contains(oid_n(1))
+    assert store.usage().num_objects == 0  # pooled files are not objects
+    write(store, oid_n(2), b"b" * (size - 10))
+    assert os.stat(store._path(oid_n(2))).st_ino == inode  # same file, pages already touched
+    assert bytes(store.get(oid_n(2))) == b"b" * (size - 10)
+    write(store, oid_n(3), b"c" * 100)  # small objects never use the pool
+    store.cleanup()
+    assert os.listdir(tmp_path) == []
+
+
+def test_pool_is_dropped_before_anything_spills(tmp_path):
+    from rayr.backends.files import POOL_MIN_BYTES
+
+    size = POOL_MIN_BYTES
+    store = open_backend("mmap", "rayr-test-pool2", {
+        "directory": str(tmp_path), "capacity": 3 * size, "spill_directory": str(tmp_path / "s"),
+    })
+    write(store, oid_n(1), b"1" * size)
+    write(store, oid_n(2), b"2" * size)
+    store.delete(oid_n(2))  # pooled
+    write(store, oid_n(3), b"3" * (size // 4))  # too small to take the pooled file
+    write(store, oid_n(4), b"4" * (2 * size - size // 4))  # needs the pool's memory
+    assert store.usage().spilled_objects == 0
+    assert bytes(store.get(oid_n(1))) == b"1" * size
+    store.cleanup()
