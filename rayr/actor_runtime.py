@@ -122,6 +122,9 @@ class ActorRuntime:
             os._exit(0)
         if not self.restart:
             executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
+        elif self.creation_stream:  # a restart queued by the monitor: the owner has its result
+            self.gcs.r.xack(self.creation_stream, TASK_GROUP, self.creation_entry)
+            self.gcs.r.xdel(self.creation_stream, self.creation_entry)
         executor.send(("actor_ready", self.actor_id))
         return True
 

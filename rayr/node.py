@@ -251,6 +251,28 @@ class LocalCluster:
         else:
             proc.send_signal(sig)
             proc.wait()
+            self.clean_store(node_id)  # a killed raylet could not clear its store
+
+    def clean_store(self, node_id: str) -> None:
+        """Remove what a dead node left in its object store (we started it: we clean up)."""
+        from rayr.object_store.registry import open_backend
+
+        node: dict[str, Any] | None = None
+        try:
+            gcs = self.gcs()
+            try:
+                node = next((n for n in gcs.list_nodes() if n["node_id"] == node_id), None)
+            finally:
+                gcs.r.close()
+        except redis.RedisError:
+            pass
+        if node is None:
+            return
+        try:
+            store = open_backend(node["store_backend"], node["store_namespace"], node["store_options"])
+            store.cleanup()
+        except (ValueError, OSError):
+            pass
 
     def pids(self) -> list[int]:
         out = [p.pid for p in self.raylets.values()]
@@ -259,7 +281,11 @@ class LocalCluster:
 
     def shutdown(self, remove_session: bool = True) -> None:
         """Stop raylets (they clear their stores), then the monitor, then Redis."""
-        procs.stop(list(self.raylets.values()), timeout=10)
+        stopped = list(self.raylets.items())
+        procs.stop([proc for _, proc in stopped], timeout=10)
+        for node_id, proc in stopped:
+            if proc.returncode not in (0, -signal.SIGTERM):  # it could not clean up after itself
+                self.clean_store(node_id)
         self.raylets.clear()
         procs.stop([p for p in (self.monitor_proc, self.redis_proc) if p is not None])
         self.monitor_proc = self.redis_proc = None

@@ -21,6 +21,7 @@ from rayr.config import Settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.gcs.placement import place_bundles, ready_object_id
+from rayr.gcs.recovery import recover_actors, requeue_tasks
 from rayr.keys import Keys
 from rayr.serialization import dumps
 
@@ -60,6 +61,11 @@ class Monitor:
                 )
                 log.warning("node %s declared dead: heartbeats stopped", node_id[:12])
                 died.append(node_id)
+        for node_id in died:
+            requeued, failed = requeue_tasks(self.gcs, node_id)
+            restarted, dead = recover_actors(self.gcs, node_id)
+            log.warning("node %s: %d tasks queued again, %d failed; %d actors restarting, %d dead",
+                        node_id[:12], requeued, failed, restarted, dead)
         return died
 
     def run(self) -> None:

@@ -69,6 +69,10 @@ def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: mem
         ObjectLostError: the holder does not answer or no longer has the object.
     """
     key = keys.transfer(oid.hex(), dest)
+    state = r.hget(keys.node(holder), "state")
+    if state != b"ALIVE":
+        raise ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}, which is "
+                              f"{(state or b'unknown').decode()}.")
     r.delete(key)  # chunks of an earlier, abandoned pull must not be mixed in
     r.xadd(keys.node_stream(holder), {b"pull": oid.hex().encode(), b"dest": dest.encode(),
                                       b"size": str(out.nbytes).encode()})

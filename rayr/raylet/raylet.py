@@ -309,6 +309,7 @@ class Raylet:
                 if b"a" in fields:  # actor creation: it will hold other resources once alive
                     spec = TaskSpec.decode(task.spec)
                     task.actor = spec.actor_id
+                    task.restart = b"r" in fields  # its node died: replay its mailbox
                     task.lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
                 tasks.append(task)
         if tasks:

@@ -1,0 +1,105 @@
+"""What the monitor does when a node dies: nothing that can be recovered is lost.
+
+- Tasks the node (or one of its leased workers) had taken but not finished are found in the
+  task streams' pending-entries lists and queued again on the shared stream of their shape
+  (another node pulls them), or failed with an error naming the node once ``max_retries``
+  is used up.
+- Actors that lived there are restarted elsewhere while ``max_restarts`` allows (their
+  creation task is queued again, marked as a restart, so the new incarnation replays its
+  mailbox), and otherwise marked DEAD with their queued calls failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rayr.exceptions import ActorDiedError, WorkerCrashedError
+from rayr.gcs.client import GcsClient
+from rayr.keys import TASK_GROUP
+from rayr.raylet.resources import ACTOR_SHAPE_MARK, TARGET_MARK, shape_key
+from rayr.task_spec import ACTOR_CREATION, TaskSpec
+
+log = logging.getLogger("rayr.recovery")
+
+
+def _streams_of(gcs: GcsClient, node_id: str) -> list[tuple[str, str]]:
+    """(stream, shared shape key to requeue on) for every task stream the node read."""
+    out = [(gcs.keys.shape_stream(shape), shape) for shape in gcs.shapes()]
+    for raw in gcs.r.smembers(gcs.keys.node_shapes(node_id)):
+        shape = raw.decode()
+        out.append((gcs.keys.task_stream(TARGET_MARK + shape, node_id), shape))
+    return out
+
+
+def _announce(gcs: GcsClient, shape: str) -> str:
+    """The shared stream of ``shape``, made known to every live raylet; returns its name."""
+    stream = gcs.keys.shape_stream(shape)
+    gcs.ensure_group(stream)
+    if gcs.r.sadd(gcs.keys.shapes, shape):  # new: raylets learn of it through a poke
+        for node in gcs.alive_nodes():
+            gcs.r.xadd(gcs.keys.node_stream(node["node_id"]), {b"poke": b"1"})
+    return stream
+
+
+def _belongs(consumer: Any, node_id: str) -> bool:
+    name = consumer.decode() if isinstance(consumer, bytes) else str(consumer)
+    return name == node_id or name.startswith(node_id + ".")
+
+
+def requeue_tasks(gcs: GcsClient, node_id: str) -> tuple[int, int]:
+    """Queue again (or fail) the dead node's unfinished tasks; returns (requeued, failed)."""
+    requeued = failed = 0
+    for stream, shape in _streams_of(gcs, node_id):
+        try:
+            pending = gcs.r.xpending_range(stream, TASK_GROUP, "-", "+", 10_000)
+        except Exception:  # the stream or its group is gone
+            continue
+        for entry in pending:
+            if not _belongs(entry["consumer"], node_id):
+                continue
+            entry_id = entry["message_id"]
+            found = gcs.r.xrange(stream, entry_id, entry_id)
+            if found and b"s" in found[0][1]:
+                spec = TaskSpec.decode(found[0][1][b"s"])
+                if spec.max_retries == -1 or spec.attempt < spec.max_retries or spec.kind == ACTOR_CREATION:
+                    fields = {b"s": spec._replace(attempt=spec.attempt + 1).encode()}
+                    if spec.kind == ACTOR_CREATION:
+                        fields[b"a"] = b"1"
+                    gcs.r.xadd(_announce(gcs, shape), fields)
+                    requeued += 1
+                else:
+                    gcs.fail_tasks([spec], WorkerCrashedError(
+                        f"{spec.function_name}() was running on node {node_id[:12]}, which died, "
+                        f"and max_retries={spec.max_retries} retries were used up."
+                    ))
+                    failed += 1
+            gcs.r.xack(stream, TASK_GROUP, entry_id)
+            gcs.r.xdel(stream, entry_id)
+    return requeued, failed
+
+
+def recover_actors(gcs: GcsClient, node_id: str) -> tuple[int, int]:
+    """Restart elsewhere (or mark DEAD) the actors that lived on the dead node."""
+    restarted = dead = 0
+    for key in gcs.r.scan_iter(match=gcs.keys.actor_key_prefix + "*", count=1000):
+        actor_id = key.decode()[len(gcs.keys.actor_key_prefix):]
+        info = gcs.actor_info(actor_id)
+        if info.get("node") != node_id or info.get("state") not in ("ALIVE", "RESTARTING"):
+            continue
+        max_restarts = int(info.get("max_restarts", 0))
+        restarts = int(info.get("restarts", 0))
+        spec_bytes = info.get("creation_spec")
+        if spec_bytes and (max_restarts == -1 or restarts < max_restarts):
+            if gcs.set_actor_state(actor_id, "RESTARTING", restarts=restarts + 1, node=""):
+                spec = TaskSpec.decode(spec_bytes)
+                stream = _announce(gcs, ACTOR_SHAPE_MARK + shape_key(spec.resources))
+                gcs.r.xadd(stream, {b"s": spec_bytes, b"a": b"1", b"r": b"1"})
+                restarted += 1
+            continue
+        cause = (f"The actor {actor_id} ({info.get('class_name')}) died with its node "
+                 f"{node_id[:12]}, and it has no restarts left (max_restarts={max_restarts}).")
+        gcs.fail_tasks(gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
+        dead += 1
+    return restarted, dead
+
