@@ -51,6 +51,17 @@ def _no_leftovers(redis_url: str) -> Iterator[None]:
     assert shm_segments() - before == set(), "shared-memory segments left behind"
 
 
+@pytest.fixture
+def sessions(tmp_path, monkeypatch) -> tuple[str, dict[str, str]]:
+    """An isolated RAYR_TEMP_DIR (no cluster recorded by `rayr start` is visible) for this
+    process and, as the returned env, for the subprocesses a test starts."""
+    temp_dir = str(tmp_path / "rayr-sessions")
+    monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)
+    monkeypatch.delenv("RAYR_ADDRESS", raising=False)
+    env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
+    return temp_dir, env
+
+
 @pytest.fixture(scope="module")
 def cluster(redis_url: str) -> Iterator[Cluster]:
     """One node with 2 CPUs on the session Redis, with a driver connected."""

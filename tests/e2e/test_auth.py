@@ -20,12 +20,8 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def open_head(tmp_path, monkeypatch):
-    temp_dir = str(tmp_path / "rayr-sessions")
-    env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
-    env.pop("RAYR_ADDRESS", None)
-    monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)
-    monkeypatch.delenv("RAYR_ADDRESS", raising=False)
+def open_head(sessions):
+    temp_dir, env = sessions
     port = free_port()
     out = run_cli("start", "--head", "--bind", "0.0.0.0", "--port", str(port), "--num-cpus", "1", env=env)
     try:

@@ -24,12 +24,8 @@ def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.C
     return out
 
 
-def test_start_status_join_stop(tmp_path, monkeypatch):
-    temp_dir = str(tmp_path / "rayr-sessions")
-    env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
-    env.pop("RAYR_ADDRESS", None)
-    monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)
-    monkeypatch.delenv("RAYR_ADDRESS", raising=False)
+def test_start_status_join_stop(sessions):
+    temp_dir, env = sessions
     port = free_port()
     try:
         started = run_cli("start", "--head", "--port", str(port), "--num-cpus", "1",
@@ -129,10 +125,8 @@ print("mixed-ok")
 """
 
 
-def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(tmp_path):
-    temp_dir = str(tmp_path / "rayr-sessions")
-    env = {**os.environ, "RAYR_TEMP_DIR": temp_dir}
-    env.pop("RAYR_ADDRESS", None)
+def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(sessions, tmp_path):
+    _temp_dir, env = sessions
     port = free_port()
     try:
         run_cli("start", "--head", "--port", str(port), "--num-cpus", "1", env=env)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -138,43 +137,33 @@ RAY_UTIL_SCRIPT = textwrap.dedent(
 )
 
 
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path / "rayr-sessions")}
-    env.pop("RAYR_ADDRESS", None)
-    return env
-
-
-def test_unchanged_ray_core_script_runs(tmp_path):
+def run_script(text: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run ``text`` as a user's script file; it must exit 0."""
     script = tmp_path / "app.py"
-    script.write_text(RAY_SCRIPT)
+    script.write_text(text)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=_env(tmp_path), timeout=120, cwd=tmp_path)
+                         env=env, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "ray-script-ok" in out.stdout
+    return out
 
 
-def test_unchanged_ray_actor_script_runs(tmp_path):
-    script = tmp_path / "actors.py"
-    script.write_text(RAY_ACTOR_SCRIPT)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=_env(tmp_path), timeout=120, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "ray-actor-script-ok" in out.stdout
+def test_unchanged_ray_core_script_runs(sessions, tmp_path):
+    assert "ray-script-ok" in run_script(RAY_SCRIPT, sessions[1], tmp_path).stdout
 
 
-def test_unchanged_ray_util_script_runs(tmp_path):
-    script = tmp_path / "util.py"
-    script.write_text(RAY_UTIL_SCRIPT)
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         env=_env(tmp_path), timeout=120, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+def test_unchanged_ray_actor_script_runs(sessions, tmp_path):
+    assert "ray-actor-script-ok" in run_script(RAY_ACTOR_SCRIPT, sessions[1], tmp_path).stdout
+
+
+def test_unchanged_ray_util_script_runs(sessions, tmp_path):
+    out = run_script(RAY_UTIL_SCRIPT, sessions[1], tmp_path)
     assert "ray-util-script-ok" in out.stdout
     assert "(Doubler pid=" in out.stdout and "doubling 3" in out.stdout
 
 
-def test_demo_runs(tmp_path):
+def test_demo_runs(sessions):
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True,
-                         text=True, env=_env(tmp_path), timeout=180, cwd=ROOT)
+                         text=True, env=sessions[1], timeout=180, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     for needle in ("square(12) = 144", "sum_of_squares(50) = 40425", "equal: True",
                    "read-only view: True", "column means match: True", "still running: 4",
