@@ -448,7 +448,7 @@ class CoreWorker:
         try:
             frame = serialization.serialize((call_args, call_kwargs))
         except Exception as err:
-            raise TypeError(_unpicklable_message(function_name, args, kwargs, err)) from err
+            raise TypeError(serialization.unpicklable_message(function_name, args, kwargs, err)) from err
         if frame.total_size <= self._threshold:
             return frame.to_bytes(), None, arg_refs
         args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
@@ -782,57 +782,9 @@ class CoreWorker:
 
     def _pull(self, oid: bytes, holder: str, size: int) -> memoryview:
         """Copy an object from ``holder`` into this node's store; one pull per node at a time."""
-        lock = self.keys.transfer_lock(oid.hex(), self.node_hex)
-        deadline = time.monotonic() + transfer.PULL_TIMEOUT_S * 2
-        while time.monotonic() < deadline:
-            if self.gcs.r.set(lock, self.worker_hex, nx=True, px=transfer.PULL_TIMEOUT_S * 2000):
-                try:
-                    view = self.store.get(oid)  # another puller may have just finished
-                    if view is None:
-                        buf = self.store.create(oid, size)
-                        try:
-                            transfer.pull_object(self.gcs.r, self.keys, oid, holder, self.node_hex, buf)
-                        except BaseException:
-                            buf.release()
-                            self.store.abort(oid)
-                            raise
-                        buf.release()
-                        self.store.seal(oid)
-                        view = self.store.get(oid)
-                    assert view is not None
-                    return view
-                finally:
-                    self.gcs.r.delete(lock)
-            # someone else on this node is pulling it: wait for it to appear
-            while self.gcs.r.exists(lock) and time.monotonic() < deadline:
-                view = self.store.get(oid)
-                if view is not None:
-                    return view
-                time.sleep(0.005)
-            view = self.store.get(oid)
-            if view is not None:
-                return view
-        raise ObjectLostError(oid.hex(), f"Pulling it from node {holder[:12]} did not finish in time.")
-
-
-def _unpicklable_message(name: str, args: Sequence[Any], kwargs: dict[str, Any], err: Exception) -> str:
-    for index, value in enumerate(args):
-        try:
-            serialization.serialize(value)
-        except Exception as inner:
-            return (
-                f"Could not serialize argument {index} ({type(value).__name__}) of {name}(): "
-                f"{inner}. Arguments must be picklable (cloudpickle)."
-            )
-    for key, value in kwargs.items():
-        try:
-            serialization.serialize(value)
-        except Exception as inner:
-            return (
-                f"Could not serialize keyword argument {key!r} ({type(value).__name__}) of "
-                f"{name}(): {inner}. Arguments must be picklable (cloudpickle)."
-            )
-    return f"Could not serialize the arguments of {name}(): {err}"
+        return transfer.pull_into_store(
+            self.gcs.r, self.keys, self.store, oid, holder, size, self.node_hex, self.worker_hex
+        )
 
 
 __all__ = ["CoreWorker", "TaskOptions"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pickle
 import struct
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
@@ -135,3 +136,24 @@ def pickle_code(obj: Any) -> bytes:
 
 def unpickle(data: bytes) -> Any:
     return pickle.loads(data)
+
+
+def unpicklable_message(name: str, args: Sequence[Any], kwargs: dict[str, Any], err: Exception) -> str:
+    """Which argument of ``name`` could not be serialized, and why (for a TypeError)."""
+    for index, value in enumerate(args):
+        try:
+            serialize(value)
+        except Exception as inner:
+            return (
+                f"Could not serialize argument {index} ({type(value).__name__}) of {name}(): "
+                f"{inner}. Arguments must be picklable (cloudpickle)."
+            )
+    for key, value in kwargs.items():
+        try:
+            serialize(value)
+        except Exception as inner:
+            return (
+                f"Could not serialize keyword argument {key!r} ({type(value).__name__}) of "
+                f"{name}(): {inner}. Arguments must be picklable (cloudpickle)."
+            )
+    return f"Could not serialize the arguments of {name}(): {err}"

@@ -95,3 +95,51 @@ def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: mem
         out[offset : offset + len(chunk)] = chunk
         offset += len(chunk)
     r.delete(key)
+
+
+def pull_into_store(
+    r: Any,
+    keys: Keys,
+    store: ObjectStoreBackend,
+    oid: bytes,
+    holder: str,
+    size: int,
+    node: str,
+    puller: str,
+) -> memoryview:
+    """A local view of ``oid``, pulled from ``holder`` into ``store`` first if no one has yet.
+
+    One process per node pulls (it holds the object's transfer lock); the others wait for
+    the object to appear in the store.
+    """
+    lock = keys.transfer_lock(oid.hex(), node)
+    deadline = time.monotonic() + PULL_TIMEOUT_S * 2
+    while time.monotonic() < deadline:
+        if r.set(lock, puller, nx=True, px=PULL_TIMEOUT_S * 2000):
+            try:
+                view = store.get(oid)  # another puller may have just finished
+                if view is None:
+                    buf = store.create(oid, size)
+                    try:
+                        pull_object(r, keys, oid, holder, node, buf)
+                    except BaseException:
+                        buf.release()
+                        store.abort(oid)
+                        raise
+                    buf.release()
+                    store.seal(oid)
+                    view = store.get(oid)
+                assert view is not None
+                return view
+            finally:
+                r.delete(lock)
+        while r.exists(lock) and time.monotonic() < deadline:  # someone here is pulling it
+            view = store.get(oid)
+            if view is not None:
+                return view
+            time.sleep(0.005)
+        view = store.get(oid)
+        if view is not None:
+            return view
+    raise ObjectLostError(oid.hex(), f"Pulling it from node {holder[:12]} did not finish in time.")
+

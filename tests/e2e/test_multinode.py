@@ -159,5 +159,7 @@ def test_tasks_move_to_their_large_arguments(three_nodes):
 
     far = make.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[2], soft=False)).remote()
     rayr.wait([far])
+    # locality applies when the node has room: let its heartbeat show it idle again
+    time.sleep(2.2)
     ran_on = rayr.get([consume.remote(far) for _ in range(3)])
     assert ran_on.count(nodes[2]) >= 2, f"tasks should follow their 2 MB argument to its node: {ran_on}"
