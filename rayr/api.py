@@ -20,9 +20,9 @@ from rayr.actor import ActorClass, ActorHandle, handle_from_table
 from rayr.config import Settings, env_address, load_settings
 from rayr.context import RuntimeContext, state
 from rayr.core_worker import CoreWorker
-from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient, connect, normalize_address
 from rayr.gcs.command_stream import CommandStream
+from rayr.gcs.jobs import end_job, kill_actor
 from rayr.ids import WorkerID
 from rayr.keys import Keys
 from rayr.log_stream import LogPrinter
@@ -294,6 +294,7 @@ def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
         job_id=job_id,
         worker_hex=worker_hex,
         namespace=namespace,
+        liveness_ttl_s=settings.node_timeout_s,
     )
 
 
@@ -317,26 +318,9 @@ def shutdown() -> None:
         if printer is not None:
             printer.stop(drain_s=0.05)
         if core is not None:
-            try:
-                for actor_id in core.gcs.job_actors(core.job_id.hex()):
-                    _kill_actor(core, actor_id, "its owner (the driver) exited", no_restart=True)
-                for info in core.gcs.placement_groups():
-                    if info["pg_id"].startswith(core.job_id.hex()) and info.get("detached") != "1":
-                        core.gcs.remove_placement_group(info["pg_id"])
-            except redis.RedisError:
-                pass
             core.shutdown()
-            job = core.job_id
-            try:
-                core.gcs.finish_job(job.hex())
-                # every node frees what the job left in its store (results, pulled copies)
-                with core.gcs.r.pipeline(transaction=False) as pipe:
-                    for node in core.gcs.alive_nodes():
-                        pipe.xadd(core.keys.node_stream(node["node_id"]), {b"jobdone": job.hex().encode()})
-                    pipe.execute()
-            except redis.RedisError:
-                pass
-            core.store.cleanup(job.binary())
+            end_job(core.gcs, core.job_id.hex(), "SUCCEEDED", "its owner (the driver) exited")
+            core.store.cleanup(core.job_id.binary())
             core.gcs.r.close()
         if cluster is not None:
             cluster.shutdown()
@@ -496,18 +480,6 @@ def nodes() -> list[dict[str, Any]]:
     return out
 
 
-def _kill_actor(core: CoreWorker, actor_id: str, why: str, no_restart: bool) -> None:
-    info = core.gcs.actor_info(actor_id)
-    if not info or info.get("state") == "DEAD":
-        return
-    if no_restart:
-        cause = f"The actor {actor_id} ({info.get('class_name')}) was killed: {why}."
-        core.gcs.fail_tasks(core.gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
-    node = info.get("node")
-    if node:
-        core.gcs.r.xadd(core.keys.node_stream(node), {b"kill": actor_id.encode()})
-
-
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """Kill an actor at once; pending and running calls fail with ActorDiedError.
 
@@ -518,7 +490,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
             f"kill() only accepts an actor handle, got {type(actor).__name__}; "
             "tasks are not killed, they are cancelled."
         )
-    _kill_actor(context.require_core(), actor._actor_id, "rayr.kill() was called", no_restart)
+    kill_actor(context.require_core().gcs, actor._actor_id, "rayr.kill() was called", no_restart)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

@@ -106,6 +106,7 @@ class CoreWorker:
         worker_hex: str,
         namespace: str = "",
         on_blocked: Callable[[bool], None] | None = None,
+        liveness_ttl_s: float | None = None,
     ) -> None:
         self.gcs = gcs
         self.keys = gcs.keys
@@ -117,6 +118,9 @@ class CoreWorker:
         self.namespace = namespace
         self.current_actor_id: str | None = None
         self._on_blocked = on_blocked
+        # a driver keeps its job's liveness key fresh; the monitor ends jobs whose key lapses
+        self._liveness_ttl = liveness_ttl_s
+        self._liveness_due = 0.0
         self._threshold = settings.inline_threshold
         self._inbox_key = self.keys.inbox(worker_hex)
         self._blocking: Any = blocking_redis
@@ -278,10 +282,17 @@ class CoreWorker:
                     self._on_messages(msgs)
                 self._drain_released()
                 self._flush_deletes()
+                self._refresh_liveness()
             except Exception:
                 if self._stopping:
                     return
                 time.sleep(0.2)  # Redis hiccup: retry rather than lose the inbox
+
+    def _refresh_liveness(self) -> None:
+        if self._liveness_ttl is None or time.monotonic() < self._liveness_due:
+            return
+        self._liveness_due = time.monotonic() + min(1.0, self._liveness_ttl / 3)
+        self.gcs.r.set(self.keys.job_alive(self.job_id.hex()), b"1", px=int(self._liveness_ttl * 1000))
 
     def _on_messages(self, msgs: list[bytes]) -> None:
         ready: list[_WaitingTask] = []

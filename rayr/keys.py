@@ -191,3 +191,12 @@ class Keys:
         """Wakes the head monitor: a group to place or to remove."""
         return self.prefix + "monitor"
 
+    @property
+    def running_jobs(self) -> str:
+        """Jobs whose driver has not ended them yet (the monitor watches their liveness)."""
+        return self.prefix + "running_jobs"
+
+    def job_alive(self, job_hex: str) -> str:
+        """TTL'd key a driver refreshes while it lives."""
+        return f"{self.prefix}job_alive:{job_hex}"
+

@@ -130,6 +130,7 @@ class GcsClient:
         with self.r.pipeline() as p:
             p.hset(self.keys.job(job_id.hex()), mapping=fields)
             p.sadd(self.keys.jobs, job_id.hex())
+            p.sadd(self.keys.running_jobs, job_id.hex())
             p.execute()
         return job_id
 
@@ -139,7 +140,11 @@ class GcsClient:
 
     def finish_job(self, job_hex: str, status: str = "SUCCEEDED") -> None:
         """Mark the job ended and drop its functions and objects from the tables."""
-        self.r.hset(self.keys.job(job_hex), mapping={"status": status, "end_time": str(time.time())})
+        with self.r.pipeline() as p:
+            p.hset(self.keys.job(job_hex), mapping={"status": status, "end_time": str(time.time())})
+            p.srem(self.keys.running_jobs, job_hex)
+            p.delete(self.keys.job_alive(job_hex))
+            p.execute()
         for pattern in (
             self.keys.objects_of_job(job_hex),
             self.keys.object_waiters_of_job(job_hex),

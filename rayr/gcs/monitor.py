@@ -20,6 +20,7 @@ import redis
 from rayr.config import Settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
+from rayr.gcs.jobs import end_job
 from rayr.gcs.placement import place_bundles, ready_object_id
 from rayr.gcs.recovery import recover_actors, requeue_tasks
 from rayr.keys import Keys
@@ -76,6 +77,7 @@ class Monitor:
                 now = time.monotonic()
                 if now >= next_check:
                     self.check_nodes()
+                    self.check_jobs()
                     next_check = now + self.settings.heartbeat_interval_s
                 self.place_pending_groups()
                 reply = self.gcs.r.xread(
@@ -93,6 +95,23 @@ class Monitor:
                     return
                 log.exception("monitor round failed; retrying")
                 time.sleep(0.5)
+
+    def check_jobs(self) -> list[str]:
+        """End the jobs whose driver died without ending them (its liveness key lapsed)."""
+        ended = []
+        for raw in self.gcs.r.smembers(self.gcs.keys.running_jobs):
+            job = raw.decode()
+            if self.gcs.r.exists(self.gcs.keys.job_alive(job)):
+                continue
+            info = self.gcs.get_job(job)
+            started = float(info.get("start_time", 0) or 0)
+            if time.time() - started < self.settings.node_timeout_s:
+                continue  # its driver has not had time to say it is alive yet
+            log.warning("job %s: its driver (pid %s) stopped answering; ending the job",
+                        job, info.get("driver_pid"))
+            end_job(self.gcs, job, "FAILED", "its driver died")
+            ended.append(job)
+        return ended
 
     # ------------------------------------------------------- placement groups
     def place_pending_groups(self) -> list[str]:

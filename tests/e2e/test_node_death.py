@@ -90,3 +90,49 @@ def test_object_whose_only_copy_died_is_lost_not_hung(cluster3):
     with pytest.raises(ObjectLostError, match="DEAD"):
         rayr.get(ref, timeout=30)
     assert time.monotonic() - start < 5
+
+
+DRIVER = """
+import os, sys, time
+import rayr
+
+rayr.init(address=sys.argv[1], _cluster_name=sys.argv[2], namespace="crash")
+
+@rayr.remote
+class Holder:
+    def pid(self):
+        return os.getpid()
+
+owned = Holder.options(name="owned").remote()
+kept = Holder.options(name="kept", lifetime="detached").remote()
+print(rayr.get(owned.pid.remote()), rayr.get(kept.pid.remote()), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_drivers_actors_are_cleaned_up(cluster3):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    cluster, _ = cluster3
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, cluster.address, cluster.name],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        owned_pid, kept_pid = map(int, proc.stdout.readline().split())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    deadline = time.time() + 20
+    while psutil.pid_exists(owned_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not psutil.pid_exists(owned_pid), "the dead driver's actor is still running"
+    with pytest.raises(ValueError):
+        rayr.get_actor("owned", namespace="crash")
+    kept = rayr.get_actor("kept", namespace="crash")  # detached: it outlives its driver
+    assert rayr.get(kept.pid.remote()) == kept_pid
+    rayr.kill(kept)
