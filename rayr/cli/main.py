@@ -14,6 +14,7 @@ import redis
 
 from rayr import procs
 from rayr.api import read_session_file, session_file_path
+from rayr.cli import memory as memory_mod
 from rayr.cli import status as status_mod
 from rayr.config import ConfigError, Settings, env_address, load_settings
 from rayr.gcs.client import GcsClient, connect, normalize_address
@@ -197,12 +198,8 @@ def stop(temp_dir: str | None) -> None:
     click.echo(f"Stopped {stopped} rayr process(es).")
 
 
-@cli.command()
-@click.option("--address", help="Cluster address (default: RAYR_ADDRESS, then this host's cluster).")
-@click.option("--redis-password", help="Redis password, if the cluster needs one.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def status(address: str | None, redis_password: str | None, fmt: str) -> None:
-    """Show nodes, resource usage and pending demand."""
+def _gcs_for(address: str | None, redis_password: str | None) -> GcsClient:
+    """The cluster named by ``--address``, RAYR_ADDRESS or this host's session file; exits 1 if none."""
     settings = load_settings({"redis_password": redis_password})
     address = address or env_address()
     if address is None:
@@ -216,11 +213,36 @@ def status(address: str | None, redis_password: str | None, fmt: str) -> None:
         url = normalize_address(address)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--address") from None
-    gcs = GcsClient(connect(url, redis_password, socket_connect_timeout=3), Keys(settings.cluster_name))
+    return GcsClient(connect(url, redis_password, socket_connect_timeout=3), Keys(settings.cluster_name))
+
+
+@cli.command()
+@click.option("--address", help="Cluster address (default: RAYR_ADDRESS, then this host's cluster).")
+@click.option("--redis-password", help="Redis password, if the cluster needs one.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--limit", type=int, default=50, show_default=True, help="Objects to list.")
+def memory(address: str | None, redis_password: str | None, fmt: str, limit: int) -> None:
+    """Show object-store use per node and the largest objects."""
+    gcs = _gcs_for(address, redis_password)
+    try:
+        data = memory_mod.collect(gcs, limit)
+    except redis.RedisError as err:
+        click.echo(f"Cannot reach the cluster: {err}", err=True)
+        sys.exit(1)
+    click.echo(memory_mod.to_json(data) if fmt == "json" else memory_mod.render(data))
+
+
+@cli.command()
+@click.option("--address", help="Cluster address (default: RAYR_ADDRESS, then this host's cluster).")
+@click.option("--redis-password", help="Redis password, if the cluster needs one.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(address: str | None, redis_password: str | None, fmt: str) -> None:
+    """Show nodes, resource usage and pending demand."""
+    gcs = _gcs_for(address, redis_password)
     try:
         data = status_mod.collect(gcs)
     except redis.RedisError as err:
-        click.echo(f"Cannot reach the cluster at {url}: {err}", err=True)
+        click.echo(f"Cannot reach the cluster: {err}", err=True)
         sys.exit(1)
     click.echo(json.dumps(data, indent=2) if fmt == "json" else status_mod.render(data))
 

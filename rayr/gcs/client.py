@@ -85,10 +85,20 @@ class GcsClient:
             p.publish(self.keys.node_channel, f"{node_hex}:{NODE_ALIVE}")
             p.execute()
 
-    def heartbeat(self, node_hex: str, ttl_s: float, available: dict[str, float], load: int) -> None:
+    def heartbeat(
+        self,
+        node_hex: str,
+        ttl_s: float,
+        available: dict[str, float],
+        load: int,
+        store: dict[str, Any] | None = None,
+    ) -> None:
+        fields = {"resources_available": json.dumps(available)}
+        if store is not None:
+            fields["store_usage"] = json.dumps(store)
         with self.r.pipeline(transaction=False) as p:
             p.set(self.keys.node_alive(node_hex), b"1", px=int(ttl_s * 1000))
-            p.hset(self.keys.node(node_hex), "resources_available", json.dumps(available))
+            p.hset(self.keys.node(node_hex), mapping=fields)
             p.publish(self.keys.heartbeat_channel, f"{node_hex}:{load}")
             p.execute()
 
@@ -114,7 +124,7 @@ class GcsClient:
             if not raw:
                 continue
             node = {k.decode(): v.decode() for k, v in raw.items()}
-            for field in ("resources_total", "resources_available", "store_options"):
+            for field in ("resources_total", "resources_available", "store_options", "store_usage"):
                 node[field] = json.loads(node.get(field) or "{}")
             nodes.append(node)
         return nodes

@@ -8,6 +8,7 @@ Threads:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -594,15 +595,18 @@ class Raylet:
         stale = time.monotonic() - 60
         for task_id in [t for t, at in self._cancel_later.items() if at < stale]:
             del self._cancel_later[task_id]
-        self._publish_resources()
+        self._publish_resources(with_store=True)
 
-    def _publish_resources(self) -> None:
-        """Refresh liveness and free resources in the node table (any thread)."""
+    def _publish_resources(self, with_store: bool = False) -> None:
+        """Refresh liveness and free resources (and store usage) in the node table (any thread)."""
         with self._lock:
             available = {k: round(v, 6) for k, v in self.sched.available.items()}
             load = len(self.sched.running) + len(self.sched.ready) + len(self.sched.overflow)
+        store = None
+        if with_store:
+            store = dataclasses.asdict(self.store.usage())
         try:
-            self.gcs.heartbeat(self.node_id, self.settings.node_timeout_s, available, load)
+            self.gcs.heartbeat(self.node_id, self.settings.node_timeout_s, available, load, store)
         except redis.RedisError:
             log.exception("heartbeat failed")
 

@@ -143,3 +143,35 @@ def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(sessions, tmp_pat
     finally:
         stopped = run_cli("stop", env=env)
     assert "Stopped 5" in stopped.stdout  # redis, monitor, three raylets
+
+
+def test_memory_shows_store_use_and_objects(sessions):
+    temp_dir, env = sessions
+    port = free_port()
+    try:
+        run_cli("start", "--head", "--port", str(port), "--num-cpus", "1",
+                "--object-store-memory", str(300_000_000), env=env)
+        rayr.init()
+        try:
+            import numpy as np
+
+            big = rayr.put(np.zeros(2_000_000, dtype=np.uint8))
+            small = rayr.put("tiny")
+            deadline = time.time() + 5
+            data = {}
+            while time.time() < deadline:  # store usage is published with the heartbeat
+                data = json.loads(run_cli("memory", "--format", "json", env=env).stdout)
+                if data["nodes"] and data["nodes"][0]["objects"] >= 1:
+                    break
+                time.sleep(0.2)
+            node = data["nodes"][0]
+            assert node["capacity"] == 300_000_000 and node["used_bytes"] >= 2_000_000
+            by_id = {o["object_id"]: o for o in data["objects"]}
+            assert by_id[big.hex()]["kind"] == "store" and by_id[big.hex()]["size"] >= 2_000_000
+            assert by_id[small.hex()]["kind"] == "inline"
+            text = run_cli("memory", env=env).stdout
+            assert "Object store memory" in text and big.hex() in text
+        finally:
+            rayr.shutdown()
+    finally:
+        run_cli("stop", env=env)
