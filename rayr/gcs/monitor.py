@@ -82,7 +82,8 @@ class Monitor:
                 self.place_pending_groups()
                 reply = self.gcs.r.xread(
                     {self.gcs.keys.monitor_stream: last},
-                    block=int(self.settings.heartbeat_interval_s * 1000),
+                    # short, so a SIGTERM (which only sets a flag) is acted on quickly
+                    block=int(min(self.settings.heartbeat_interval_s, 0.25) * 1000),
                     count=100,
                 )
                 for _stream, entries in reply or []:
