@@ -13,10 +13,11 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from rayr import serialization
+from rayr.exceptions import WorkerCrashedError
 from rayr.gcs import records, scripts
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
-from rayr.task_spec import TaskSpec
+from rayr.task_spec import ACTOR_CREATION, TaskSpec
 
 NODE_ALIVE = "ALIVE"
 NODE_DEAD = "DEAD"
@@ -69,7 +70,6 @@ class GcsClient:
         self._store = client.register_script(scripts.STORE_OBJECTS)
         self._fetch = client.register_script(scripts.FETCH_OR_WAIT)
         self._register_actor = client.register_script(scripts.REGISTER_ACTOR)
-        self._submit_actor_call = client.register_script(scripts.SUBMIT_ACTOR_CALL)
         self._mark_actor_dead = client.register_script(scripts.MARK_ACTOR_DEAD)
         self._update_live_actor = client.register_script(scripts.UPDATE_LIVE_ACTOR)
         self._cancel_task = client.register_script(scripts.CANCEL_TASK)
@@ -183,17 +183,17 @@ class GcsClient:
         self, items: Iterable[tuple[bytes, bytes, str]], pipe: Any | None = None
     ) -> Any:
         """Write ``(object id, record, owner inbox hex or '')`` entries and wake waiters."""
-        args: list[Any] = [self.keys.prefix]
-        for oid, record, owner in items:
-            args.extend((oid, oid.hex(), record, owner))
-        return self._store(args=args, client=pipe or self.r)
+        return self._store(args=self._store_args(items), client=pipe or self.r)
 
     def store_objects_command(self, items: Iterable[tuple[bytes, bytes, str]]) -> tuple[Any, ...]:
         """The STORE_OBJECTS call as one command, for a CommandStream."""
+        return ("EVAL", scripts.STORE_OBJECTS, 0, *self._store_args(items))
+
+    def _store_args(self, items: Iterable[tuple[bytes, bytes, str]]) -> list[Any]:
         args: list[Any] = [self.keys.prefix]
         for oid, record, owner in items:
             args.extend((oid, oid.hex(), record, owner))
-        return ("EVAL", scripts.STORE_OBJECTS, 0, *args)
+        return args
 
     def submit_actor_call_command(self, actor_hex: str, spec: bytes) -> tuple[Any, ...]:
         """The SUBMIT_ACTOR_CALL call as one command; its reply is {1, id} or {0, cause}."""
@@ -223,6 +223,27 @@ class GcsClient:
 
     def shapes(self) -> set[str]:
         return {s.decode() for s in self.r.smembers(self.keys.shapes)}
+
+    def retry_or_fail(self, spec: TaskSpec, stream: str, why: str, pipe: Any | None = None) -> bool:
+        """A task whose executor died: queue it again on ``stream`` (attempt+1) while
+        ``max_retries`` allows, else resolve its returns to WorkerCrashedError. Actor creations
+        are always queued again (their restarts are counted by ``max_restarts``).
+
+        Returns:
+            Whether it was queued again.
+        """
+        client = pipe or self.r
+        if spec.kind == ACTOR_CREATION or spec.max_retries == -1 or spec.attempt < spec.max_retries:
+            fields = {b"s": spec._replace(attempt=spec.attempt + 1).encode()}
+            if spec.kind == ACTOR_CREATION:
+                fields[b"a"] = b"1"
+            client.xadd(stream, fields)
+            return True
+        self.fail_tasks([spec], WorkerCrashedError(
+            f"{spec.function_name}() was lost ({why}), and max_retries={spec.max_retries} "
+            "retries were used up."
+        ), pipe)
+        return False
 
     def fail_tasks(self, specs: Iterable[TaskSpec], error: BaseException, pipe: Any | None = None) -> None:
         """Resolve every return of ``specs`` to ``error`` (delivered to each owner)."""
@@ -257,13 +278,6 @@ class GcsClient:
         for key, value in fields.items():
             args.extend((key, value if isinstance(value, bytes) else str(value)))
         return bool(self._update_live_actor(keys=[self.keys.actor(actor_hex)], args=args))
-
-    def submit_actor_call(self, actor_hex: str, spec: bytes) -> tuple[bool, str]:
-        """Queue a call; (False, death cause) when the actor is dead."""
-        ok, detail = self._submit_actor_call(
-            keys=[self.keys.actor(actor_hex), self.keys.actor_mailbox(actor_hex)], args=[spec]
-        )
-        return bool(ok), detail.decode() if isinstance(detail, bytes) else str(detail)
 
     def mark_actor_dead(self, actor_hex: str, cause: str) -> list[TaskSpec]:
         """Mark the actor DEAD; returns the calls left in its mailbox (never to run)."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rayr.exceptions import ActorDiedError, WorkerCrashedError
+from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.keys import TASK_GROUP
 from rayr.raylet.resources import ACTOR_SHAPE_MARK, TARGET_MARK, shape_key
-from rayr.task_spec import ACTOR_CREATION, TaskSpec
+from rayr.task_spec import TaskSpec
 
 log = logging.getLogger("rayr.recovery")
 
@@ -62,17 +62,10 @@ def requeue_tasks(gcs: GcsClient, node_id: str) -> tuple[int, int]:
             found = gcs.r.xrange(stream, entry_id, entry_id)
             if found and b"s" in found[0][1]:
                 spec = TaskSpec.decode(found[0][1][b"s"])
-                if spec.max_retries == -1 or spec.attempt < spec.max_retries or spec.kind == ACTOR_CREATION:
-                    fields = {b"s": spec._replace(attempt=spec.attempt + 1).encode()}
-                    if spec.kind == ACTOR_CREATION:
-                        fields[b"a"] = b"1"
-                    gcs.r.xadd(_announce(gcs, shape), fields)
+                why = f"it was running on node {node_id[:12]}, which died"
+                if gcs.retry_or_fail(spec, _announce(gcs, shape), why):
                     requeued += 1
                 else:
-                    gcs.fail_tasks([spec], WorkerCrashedError(
-                        f"{spec.function_name}() was running on node {node_id[:12]}, which died, "
-                        f"and max_retries={spec.max_retries} retries were used up."
-                    ))
                     failed += 1
             gcs.r.xack(stream, TASK_GROUP, entry_id)
             gcs.r.xdel(stream, entry_id)

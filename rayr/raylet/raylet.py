@@ -23,10 +23,8 @@ from typing import Any
 
 import redis
 
-from rayr import serialization
 from rayr.config import Settings
-from rayr.exceptions import ActorDiedError, TaskCancelledError, WorkerCrashedError
-from rayr.gcs import records as rec
+from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
@@ -516,16 +514,7 @@ class Raylet:
             self._finish_cancelled(task)  # a cancelled task is never retried
             return
         with self.gcs.r.pipeline(transaction=False) as pipe:
-            if spec.max_retries == -1 or spec.attempt < spec.max_retries:
-                retry = spec._replace(attempt=spec.attempt + 1)
-                pipe.xadd(task.stream, {b"s": retry.encode()})
-            else:
-                err = WorkerCrashedError(
-                    f"The worker running {spec.function_name}() died ({why}) and "
-                    f"max_retries={spec.max_retries} retries were used up."
-                )
-                record = rec.error_record(serialization.dumps(err))
-                self.gcs.store_objects([(oid, record, spec.owner) for oid in spec.return_ids()], pipe)
+            self.gcs.retry_or_fail(spec, task.stream, why, pipe)
             pipe.xack(task.stream, TASK_GROUP, task.entry_id)
             pipe.xdel(task.stream, task.entry_id)
             pipe.execute()

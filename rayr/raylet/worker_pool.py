@@ -55,9 +55,6 @@ class WorkerPool:
         """Where the raylet names the task a worker should cancel on its next SIGINT."""
         return os.path.join(self._log_dir, f"worker-{worker_id}.cancel")
 
-    def by_conn(self) -> dict[Connection, WorkerHandle]:
-        return {h.conn: h for h in self.workers.values()}
-
     def remove(self, worker_id: str) -> WorkerHandle | None:
         handle = self.workers.pop(worker_id, None)
         if handle is not None:
