@@ -534,8 +534,10 @@ class CoreWorker:
     def _near_large_arguments(self, spec: TaskSpec, stream: str) -> str:
         """Pull a DEFAULT task toward the node holding most of its large arguments, when that
         node has room for it now: moving the task is cheaper than moving the bytes."""
+        if not (spec.ref_args or spec.args_object) or spec.kind != TASK:
+            return stream  # the common case, on every submission: nothing large to follow
         shared = self.keys.shape_stream("")
-        if spec.kind != TASK or not stream.startswith(shared):
+        if not stream.startswith(shared):
             return stream
         held: dict[str, int] = {}
         if spec.args_object is not None:  # large arguments passed by value sit in our store
