@@ -24,6 +24,7 @@ from rayr.exceptions import (
     ActorDiedError,
     GetTimeoutError,
     ObjectLostError,
+    OwnerDiedError,
     RaySystemError,
     RayTaskError,
     TaskCancelledError,
@@ -86,6 +87,25 @@ class _WaitingTask:
     cancelled: bool = False
 
 
+@dataclass
+class _Lineage:
+    """What it takes to run a finished task again if its stored outputs are lost: the spec,
+    how it was placed, and its arguments (kept alive, as Ray pins lineage)."""
+
+    spec: TaskSpec
+    shape: str
+    strategy: Any
+    arg_refs: list[ObjectRef]
+    args_object: bytes | None
+    reruns: int = 0
+
+
+# Inbox messages between a borrower that found an object lost and the object's owner:
+# R + object id + stale holder node + b"|" + borrower inbox  (please rebuild it)
+# A + object id                                             (owner heard you; wait for it)
+OWNER_ANSWER_S = 5.0  # an owner that does not acknowledge a rebuild request in time is dead
+
+
 class CoreWorker:
     """Per-process object ownership, task submission and retrieval.
 
@@ -142,6 +162,10 @@ class CoreWorker:
         self._pinned_creation_args: list[tuple[list[ObjectRef], bytes | None]] = []
         self._args_sizes: dict[bytes, int] = {}  # large-args object -> bytes, until submitted
         self._streams: set[bytes] = set()  # generator tasks whose items we accept as they come
+        # lineage of running tasks (kept on completion while a stored output is referenced)
+        self._running_lineage: dict[bytes, _Lineage] = {}
+        self._lineage: dict[bytes, _Lineage] = {}  # finished tasks whose outputs can be rebuilt
+        self._rebuild_acks: set[bytes] = set()  # objects whose owner acknowledged our request
         # task id -> (stream, entry id, spec) of submitted, unfinished tasks (to cancel them)
         self._submitted: dict[bytes, tuple[str, bytes, TaskSpec]] = {}
         self._children: dict[bytes, list[bytes]] = {}  # running task -> first return of each child
@@ -243,6 +267,13 @@ class CoreWorker:
                 if oid not in self._owned or oid in self._shared:
                     continue
                 self._owned.discard(oid)
+                lineage = self._lineage.get(oid[:16])
+                if lineage is not None and not any(r in self._owned for r in lineage.spec.return_ids()):
+                    del self._lineage[oid[:16]]  # its arguments are released with it
+                    if lineage.args_object is not None:
+                        self._to_delete.append(
+                            (lineage.args_object, rec.stored_record(self.node_hex, 0))
+                        )
                 if oid in self._pending:
                     self._pending.discard(oid)
                     self._freed_pending.add(oid)
@@ -296,12 +327,14 @@ class CoreWorker:
 
     def _on_messages(self, msgs: list[bytes]) -> None:
         ready: list[_WaitingTask] = []
-        finished: list[tuple[list[ObjectRef], bytes | None]] = []
         resolved: list[tuple[concurrent.futures.Future, bytes, bytes]] = []
+        rebuild_requests: list[bytes] = []
+        done: list[bytes] = []
         with self._cond:
             for msg in msgs:
                 parsed = rec.parse_message(msg)
                 if parsed is None:
+                    self._on_rebuild_message(msg, rebuild_requests)
                     continue
                 oid, record = parsed
                 self._accept(oid, record)
@@ -312,10 +345,8 @@ class CoreWorker:
                     if not waiting.missing:
                         ready.append(waiting)
                 if oid[16:] == FIRST_RETURN:
-                    self._submitted.pop(oid[:16], None)
-                    held = self._inflight.pop(oid[:16], None)
-                    if held is not None:
-                        finished.append(held)
+                    done.append(oid[:16])
+            finished = self._on_tasks_done(done)
             self._cond.notify_all()
         for fut, oid, record in resolved:
             self._resolve_future(fut, oid, record)
@@ -330,6 +361,37 @@ class CoreWorker:
             if args_object is not None:
                 self.store.delete(args_object)
                 self.gcs.delete_objects([args_object.hex()])
+        for request in rebuild_requests:
+            self._on_rebuild_request(request)
+
+    def _on_rebuild_message(self, msg: bytes, requests: list[bytes]) -> None:
+        if msg[:1] == b"R":
+            requests.append(msg)  # served after the batch, outside the lock
+        elif msg[:1] == b"A":
+            self._rebuild_acks.add(msg[1 : 1 + rec.OID_LEN])
+
+    def _on_tasks_done(self, task_ids: list[bytes]) -> list[tuple[list[ObjectRef], bytes | None]]:
+        """Forget finished tasks (under the lock, after their whole batch was filed: a task's
+        returns arrive together); returns the argument holds to release now."""
+        finished = []
+        for task_id in task_ids:
+            self._submitted.pop(task_id, None)
+            held = self._inflight.pop(task_id, None)
+            lineage = self._running_lineage.pop(task_id, None)
+            if lineage is not None and self._keeps_lineage(lineage.spec):
+                self._lineage[task_id] = lineage  # holds the arguments until the outputs die
+            elif held is not None:
+                finished.append(held)
+        return finished
+
+    def _keeps_lineage(self, spec: TaskSpec) -> bool:
+        """Whether a finished task is worth re-running later: some output of it is stored in a
+        node's store (inline values live in Redis and are never lost) and still referenced."""
+        for rid in spec.return_ids():
+            record = self._records.get(rid)
+            if rid in self._owned and record is not None and record[0] == rec.STORED:
+                return True
+        return False
 
     def _accept(self, oid: bytes, record: bytes) -> None:
         """File one arrived record (under the lock)."""
@@ -376,7 +438,7 @@ class CoreWorker:
         self._drain_released()
         # actor creations get streams of their own: a worker leased to a shape's task stream
         # must never take a creation from it
-        stream = ""
+        stream = shape = ""
         if kind != ACTOR_CALL:
             request = in_placement_group(opts.resources, opts.strategy)
             if request is not opts.resources:
@@ -418,6 +480,8 @@ class CoreWorker:
                 self._streams.add(task_id)  # before submitting: items may arrive at once
             if kind != ACTOR_CREATION:
                 self._inflight[task_id] = (arg_refs, args_object)
+            if kind == TASK and opts.max_retries != 0 and opts.num_returns != STREAMING:
+                self._running_lineage[task_id] = _Lineage(spec, shape, opts.strategy, arg_refs, args_object)
             else:
                 # a restarted actor re-reads its creation arguments: keep them for the job
                 self._pinned_creation_args.append((arg_refs, args_object))
@@ -763,9 +827,133 @@ class CoreWorker:
                 f"get() timed out after {timeout}s: {len(unique) - len(ready)} of "
                 f"{len(unique)} objects were not ready"
             )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        owners = [ref.owner_address() for ref in refs]
+        return [self.value_recovering(oid, owner, deadline) for oid, owner in zip(oids, owners, strict=True)]
+
+    def value_recovering(self, oid: bytes, owner: str, deadline: float | None = None) -> Any:
+        """The value of a resolved object; a stored object whose every copy is gone is rebuilt
+        by its owner (by re-running the task that made it) and then read."""
+        for _ in range(4):
+            with self._cond:
+                record = self._records[oid]
+            if record[0] != rec.STORED:
+                return self.value_of(oid, record)
+            try:
+                view = self.stored_view(oid, record)
+            except ObjectLostError as err:
+                self._rebuild(oid, owner, record, err)
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if oid not in self.wait_ready([oid], 1, remaining):
+                    raise GetTimeoutError(f"get() timed out while {oid.hex()} was being rebuilt") from err
+                continue
+            return serialization.deserialize(view)
+        raise ObjectLostError(oid.hex(), "It was rebuilt several times and lost again each time.")
+
+    # --------------------------------------------------- lineage reconstruction
+    def _rebuild(self, oid: bytes, owner: str, record: bytes, err: ObjectLostError) -> None:
+        """Start rebuilding a lost object (its record is dropped until the new one arrives);
+        raise ``err`` with the reason if it cannot be."""
+        if owner == self.worker_hex or (not owner and oid in self._owned):
+            why = self._reconstruct(oid, record)
+            if why is not None:
+                raise ObjectLostError(oid.hex(), f"{err.detail} It cannot be rebuilt: {why}.") from None
+            return
+        if not owner:
+            raise err
+        holder, _ = rec.parse_stored(record)
         with self._cond:
-            records = [self._records[o] for o in oids]
-        return [self.value_of(oid, record) for oid, record in zip(oids, records, strict=True)]
+            if self._records.get(oid) == record:
+                del self._records[oid]
+            self._rebuild_acks.discard(oid)
+        message = b"R" + oid + holder.encode() + b"|" + self.worker_hex.encode()
+        self.gcs.r.rpush(self.keys.inbox(owner), message)
+        deadline = time.monotonic() + OWNER_ANSWER_S
+        with self._cond:
+            while oid not in self._rebuild_acks and oid not in self._records:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise OwnerDiedError(
+                        oid.hex(), f"{err.detail} Its owner ({owner[:12]}), which could rebuild it, "
+                        f"did not answer within {OWNER_ANSWER_S:.0f}s: it has died."
+                    ) from None
+                self._cond.wait(remaining)
+            self._rebuild_acks.discard(oid)
+
+    def _on_rebuild_request(self, message: bytes) -> None:
+        """A borrower found an object we own lost: rebuild it (once) and announce it to them."""
+        oid = message[1 : 1 + rec.OID_LEN]
+        holder, _, borrower = message[1 + rec.OID_LEN :].decode().partition("|")
+        with self._cond:
+            record = self._records.get(oid)
+            owned = oid in self._owned
+        why: str | None = "its owner no longer holds a reference to it"
+        if owned:
+            stale = record is not None and record[0] == rec.STORED and rec.parse_stored(record)[0] == holder
+            why = self._reconstruct(oid, record) if stale and record is not None else None
+        if why is not None:
+            error = ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}; it cannot "
+                                    f"be rebuilt: {why}.")
+            reply = rec.object_message(oid, rec.error_record(serialization.serialize(error).to_bytes()))
+            self.gcs.r.rpush(self.keys.inbox(borrower), reply)
+            return
+        self.gcs.r.rpush(self.keys.inbox(borrower), b"A" + oid)
+        (found,) = self.gcs.fetch_or_wait(borrower, [oid.hex()])
+        if found is not None and found != record:  # already rebuilt: tell them now
+            self.gcs.r.rpush(self.keys.inbox(borrower), rec.object_message(oid, found))
+
+    def _node_alive(self, node_hex: str) -> bool:
+        return self.gcs.r.hget(self.keys.node(node_hex), "state") == b"ALIVE"
+
+    def _reconstruct(self, oid: bytes, lost_record: bytes) -> str | None:
+        """Re-run the finished task that made ``oid`` (and, first, the tasks that made its lost
+        arguments). Returns None once started, else why it cannot be."""
+        task_id = oid[:16]
+        with self._cond:
+            if oid in self._pending:
+                return None  # being rebuilt already
+            if self._records.get(oid, lost_record) != lost_record:
+                return None  # rebuilt meanwhile
+            lineage = self._lineage.get(task_id)
+            if lineage is None:
+                if oid[16:] == PUT_INDEX:
+                    return "it was made by put(), not by a task"
+                return "no lineage was kept for it (an actor's result, max_retries=0, or a streamed item)"
+            spec = lineage.spec
+            if spec.max_retries != -1 and lineage.reruns >= spec.max_retries:
+                return f"its task {spec.name!r} was already re-run {lineage.reruns} times (max_retries)"
+            lineage.reruns += 1
+            del self._lineage[task_id]
+            returns = [r for r in spec.return_ids() if r in self._owned]
+            for rid in returns:
+                self._records.pop(rid, None)
+                self._pending.add(rid)
+            self._inflight[task_id] = (lineage.arg_refs, lineage.args_object)
+            self._running_lineage[task_id] = lineage
+            lost_args = [
+                (dep, self._records[dep]) for dep in spec.ref_args
+                if dep in self._owned and self._records.get(dep, b"")[:1] == b"S"
+            ]
+        self.gcs.delete_objects(r.hex() for r in returns)
+        for dep, dep_record in lost_args:
+            holder, _ = rec.parse_stored(dep_record)
+            if not self._node_alive(holder):
+                self._reconstruct(dep, dep_record)  # if it cannot be, the re-run reports the loss
+        spec = spec._replace(attempt=spec.attempt + 1)
+        try:
+            key, node = self._router.route(lineage.shape, spec.resources, lineage.strategy)
+            stream = self._ensure_stream(key, node, spec.resources, spec.function_name)
+        except Exception as err:  # e.g. hard affinity to the node that died
+            self.gcs.fail_tasks([spec], ObjectLostError(oid.hex(), f"Re-running {spec.name!r} failed: {err}"))
+            return None
+        with self._cond:
+            missing = {d for d in spec.ref_args if d not in self._records}
+            waiting = _WaitingTask(spec, stream, missing)
+            for dep in missing:
+                self._dep_waiters.setdefault(dep, []).append(waiting)
+        if not missing:
+            self._submit_ready(spec, stream)
+        return None
 
     def record_of(self, oid: bytes) -> bytes | None:
         with self._cond:

@@ -250,7 +250,10 @@ class TaskExecutor:
             assert record is not None
             if record[0] == rec.ERROR:
                 return (), {}, record
-            values.append(core.value_of(oid, record))
+            if record[0] == rec.STORED:  # if lost, the submitter (usually its owner) rebuilds it
+                values.append(core.value_recovering(oid, spec.owner))
+            else:
+                values.append(core.value_of(oid, record))
         del held
 
         def fill(v: Any) -> Any:

@@ -10,6 +10,7 @@ from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient
 from rayr.raylet.resources import fits, parse_shape
 
 BYTE_RESOURCES = ("memory", "object_store_memory")
+RECENT_FAILURES = 20  # the latest node deaths shown
 
 
 def _bytes(n: float) -> str:
@@ -49,8 +50,11 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
         "time": time.time(),
         "active": [{"node_id": n["node_id"], "host": n.get("host"), "is_head": n.get("is_head") == "1"}
                    for n in alive],
-        "failures": [{"node_id": n["node_id"], "host": n.get("host"), "reason": n.get("death_reason", "")}
-                     for n in dead],
+        "failures": [
+            {"node_id": n["node_id"], "host": n.get("host"), "reason": n.get("death_reason", ""),
+             "time": float(n.get("end_time") or 0)}
+            for n in sorted(dead, key=lambda n: -float(n.get("end_time") or 0))[:RECENT_FAILURES]
+        ],
         "total": total,
         "available": free,
         "demands": demands,
@@ -66,7 +70,11 @@ def render(data: dict[str, Any]) -> str:
     if not data["active"]:
         lines.append(" (no active nodes)")
     lines += ["Pending:", " (no pending nodes)", "Recent failures:"]
-    lines += [f" node_{n['node_id']} ({n['host']}): {n['reason'] or 'died'}" for n in data["failures"]]
+    lines += [
+        f" node_{n['node_id']} ({n['host']}) at {time.strftime('%H:%M:%S', time.localtime(n['time']))}: "
+        f"{n['reason'] or 'died'}"
+        for n in data["failures"]
+    ]
     if not data["failures"]:
         lines.append(" (no failures)")
     lines += ["", "Resources", rule, "Usage:"]

@@ -74,6 +74,7 @@ class GcsClient:
         self._update_live_actor = client.register_script(scripts.UPDATE_LIVE_ACTOR)
         self._cancel_task = client.register_script(scripts.CANCEL_TASK)
         self._cancel_actor_call = client.register_script(scripts.CANCEL_ACTOR_CALL)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node_hex: str, info: dict[str, Any], ttl_s: float) -> None:
@@ -92,15 +93,17 @@ class GcsClient:
         available: dict[str, float],
         load: int,
         store: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> bool:
+        """Refresh the node's liveness and load; False (and nothing refreshed) if the cluster
+        has declared the node dead meanwhile: it must not resume, only rejoin as a new node."""
         fields = {"resources_available": json.dumps(available)}
         if store is not None:
             fields["store_usage"] = json.dumps(store)
-        with self.r.pipeline(transaction=False) as p:
-            p.set(self.keys.node_alive(node_hex), b"1", px=int(ttl_s * 1000))
-            p.hset(self.keys.node(node_hex), mapping=fields)
-            p.publish(self.keys.heartbeat_channel, f"{node_hex}:{load}")
-            p.execute()
+        reply = self._heartbeat(
+            keys=[self.keys.node(node_hex), self.keys.node_alive(node_hex), self.keys.heartbeat_channel],
+            args=[int(ttl_s * 1000), f"{node_hex}:{load}", *[x for kv in fields.items() for x in kv]],
+        )
+        return bool(reply)
 
     def set_node_state(self, node_hex: str, state: str, reason: str = "") -> None:
         with self.r.pipeline() as p:

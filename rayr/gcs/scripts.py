@@ -209,3 +209,17 @@ end
 redis.call('XADD', KEYS[3], '*', 'cancel', ARGV[2])
 return 'delivered'
 """
+
+# A raylet's heartbeat, unless the node was declared dead (then it must rejoin as a new node).
+# KEYS: node hash, liveness key, heartbeat channel
+# ARGV[1] liveness TTL (ms), ARGV[2] heartbeat message, ARGV[3..] node-hash field, value pairs
+# Returns 1, or 0 when the node is DEAD.
+HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'state') == 'DEAD' then
+  return 0
+end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PUBLISH', KEYS[3], ARGV[2])
+return 1
+"""

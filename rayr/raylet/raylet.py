@@ -16,6 +16,7 @@ import queue
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +92,7 @@ class Raylet:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stopping = threading.Event()
         self._signalled = False  # set by the SIGTERM/SIGINT handler, acted on by the main loop
+        self.declared_dead = False  # the cluster declared this node dead: stop, rejoin as new
         self._shapes_dirty = threading.Event()
         self._reader_parked = False  # reader blocked on the node stream alone
         self._key_of: dict[str, str] = {}  # task stream -> its scheduler key (reader thread only)
@@ -180,6 +182,8 @@ class Raylet:
         self._transfers.shutdown(wait=False, cancel_futures=True)
         self.pool.stop_all()
         self.store.cleanup()
+        if self.declared_dead:
+            return  # keep the cluster's reason
         try:
             self.gcs.set_node_state(self.node_id, NODE_DEAD, "stopped")
         except redis.RedisError:
@@ -595,9 +599,18 @@ class Raylet:
         if with_store:
             store = dataclasses.asdict(self.store.usage())
         try:
-            self.gcs.heartbeat(self.node_id, self.settings.node_timeout_s, available, load, store)
+            alive = self.gcs.heartbeat(self.node_id, self.settings.node_timeout_s, available, load, store)
         except redis.RedisError:
             log.exception("heartbeat failed")
+            return
+        if not alive and not self.declared_dead:
+            # the cluster gave this node up (its work went elsewhere): resuming could run tasks
+            # twice, so stop; started again, it joins as a new node
+            reason = self.gcs.r.hget(self.gcs.keys.node(self.node_id), "death_reason") or b""
+            log.error("node %s was declared dead by the cluster (%s); stopping. Start the raylet "
+                      "again to rejoin as a new node.", self.node_id[:12], reason.decode(errors="replace"))
+            self.declared_dead = True
+            self._signalled = True
 
 
 def choose_store(
@@ -657,3 +670,5 @@ def main(argv: list[str] | None = None) -> None:
         host=opts.host,
     )
     raylet.run()
+    if raylet.declared_dead:
+        sys.exit(3)
