@@ -26,7 +26,7 @@ from rayr import serialization
 from rayr.actor import ActorExitRequest
 from rayr.exceptions import ActorDiedError, RayTaskError
 from rayr.gcs import records as rec
-from rayr.gcs.client import connect
+from rayr.gcs.client import REDIS_DOWN_ERRORS, connect
 from rayr.keys import ACTOR_GROUP, TASK_GROUP
 from rayr.task_spec import STREAMING, TaskSpec
 
@@ -142,6 +142,11 @@ class ActorRuntime:
         while not self._exiting.is_set():
             try:
                 reply = client.xreadgroup(ACTOR_GROUP, "actor", streams, count=READ_BATCH, block=1000)
+            except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: its mailbox comes back with it
+                if self._exiting.is_set():
+                    return
+                time.sleep(0.2)
+                continue
             except Exception:
                 if self._exiting.is_set():
                     return

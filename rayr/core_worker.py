@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import logging
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from rayr.exceptions import (
     TaskCancelledError,
 )
 from rayr.gcs import records as rec
-from rayr.gcs.client import GcsClient
+from rayr.gcs.client import REDIS_DOWN_ERRORS, GcsClient
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
     from rayr.config import Settings
 
+log = logging.getLogger("rayr.core")
 FIRST_RETURN = (1).to_bytes(4, "big")
 LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this do not move a task
 PUT_INDEX = (0).to_bytes(4, "big")
@@ -301,14 +303,19 @@ class CoreWorker:
     # ----------------------------------------------------------------- inbox
     def _inbox_loop(self) -> None:
         while not self._stopping:
+            msgs: list[bytes] = []
             try:
                 item = self._blocking.blpop([self._inbox_key], timeout=1)
-                msgs = []
                 if item is not None:
                     msgs.append(item[1])
                     more = self._blocking.lpop(self._inbox_key, 1024)
                     if more:
                         msgs.extend(more)
+            except REDIS_DOWN_ERRORS:
+                if self._stopping:
+                    return
+                time.sleep(0.2)  # e.g. Redis restarting: what was popped is still handled below
+            try:
                 if msgs:
                     self._on_messages(msgs)
                 self._drain_released()
@@ -317,7 +324,8 @@ class CoreWorker:
             except Exception:
                 if self._stopping:
                     return
-                time.sleep(0.2)  # Redis hiccup: retry rather than lose the inbox
+                log.exception("handling inbox messages failed")
+                time.sleep(0.2)
 
     def _refresh_liveness(self) -> None:
         if self._liveness_ttl is None or time.monotonic() < self._liveness_due:

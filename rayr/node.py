@@ -60,14 +60,21 @@ def start_redis(
     daemon: bool = False,
     workdir: str | None = None,
     timeout: float = 10.0,
+    persist: bool = False,
 ) -> subprocess.Popen:
-    """Start a non-persistent redis-server and wait until it answers PING."""
+    """Start a redis-server and wait until it answers PING (and has loaded its data).
+
+    With ``persist`` every write goes to an append-only file in ``workdir`` (fsynced each
+    second, and on a clean shutdown), so a redis-server started again there with the same
+    arguments brings the cluster's state back.
+    """
     cmd = [
         find_redis_server(),
         "--port", str(port),
         "--bind", bind,
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if persist else "no",
+        "--appendfsync", "everysec",
         "--protected-mode", "yes" if bind in ("127.0.0.1", "localhost", "::1") else "no",
         "--dir", workdir or "/tmp",
         "--loglevel", "warning",
@@ -139,6 +146,7 @@ class LocalCluster:
     monitor_proc: subprocess.Popen | None = None
     raylets: dict[str, subprocess.Popen] = field(default_factory=dict)
     external_redis_url: str | None = None
+    redis_persist: bool = False  # an append-only file in the session dir
 
     @classmethod
     def new_session(cls, settings: Settings, **kwargs: Any) -> LocalCluster:
@@ -178,6 +186,7 @@ class LocalCluster:
                     log=log,
                     daemon=self.daemon,
                     workdir=self.session_dir,
+                    persist=self.redis_persist,
                 )
         self.monitor_proc = self._python(
             "rayr.gcs.monitor",

@@ -27,7 +27,7 @@ from rayr.config import Settings
 from rayr.core_worker import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
 from rayr.gcs import records as rec
-from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.client import REDIS_DOWN_ERRORS, GcsClient, connect
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
@@ -92,9 +92,12 @@ class TaskExecutor:
         consumer = f"{self.core.node_hex}.{self.core.worker_hex}"
         ran = 0
         while True:
-            reply = self._lease_client.xreadgroup(
-                TASK_GROUP, consumer, {stream: ">"}, count=1, block=LEASE_IDLE_MS
-            )
+            try:
+                reply = self._lease_client.xreadgroup(
+                    TASK_GROUP, consumer, {stream: ">"}, count=1, block=LEASE_IDLE_MS
+                )
+            except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: end the lease, the raylet goes on
+                return ran
             entries = reply[0][1] if reply else []
             if not entries:
                 return ran

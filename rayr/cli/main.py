@@ -77,6 +77,8 @@ def cli() -> None:
 @click.option("--object-spilling-directory",
               help="Where full object stores spill (default: <temp-dir>/spill).")
 @click.option("--temp-dir", help="Where sessions and logs live (default: /tmp/rayr-sessions).")
+@click.option("--redis-persist", is_flag=True,
+              help="Head only: Redis keeps an append-only file, so restarting it brings the cluster back.")
 def start(
     head: bool,
     address: str | None,
@@ -90,6 +92,7 @@ def start(
     object_store_backend: str | None,
     object_spilling_directory: str | None,
     temp_dir: str | None,
+    redis_persist: bool,
 ) -> None:
     """Start rayr processes on this host (they keep running after this command exits)."""
     if head == bool(address):
@@ -115,7 +118,8 @@ def start(
         "object_store_memory": object_store_memory,
     }
     if head:
-        cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind)
+        cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind,
+                                           redis_persist=redis_persist)
         try:
             node_id = cluster.start_head(**node_kwargs)
         except Exception as err:
@@ -155,6 +159,12 @@ def start(
                    + (f" --redis-password {redis_password}" if redis_password else ""))
         click.echo("  Connect:       rayr.init()  (or rayr.init(address='auto'))")
         click.echo("  Stop:          rayr stop")
+        if redis_persist:
+            assert cluster.redis_proc is not None
+            args = cluster.redis_proc.args
+            command = " ".join(str(a) for a in args) if isinstance(args, list) else str(args)
+            click.echo(f"  Redis persists to {cluster.session_dir}/appendonlydir; if it stops, start it "
+                       f"again with:\n    {command}")
 
 
 def _is_ours(pid: int) -> bool:

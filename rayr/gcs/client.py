@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import redis
@@ -18,6 +19,9 @@ from rayr.gcs import records, scripts
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
 from rayr.task_spec import ACTOR_CREATION, TaskSpec
+
+log = logging.getLogger("rayr.gcs")
+T = TypeVar("T")
 
 NODE_ALIVE = "ALIVE"
 NODE_DEAD = "DEAD"
@@ -52,6 +56,26 @@ def redis_retry() -> Retry:
     """Retries for one command: enough for a blip, short enough that a process whose Redis is
     gone (the cluster is shutting down) stops in about a second, not redis-py's ~5 s."""
     return Retry(ExponentialBackoff(cap=0.5, base=0.02), 3)
+
+
+REDIS_DOWN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+RECONNECT_S = 60.0  # how long work that must not be dropped waits for Redis to come back
+
+
+def until_reachable(fn: Callable[[], T], what: str, timeout: float = RECONNECT_S) -> T:
+    """``fn()``, retried with backoff while Redis is unreachable (e.g. restarting), for up to
+    ``timeout`` seconds; for steps whose loss would lose work (recovering a dead worker's tasks)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except REDIS_DOWN_ERRORS:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis unreachable while %s; retrying", what)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
-from rayr.gcs.client import redis_retry
+from rayr.gcs.client import RECONNECT_S, redis_retry
 
 log = logging.getLogger("rayr.commands")
 
 Command = Sequence[Any]
 Callback = Callable[[list[Any]], None]
+# a writer's failed send closes the socket under a read, which may surface as any of these
+_READ_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, ValueError, AttributeError, TypeError)
 
 
 class CommandStream:
@@ -35,11 +38,14 @@ class CommandStream:
         self._conn: Any = pool.make_connection()
         self._conn.connect()
         self._lock = threading.Lock()  # one writer at a time keeps commands whole and ordered
-        self._waiting: deque[tuple[int, Callback | None]] = deque()
+        # batches written but not answered: (commands, callback, packed), resent in order if
+        # the connection is lost (a command may then run twice; tasks run at least once)
+        self._waiting: deque[tuple[int, Callback | None, list[bytes]]] = deque()
         self._cond = threading.Condition()
         self._sent = 0  # batches written
         self._done = 0  # batches whose replies were read
         self._closed = False
+        self._broken = False  # the connection failed; the reader is (about to be) reconnecting
         self._reader = threading.Thread(target=self._read_replies, name="rayr-replies", daemon=True)
         self._reader.start()
 
@@ -51,9 +57,16 @@ class CommandStream:
         packed = self._conn.pack_commands(commands)
         with self._lock:
             with self._cond:
-                self._waiting.append((len(commands), callback))
+                self._waiting.append((len(commands), callback, packed))
                 self._sent += 1
-            self._conn.send_packed_command(packed, check_health=False)
+            if self._broken:
+                return  # the reader reconnects and resends everything unanswered, this included
+            try:
+                self._conn.send_packed_command(packed, check_health=False)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                # only the reader may connect again (redis-py would do it on our next send,
+                # under the reader's feet): it resends this with everything else unanswered
+                self._broken = True
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every batch written so far has its replies; False on timeout."""
@@ -68,7 +81,7 @@ class CommandStream:
                     self._cond.wait(0.5)
                 if self._closed and not self._waiting:
                     return
-                count, callback = self._waiting[0]
+                count, callback, _ = self._waiting[0]
             replies: list[Any] = []
             try:
                 for _ in range(count):
@@ -76,14 +89,16 @@ class CommandStream:
                         replies.append(self._conn.read_response(disable_decoding=True))
                     except redis.ResponseError as err:  # an error reply, already consumed
                         replies.append(err)
-            except (redis.ConnectionError, OSError, ValueError):
-                if not self._closed:
-                    log.error("lost the command connection to Redis; pending replies dropped")
-                with self._cond:
-                    self._closed = True
-                    self._waiting.clear()
-                    self._cond.notify_all()
-                return
+            except _READ_ERRORS:
+                if self._closed or not self._reconnect():
+                    if not self._closed:
+                        log.error("lost the command connection to Redis; pending commands dropped")
+                    with self._cond:
+                        self._closed = True
+                        self._waiting.clear()
+                        self._cond.notify_all()
+                    return
+                continue
             if callback is not None:
                 try:
                     callback(replies)
@@ -93,6 +108,32 @@ class CommandStream:
                 self._waiting.popleft()
                 self._done += 1
                 self._cond.notify_all()
+
+    def _reconnect(self) -> bool:
+        """Connect again (with backoff, for up to RECONNECT_S) and resend every unanswered
+        batch in order; False if Redis stayed away or we were closed meanwhile."""
+        log.warning("lost the command connection to Redis; reconnecting")
+        deadline = time.monotonic() + RECONNECT_S
+        delay = 0.05
+        with self._lock:  # no new batch is written until the old ones are resent
+            self._broken = True
+            while not self._closed:
+                try:
+                    self._conn.disconnect()
+                    self._conn.connect()
+                    with self._cond:
+                        unanswered = [packed for _, _, packed in self._waiting]
+                    for packed in unanswered:
+                        self._conn.send_packed_command(packed, check_health=False)
+                    log.warning("command connection to Redis is back; %d batches resent", len(unanswered))
+                    self._broken = False
+                    return True
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+        return False
 
     def close(self) -> None:
         self.flush(timeout=2.0)

@@ -54,7 +54,7 @@ class Monitor:
             if node.get("state") != NODE_ALIVE:
                 continue
             node_id = node["node_id"]
-            if not self.gcs.r.exists(self.gcs.keys.node_alive(node_id)):
+            if not self.gcs.r.exists(self.gcs.keys.node_alive(node_id)) and not self._redis_just_started():
                 self.gcs.set_node_state(
                     node_id,
                     NODE_DEAD,
@@ -68,6 +68,12 @@ class Monitor:
             log.warning("node %s: %d tasks queued again, %d failed; %d actors restarting, %d dead",
                         node_id[:12], requeued, failed, restarted, dead)
         return died
+
+    def _redis_just_started(self) -> bool:
+        """Whether Redis restarted less than a node timeout ago: liveness keys may have lapsed
+        while it was down, and the raylets need one heartbeat to refresh them after it."""
+        uptime = int(self.gcs.r.info("server").get("uptime_in_seconds", 1 << 30))
+        return uptime < self.settings.node_timeout_s + self.settings.heartbeat_interval_s
 
     def run(self) -> None:
         last = "$"

@@ -9,6 +9,7 @@ Threads:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import redis
 
 from rayr.config import Settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
-from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
+from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, until_reachable
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
 from rayr.object_store.registry import open_backend
@@ -331,12 +332,16 @@ class Raylet:
                 self._heartbeat()
                 next_beat = now + self.settings.heartbeat_interval_s
             events = self._selector.select(timeout=max(0.0, next_beat - time.monotonic()))
-            for key, _ in events:
-                if key.data is None:
-                    self._drain_wake()
-                elif key.data.worker_id in self.pool.workers:  # not removed earlier in this round
-                    self._on_worker_message(key.data)
-            self._act()
+            try:
+                for key, _ in events:
+                    if key.data is None:
+                        self._drain_wake()
+                    elif key.data.worker_id in self.pool.workers:  # not removed earlier in this round
+                        self._on_worker_message(key.data)
+                self._act()
+            except redis.RedisError:  # e.g. Redis restarting: keep the node up, retry next round
+                log.exception("a scheduling round failed on a Redis error")
+                time.sleep(0.1)
 
     def _drain_wake(self) -> None:
         try:
@@ -449,7 +454,7 @@ class Raylet:
         if actor_id is not None:
             with self._lock:
                 self.sched.on_actor_died(handle.worker_id)
-            self._actor_exited(actor_id, handle)
+            until_reachable(functools.partial(self._actor_exited, actor_id, handle), "restarting an actor")
             self._capacity_freed()
             return
         with self._lock:
@@ -461,8 +466,10 @@ class Raylet:
         code = handle.proc.returncode
         if task is not None:
             why = f"worker pid={handle.proc.pid} exited with code {code}"
-            for lost in self._unfinished_of(handle, task):
-                self._task_crashed(lost, why)
+            # these tasks exist nowhere else: wait out a Redis restart rather than drop them
+            unfinished = until_reachable(lambda: self._unfinished_of(handle, task), "recovering tasks")
+            for lost in unfinished:
+                until_reachable(functools.partial(self._task_crashed, lost, why), "re-queueing a task")
         self._capacity_freed()
 
     def _unfinished_of(self, handle: WorkerHandle, task: QueuedTask) -> list[QueuedTask]:

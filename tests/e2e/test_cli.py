@@ -9,6 +9,7 @@ import sys
 import time
 
 import psutil
+import redis
 
 import rayr
 from rayr.node import free_port
@@ -129,7 +130,11 @@ def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(sessions, tmp_pat
     _temp_dir, env = sessions
     port = free_port()
     try:
-        run_cli("start", "--head", "--port", str(port), "--num-cpus", "1", env=env)
+        head = run_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--redis-persist", env=env)
+        assert "start it again with:" in head.stdout  # how to bring a stopped Redis back
+        probe = redis.Redis(port=port)
+        assert probe.config_get("appendonly")["appendonly"] == "yes"
+        probe.close()
         for _ in range(2):
             run_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", env=env)
         status = run_cli("status", env=env).stdout
