@@ -49,7 +49,7 @@ class NodeTypeConfig(_Strict):
 
     resources: dict[str, float] = Field(default_factory=dict)
     min_workers: int = Field(0, ge=0)
-    max_workers: int | None = Field(None, ge=0)
+    max_workers: int | None = Field(default=None, ge=0)
     node_config: dict[str, Any] = Field(default_factory=dict)
     worker_setup_commands: list[str] = Field(default_factory=list)
 
@@ -58,7 +58,7 @@ class RedisConfig(_Strict):
     """The head's Redis (rayr's control plane)."""
 
     # None: a free port is chosen at `rayr up` (local) / 6379 (ssh)
-    port: int | None = Field(None, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
     password: str | None = None
     # append-only file in the head's session directory
     persistence: bool = False
@@ -68,7 +68,7 @@ class ObjectStoreConfig(_Strict):
     """Every node's object store."""
 
     backend: str = "shm"
-    memory: int | None = Field(None, gt=0)
+    memory: int | None = Field(default=None, gt=0)
     spilling_directory: str | None = None
 
 
