@@ -83,6 +83,7 @@ class ClusterConfig(_Strict):
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
     available_node_types: dict[str, NodeTypeConfig]
     head_node_type: str
+    # remote path: local path (ssh provider; the local provider's nodes share this host's files)
     file_mounts: dict[str, str] = Field(default_factory=dict)
     initialization_commands: list[str] = Field(default_factory=list)
     setup_commands: list[str] = Field(default_factory=list)

@@ -187,6 +187,20 @@ class SSH:
         return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
+    def push_files(self, host: str, mounts: dict[str, str]) -> None:
+        """Copy ``file_mounts`` (remote path: local path, as Ray writes them) to ``host``.
+
+        Raises:
+            RuntimeError: a copy failed (with scp's message).
+        """
+        for remote, local in mounts.items():
+            parent = os.path.dirname(remote.rstrip("/")) or "."
+            done = self.run(host, f"mkdir -p {shlex.quote(parent)}", timeout=60)
+            if not done.returncode:
+                done = self.copy(host, local, remote)
+            if done.returncode:
+                raise RuntimeError(f"copying {local} to {host}:{remote} failed: {done.stderr.strip()}")
+
     def copy(self, host: str, local: str, remote: str,
              timeout: float = 300) -> subprocess.CompletedProcess[str]:
         cmd = ["scp", "-r", "-P", str(self.cfg.provider.ssh_port), *self.options(),
@@ -274,10 +288,7 @@ class SSHNodeProvider(NodeProvider):
     def _start(self, host: str, node_type: str) -> None:
         env = node_env(self.cfg, "worker", host, node_type, self.head_address, self.password)
         try:
-            for local, remote in self.cfg.file_mounts.items():
-                done = self.ssh.copy(host, local, remote)
-                if done.returncode:
-                    raise RuntimeError(f"copying {local} to {host}:{remote} failed: {done.stderr.strip()}")
+            self.ssh.push_files(host, self.cfg.file_mounts)
             done = self.ssh.run(host, node_script(env, self.worker_commands(node_type)))
             found = STARTED_RE.search(done.stdout)
             if done.returncode or not found:

@@ -210,10 +210,10 @@ def _up_ssh(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
     password = cfg.redis.password
     if head not in LOOPBACK and not password:
         password = secrets.token_urlsafe(24)
-    for local, remote in cfg.file_mounts.items():
-        done = ssh.copy(head, local, remote)
-        if done.returncode:
-            raise click.ClickException(f"copying {local} to {head}:{remote} failed: {done.stderr.strip()}")
+    try:
+        ssh.push_files(head, cfg.file_mounts)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
     env = node_env(cfg, "head", head, cfg.head_node_type, f"{head}:{port}", password)
     start = cfg.head_start_rayr_commands or start_command(cfg, cfg.head_node_type, head=True, port=port)
     commands = [*cfg.initialization_commands, *cfg.setup_commands, *cfg.head_setup_commands, *start]
