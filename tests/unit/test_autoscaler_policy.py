@@ -106,3 +106,21 @@ def test_nodes_of_removed_types_or_over_max_are_terminated() -> None:
     decision = decide(TYPES, LIMITS, nodes, [], [], now=0)
     assert {i for i, _ in decision.terminate} >= {"old"}
     assert len(decision.terminate) == 2 and "max_workers" in decision.terminate[1][1]
+
+
+def test_status_shows_pending_launches_and_recent_actions() -> None:
+    from rayr.cli.status import render
+
+    data = {
+        "time": 0.0, "active": [{"node_id": "h", "host": "127.0.0.1", "is_head": True}], "failures": [],
+        "total": {"CPU": 1.0}, "available": {"CPU": 1.0}, "demands": [],
+        "autoscaler": {"time": 0.0, "pending": [{"id": "a", "type": "gpu"}, {"id": "b", "type": "gpu"}],
+                       "workers": [{"id": "c", "type": "cpu"}], "infeasible": [{"TPU": 1.0}],
+                       "recent": ["12:00:00 launching 2 node(s) of type gpu"]},
+    }
+    text = render(data)
+    pending = text.split("Pending:\n")[1].split("Recent failures:")[0]
+    assert pending == " gpu, launching\n gpu, launching\n"
+    assert " workers: 1 cpu" in text and " launching: 2 node(s)" in text
+    assert "no node type fits {'TPU': 1.0}" in text and "launching 2 node(s) of type gpu" in text
+    assert "Autoscaler:" not in render({**data, "autoscaler": None})
