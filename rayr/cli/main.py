@@ -14,6 +14,7 @@ import redis
 
 from rayr import procs
 from rayr.api import read_session_file, session_file_path
+from rayr.cli import launcher
 from rayr.cli import memory as memory_mod
 from rayr.cli import status as status_mod
 from rayr.config import ConfigError, Settings, env_address, load_settings
@@ -255,6 +256,10 @@ def status(address: str | None, redis_password: str | None, fmt: str) -> None:
         click.echo(f"Cannot reach the cluster: {err}", err=True)
         sys.exit(1)
     click.echo(json.dumps(data, indent=2) if fmt == "json" else status_mod.render(data))
+
+
+for _command in launcher.COMMANDS:  # rayr up / down / exec / submit / get-head-ip
+    cli.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from rayr.autoscaler.autoscaler import autoscaler_status, render_autoscaler
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient
 from rayr.raylet.resources import fits, parse_shape
 
@@ -58,6 +59,7 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
         "total": total,
         "available": free,
         "demands": demands,
+        "autoscaler": autoscaler_status(gcs),
     }
 
 
@@ -69,7 +71,11 @@ def render(data: dict[str, Any]) -> str:
     lines += [f" 1 node_{n['node_id']}{' (head)' if n['is_head'] else ''}" for n in data["active"]]
     if not data["active"]:
         lines.append(" (no active nodes)")
-    lines += ["Pending:", " (no pending nodes)", "Recent failures:"]
+    pending = (data.get("autoscaler") or {}).get("pending", [])
+    lines += ["Pending:"] + [f" {p['type']}, launching" for p in pending]
+    if not pending:
+        lines.append(" (no pending nodes)")
+    lines.append("Recent failures:")
     lines += [
         f" node_{n['node_id']} ({n['host']}) at {time.strftime('%H:%M:%S', time.localtime(n['time']))}: "
         f"{n['reason'] or 'died'}"
@@ -96,4 +102,6 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f" {demand['resources']}: {demand['count']}+ pending tasks{note}")
     if not data["demands"]:
         lines.append(" (no resource demands)")
+    if data.get("autoscaler"):
+        lines += render_autoscaler(data["autoscaler"])
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from rayr.autoscaler.autoscaler import AutoscalerHook
 from rayr.config import Settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
@@ -39,6 +40,7 @@ class Monitor:
         self.settings = settings
         self._stop = threading.Event()
         self._signalled = False
+        self.autoscaler = AutoscalerHook(gcs, settings)  # acts only on clusters of `rayr up`
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,6 +89,7 @@ class Monitor:
                     self.check_jobs()
                     next_check = now + min(self.settings.heartbeat_interval_s, 0.25)
                 self.place_pending_groups()
+                self.autoscaler.tick()
                 reply = self.gcs.r.xread(
                     {self.gcs.keys.monitor_stream: last},
                     # short, so a SIGTERM (which only sets a flag) is acted on quickly

@@ -178,7 +178,8 @@ def test_lost_put_object_raises_instead_of_hanging(cluster3):
     def stash():
         return [rayr.put(np.ones(500_000))]  # owned by this worker, stored on its node
 
-    (inner,) = rayr.get(stash.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[2], soft=False)).remote())
+    there = NodeAffinitySchedulingStrategy(nodes[2], soft=False)
+    (inner,) = rayr.get(stash.options(scheduling_strategy=there).remote())
     cluster.remove_node(nodes[2], graceful=False)
     _wait_dead(nodes[2])
     start = time.monotonic()
