@@ -115,7 +115,7 @@ def start(
         "object_store_memory": object_store_memory,
     }
     if head:
-        cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind)
+        cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind, job_supervisor=True)
         try:
             node_id = cluster.start_head(**node_kwargs)
         except Exception as err:
@@ -154,6 +154,7 @@ def start(
         click.echo(f"  Add a node:    rayr start --address {host}:{cluster.port}"
                    + (f" --redis-password {redis_password}" if redis_password else ""))
         click.echo("  Connect:       rayr.init()  (or rayr.init(address='auto'))")
+        click.echo("  Submit a job:  rayr job submit --working-dir . -- python script.py")
         click.echo("  Stop:          rayr stop")
 
 
@@ -246,6 +247,11 @@ def status(address: str | None, redis_password: str | None, fmt: str) -> None:
         sys.exit(1)
     click.echo(json.dumps(data, indent=2) if fmt == "json" else status_mod.render(data))
 
+
+from rayr.cli.jobs import job, list_group  # noqa: E402  (they use _gcs_for above)
+
+cli.add_command(job)
+cli.add_command(list_group)
 
 if __name__ == "__main__":
     cli()
