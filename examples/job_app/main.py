@@ -5,8 +5,9 @@
     rayr job submit --working-dir examples/job_app -- python main.py
 """
 
-import rayr
 from stats import summarize  # ships with the working dir
+
+import rayr
 
 # Every task of this job runs with the packages of requirements.txt installed (in a virtualenv
 # per node, made once and reused), in a copy of the working dir.
@@ -15,9 +16,8 @@ rayr.init(runtime_env={"pip": "requirements.txt"})
 
 @rayr.remote
 def work(i: int) -> tuple[str, float, str]:
-    from termcolor import colored  # from requirements.txt, installed on the node
-
     from stats import square  # the working dir is importable in tasks too
+    from termcolor import colored  # from requirements.txt, installed on the node
 
     return colored(f"item {i}", "green"), square(i), rayr.get_runtime_context().get_node_id()
 
