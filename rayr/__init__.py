@@ -23,6 +23,7 @@ from rayr.api import (
     shutdown,
     wait,
 )
+from rayr.exceptions import RuntimeEnvSetupError
 from rayr.object_ref import ObjectRef
 from rayr.streaming import ObjectRefGenerator
 
@@ -33,6 +34,7 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "ObjectRefGenerator",
+    "RuntimeEnvSetupError",
     "__version__",
     "actor",
     "available_resources",

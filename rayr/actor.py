@@ -19,6 +19,7 @@ from rayr.remote_function import (
     validate_task_options,
 )
 from rayr.routing import in_placement_group
+from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.streaming import ObjectRefGenerator
 from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, STREAMING
 
@@ -35,6 +36,7 @@ DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "max_task_retries": 0,
     "max_concurrency": None,
     "scheduling_strategy": "DEFAULT",
+    "runtime_env": None,
 }
 METHOD_OPTIONS = ("num_returns", "name")
 ASYNC_DEFAULT_CONCURRENCY = 1000
@@ -108,6 +110,7 @@ def validate_actor_options(options: dict[str, Any], is_async: bool) -> dict[str,
     if opts["get_if_exists"] and not opts["name"]:
         raise ValueError("actor option 'get_if_exists' needs a 'name'")
     check_strategy(opts["scheduling_strategy"])
+    opts["runtime_env"] = validate_runtime_env(opts["runtime_env"])
     max_restarts = _int_option(opts, "max_restarts", -1)
     max_task_retries = _int_option(opts, "max_task_retries", -1)
     if opts["max_concurrency"] is None:
@@ -214,6 +217,7 @@ class ActorClass:
             retry_exceptions=False,
             name=f"{self.__name__}.__init__",
             strategy=opts["scheduling_strategy"],
+            runtime_env=opts["runtime_env"],
         )
         core.submit_task(
             key,

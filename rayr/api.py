@@ -17,7 +17,7 @@ import redis
 
 from rayr import context
 from rayr.actor import ActorClass, ActorHandle, handle_from_table
-from rayr.config import Settings, env_address, load_settings
+from rayr.config import Settings, env_address, env_job_runtime_env, env_submission_id, load_settings
 from rayr.context import RuntimeContext, state
 from rayr.core_worker import CoreWorker
 from rayr.gcs.client import GcsClient, connect, normalize_address
@@ -30,6 +30,8 @@ from rayr.node import LocalCluster
 from rayr.object_ref import ObjectRef
 from rayr.object_store.registry import open_backend
 from rayr.remote_function import RemoteFunction
+from rayr.runtime_env import resolver
+from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.streaming import ObjectRefGenerator
 
 SESSION_FILE = "rayr_current_cluster"
@@ -133,6 +135,7 @@ def init(
     log_to_driver: bool = True,
     include_dashboard: bool | None = None,
     logging_level: str | int | None = None,
+    runtime_env: dict[str, Any] | None = None,
     _redis_password: str | None = None,
     _temp_dir: str | None = None,
     _cluster_name: str | None = None,
@@ -144,13 +147,15 @@ def init(
     that stop with ``shutdown()`` or when this process exits, however it exits.
     ``address`` may be ``"host:port"``, ``"redis://host:port"`` or ``"auto"``. With
     ``log_to_driver`` (the default) what tasks and actors print appears here, prefixed
-    with ``(name pid=..., node=...)``.
+    with ``(name pid=..., node=...)``. ``runtime_env`` is the job's: every task and actor of
+    the job runs in it, merged with its own (see ``rayr.runtime_env``).
 
     Raises:
         RuntimeError: already initialized (unless ``ignore_reinit_error``).
         ConnectionError: the given cluster cannot be reached.
-        ValueError: a bad argument.
+        ValueError: a bad argument (an unknown runtime_env field, a missing working_dir, ...).
     """
+    runtime_env = validate_runtime_env(runtime_env)
     del include_dashboard  # rayr has no dashboard; accepted so Ray scripts run unchanged
     with state.lock:
         if state.core is not None:
@@ -206,7 +211,7 @@ def init(
                     "`rayr start --head`, or call init() with no address to start a local one."
                 )
         try:
-            state.core = _connect(url, settings, namespace)
+            state.core = _connect(url, settings, namespace, runtime_env)
         except BaseException:
             if cluster is not None:
                 cluster.shutdown()
@@ -255,12 +260,17 @@ def _driver_sys_path() -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
+def _connect(
+    url: str, settings: Settings, namespace: str | None, runtime_env: dict[str, Any] | None
+) -> CoreWorker:
     keys = Keys(settings.cluster_name)
     gcs = GcsClient(connect(url, settings.redis_password), keys)
     nodes = gcs.alive_nodes()
     if not nodes:
         raise ConnectionError(f"The cluster at {url} has no live nodes; start one with `rayr start`.")
+    env_hash, env = resolver.job_env(gcs, runtime_env, env_job_runtime_env(),
+                                     settings.runtime_env_max_package_bytes)
+    submission_id = env_submission_id()
     hostname = socket.gethostname()
     local = [n for n in nodes if n.get("hostname") == hostname]
     worker_hex = WorkerID.from_random().hex()
@@ -282,9 +292,13 @@ def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
             "namespace": namespace,
             "entrypoint": " ".join(sys.argv),
             "sys_path": _driver_sys_path(),
+            "runtime_env": env,
+            "submission_id": submission_id or "",
         }
     )
-    return CoreWorker(
+    if submission_id:  # `rayr job submit` started us: link the submission to this job
+        gcs.r.hset(keys.submission(submission_id), "job_id", job_id.hex())
+    core = CoreWorker(
         gcs=gcs,
         blocking_redis=connect(url, settings.redis_password),
         commands=CommandStream(url, settings.redis_password),
@@ -296,6 +310,8 @@ def _connect(url: str, settings: Settings, namespace: str | None) -> CoreWorker:
         namespace=namespace,
         liveness_ttl_s=settings.node_timeout_s,
     )
+    core.envs.set_parent(env_hash, env)
+    return core
 
 
 _atexit_registered = False

@@ -41,6 +41,8 @@ class Settings(BaseModel):
     # workers the raylet keeps per CPU at most when tasks block in get()
     max_workers_per_cpu: int = Field(4, ge=1)
     log_level: str = "WARNING"
+    # largest zip of a runtime_env working_dir or py_modules entry (Redis allows 512 MiB)
+    runtime_env_max_package_bytes: int = Field(100 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
 
     @field_validator("log_level")
     @classmethod
@@ -99,6 +101,16 @@ def load_settings(overrides: dict[str, Any] | None = None, yaml_path: str | None
 def env_address() -> str | None:
     """The cluster address from ``RAYR_ADDRESS``, if set."""
     return os.environ.get("RAYR_ADDRESS") or None
+
+
+def env_job_runtime_env() -> str | None:
+    """The resolved runtime env (JSON) of a driver started by ``rayr job submit``."""
+    return os.environ.get("RAYR_JOB_RUNTIME_ENV") or None
+
+
+def env_submission_id() -> str | None:
+    """The submission id of a driver started by ``rayr job submit``."""
+    return os.environ.get("RAYR_JOB_SUBMISSION_ID") or None
 
 
 def env_test_redis_url() -> str | None:

@@ -85,5 +85,10 @@ class RuntimeContext:
     def namespace(self) -> str:
         return self._core.namespace
 
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        """The runtime env this code runs in (the job's in a driver), paths as ``pkg://`` URIs."""
+        return dict(self._core.envs.parent())
+
     def get_assigned_resources(self) -> dict[str, float]:
         return dict(self._core.current_resources)

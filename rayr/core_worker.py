@@ -38,8 +38,9 @@ from rayr.object_ref import ObjectRef
 from rayr.object_store import transfer
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.raylet import resources as res
-from rayr.raylet.resources import ACTOR_SHAPE_MARK, TARGET_MARK, shape_key
+from rayr.raylet.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.routing import Router, in_placement_group
+from rayr.runtime_env.resolver import EnvResolver
 from rayr.task_spec import (
     ACTOR_CALL,
     ACTOR_CREATION,
@@ -77,6 +78,7 @@ class TaskOptions:
     retry_exceptions: bool | bytes
     name: str
     strategy: Any = "DEFAULT"  # "DEFAULT", "SPREAD" or a NodeAffinitySchedulingStrategy
+    runtime_env: dict[str, Any] | None = None  # validated; merged over the inherited env
 
 
 @dataclass
@@ -178,6 +180,8 @@ class CoreWorker:
         self._send_lock = threading.Lock()  # keeps one process's actor calls in order
         self._shapes: set[str] = set()  # task streams this process has announced
         self._router = Router(gcs)
+        # the runtime env tasks submitted here inherit, and each task env's hash
+        self.envs = EnvResolver(gcs.r, self.keys, settings.runtime_env_max_package_bytes)
         self._stopping = False
         # futures of ObjectRefs (await ref): resolved by the inbox thread, no thread each
         self._futures: dict[bytes, list[tuple[ObjectRef, concurrent.futures.Future]]] = {}
@@ -452,6 +456,12 @@ class CoreWorker:
             if request is not opts.resources:
                 opts = replace(opts, resources=request, shape=shape_key(request))
             shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
+            if opts.runtime_env is not None or self.envs.parent_hash:
+                env = self.envs.hash_for(opts.runtime_env)
+                if env:  # its own stream: only workers started in that env take from it
+                    shape += ENV_MARK + env
+                    if kind == ACTOR_CREATION:  # restarts find their env here
+                        actor_options = {**(actor_options or {}), "runtime_env": env}
             key, node = self._router.route(shape, opts.resources, opts.strategy)
             stream = self._ensure_stream(key, node, opts.resources, function_name)
         task_id = self.job_id.binary() + os.urandom(12)

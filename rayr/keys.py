@@ -200,3 +200,35 @@ class Keys:
         """TTL'd key a driver refreshes while it lives."""
         return f"{self.prefix}job_alive:{job_hex}"
 
+    # -- runtime envs: packaged files and resolved envs, each stored once under its hash
+    def package(self, digest: str) -> str:
+        """A zip of a working_dir or py_modules entry (``pkg://<digest>``)."""
+        return f"{self.prefix}pkg:{digest}"
+
+    def runtime_env(self, digest: str) -> str:
+        """A resolved runtime env (JSON); tasks name it by this hash in their shape."""
+        return f"{self.prefix}renv:{digest}"
+
+    # -- submitted jobs (``rayr job submit``), run by the head's job supervisor
+    @property
+    def submissions(self) -> str:
+        """Sorted set of submission ids by submission time."""
+        return self.prefix + "jobsubs"
+
+    def submission(self, submission_id: str) -> str:
+        """Hash: entrypoint, status, message, runtime_env, driver pid and exit code, times."""
+        return f"{self.prefix}jobsub:{submission_id}"
+
+    def submission_logs(self, submission_id: str) -> str:
+        """Stream of the driver's output chunks (capped), readable after the job ends."""
+        return f"{self.prefix}jobsub_logs:{submission_id}"
+
+    @property
+    def submission_queue(self) -> str:
+        """List of requests for the supervisor: ``run:<id>`` and ``stop:<id>``."""
+        return self.prefix + "jobsub_queue"
+
+    @property
+    def supervisor_alive(self) -> str:
+        """TTL'd key the job supervisor refreshes while it runs."""
+        return self.prefix + "jobsub_supervisor"

@@ -147,6 +147,8 @@ class LocalCluster:
     raylets: dict[str, subprocess.Popen] = field(default_factory=dict)
     external_redis_url: str | None = None
     redis_persist: bool = False  # an append-only file in the session dir
+    job_supervisor: bool = False  # run submitted jobs (`rayr job submit`) on this head
+    supervisor_proc: subprocess.Popen | None = None
 
     @classmethod
     def new_session(cls, settings: Settings, **kwargs: Any) -> LocalCluster:
@@ -193,6 +195,13 @@ class LocalCluster:
             ["--redis-url", self.redis_url, "--settings-json", self.settings.model_dump_json()],
             "monitor.log",
         )
+        if self.job_supervisor:
+            self.supervisor_proc = self._python(
+                "rayr.job_submission.supervisor",
+                ["--redis-url", self.redis_url, "--settings-json", self.settings.model_dump_json(),
+                 "--session-dir", self.session_dir],
+                "job_supervisor.log",
+            )
         return self.add_node(head=True, **node_kwargs)
 
     def add_node(
@@ -284,12 +293,17 @@ class LocalCluster:
             pass
 
     def pids(self) -> list[int]:
-        out = [p.pid for p in self.raylets.values()]
+        """In the order to stop them: job drivers' supervisor, raylets, monitor, Redis."""
+        out = [self.supervisor_proc.pid] if self.supervisor_proc is not None else []
+        out += [p.pid for p in self.raylets.values()]
         out += [p.pid for p in (self.monitor_proc, self.redis_proc) if p is not None]
         return out
 
     def shutdown(self, remove_session: bool = True) -> None:
-        """Stop raylets (they clear their stores), then the monitor, then Redis."""
+        """Stop submitted jobs, raylets (they clear their stores), then the monitor, then Redis."""
+        if self.supervisor_proc is not None:
+            procs.stop([self.supervisor_proc], timeout=10)
+            self.supervisor_proc = None
         stopped = list(self.raylets.items())
         procs.stop([proc for _, proc in stopped], timeout=10)
         for node_id, proc in stopped:

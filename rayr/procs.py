@@ -34,6 +34,7 @@ def spawn(
     pass_fds: Sequence[int] = (),
     env: dict[str, str] | None = None,
     new_session: bool = False,
+    cwd: str | None = None,
 ) -> subprocess.Popen:
     """Start ``cmd``; with ``death_signal`` it receives that signal when we die, however we die."""
 
@@ -51,6 +52,7 @@ def spawn(
         env=env,
         start_new_session=new_session,
         close_fds=True,
+        cwd=cwd,
     )
 
 

@@ -12,6 +12,7 @@ from rayr import context, serialization
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
 from rayr.raylet.resources import shape_key
+from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from rayr.streaming import ObjectRefGenerator
 from rayr.task_spec import STREAMING
@@ -26,6 +27,7 @@ DEFAULT_TASK_OPTIONS: dict[str, Any] = {
     "retry_exceptions": False,
     "name": "",
     "scheduling_strategy": "DEFAULT",
+    "runtime_env": None,
 }
 SCHEDULING_STRATEGIES = ("DEFAULT", "SPREAD")
 
@@ -122,6 +124,7 @@ def validate_task_options(options: dict[str, Any]) -> TaskOptions:
         retry_exceptions=retry_spec,
         name=opts["name"],
         strategy=strategy,
+        runtime_env=validate_runtime_env(opts["runtime_env"]),
     )
 
 

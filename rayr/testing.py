@@ -54,13 +54,17 @@ class Cluster:
             cluster.shutdown()
     """
 
-    def __init__(self, redis_url: str, *, name: str | None = None, **settings: Any) -> None:
+    def __init__(
+        self, redis_url: str, *, name: str | None = None, job_supervisor: bool = False, **settings: Any
+    ) -> None:
         self.name = name or f"test-{os.urandom(4).hex()}"
         self.address = redis_url
         self._own_temp = "temp_dir" not in settings
         temp_dir = settings.pop("temp_dir", None) or tempfile.mkdtemp(prefix="rayr-test-")
         self.settings = Settings(cluster_name=self.name, temp_dir=temp_dir, **settings)
-        self._local = LocalCluster.new_session(self.settings, external_redis_url=redis_url)
+        # job_supervisor: the head also runs submitted jobs (JobSubmissionClient)
+        self._local = LocalCluster.new_session(self.settings, external_redis_url=redis_url,
+                                               job_supervisor=job_supervisor)
         self._monitor_started = False
 
     @property

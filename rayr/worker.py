@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store-options-json", default="{}")
     parser.add_argument("--settings-json", required=True)
     parser.add_argument("--cancel-file", required=True, help="where the raylet names a task to cancel")
+    parser.add_argument("--runtime-env", default="", help="hash of the runtime env this worker runs in")
     opts = parser.parse_args(argv)
     settings = Settings.model_validate_json(opts.settings_json)
     conn = Connection(opts.fd)
@@ -353,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         worker_hex=opts.worker_id,
         on_blocked=on_blocked,
     )
+    core.envs.set_parent(opts.runtime_env)  # tasks it submits inherit its env
     context.state.core = core
     executor = TaskExecutor(core, conn, opts.redis_url)
     executor.output = OutputCapture(

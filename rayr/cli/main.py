@@ -120,7 +120,7 @@ def start(
     }
     if head:
         cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind,
-                                           redis_persist=redis_persist)
+                                           redis_persist=redis_persist, job_supervisor=True)
         try:
             node_id = cluster.start_head(**node_kwargs)
         except Exception as err:
@@ -159,6 +159,7 @@ def start(
         click.echo(f"  Add a node:    rayr start --address {host}:{cluster.port}"
                    + (f" --redis-password {redis_password}" if redis_password else ""))
         click.echo("  Connect:       rayr.init()  (or rayr.init(address='auto'))")
+        click.echo("  Submit a job:  rayr job submit --working-dir . -- python script.py")
         click.echo("  Stop:          rayr stop")
         if redis_persist:
             assert cluster.redis_proc is not None
@@ -261,6 +262,10 @@ def status(address: str | None, redis_password: str | None, fmt: str) -> None:
 for _command in launcher.COMMANDS:  # rayr up / down / exec / submit / get-head-ip
     cli.add_command(_command)
 
+from rayr.cli.jobs import job, list_group  # noqa: E402  (they use _gcs_for above)
+
+cli.add_command(job)
+cli.add_command(list_group)
 
 if __name__ == "__main__":
     cli()

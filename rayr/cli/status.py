@@ -47,8 +47,12 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
             feasible = info.get("infeasible") != "1"
             demands.append({"placement_group": info["pg_id"], "resources": json.loads(info["bundles"]),
                             "strategy": info.get("strategy"), "count": 1, "feasible": feasible})
+    from rayr.job_submission import job_rows
+
+    running = [r for r in job_rows(gcs) if r["status"] in ("PENDING", "RUNNING")]
     return {
         "time": time.time(),
+        "jobs": running,
         "active": [{"node_id": n["node_id"], "host": n.get("host"), "is_head": n.get("is_head") == "1"}
                    for n in alive],
         "failures": [
@@ -104,4 +108,10 @@ def render(data: dict[str, Any]) -> str:
         lines.append(" (no resource demands)")
     if data.get("autoscaler"):
         lines += render_autoscaler(data["autoscaler"])
+    lines += ["", "Jobs:"]
+    for job in data.get("jobs", []):
+        ids = " ".join(x for x in (job["submission_id"], job["job_id"] and f"job_{job['job_id']}") if x)
+        lines.append(f" {ids} {job['status']}: {job['entrypoint']}")
+    if not data.get("jobs"):
+        lines.append(" (no running jobs)")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from typing import Any
 from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.keys import TASK_GROUP
-from rayr.raylet.resources import ACTOR_SHAPE_MARK, TARGET_MARK, shape_key
+from rayr.raylet.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.task_spec import TaskSpec
 
 log = logging.getLogger("rayr.recovery")
@@ -86,7 +86,9 @@ def recover_actors(gcs: GcsClient, node_id: str) -> tuple[int, int]:
         if spec_bytes and (max_restarts == -1 or restarts < max_restarts):
             if gcs.set_actor_state(actor_id, "RESTARTING", restarts=restarts + 1, node=""):
                 spec = TaskSpec.decode(spec_bytes)
-                stream = _announce(gcs, ACTOR_SHAPE_MARK + shape_key(spec.resources))
+                env = (spec.actor_options or {}).get("runtime_env", "")
+                shape = ACTOR_SHAPE_MARK + shape_key(spec.resources) + (ENV_MARK + env if env else "")
+                stream = _announce(gcs, shape)
                 gcs.r.xadd(stream, {b"s": spec_bytes, b"a": b"1", b"r": b"1"})
                 restarted += 1
             continue

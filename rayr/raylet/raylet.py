@@ -32,9 +32,11 @@ from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
 from rayr.object_store.registry import open_backend
 from rayr.raylet import resources as res
+from rayr.raylet.env_workers import EnvWorkers
 from rayr.raylet.resources import TARGET_MARK
 from rayr.raylet.scheduler import QueuedTask, Scheduler
 from rayr.raylet.worker_pool import WorkerHandle, WorkerPool
+from rayr.runtime_env.installer import WorkerEnv
 from rayr.task_spec import TaskSpec
 
 log = logging.getLogger("rayr.raylet")
@@ -79,6 +81,7 @@ class Raylet:
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
         self._kills: queue.SimpleQueue[str] = queue.SimpleQueue()  # actor ids to kill
+        self._env_prepares: queue.SimpleQueue[str] = queue.SimpleQueue()  # envs to set up early
         self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rayr-send")
         # (task id, flags, consumer that took it: the node, or '<node>.<worker>' for a lease)
         self._cancels: queue.SimpleQueue[tuple[bytes, str, str]] = queue.SimpleQueue()
@@ -111,6 +114,7 @@ class Raylet:
             ],
             log_dir,
         )
+        self.envs = EnvWorkers(self)
 
     # ------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -181,6 +185,7 @@ class Raylet:
 
     def _shutdown(self) -> None:
         self._transfers.shutdown(wait=False, cancel_futures=True)
+        self.envs.shutdown()
         self.pool.stop_all()
         self.store.cleanup()
         if self.declared_dead:
@@ -283,12 +288,25 @@ class Raylet:
             self._capacity_freed()
         if b"jobdone" in fields:  # free what the ended job left in this node's store
             self.store.cleanup(bytes.fromhex(fields[b"jobdone"].decode()))
+        if b"env_prepare" in fields:  # a job's runtime env, installed before its first task
+            self._env_prepares.put(fields[b"env_prepare"].decode())
+            self.wake()
+
+    def wake(self) -> None:
+        """Have the main loop look at its queues (any thread)."""
+        try:
+            self._wake_w.send(b"w")
+        except OSError:
+            pass
 
     def _send_object(self, oid: bytes, dest: str, size: int) -> None:
         try:
             transfer.send_object(self.gcs.r, self.keys, self.store, oid, dest, size)
         except Exception:
             log.exception("sending object %s to %s failed", oid.hex(), dest)
+
+    def capacity_freed(self) -> None:
+        self._capacity_freed()
 
     def _capacity_freed(self) -> None:
         """Wake the task reader: it may now pull more (or other) tasks."""
@@ -309,7 +327,8 @@ class Raylet:
                     self.gcs.r.xack(stream, TASK_GROUP, entry_id)
                     continue
                 shape = self._key_of[stream]
-                task = QueuedTask(stream, entry_id, fields[b"s"], shape, res.parse_shape(shape))
+                task = QueuedTask(stream, entry_id, fields[b"s"], shape, res.parse_shape(shape),
+                                  env=res.env_of(shape))
                 if b"a" in fields:  # actor creation: it will hold other resources once alive
                     spec = TaskSpec.decode(task.spec)
                     task.actor = spec.actor_id
@@ -358,6 +377,12 @@ class Raylet:
                 tasks = self._drop_cancelled(tasks)
             with self._lock:
                 self.sched.on_tasks(tasks)
+        self.envs.on_wake()
+        while True:
+            try:
+                self.envs.prepare(self._env_prepares.get_nowait())
+            except queue.Empty:
+                break
         while True:
             try:
                 self._cancel(*self._cancels.get_nowait())
@@ -430,7 +455,7 @@ class Raylet:
         with self._lock:
             if kind == "ready":
                 handle.ready = True
-                self.sched.on_worker_ready(handle.worker_id)
+                self.sched.on_worker_ready(handle.worker_id, handle.env)
             elif kind == "done":
                 self.sched.on_task_done(handle.worker_id)
             elif kind == "blocked":
@@ -461,8 +486,11 @@ class Raylet:
             if handle.ready:
                 task = self.sched.on_worker_died(handle.worker_id)
             else:
-                self.sched.on_worker_failed_to_start()
+                self.sched.on_worker_failed_to_start(handle.env)
                 task = None
+        if not handle.ready and handle.env:  # it could not even start in its env: say why
+            self.envs.worker_failed(handle.env, f"its worker exited with code {handle.proc.returncode} "
+                                    f"before starting:\n{self.pool.log_tail(handle.worker_id)}")
         code = handle.proc.returncode
         if task is not None:
             why = f"worker pid={handle.proc.pid} exited with code {code}"
@@ -486,7 +514,7 @@ class Raylet:
             found = r.xrange(task.stream, entry["message_id"], entry["message_id"])
             if found and b"s" in found[0][1]:
                 lost.append(QueuedTask(task.stream, entry["message_id"], found[0][1][b"s"],
-                                       task.shape, task.request))
+                                       task.shape, task.request, env=task.env))
             else:  # the entry is gone (finished or cancelled): just clear the pending slot
                 r.xack(task.stream, TASK_GROUP, entry["message_id"])
         return lost
@@ -504,7 +532,8 @@ class Raylet:
                 return  # killed meanwhile
             spec = TaskSpec.decode(info["creation_spec"])
             lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
-            task = QueuedTask("", b"", info["creation_spec"], "", lifetime, actor_id, lifetime, True)
+            env = (spec.actor_options or {}).get("runtime_env", "")
+            task = QueuedTask("", b"", info["creation_spec"], "", lifetime, actor_id, lifetime, True, env)
             with self._lock:
                 self.sched.on_tasks([task])
             log.warning("actor %s restarting (%d/%s): %s", actor_id, restarts + 1, max_restarts, why)
@@ -541,8 +570,7 @@ class Raylet:
             if not self.gcs.set_actor_state(task.actor, "RESTARTING", restarts=restarts + 1):
                 return
             with self._lock:
-                self.sched.on_tasks([QueuedTask(task.stream, task.entry_id, task.spec, task.shape,
-                                                task.request, task.actor, task.lifetime, task.restart)])
+                self.sched.on_tasks([dataclasses.replace(task)])
             return
         cause = f"The actor {task.actor} died while being constructed: {why}."
         self.gcs.fail_tasks(self.gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause))
@@ -558,7 +586,7 @@ class Raylet:
     def _act(self) -> None:
         with self._lock:
             dispatches = self.sched.dispatches()
-            to_start = self.sched.workers_to_start()
+            to_start, retire = self.sched.plan_workers()
         for d in dispatches:
             handle = self.pool.workers.get(d.worker)
             try:
@@ -572,15 +600,38 @@ class Raylet:
             except (AssertionError, OSError):
                 if handle is not None:
                     self._on_worker_exit(handle)
-        for _ in range(to_start):
-            self._start_worker()
+        for worker_id in retire:  # idle workers of another env, making room
+            retired = self.pool.workers.get(worker_id)
+            if retired is not None:
+                try:
+                    retired.conn.send(("exit",))
+                except OSError:
+                    pass
+        for env, count in to_start.items():
+            for _ in range(count):
+                if env:
+                    self.envs.start_worker(env)
+                else:
+                    self._start_worker()
         self._reap_slow_starters()
 
     def _start_worker(self) -> None:
-        handle = self.pool.start()
-        self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, handle)
         with self._lock:
             self.sched.on_worker_started()
+        self.spawn_worker("", None)
+
+    def spawn_worker(self, env: str, worker_env: WorkerEnv | None) -> None:
+        """Launch a worker the scheduler was told about (``on_worker_started``)."""
+        try:
+            handle = self.pool.start(env, worker_env)
+        except OSError as err:  # e.g. a runtime env's interpreter that cannot run
+            log.error("could not start a worker (env %r): %s", env, err)
+            with self._lock:
+                self.sched.on_worker_failed_to_start(env)
+            if env:
+                self.envs.worker_failed(env, f"could not start a worker: {err}")
+            return
+        self._selector.register(handle.conn.fileno(), selectors.EVENT_READ, handle)
 
     def _reap_slow_starters(self) -> None:
         limit = self.settings.worker_start_timeout_s

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 EMPTY_SHAPE = "none"
 ACTOR_SHAPE_MARK = "@"  # prefixes the shape of actor-creation streams, e.g. "@CPU=1"
 TARGET_MARK = "~"  # prefixes scheduler keys of streams targeted at one node, e.g. "~CPU=1"
+# suffixes the shape of tasks that run in a runtime env, e.g. "CPU=1|env=<hash>": tasks of
+# different envs never share a stream, so a worker leased to one never takes another's
+ENV_MARK = "|env="
 _EPS = 1e-9
 
 
@@ -22,7 +25,7 @@ def shape_key(request: Mapping[str, float]) -> str:
 
 def parse_shape(key: str) -> dict[str, float]:
     """Inverse of :func:`shape_key` (an actor-creation mark is ignored)."""
-    key = key.removeprefix(TARGET_MARK).removeprefix(ACTOR_SHAPE_MARK)
+    key = key.removeprefix(TARGET_MARK).removeprefix(ACTOR_SHAPE_MARK).partition(ENV_MARK)[0]
     if key == EMPTY_SHAPE:
         return {}
     out = {}
@@ -30,6 +33,11 @@ def parse_shape(key: str) -> dict[str, float]:
         name, _, amount = part.rpartition("=")
         out[name] = float(amount)
     return out
+
+
+def env_of(key: str) -> str:
+    """The runtime env hash a shape or scheduler key names; "" for none."""
+    return key.partition(ENV_MARK)[2]
 
 
 def fits(available: Mapping[str, float], request: Mapping[str, float]) -> bool:

@@ -31,6 +31,7 @@ class QueuedTask:
     actor: str = ""  # actor id hex for an actor creation or restart
     lifetime: dict[str, float] = field(default_factory=dict)  # actor: resources held while alive
     restart: bool = False
+    env: str = ""  # runtime env hash; only a worker started in that env may run it
 
 
 @dataclass
@@ -60,7 +61,9 @@ class Scheduler:
     running: dict[str, QueuedTask] = field(default_factory=dict)
     # running workers blocked in get(): their resources are released meanwhile
     blocked: set[str] = field(default_factory=set)
-    starting: int = 0  # workers launched but not yet ready
+    starting: int = 0  # workers launched but not yet ready (of every env)
+    env_starting: dict[str, int] = field(default_factory=dict)  # of those, per runtime env
+    worker_env: dict[str, str] = field(default_factory=dict)  # ready worker -> its env (not "")
     live: set[str] = field(default_factory=set)  # ready pool workers (not actors)
     # worker -> resources its actor holds; actor workers leave the pool for good
     actors: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -147,16 +150,26 @@ class Scheduler:
             self.overflow.append(task)
         self._reserve()
 
-    def on_worker_started(self) -> None:
+    def on_worker_started(self, env: str = "") -> None:
         self.starting += 1
+        if env:
+            self.env_starting[env] = self.env_starting.get(env, 0) + 1
 
-    def on_worker_ready(self, worker: str) -> None:
-        self.starting = max(0, self.starting - 1)
+    def on_worker_ready(self, worker: str, env: str = "") -> None:
+        self.on_worker_failed_to_start(env)
         self.live.add(worker)
         self.idle.append(worker)
+        if env:
+            self.worker_env[worker] = env
 
-    def on_worker_failed_to_start(self) -> None:
+    def on_worker_failed_to_start(self, env: str = "") -> None:
         self.starting = max(0, self.starting - 1)
+        if env:
+            left = self.env_starting.get(env, 0) - 1
+            if left > 0:
+                self.env_starting[env] = left
+            else:
+                self.env_starting.pop(env, None)
 
     def on_task_done(self, worker: str) -> QueuedTask | None:
         task = self.running.pop(worker, None)
@@ -188,6 +201,7 @@ class Scheduler:
         res.subtract(self.available, task.lifetime)
         self.actors[worker] = task.lifetime
         self.live.discard(worker)
+        self.worker_env.pop(worker, None)
         self._reserve()
 
     def on_actor_died(self, worker: str) -> None:
@@ -201,10 +215,12 @@ class Scheduler:
             self._release(worker, task)
             self._reserve()
         self.live.discard(worker)
+        self.worker_env.pop(worker, None)
 
     def on_worker_died(self, worker: str) -> QueuedTask | None:
         """Forget the worker; returns the task it was running, if any (its resources freed)."""
         self.live.discard(worker)
+        self.worker_env.pop(worker, None)
         if worker in self.idle:
             self.idle.remove(worker)
         task = self.running.pop(worker, None)
@@ -227,25 +243,92 @@ class Scheduler:
                 return task
         return None
 
+    def take_env_tasks(self, env: str) -> list[QueuedTask]:
+        """Remove every queued task of a runtime env (its setup failed); resources freed."""
+        taken = [t for t in self.ready if t.env == env]
+        if taken:
+            self.ready = deque(t for t in self.ready if t.env != env)
+            for task in taken:
+                res.add(self.available, task.request)
+        later = [t for t in self.overflow if t.env == env]
+        if later:
+            self.overflow = deque(t for t in self.overflow if t.env != env)
+        self._reserve()
+        return taken + later
+
     # --------------------------------------------------------------- actions
     def dispatches(self) -> list[Dispatch]:
-        """Pair ready tasks with idle workers."""
+        """Pair ready tasks with idle workers of the same runtime env, in FIFO order."""
         out = []
+        waiting: deque[QueuedTask] = deque()
         while self.ready and self.idle:
-            worker = self.idle.pop()
             task = self.ready.popleft()
+            worker = self._idle_worker(task.env)
+            if worker is None:  # none of its env is idle: it keeps its place
+                waiting.append(task)
+                continue
             self.running[worker] = task
             out.append(Dispatch(worker, task))
+        if waiting:
+            waiting.extend(self.ready)
+            self.ready = waiting
         return out
 
+    def _idle_worker(self, env: str) -> str | None:
+        if not self.worker_env:  # the common case: every worker is a default one
+            return self.idle.pop() if not env else None
+        for i in range(len(self.idle) - 1, -1, -1):
+            if self.worker_env.get(self.idle[i], "") == env:
+                return self.idle.pop(i)
+        return None
+
     def workers_to_start(self) -> int:
-        """How many more workers to launch for the tasks that wait for one."""
-        want = max(
-            len(self.ready) - len(self.idle) - self.starting,
-            self.min_pool - len(self.live) - self.starting,
-        )
+        """How many more default workers to launch (see :meth:`plan_workers`)."""
+        return self.plan_workers()[0].get("", 0)
+
+    def plan_workers(self) -> tuple[dict[str, int], list[str]]:
+        """({env: workers to launch}, idle workers to retire now).
+
+        Tasks waiting for a worker of their env come first, then the prestarted pool of default
+        workers. When ``max_workers`` leaves too little room, idle workers that no waiting
+        task of their env needs are retired (taken out of the pool here) to make some.
+        """
+        need: dict[str, int] = {}
+        for task in self.ready:
+            need[task.env] = need.get(task.env, 0) + 1
+        idle: dict[str, int] = {}
+        for worker in self.idle:
+            env = self.worker_env.get(worker, "")
+            idle[env] = idle.get(env, 0) + 1
+        starting = dict(self.env_starting)
+        starting[""] = self.starting - sum(self.env_starting.values())
+        want = {}
+        for env, n in need.items():
+            if n - idle.get(env, 0) - starting.get(env, 0) > 0:
+                want[env] = n - idle.get(env, 0) - starting.get(env, 0)
         room = self.max_workers - len(self.live) - self.starting
-        return max(0, min(want, room))
+        retire: list[str] = []
+        for worker in list(self.idle):
+            if sum(want.values()) <= room:
+                break
+            env = self.worker_env.get(worker, "")
+            if idle[env] > need.get(env, 0):  # a spare: no waiting task of its env needs it
+                idle[env] -= 1
+                retire.append(worker)
+                self.idle.remove(worker)
+                self.live.discard(worker)
+                self.worker_env.pop(worker, None)
+                room += 1
+        plan = {}
+        for env, n in want.items():
+            if min(n, room) > 0:
+                plan[env] = min(n, room)
+                room -= plan[env]
+        default_live = sum(1 for w in self.live if w not in self.worker_env)
+        pool = self.min_pool - default_live - starting[""] - plan.get("", 0)
+        if pool > 0 and room > 0:
+            plan[""] = plan.get("", 0) + min(pool, room)
+        return plan, retire
 
     # -------------------------------------------------------------- internal
     def _release(self, worker: str, task: QueuedTask) -> None:

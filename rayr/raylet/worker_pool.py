@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from rayr import procs
+from rayr.runtime_env.installer import WorkerEnv
 
 
 @dataclass
@@ -21,6 +22,7 @@ class WorkerHandle:
     conn: Connection
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
+    env: str = ""  # runtime env hash ("" for the default env)
 
 
 class WorkerPool:
@@ -31,25 +33,39 @@ class WorkerPool:
         self._log_dir = log_dir
         self.workers: dict[str, WorkerHandle] = {}
 
-    def start(self) -> WorkerHandle:
+    def start(self, env: str = "", worker_env: WorkerEnv | None = None) -> WorkerHandle:
+        """Launch a worker; in a runtime env, with its interpreter, variables and directory."""
         worker_id = os.urandom(12).hex()
+        python = worker_env.python if worker_env is not None else sys.executable
+        extra = ["--runtime-env", env] if env else []
         ours, theirs = socket.socketpair()
         try:
             with open(os.path.join(self._log_dir, f"worker-{worker_id}.log"), "ab") as log:
                 proc = procs.spawn(
-                    [sys.executable, "-P", "-m", "rayr.worker", "--fd", str(theirs.fileno()),
+                    [python, "-P", "-m", "rayr.worker", "--fd", str(theirs.fileno()),
                      "--worker-id", worker_id, "--cancel-file", self.cancel_file(worker_id),
-                     *self._base_args],
+                     *self._base_args, *extra],
                     log=log,
                     death_signal=signal.SIGKILL,
                     pass_fds=[theirs.fileno()],
+                    env=worker_env.environ() if worker_env is not None else None,
+                    cwd=worker_env.cwd if worker_env is not None else None,
                 )
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        handle = WorkerHandle(worker_id, proc, conn)
+        handle = WorkerHandle(worker_id, proc, conn, env=env)
         self.workers[worker_id] = handle
         return handle
+
+    def log_tail(self, worker_id: str, chars: int = 2000) -> str:
+        """The end of a worker's log file (why it died, when it could not start)."""
+        try:
+            with open(os.path.join(self._log_dir, f"worker-{worker_id}.log"), "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - chars))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def cancel_file(self, worker_id: str) -> str:
         """Where the raylet names the task a worker should cancel on its next SIGINT."""

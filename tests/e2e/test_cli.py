@@ -61,8 +61,8 @@ def test_start_status_join_stop(sessions):
                     records.append(json.load(f))
         stopped = run_cli("stop", env=env)
     pids = [pid for r in records for pid in r["pids"]]
-    assert len(pids) == 4  # redis, monitor, two raylets
-    assert "Stopped 4" in stopped.stdout
+    assert len(pids) == 5  # redis, monitor, job supervisor, two raylets
+    assert "Stopped 5" in stopped.stdout
     deadline = time.time() + 10
     while any(psutil.pid_exists(p) for p in pids) and time.time() < deadline:
         time.sleep(0.05)
@@ -147,7 +147,7 @@ def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(sessions, tmp_pat
         assert "mixed-ok" in out.stdout
     finally:
         stopped = run_cli("stop", env=env)
-    assert "Stopped 5" in stopped.stdout  # redis, monitor, three raylets
+    assert "Stopped 6" in stopped.stdout  # redis, monitor, job supervisor, three raylets
 
 
 def test_memory_shows_store_use_and_objects(sessions):

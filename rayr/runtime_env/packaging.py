@@ -1,0 +1,189 @@
+"""Packing local files of a runtime_env into content-addressed zips kept in Redis.
+
+A ``working_dir`` or ``py_modules`` entry is read on the submitting host, hashed by content,
+zipped with fixed timestamps and uploaded once (``SET NX pkg:<hash>``); the env then names it
+as ``pkg://<hash>``. A resolved env (every path replaced that way) is itself stored once under
+its hash (``renv:<hash>``), which is what tasks carry in their shape and nodes look up.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+from rayr.runtime_env.validation import PACKAGE_SCHEME, merge
+
+DEFAULT_EXCLUDES = ("__pycache__", ".git", "*.pyc")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _matches(rel: str, is_dir: bool, patterns: list[str]) -> bool:
+    """gitignore-style: ``name`` matches at any depth, ``/x`` only at the root, ``x/`` only
+    directories, ``a/b*`` against the whole relative path."""
+    base = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        pat = pattern.strip()
+        if not pat:
+            continue
+        if pat.endswith("/"):
+            if not is_dir:
+                continue
+            pat = pat.rstrip("/")
+        if pat.startswith("/"):
+            if fnmatch.fnmatchcase(rel, pat.lstrip("/")):
+                return True
+        elif "/" in pat:
+            if fnmatch.fnmatchcase(rel, pat) or fnmatch.fnmatchcase(rel, pat.replace("**/", "")):
+                return True
+        elif fnmatch.fnmatchcase(base, pat):
+            return True
+    return False
+
+
+def _walk(root: str, prefix: str, excludes: list[str]) -> Iterator[tuple[str, str]]:
+    """(archive name, absolute path) of each file under ``root``, excluded ones skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        dirnames[:] = sorted(d for d in dirnames if not _matches(rel_dir + d, True, excludes))
+        for name in sorted(filenames):
+            if not _matches(rel_dir + name, False, excludes):
+                yield prefix + rel_dir + name, os.path.join(dirpath, name)
+
+
+def _zip_members(source: str) -> list[tuple[str, bytes, int]]:
+    """Files of a user-given zip; a single top-level directory is stripped, as Ray does."""
+    with zipfile.ZipFile(source) as zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        tops = {i.filename.split("/", 1)[0] for i in infos}
+        strip = len(tops) == 1 and all("/" in i.filename for i in infos)
+        out = []
+        for info in infos:
+            name = info.filename.split("/", 1)[1] if strip else info.filename
+            out.append((name, zf.read(info), (info.external_attr >> 16) or 0o644))
+        return out
+
+
+def collect(source: str, *, keep_name: bool, excludes: list[str], field: str = "working_dir"
+            ) -> list[tuple[str, bytes, int]]:
+    """(archive name, content, mode) of the files to ship for ``source``.
+
+    ``keep_name``: the directory (or file) itself is the top-level entry (py_modules, so
+    ``import <name>`` works); otherwise its contents are (working_dir).
+
+    Raises:
+        ValueError: ``source`` does not exist, or is neither a directory, a .zip nor a .py file.
+    """
+    path = os.path.abspath(source)
+    patterns = [*DEFAULT_EXCLUDES, *excludes]
+    if os.path.isdir(path):
+        prefix = os.path.basename(path.rstrip(os.sep)) + "/" if keep_name else ""
+        out = []
+        for name, full in _walk(path, prefix, patterns):
+            with open(full, "rb") as f:
+                out.append((name, f.read(), os.stat(full).st_mode & 0o777))
+        return out
+    if os.path.isfile(path) and path.endswith(".zip"):
+        return _zip_members(path)
+    if os.path.isfile(path) and keep_name and path.endswith(".py"):
+        with open(path, "rb") as f:
+            return [(os.path.basename(path), f.read(), 0o644)]
+    if not os.path.exists(path):
+        raise ValueError(f"runtime_env {field!r}: the path {path} does not exist (given as {source!r})")
+    kinds = "a directory, a .zip file or a .py file" if keep_name else "a directory or a .zip file"
+    raise ValueError(f"runtime_env {field!r}: {path} must be {kinds}")
+
+
+def content_hash(files: list[tuple[str, bytes, int]]) -> str:
+    digest = hashlib.sha256()
+    for name, data, mode in sorted(files):
+        digest.update(f"{name}\0{mode:o}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:32]
+
+
+def build_zip(files: list[tuple[str, bytes, int]]) -> bytes:
+    """A zip with fixed timestamps (the same files give the same bytes)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data, mode in sorted(files):
+            info = zipfile.ZipInfo(name, _ZIP_DATE)
+            info.external_attr = (0o100000 | mode) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def upload(r: Any, keys: Any, source: str, *, keep_name: bool, excludes: list[str], limit: int) -> str:
+    """Pack ``source`` and store it once in the cluster; returns its ``pkg://`` URI.
+
+    Raises:
+        ValueError: the path is missing, or the package is larger than ``limit`` bytes.
+    """
+    files = collect(source, keep_name=keep_name, excludes=excludes,
+                    field="py_modules" if keep_name else "working_dir")
+    digest = content_hash(files)
+    key = keys.package(digest)
+    if not r.exists(key):
+        data = build_zip(files)
+        if len(data) > limit:
+            raise ValueError(
+                f"runtime_env {'py_modules' if keep_name else 'working_dir'!r}: {os.path.abspath(source)} "
+                f"packs to {len(data)} bytes, more than the "
+                f"limit of {limit} bytes (setting runtime_env_max_package_bytes). Leave large files "
+                "out with 'excludes', or ship data another way."
+            )
+        r.set(key, data, nx=True)
+    return PACKAGE_SCHEME + digest
+
+
+def resolve(env: dict[str, Any] | None, r: Any, keys: Any, limit: int) -> dict[str, Any]:
+    """The env with local paths uploaded and replaced by ``pkg://`` URIs; ``excludes`` applied."""
+    if not env:
+        return {}
+    out = {k: v for k, v in env.items() if k != "excludes"}
+    excludes = list(env.get("excludes", []))
+    if "working_dir" in env and not env["working_dir"].startswith(PACKAGE_SCHEME):
+        out["working_dir"] = upload(r, keys, env["working_dir"], keep_name=False, excludes=excludes,
+                                    limit=limit)
+    if "py_modules" in env:
+        out["py_modules"] = [
+            m if m.startswith(PACKAGE_SCHEME)
+            else upload(r, keys, m, keep_name=True, excludes=excludes, limit=limit)
+            for m in env["py_modules"]
+        ]
+    return out
+
+
+def env_hash(resolved: dict[str, Any]) -> str:
+    """The name of a resolved env; "" for the empty env (the default workers)."""
+    if not resolved:
+        return ""
+    text = json.dumps(resolved, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def register(r: Any, keys: Any, resolved: dict[str, Any]) -> str:
+    """Store the resolved env once under its hash (nodes read it there); returns the hash."""
+    digest = env_hash(resolved)
+    if digest:
+        r.set(keys.runtime_env(digest), json.dumps(resolved, sort_keys=True), nx=True)
+    return digest
+
+
+def lookup(r: Any, keys: Any, digest: str) -> dict[str, Any] | None:
+    raw = r.get(keys.runtime_env(digest))
+    return None if raw is None else dict(json.loads(raw))
+
+
+def derive(parent: dict[str, Any] | None, env: dict[str, Any] | None, r: Any, keys: Any,
+           limit: int) -> tuple[str, dict[str, Any]]:
+    """(hash, resolved env) of a task whose own validated ``env`` is merged over ``parent``."""
+    merged = merge(parent, resolve(env, r, keys, limit))
+    return register(r, keys, merged), merged
