@@ -154,7 +154,10 @@ class CoreWorker:
         self._records: dict[bytes, bytes] = {}  # resolved objects this process holds refs to
         self._pending: set[bytes] = set()  # owned, result not arrived yet
         self._owned: set[bytes] = set()  # owned and not freed
-        self._shared: set[bytes] = set()  # pickled into something: freed only at job end
+        self._shared: set[bytes] = set()  # owned and pickled: freed once no holder is left (in Redis)
+        self._containers: set[bytes] = set()  # owned objects that hold refs: freed with FREE_OBJECTS
+        self._borrowed: dict[bytes, str] = {}  # refs unpickled here that others own -> owner
+        self._releases: list[tuple[bytes, str, str]] = []  # borrowings to drop: (id, us, owner)
         self._freed_pending: set[bytes] = set()  # freed before its result arrived
         self._watching: set[bytes] = set()  # borrowed; our inbox is registered as waiter
         self._refs: dict[bytes, int] = {}  # live ObjectRef instances per id in this process
@@ -257,6 +260,35 @@ class CoreWorker:
             if oid in self._owned:
                 self._shared.add(oid)
 
+    def on_deserialized(self, oid: bytes, owner: str) -> None:
+        """A ref to ``oid`` was unpickled here: if another process owns it, register as its
+        borrower (before anything this process does next reaches Redis, so before the owner
+        can hear that the task or object that carried the ref is done)."""
+        if not owner or owner == self.worker_hex:
+            return
+        with self._cond:
+            if oid in self._borrowed:
+                return
+            self._borrowed[oid] = owner
+        self.commands.send([("SADD", self.keys.object_holders(oid.hex()), self.worker_hex)])
+
+    def pin_contained(self, container: bytes, refs: list[Any], owner: str) -> None:
+        """``container`` (owned by ``owner``) holds ``refs``: each stays alive until it is freed."""
+        chex = container.hex()
+        holder = b"o:" + chex.encode()
+        commands: list[Any] = []
+        for ref in {r.binary(): r for r in refs}.values():
+            rid = ref.binary()
+            commands.append(("SADD", self.keys.object_holders(rid.hex()), holder))
+            commands.append(("RPUSH", self.keys.object_contents(chex),
+                             rid + rid.hex().encode() + ref.owner_address().encode()))
+        if owner == self.worker_hex:
+            with self._cond:
+                self._containers.add(container)
+        else:  # the owner must free it with FREE_OBJECTS, which releases what it holds
+            commands.append(("RPUSH", self.keys.inbox(owner), b"C" + container))
+        self.commands.send(commands)
+
     def _drain_released(self) -> None:
         if not self._released:
             return
@@ -270,7 +302,10 @@ class CoreWorker:
                     continue
                 self._refs.pop(oid, None)
                 record = self._records.pop(oid, None)
-                if oid not in self._owned or oid in self._shared:
+                owner = self._borrowed.pop(oid, None)
+                if owner is not None:
+                    self._releases.append((oid, self.worker_hex, owner))
+                if oid not in self._owned:
                     continue
                 self._owned.discard(oid)
                 lineage = self._lineage.get(oid[:16])
@@ -287,22 +322,53 @@ class CoreWorker:
                     self._to_delete.append((oid, record))
                     # a stored object's memory is worth having back (and reusing) at once
                     stored_freed = stored_freed or bool(record and record[0] == rec.STORED)
-            flush = stored_freed or len(self._to_delete) >= 256
+            flush = stored_freed or len(self._to_delete) >= 256 or bool(self._releases)
         if flush:
             self._flush_deletes()
 
     def _flush_deletes(self) -> None:
         with self._cond:
             batch, self._to_delete = self._to_delete, []
-        if not batch:
+            releases, self._releases = self._releases, []
+            held = [(oid, oid not in self._shared) for oid, _ in batch
+                    if oid in self._shared or oid in self._containers]
+            self._containers.difference_update(oid for oid, _ in held)
+        if not batch and not releases:
             return
-        for oid, record in batch:
+        plain = [(oid, record) for oid, record in batch if oid not in self._shared]
+        for oid, record in plain:
             if record and record[0] == rec.STORED:
                 self.store.delete(oid)
+        commands: list[Any] = []
+        if releases:
+            commands.append(self.gcs.release_holders_command(releases))
+        if held:  # shared or containing refs: freed (and releasing what they hold) in Redis
+            commands.append(self.gcs.free_objects_command(held))
+        if commands:
+            self.commands.send(commands, self._on_freed(held) if held else None)
+        simple = [oid.hex() for oid, _ in plain if oid not in dict(held)]
         try:
-            self.gcs.delete_objects(oid.hex() for oid, _ in batch)
+            self.gcs.delete_objects(simple)
         except Exception:  # cluster going away; job cleanup removes the rest
             pass
+
+    def _on_freed(self, held: list[tuple[bytes, bool]]) -> Callable[[list[Any]], None]:
+        def on_reply(replies: list[Any]) -> None:
+            flags = replies[-1]
+            if isinstance(flags, Exception):
+                return
+            for (oid, _), freed in zip(held, flags, strict=True):
+                if freed and oid in self._shared:
+                    with self._cond:
+                        self._shared.discard(oid)
+                    self.store.delete(oid)  # if it was stored here; other nodes' copies go at job end
+
+        return on_reply
+
+    def _on_holders_gone(self, oid: bytes) -> None:
+        """The last borrower or container of ``oid`` let go (under the lock)."""
+        if oid in self._shared and self._refs.get(oid, 0) == 0 and oid not in self._owned:
+            self._to_delete.append((oid, None))
 
     # ----------------------------------------------------------------- inbox
     def _inbox_loop(self) -> None:
@@ -377,10 +443,15 @@ class CoreWorker:
             self._on_rebuild_request(request)
 
     def _on_rebuild_message(self, msg: bytes, requests: list[bytes]) -> None:
-        if msg[:1] == b"R":
+        kind, oid = msg[:1], msg[1 : 1 + rec.OID_LEN]
+        if kind == b"R":
             requests.append(msg)  # served after the batch, outside the lock
-        elif msg[:1] == b"A":
-            self._rebuild_acks.add(msg[1 : 1 + rec.OID_LEN])
+        elif kind == b"A":
+            self._rebuild_acks.add(oid)
+        elif kind == b"F":
+            self._on_holders_gone(oid)
+        elif kind == b"C":
+            self._containers.add(oid)
 
     def _on_tasks_done(self, task_ids: list[bytes]) -> list[tuple[list[ObjectRef], bytes | None]]:
         """Forget finished tasks (under the lock, after their whole batch was filed: a task's
@@ -465,7 +536,7 @@ class CoreWorker:
             key, node = self._router.route(shape, opts.resources, opts.strategy)
             stream = self._ensure_stream(key, node, opts.resources, function_name)
         task_id = self.job_id.binary() + os.urandom(12)
-        frame_bytes, args_object, arg_refs = self._pack_arguments(task_id, function_name, args, kwargs)
+        frame_bytes, args_object, arg_refs, held = self._pack_arguments(task_id, function_name, args, kwargs)
         spec = TaskSpec(
             task_id=task_id,
             job_hex=self.job_id.hex(),
@@ -497,12 +568,12 @@ class CoreWorker:
             if opts.num_returns == STREAMING:
                 self._streams.add(task_id)  # before submitting: items may arrive at once
             if kind != ACTOR_CREATION:
-                self._inflight[task_id] = (arg_refs, args_object)
-            if kind == TASK and opts.max_retries != 0 and opts.num_returns != STREAMING:
-                self._running_lineage[task_id] = _Lineage(spec, shape, opts.strategy, arg_refs, args_object)
+                self._inflight[task_id] = (held, args_object)
             else:
                 # a restarted actor re-reads its creation arguments: keep them for the job
-                self._pinned_creation_args.append((arg_refs, args_object))
+                self._pinned_creation_args.append((held, args_object))
+            if kind == TASK and opts.max_retries != 0 and opts.num_returns != STREAMING:
+                self._running_lineage[task_id] = _Lineage(spec, shape, opts.strategy, held, args_object)
         refs = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
         deps = set(spec.ref_args)
         if deps:
@@ -522,8 +593,9 @@ class CoreWorker:
 
     def _pack_arguments(
         self, task_id: bytes, function_name: str, args: Sequence[Any], kwargs: dict[str, Any]
-    ) -> tuple[bytes, bytes | None, list[ObjectRef]]:
-        """(inline args frame, id of a stored args frame, top-level ObjectRef args).
+    ) -> tuple[bytes, bytes | None, list[ObjectRef], list[ObjectRef]]:
+        """(inline args frame, id of a stored args frame, top-level ObjectRef args, every ref
+        the arguments hold: the top-level ones and those nested inside).
 
         Top-level refs become ArgRef placeholders resolved by the executor; a frame over the
         inline threshold goes to the node store so large arguments are never copied into Redis.
@@ -542,14 +614,17 @@ class CoreWorker:
             frame = serialization.serialize((call_args, call_kwargs))
         except Exception as err:
             raise TypeError(serialization.unpicklable_message(function_name, args, kwargs, err)) from err
+        # refs nested in the arguments are held with the top-level ones until the task ends;
+        # the executor registers as their borrower before that
+        held = arg_refs + list(frame.contained_refs)
         if frame.total_size <= self._threshold:
-            return frame.to_bytes(), None, arg_refs
+            return frame.to_bytes(), None, arg_refs, held
         args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
         self.store.put_bytes(args_object, frame.write_to, frame.total_size)
         record = rec.stored_record(self.node_hex, frame.total_size)
         self.commands.send([self.gcs.store_objects_command([(args_object, record, "")])])
         self._args_sizes[args_object] = frame.total_size
-        return b"", args_object, arg_refs
+        return b"", args_object, arg_refs, held
 
     def forget_stream(self, task_id: bytes, first_unread: int) -> None:
         """The generator is gone: free items nobody took, stop accepting new ones."""
@@ -772,12 +847,13 @@ class CoreWorker:
         with self._cond:
             self._records[oid] = record
             self._owned.add(oid)
-            if frame.contained_refs:
-                self._shared.add(oid)
         return ObjectRef(oid, self.worker_hex)
 
-    def make_record(self, oid: bytes, frame: serialization.SerializedObject) -> bytes:
-        """An object-table record for ``frame``: inline when small, else in the node store."""
+    def make_record(self, oid: bytes, frame: serialization.SerializedObject, owner: str = "") -> bytes:
+        """An object-table record for ``frame``: inline when small, else in the node store.
+        Refs inside it are held by it (``owner``: the object's owner, default this process)."""
+        if frame.contained_refs:
+            self.pin_contained(oid, frame.contained_refs, owner or self.worker_hex)
         size = frame.total_size
         if size <= self._threshold:
             return rec.value_record(frame.to_bytes())

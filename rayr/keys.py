@@ -65,6 +65,17 @@ class Keys:
     def objects_of_job(self, job_hex: str) -> str:
         return f"{self.prefix}obj:{job_hex}*"
 
+    def object_holders(self, object_hex: str) -> str:
+        """Set of holders besides the owner: borrowing inboxes and ``o:<container hex>``."""
+        return f"{self.prefix}objr:{object_hex}"
+
+    def object_contents(self, object_hex: str) -> str:
+        """List of the refs an object contains (id + hex + owner each)."""
+        return f"{self.prefix}objc:{object_hex}"
+
+    def refcount_keys_of_job(self, job_hex: str) -> list[str]:
+        return [f"{self.prefix}objr:{job_hex}*", f"{self.prefix}objc:{job_hex}*"]
+
     def object_waiters(self, object_hex: str) -> str:
         """Set of inbox names to notify when the object is stored."""
         return f"{self.prefix}objw:{object_hex}"

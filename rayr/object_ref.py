@@ -14,9 +14,11 @@ class ObjectRef:
     """A reference to a (possibly future) object in the cluster.
 
     Refs are counted per process: creating one registers it with the process's core
-    worker, dropping the last one lets the owner free the object. Pickling a ref (as an
-    argument nested in a list, or inside another object) marks it as shared, so its
-    object outlives the owner's local references.
+    worker. Pickling a ref (nested in an argument, inside another object) marks it as
+    shared; a process that unpickles a ref it does not own registers as a borrower with
+    the owner (in Redis), and an object that contains refs holds them. The owner frees an
+    object when its own refs, the tasks it passed the object to, its borrowers and the
+    objects containing it are all gone.
     """
 
     __slots__ = ("_id", "_owner", "__weakref__")
@@ -60,7 +62,7 @@ class ObjectRef:
         core = context.state.core
         if core is not None:
             core.mark_shared(self._id)
-        return (ObjectRef, (self._id, self._owner))
+        return (_rebuild, (self._id, self._owner))
 
     def future(self) -> concurrent.futures.Future:
         """A concurrent.futures.Future resolved with the object's value (or error)."""
@@ -68,3 +70,12 @@ class ObjectRef:
 
     def __await__(self) -> Any:
         return asyncio.wrap_future(self.future()).__await__()
+
+
+def _rebuild(object_id: bytes, owner: str) -> ObjectRef:
+    """Unpickle a ref: counted here, and registered as borrowed if another process owns it."""
+    ref = ObjectRef(object_id, owner)
+    core = context.state.core
+    if core is not None:
+        core.on_deserialized(object_id, owner)
+    return ref

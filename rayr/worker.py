@@ -280,7 +280,7 @@ class TaskExecutor:
         """Store one streamed item and announce it to the owner."""
         oid = spec.task_id + (STREAM_FIRST_ITEM + index).to_bytes(4, "big")
         if record is None:
-            record = self.core.make_record(oid, serialization.serialize(value))
+            record = self.core.make_record(oid, serialization.serialize(value), spec.owner)
         self.core.commands.send([self.core.gcs.store_objects_command([(oid, record, spec.owner)])])
 
     def result_records(self, spec: TaskSpec, result: Any) -> list[bytes]:
@@ -304,7 +304,7 @@ class TaskExecutor:
                 raise TypeError(
                     f"could not serialize the return value of {spec.function_name}: {err}"
                 ) from err
-            out.append(self.core.make_record(oid, frame))
+            out.append(self.core.make_record(oid, frame, spec.owner))
         return out
 
     def error_record(self, spec: TaskSpec, err: BaseException) -> bytes:

@@ -186,6 +186,7 @@ class GcsClient:
             self.keys.objects_of_job(job_hex),
             self.keys.object_waiters_of_job(job_hex),
             self.keys.functions_of_job(job_hex),
+            *self.keys.refcount_keys_of_job(job_hex),
         ):
             batch = []
             for key in self.r.scan_iter(match=pattern, count=1000):
@@ -221,6 +222,20 @@ class GcsClient:
         for oid, record, owner in items:
             args.extend((oid, oid.hex(), record, owner))
         return args
+
+    def free_objects_command(self, items: Iterable[tuple[bytes, bool]]) -> tuple[Any, ...]:
+        """FREE_OBJECTS for (object id, force) pairs, as one command for a CommandStream."""
+        args: list[Any] = [self.keys.prefix]
+        for oid, force in items:
+            args.extend((oid.hex(), "1" if force else "0"))
+        return ("EVAL", scripts.FREE_OBJECTS, 0, *args)
+
+    def release_holders_command(self, items: Iterable[tuple[bytes, str, str]]) -> tuple[Any, ...]:
+        """RELEASE_HOLDERS for (object id, holder, owner) triples, as one command."""
+        args: list[Any] = [self.keys.prefix]
+        for oid, member, owner in items:
+            args.extend((oid, oid.hex(), member, owner))
+        return ("EVAL", scripts.RELEASE_HOLDERS, 0, *args)
 
     def submit_actor_call_command(self, actor_hex: str, spec: bytes) -> tuple[Any, ...]:
         """The SUBMIT_ACTOR_CALL call as one command; its reply is {1, id} or {0, cause}."""

@@ -223,3 +223,48 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PUBLISH', KEYS[3], ARGV[2])
 return 1
 """
+
+# Reference holders other than the owner's own refs (distributed reference counting).
+# objr:<hex> is the set of holders of an object: borrowing processes (their inbox name) and
+# objects that contain a ref to it ('o:' .. container hex). objc:<hex> lists what an object
+# contains, one entry per ref: 20-byte id .. 40-char hex .. owner inbox.
+# When the last holder goes, the owner is told with 'F' .. id in its inbox.
+local_release = """
+local function release(prefix, oid, ohex, member, owner)
+  local key = prefix .. 'objr:' .. ohex
+  if redis.call('SREM', key, member) == 1 and redis.call('SCARD', key) == 0 and owner ~= '' then
+    redis.call('RPUSH', prefix .. 'inbox:' .. owner, 'F' .. oid)
+  end
+end
+"""
+
+# ARGV[1] prefix, then (id, hex, member, owner) per holder to drop.
+RELEASE_HOLDERS = local_release + """
+for i = 2, #ARGV, 4 do
+  release(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+end
+return 1
+"""
+
+# Free objects (their record, holders and what they contain) unless someone holds them.
+# ARGV[1] prefix, then (hex, force) per object; force '1' frees even if held.
+# Returns one 1 (freed) or 0 (still held) per object.
+FREE_OBJECTS = local_release + """
+local prefix = ARGV[1]
+local out = {}
+for i = 2, #ARGV, 2 do
+  local h, force = ARGV[i], ARGV[i + 1]
+  local holders = prefix .. 'objr:' .. h
+  if force == '1' or redis.call('SCARD', holders) == 0 then
+    local ckey = prefix .. 'objc:' .. h
+    for _, e in ipairs(redis.call('LRANGE', ckey, 0, -1)) do
+      release(prefix, string.sub(e, 1, 20), string.sub(e, 21, 60), 'o:' .. h, string.sub(e, 61))
+    end
+    redis.call('DEL', prefix .. 'obj:' .. h, ckey, holders)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
