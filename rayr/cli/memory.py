@@ -40,7 +40,26 @@ def collect(gcs: GcsClient, limit: int = 50) -> dict[str, Any]:
             objects.append({"object_id": object_hex, "job": object_hex[:8], "kind": kind,
                             "node": holder, "size": size})
     objects.sort(key=lambda o: -o["size"])
-    return {"nodes": nodes, "total_objects": len(objects), "objects": objects[:limit]}
+    shown = objects[:limit]
+    with gcs.r.pipeline(transaction=False) as p:
+        for obj in shown:
+            p.smembers(gcs.keys.object_holders(obj["object_id"]))
+        holders = p.execute()
+    for obj, members in zip(shown, holders, strict=True):
+        captured = sorted(m.decode()[2:] for m in members if m.startswith(b"o:"))
+        obj["refs"] = {"borrowers": len(members) - len(captured), "captured_in": captured}
+    return {"nodes": nodes, "total_objects": len(objects), "objects": shown}
+
+
+def _refs(obj: dict[str, Any]) -> str:
+    """How the object is referenced besides its owner's own refs (local)."""
+    refs = obj.get("refs") or {}
+    kinds = ["local"]
+    if refs.get("borrowers"):
+        kinds.append(f"borrowed x{refs['borrowers']}")
+    if refs.get("captured_in"):
+        kinds.append(f"captured in {len(refs['captured_in'])} object(s)")
+    return ", ".join(kinds)
 
 
 def render(data: dict[str, Any]) -> str:
@@ -58,7 +77,8 @@ def render(data: dict[str, Any]) -> str:
     for obj in data["objects"]:
         where = f"node_{obj['node'][:12]}" if obj["node"] else "Redis"
         size = _bytes(obj["size"])
-        lines.append(f" {obj['object_id']}  {size:>10}  {obj['kind']:<6} {where}  job {obj['job']}")
+        lines.append(f" {obj['object_id']}  {size:>10}  {obj['kind']:<6} {where}  job {obj['job']}  "
+                     f"refs: {_refs(obj)}")
     if not data["objects"]:
         lines.append(" (none)")
     return "\n".join(lines)

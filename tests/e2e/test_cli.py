@@ -162,6 +162,7 @@ def test_memory_shows_store_use_and_objects(sessions):
 
             big = rayr.put(np.zeros(2_000_000, dtype=np.uint8))
             small = rayr.put("tiny")
+            box = rayr.put([big])  # `big` is now also captured inside `box`
             deadline = time.time() + 5
             data = {}
             while time.time() < deadline:  # store usage is published with the heartbeat
@@ -174,8 +175,11 @@ def test_memory_shows_store_use_and_objects(sessions):
             by_id = {o["object_id"]: o for o in data["objects"]}
             assert by_id[big.hex()]["kind"] == "store" and by_id[big.hex()]["size"] >= 2_000_000
             assert by_id[small.hex()]["kind"] == "inline"
+            assert by_id[big.hex()]["refs"]["captured_in"] == [box.hex()]
+            assert by_id[small.hex()]["refs"] == {"borrowers": 0, "captured_in": []}
             text = run_cli("memory", env=env).stdout
             assert "Object store memory" in text and big.hex() in text
+            assert "captured in 1 object(s)" in text
         finally:
             rayr.shutdown()
     finally:
