@@ -58,7 +58,9 @@ def one_run(url: str, node_timeout: float, kill: bool) -> tuple[float, float, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--node-timeout", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
     opts = parser.parse_args()
@@ -72,7 +74,8 @@ def main() -> None:
             detect.append(detected)
     med = statistics.median
     print(f"node timeout {opts.node_timeout}s, 1,000 x 5 ms tasks on 3 one-CPU nodes, {opts.repeats} runs")
-    print(f"  detection (kill -> node DEAD):       median {med(detect):.2f}s  all {[round(x, 2) for x in detect]}")
+    every = [round(x, 2) for x in detect]
+    print(f"  detection (kill -> node DEAD):       median {med(detect):.2f}s  all {every}")
     print(f"  makespan without a kill:             median {med(base):.2f}s")
     print(f"  makespan with a raylet killed:       median {med(killed):.2f}s")
     print(f"  recovery (kill -> every result in):  median {med(after_kill):.2f}s")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import redis
 
-from rayr.exceptions import ActorDiedError
+from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs.client import GcsClient
+from rayr.keys import TASK_GROUP
+from rayr.task_spec import TaskSpec
 
 
 def kill_actor(gcs: GcsClient, actor_id: str, why: str, no_restart: bool) -> None:
@@ -22,10 +24,43 @@ def kill_actor(gcs: GcsClient, actor_id: str, why: str, no_restart: bool) -> Non
         gcs.r.xadd(gcs.keys.node_stream(node), {b"kill": actor_id.encode()})
 
 
+def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
+    """Delete the job's tasks that no raylet has read yet from every task stream (those
+    already running finish); returns how many were dropped."""
+    streams = [gcs.keys.shape_stream(shape) for shape in gcs.shapes()]
+    for node in gcs.alive_nodes():
+        for shape in gcs.r.smembers(gcs.keys.node_shapes(node["node_id"])):
+            streams.append(gcs.keys.task_stream("~" + shape.decode(), node["node_id"]))
+    dropped: list[TaskSpec] = []
+    for stream in streams:
+        try:
+            groups = gcs.r.xinfo_groups(stream)
+        except redis.ResponseError:  # no such stream
+            continue
+        group = next((g for g in groups if g["name"] == TASK_GROUP.encode()), None)
+        start = b"(" + group["last-delivered-id"] if group else b"-"
+        ours = []
+        while True:
+            entries = gcs.r.xrange(stream, min=start, max="+", count=1000)
+            for entry_id, fields in entries:
+                if b"s" in fields and (spec := TaskSpec.decode(fields[b"s"])).job_hex == job_hex:
+                    ours.append(entry_id)
+                    dropped.append(spec)
+            if len(entries) < 1000:
+                break
+            start = b"(" + entries[-1][0]
+        for i in range(0, len(ours), 1000):
+            gcs.r.xdel(stream, *ours[i : i + 1000])
+    if dropped:  # anyone still waiting on them (a borrower, a generator) hears why
+        gcs.fail_tasks(dropped, TaskCancelledError(f"Job {job_hex} ended before the task ran."))
+    return len(dropped)
+
+
 def end_job(gcs: GcsClient, job_hex: str, status: str, why: str) -> None:
     """Kill the job's non-detached actors, remove its non-detached placement groups, mark it
     ended, drop its table entries, and have every node free what the job left in its store."""
     try:
+        drop_queued_tasks(gcs, job_hex)
         for actor_id in gcs.job_actors(job_hex):
             kill_actor(gcs, actor_id, why, no_restart=True)
         for info in gcs.placement_groups():

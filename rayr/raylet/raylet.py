@@ -287,7 +287,9 @@ class Raylet:
             self._publish_resources()
             self._capacity_freed()
         if b"jobdone" in fields:  # free what the ended job left in this node's store
-            self.store.cleanup(bytes.fromhex(fields[b"jobdone"].decode()))
+            job_hex = fields[b"jobdone"].decode()
+            self.store.cleanup(bytes.fromhex(job_hex))
+            self._drop_job_tasks(job_hex)
         if b"env_prepare" in fields:  # a job's runtime env, installed before its first task
             self._env_prepares.put(fields[b"env_prepare"].decode())
             self.wake()
@@ -298,6 +300,20 @@ class Raylet:
             self._wake_w.send(b"w")
         except OSError:
             pass
+
+    def _drop_job_tasks(self, job_hex: str) -> None:
+        """The job ended: tasks of it that this node read but has not started never will."""
+        def of_job(task: QueuedTask) -> bool:
+            return not task.actor and TaskSpec.decode(task.spec).job_hex == job_hex
+
+        dropped = []
+        with self._lock:
+            while (task := self.sched.remove_queued(of_job)) is not None:
+                dropped.append(task)
+        for task in dropped:
+            self._finish_cancelled(task)
+        if dropped:
+            self._capacity_freed()
 
     def _send_object(self, oid: bytes, dest: str, size: int) -> None:
         try:

@@ -233,3 +233,50 @@ def test_a_killed_drivers_actors_are_cleaned_up(cluster3):
     kept = rayr.get_actor("kept", namespace="crash")  # detached: it outlives its driver
     assert rayr.get(kept.pid.remote()) == kept_pid
     rayr.kill(kept)
+
+
+QUEUER = """
+import sys, time
+import rayr
+
+rayr.init(address=sys.argv[1], _cluster_name=sys.argv[2])
+
+@rayr.remote
+def slow(path):
+    with open(path, "a") as f:
+        f.write("x\\n")
+    time.sleep(1.0)
+
+refs = [slow.remote(sys.argv[3]) for _ in range(60)]
+rayr.wait(refs, num_returns=1)
+print("running", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_dead_drivers_queued_tasks_are_dropped(cluster3, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cluster, _ = cluster3
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-c", QUEUER, cluster.address, cluster.name, str(runs)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    core = rayr.context.require_core()
+    deadline = time.time() + 20
+    while core.gcs.r.scard(core.keys.running_jobs) > 1:  # ours is the only one left
+        assert time.time() < deadline, "the dead driver's job did not end"
+        time.sleep(0.1)
+    at_end = len(runs.read_text().split())
+    time.sleep(4)  # the 3 running at the end finish; nothing queued starts
+    ran = len(runs.read_text().split())
+    # three nodes would have started ~12 more in those 4 s; only ones a raylet already held may
+    assert ran <= at_end + 4 and ran < 40, f"{at_end} had run when the job ended, {ran} later"
