@@ -29,6 +29,7 @@ import uuid
 from rayr.exceptions import ObjectStoreFullError
 from rayr.object_store.base import BackendOptions, ObjectExistsError, ObjectStoreBackend, StoreUsage
 
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 POOL_MIN_BYTES = 1 << 20
 POOL_MAX_FILES = 16  # pooled files kept at most; beyond this deleted objects are unlinked
 
@@ -80,12 +81,15 @@ class FileBackend(ObjectStoreBackend):
         self.make_room(size)
         tmp = self._path(object_id, tmp=True)
         reused = size >= POOL_MIN_BYTES and self._take_pooled(size, tmp)
-        flags = os.O_RDWR if reused else os.O_RDWR | os.O_CREAT | os.O_EXCL
-        fd = os.open(tmp, flags, 0o600)
+        open_flags = os.O_RDWR if reused else os.O_RDWR | os.O_CREAT | os.O_EXCL
+        fd = os.open(tmp, open_flags, 0o600)
         try:
             os.ftruncate(fd, size)
             # mmap cannot map zero bytes; an empty object is just an empty file
-            mapping = mmap.mmap(fd, size) if size else None
+            # large objects: map populated, so the pages are faulted in by the kernel in one go
+            # (or, for a pooled file, just wired up) instead of one fault per page while copying
+            flags = mmap.MAP_SHARED | (_POPULATE if size >= POOL_MIN_BYTES else 0)
+            mapping = mmap.mmap(fd, size, flags=flags) if size else None
         finally:
             os.close(fd)
         self._writing[object_id] = mapping
