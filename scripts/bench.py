@@ -20,7 +20,6 @@ import time
 WORKLOAD = r"""
 import json, statistics, sys, time
 import numpy as np
-import psutil
 t0 = time.perf_counter()
 if sys.argv[1] == "ray":
     import ray
@@ -47,29 +46,42 @@ assert ray.get([noop.remote() for _ in range(n)]) == [None] * n
 rate = n / (time.perf_counter() - s)
 
 def uss_of_runtime():
-    # Unique set size (MB) of the driver and every process the runtime started for it.
-    # Both runtimes start their daemons (Redis or GCS, raylet, workers, agents) as
-    # descendants of the driver; Ray's are also found by its session directory in their
-    # command lines, in case one of them was re-parented.
-    me = psutil.Process()
-    procs = {p.pid: p for p in me.children(recursive=True)}
-    procs[me.pid] = me
+    # Unique set size (MB) of the driver and every process the runtime started for it,
+    # read from /proc (Ray's virtualenv has no psutil). Both runtimes start their daemons
+    # (Redis or GCS, raylet, workers, agents) as descendants of the driver; processes whose
+    # command line names the runtime's session directory count too, in case one of them
+    # was re-parented.
+    import os
+    parent, cmdline = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline[int(pid)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass  # exited meanwhile
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        more = {p for p, pp in parent.items() if pp in mine} - mine
+        grew = bool(more)
+        mine |= more
+    session = None  # rayr's processes are all descendants of the driver
     if sys.argv[1] == "ray":
-        try:
-            session = ray._private.worker._global_node.get_session_dir_path()
-        except Exception:
-            session = None
-        if session:
-            for p in psutil.process_iter(["cmdline"]):
-                if session in " ".join(p.info["cmdline"] or ()):
-                    procs.setdefault(p.pid, p)
+        session = ray._private.worker._global_node.get_session_dir_path()
+    if session:
+        mine |= {p for p, c in cmdline.items() if session in c}
     total = 0
-    for p in procs.values():
+    for pid in mine:
         try:
-            total += p.memory_full_info().uss
-        except psutil.Error:
-            pass  # a short-lived helper that exited meanwhile
-    return total / 1e6, len(procs)
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total / 1e6, len(mine)
 
 time.sleep(2)  # let both runtimes settle (prestarted workers, agents)
 idle_mb, idle_procs = uss_of_runtime()
