@@ -1,15 +1,22 @@
 """Moving an object between nodes through Redis.
 
 The node that needs an object asks the node that holds it (a ``pull`` entry on the holder's
-node stream); the holder's raylet pushes the object as chunks onto a Redis list that only
-this transfer uses, and the receiver pops them straight into its own store. At most
-``MAX_IN_FLIGHT`` chunks sit in Redis at once, so a large object never needs its size in
-Redis memory, and sending overlaps receiving. Chunks are lz4-compressed when the first one
-shows that compression pays.
+node stream). The holder's raylet writes the object as numbered chunks, each under a key of
+its own (``<transfer>:<i>``, expiring), and announces each on the transfer's list; the
+receiver pops an announcement, fetches and deletes that chunk straight into its own store,
+and acknowledges it on ``<transfer>:ack``. The sender keeps at most ``MAX_IN_FLIGHT`` chunks
+unacknowledged, so a large object never needs its size in Redis memory and sending overlaps
+receiving. Chunks are lz4-compressed when the first one shows that compression pays.
+
+The chunk bytes bypass redis-py: both sides speak RESP on a pooled connection's socket, the
+sender writing slices of the store's mapping, the receiver ``recv_into`` the store's buffer.
+Measured here, that is 5x less CPU than redis-py's ``SET`` of a 4 MiB value, and Redis does
+less copying for string keys than for list elements.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from typing import Any
@@ -21,43 +28,130 @@ from rayr.keys import Keys
 from rayr.object_store.base import ObjectStoreBackend
 
 CHUNK = 4 << 20
-MAX_IN_FLIGHT = 8
-PULL_TIMEOUT_S = 60  # a holder that sends nothing for this long is taken to be gone
+PIECE = 1 << 20  # socket writes this big are the cheapest here (fewer, not huge, skbs)
+MAX_IN_FLIGHT = 6
+PULL_TIMEOUT_S = 60  # a side that hears nothing from the other for this long gives up
+KEY_TTL_MS = 120_000  # whatever a vanished side leaves behind goes away by itself
 RAW = b"R"
 LZ4 = b"Z"
 FAILED = b"E"
-_LEN = struct.Struct("<I")
+_HEAD = struct.Struct("<cII")  # kind, chunk index, uncompressed length
 _WORTH_IT = 0.8  # compress only if the first chunk shrinks below this fraction
+
+
+def _cmd(*parts: bytes) -> bytes:
+    """A RESP command whose arguments are all in ``parts`` (small ones only)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for p in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(p), p))
+    return b"".join(out)
+
+
+class _Raw:
+    """RESP on the bare socket of a connection taken from ``r``'s pool (auth already done).
+
+    Any error leaves the connection in an unknown state, so it is then closed rather than
+    handed back.
+    """
+
+    def __init__(self, r: Any) -> None:
+        self.pool = r.connection_pool
+        self.conn = self.pool.get_connection()
+        self.conn.connect()
+        self.sock: socket.socket = self.conn._sock
+        self.buf = bytearray()
+        self.ok = False
+
+    def __enter__(self) -> _Raw:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.ok or self.buf:
+            self.conn.disconnect()
+        self.pool.release(self.conn)
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("Redis closed the connection during an object transfer")
+        self.buf += data
+
+    def line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        out = bytes(self.buf[:end])
+        del self.buf[: end + 2]
+        if out[:1] == b"-":
+            raise ConnectionError(f"Redis refused a transfer command: {out[1:].decode(errors='replace')}")
+        return out
+
+    def bulk_into(self, out: memoryview) -> int:
+        """Read a bulk reply into ``out``; its length, or -1 for a missing key."""
+        n = int(self.line()[1:])
+        if n < 0:
+            return -1
+        if n > out.nbytes:
+            raise ConnectionError(f"a transfer chunk of {n} bytes does not fit its {out.nbytes}")
+        have = min(n, len(self.buf))
+        out[:have] = self.buf[:have]
+        del self.buf[:have]
+        while have < n:
+            got = self.sock.recv_into(out[have:n])
+            if not got:
+                raise ConnectionError("Redis closed the connection during an object transfer")
+            have += got
+        while len(self.buf) < 2:
+            self._fill()
+        del self.buf[:2]
+        return n
+
+    def set_chunk(self, key: bytes, data: memoryview | bytes, announce: bytes, head: bytes) -> None:
+        """SET ``key`` to ``data`` (expiring) and RPUSH ``head`` onto ``announce``; no reply read."""
+        self.sock.sendall(b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(key), key, len(data)))
+        view = memoryview(data)
+        for start in range(0, len(view), PIECE):
+            self.sock.sendall(view[start : start + PIECE])
+        ttl = str(KEY_TTL_MS).encode()
+        self.sock.sendall(b"\r\n" + _cmd(b"PX", ttl)[4:] + _cmd(b"RPUSH", announce, head))
 
 
 def send_object(r: Any, keys: Keys, store: ObjectStoreBackend, oid: bytes, dest: str, size: int) -> None:
     """Push ``oid`` from this node's store to ``dest`` (run by the holder's raylet)."""
     key = keys.transfer(oid.hex(), dest)
+    ack = key + ":ack"
     view = store.get(oid)
     if view is None:
-        r.rpush(key, FAILED + b"the object is no longer in its node's store")
-        r.expire(key, 120)
+        r.rpush(key, _HEAD.pack(FAILED, 0, 0) + b"the object is no longer in its node's store")
+        r.expire(key, KEY_TTL_MS // 1000)
         return
     compress: bool | None = None
     try:
-        for offset in range(0, size, CHUNK):
-            chunk = view[offset : offset + CHUNK]
-            message: bytes | bytearray | None = None
-            if compress is not False:
-                packed = lz4.block.compress(chunk, store_size=False)
-                compress = len(packed) < _WORTH_IT * len(chunk)
-                if compress:
-                    message = LZ4 + _LEN.pack(len(chunk)) + packed
-            if message is None:  # one copy, straight from the store's mapping
-                message = bytearray(1 + len(chunk))
-                message[0:1] = RAW
-                message[1:] = chunk
-            queued = r.rpush(key, message)
-            if offset == 0:
-                r.expire(key, 120)  # a receiver that vanished leaves nothing behind for long
-            while queued >= MAX_IN_FLIGHT:
-                time.sleep(0.0005)
-                queued = r.llen(key)
+        with _Raw(r) as raw:
+            pending = 0  # replies (SET, RPUSH) not read yet
+            for index, offset in enumerate(range(0, size, CHUNK)):
+                if index >= MAX_IN_FLIGHT:  # wait until the receiver has taken one
+                    for _ in range(pending):
+                        raw.line()
+                    pending = 0
+                    if r.blpop([ack], timeout=PULL_TIMEOUT_S) is None:
+                        raise ObjectLostError(oid.hex(), f"Node {dest[:12]} stopped taking its chunks.")
+                chunk = view[offset : offset + CHUNK]
+                kind, data = RAW, chunk
+                if compress is not False:
+                    packed = lz4.block.compress(chunk, store_size=False)
+                    compress = len(packed) < _WORTH_IT * len(chunk)
+                    if compress:
+                        kind, data = LZ4, packed
+                raw.set_chunk(f"{key}:{index}".encode(), data, key.encode(),
+                              _HEAD.pack(kind, index, len(chunk)))
+                pending += 2
+                if index == 0:
+                    raw.sock.sendall(_cmd(b"PEXPIRE", key.encode(), str(KEY_TTL_MS).encode())
+                                     + _cmd(b"PEXPIRE", ack.encode(), str(KEY_TTL_MS).encode()))
+                    pending += 2
+            for _ in range(pending):
+                raw.line()
+            raw.ok = True
     finally:
         view.release()
 
@@ -69,32 +163,49 @@ def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: mem
         ObjectLostError: the holder does not answer or no longer has the object.
     """
     key = keys.transfer(oid.hex(), dest)
+    ack = key + ":ack"
     state = r.hget(keys.node(holder), "state")
     if state != b"ALIVE":
         raise ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}, which is "
                               f"{(state or b'unknown').decode()}.")
-    r.delete(key)  # chunks of an earlier, abandoned pull must not be mixed in
+    r.delete(key, ack)  # what an earlier, abandoned pull left must not be mixed in
     r.xadd(keys.node_stream(holder), {b"pull": oid.hex().encode(), b"dest": dest.encode(),
                                       b"size": str(out.nbytes).encode()})
     offset = 0
-    while offset < out.nbytes:
-        item = r.blpop([key], timeout=PULL_TIMEOUT_S)
-        if item is None:
-            raise ObjectLostError(oid.hex(), f"Node {holder[:12]} did not send it within {PULL_TIMEOUT_S}s.")
-        data = item[1]
-        kind = data[:1]
-        if kind == FAILED:
-            raise ObjectLostError(oid.hex(), f"Node {holder[:12]} could not send it: {data[1:].decode()}")
-        if kind == LZ4:
-            (length,) = _LEN.unpack_from(data, 1)
-            chunk: bytes | memoryview = lz4.block.decompress(
-                memoryview(data)[1 + _LEN.size :], uncompressed_size=length
-            )
-        else:
-            chunk = memoryview(data)[1:]  # no copy until it lands in the store
-        out[offset : offset + len(chunk)] = chunk
-        offset += len(chunk)
-    r.delete(key)
+    scratch: bytearray | None = None
+    with _Raw(r) as raw:
+        while offset < out.nbytes:
+            item = r.blpop([key], timeout=PULL_TIMEOUT_S)
+            if item is None:
+                raise ObjectLostError(oid.hex(),
+                                      f"Node {holder[:12]} did not send it within {PULL_TIMEOUT_S}s.")
+            kind, index, length = _HEAD.unpack_from(item[1])
+            if kind == FAILED:
+                reason = item[1][_HEAD.size :].decode(errors="replace")
+                raise ObjectLostError(oid.hex(), f"Node {holder[:12]} could not send it: {reason}")
+            if length > out.nbytes - offset:
+                raise ObjectLostError(oid.hex(), f"Node {holder[:12]} sent more than its {out.nbytes} bytes.")
+            chunk_key = f"{key}:{index}".encode()
+            raw.sock.sendall(_cmd(b"GET", chunk_key) + _cmd(b"DEL", chunk_key)
+                             + _cmd(b"RPUSH", ack.encode(), b"1"))
+            if kind == LZ4:
+                if scratch is None:
+                    scratch = bytearray(CHUNK + CHUNK // 255 + 64)  # lz4's worst case
+                n = raw.bulk_into(memoryview(scratch))
+                if n >= 0:
+                    out[offset : offset + length] = lz4.block.decompress(
+                        memoryview(scratch)[:n], uncompressed_size=length
+                    )
+            else:
+                n = raw.bulk_into(out[offset : offset + length])
+            raw.line()
+            raw.line()
+            if n < 0:
+                raise ObjectLostError(oid.hex(),
+                                      f"A chunk from node {holder[:12]} expired before it was read.")
+            offset += length
+        raw.ok = True
+    r.delete(key, ack)
 
 
 def pull_into_store(

@@ -306,7 +306,9 @@ class Scheduler:
         for env, n in need.items():
             if n - idle.get(env, 0) - starting.get(env, 0) > 0:
                 want[env] = n - idle.get(env, 0) - starting.get(env, 0)
-        room = self.max_workers - len(self.live) - self.starting
+        # Workers blocked in get() do not count: they wait on tasks that need workers of
+        # their own, so counting them would deadlock a fan-out wider than the cap.
+        room = self.max_workers - len(self.live - self.blocked) - self.starting
         retire: list[str] = []
         for worker in list(self.idle):
             if sum(want.values()) <= room:

@@ -52,6 +52,23 @@ def test_workers_to_start_is_bounded():
     assert s.workers_to_start() == 0  # two are already starting for two tasks
 
 
+
+def test_blocked_workers_do_not_count_against_the_worker_cap():
+    # two parents, each blocked in get() on a child: the cap of 2 must not stop a third worker
+    s = Scheduler(total={"CPU": 2.0}, max_workers=2)
+    s.add_shapes({"CPU=1"})
+    s.on_worker_ready("p1")
+    s.on_worker_ready("p2")
+    s.on_tasks([task("CPU=1", 1), task("CPU=1", 2)])
+    assert len(s.dispatches()) == 2
+    s.on_worker_blocked("p1")
+    s.on_worker_blocked("p2")
+    s.on_tasks([task("CPU=1", 3)])
+    assert s.workers_to_start() == 1
+    s.on_worker_unblocked("p1")
+    s.on_worker_unblocked("p2")
+    assert s.workers_to_start() == 0  # both run again: the cap is reached once more
+
 def test_blocked_worker_gives_back_its_cpu():
     s = Scheduler(total={"CPU": 1.0}, max_workers=4)
     s.add_shapes({"CPU=1"})
