@@ -27,7 +27,8 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
     """The status as data (``--format json`` prints exactly this)."""
     nodes = gcs.list_nodes()
     alive = [n for n in nodes if n.get("state") == NODE_ALIVE]
-    dead = [n for n in nodes if n.get("state") == NODE_DEAD]
+    # a node stopped on purpose (`rayr stop`, the autoscaler) is not a failure
+    dead = [n for n in nodes if n.get("state") == NODE_DEAD and n.get("death_reason") != "stopped"]
     total: dict[str, float] = {}
     free: dict[str, float] = {}
     for node in alive:
