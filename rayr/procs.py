@@ -56,8 +56,9 @@ def spawn(
     )
 
 
-def stop(procs: Sequence[subprocess.Popen], timeout: float = 5.0) -> None:
-    """SIGTERM each process, wait, then SIGKILL whatever is left; reaps them all."""
+def stop(procs: Sequence[Any], timeout: float = 5.0) -> None:
+    """SIGTERM each process (a ``Popen``, or anything with its poll/send_signal/wait/kill), wait,
+    then SIGKILL whatever is left; reaps them all."""
     for proc in procs:
         if proc.poll() is None:
             try:

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from rayr import procs
+from rayr.raylet.zygote import ForkedProcess, Zygote
 from rayr.runtime_env.installer import WorkerEnv
 
 
 @dataclass
 class WorkerHandle:
     worker_id: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen | ForkedProcess
     conn: Connection
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
@@ -28,29 +29,36 @@ class WorkerHandle:
 class WorkerPool:
     """Launches ``python -m rayr.worker`` processes bound to this raylet."""
 
-    def __init__(self, base_args: list[str], log_dir: str) -> None:
+    def __init__(self, base_args: list[str], log_dir: str, zygote: bool = True) -> None:
         self._base_args = base_args
         self._log_dir = log_dir
         self.workers: dict[str, WorkerHandle] = {}
+        # workers of the default env are forked from a zygote (a few ms instead of ~0.25 s)
+        self.zygote = Zygote(os.path.join(log_dir, "zygote.log")) if zygote else None
 
     def start(self, env: str = "", worker_env: WorkerEnv | None = None) -> WorkerHandle:
         """Launch a worker; in a runtime env, with its interpreter, variables and directory."""
         worker_id = os.urandom(12).hex()
         python = worker_env.python if worker_env is not None else sys.executable
         extra = ["--runtime-env", env] if env else []
+        log_path = os.path.join(self._log_dir, f"worker-{worker_id}.log")
+        args = ["--worker-id", worker_id, "--cancel-file", self.cancel_file(worker_id),
+                *self._base_args, *extra]
         ours, theirs = socket.socketpair()
+        proc: subprocess.Popen | ForkedProcess | None = None
         try:
-            with open(os.path.join(self._log_dir, f"worker-{worker_id}.log"), "ab") as log:
-                proc = procs.spawn(
-                    [python, "-P", "-m", "rayr.worker", "--fd", str(theirs.fileno()),
-                     "--worker-id", worker_id, "--cancel-file", self.cancel_file(worker_id),
-                     *self._base_args, *extra],
-                    log=log,
-                    death_signal=signal.SIGKILL,
-                    pass_fds=[theirs.fileno()],
-                    env=worker_env.environ() if worker_env is not None else None,
-                    cwd=worker_env.cwd if worker_env is not None else None,
-                )
+            if self.zygote is not None and worker_env is None:
+                proc = self.zygote.fork(["--fd", "{fd}", *args], log_path, theirs.fileno())
+            if proc is None:
+                with open(log_path, "ab") as log:
+                    proc = procs.spawn(
+                        [python, "-P", "-m", "rayr.worker", "--fd", str(theirs.fileno()), *args],
+                        log=log,
+                        death_signal=signal.SIGKILL,
+                        pass_fds=[theirs.fileno()],
+                        env=worker_env.environ() if worker_env is not None else None,
+                        cwd=worker_env.cwd if worker_env is not None else None,
+                    )
         finally:
             theirs.close()
         conn = Connection(ours.detach())
@@ -94,3 +102,5 @@ class WorkerPool:
         for handle in self.workers.values():
             handle.conn.close()
         self.workers.clear()
+        if self.zygote is not None:
+            self.zygote.stop()

@@ -1,0 +1,213 @@
+"""Forked workers: a process that has already imported the worker's code forks new workers.
+
+Starting ``python -m rayr.worker`` costs ~0.25 s of CPU, most of it imports (redis-py,
+pydantic, cloudpickle); a fork of a process that has them loaded costs a few milliseconds.
+The raylet starts one zygote (``python -m rayr.raylet.zygote``) with a socketpair; to start a
+worker it sends the worker's arguments, its log path and its end of the worker socketpair
+(SCM_RIGHTS). The zygote forks; the child points its output at the log, dies with the zygote
+(which dies with the raylet), and runs the worker's ``main``. The zygote reaps its children
+and reports each exit code, so the raylet tracks forked workers much as it tracks ``Popen``s.
+The zygote itself starts no thread and opens no connection, so forking it is safe.
+Workers of a runtime env are still started as fresh interpreters (another python, env vars).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from rayr import procs
+
+_MAX_MSG = 1 << 16
+
+
+class ForkedProcess:
+    """A worker forked by the zygote, with the part of ``Popen``'s interface the raylet uses."""
+
+    def __init__(self, pid: int, zygote: Zygote) -> None:
+        self.pid = pid
+        self.args = ["<forked worker>"]
+        self._zygote = zygote
+
+    @property
+    def returncode(self) -> int | None:
+        return self._zygote.exits.get(self.pid)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.returncode) is None:
+            if not self._zygote.alive():  # its children die with it; nothing reports them
+                self._zygote.exits.setdefault(self.pid, -signal.SIGKILL)
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            time.sleep(0.005)
+        return code
+
+
+class Zygote:
+    """The raylet's side: starts the zygote and asks it for workers."""
+
+    def __init__(self, log_path: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(log_path, "ab") as log:
+            self.proc = procs.spawn(
+                [sys.executable, "-P", "-m", "rayr.raylet.zygote", "--fd", str(theirs.fileno())],
+                log=log, death_signal=signal.SIGKILL, pass_fds=[theirs.fileno()],
+            )
+        theirs.close()
+        self._sock = ours
+        self._lock = threading.Lock()
+        self._pids: queue.Queue[int] = queue.Queue()
+        self.exits: dict[int, int] = {}
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, name="rayr-zygote", daemon=True).start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        return self._ready.wait(timeout) and self.alive()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(_MAX_MSG)
+            except OSError:
+                return
+            if not data:
+                return
+            kind, *rest = pickle.loads(data)
+            if kind == "ready":
+                self._ready.set()
+            elif kind == "pid":
+                self._pids.put(rest[0])
+            elif kind == "exit":
+                self.exits[rest[0]] = rest[1]
+
+    def fork(self, argv: list[str], log_path: str, conn_fd: int) -> ForkedProcess | None:
+        """A forked worker running ``rayr.worker`` with ``argv`` (where ``{fd}`` stands for the
+        number its end of the socketpair gets); None if the zygote cannot (start it anew)."""
+        # at the node's start the zygote is still importing: waiting for it costs no more than
+        # a fresh interpreter importing the same modules (and leaves the CPU to one of them)
+        if not self.ready(timeout=5.0):
+            return None
+        with self._lock:
+            try:
+                socket.send_fds(self._sock, [pickle.dumps((argv, log_path))], [conn_fd])
+                pid = self._pids.get(timeout=5)
+            except (OSError, queue.Empty):
+                return None
+        return ForkedProcess(pid, self)
+
+    def stop(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        procs.stop([self.proc], timeout=2)
+
+
+# ------------------------------------------------------------------ the zygote process
+def _child(argv: list[str], log_path: str, fd: int, control: socket.socket) -> None:
+    """In the forked child: become a worker."""
+    code = 1
+    try:
+        control.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        procs.set_parent_death_signal(signal.SIGKILL)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        from rayr import worker
+
+        argv = [a.replace("{fd}", str(fd)) for a in argv]
+        sys.argv = ["rayr.worker", *argv]
+        worker.main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _reap(control: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        control.send(pickle.dumps(("exit", pid, os.waitstatus_to_exitcode(status))))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="rayr.raylet.zygote")
+    parser.add_argument("--fd", type=int, required=True)
+    opts = parser.parse_args(argv)
+    # what every worker needs, loaded once here (no threads, no connections)
+    import rayr.actor_runtime  # noqa: F401
+    import rayr.worker  # noqa: F401
+
+    control = socket.socket(fileno=opts.fd)
+    control.send(pickle.dumps(("ready",)))
+    while True:
+        readable, _, _ = select.select([control], [], [], 0.05)
+        _reap(control)
+        if not readable:
+            continue
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(control, _MAX_MSG, 1)
+        except OSError:
+            return
+        if not data:
+            return  # the raylet is gone
+        argv_, log_path = pickle.loads(data)
+        pid = os.fork()
+        if pid == 0:
+            _child(argv_, log_path, fds[0], control)
+        os.close(fds[0])
+        control.send(pickle.dumps(("pid", pid)))
+
+
+if __name__ == "__main__":
+    main()
