@@ -82,6 +82,7 @@ class Zygote:
         theirs.close()
         self._sock = ours
         self._lock = threading.Lock()
+        self._broken = False
         self._pids: queue.Queue[int] = queue.Queue()
         self.exits: dict[int, int] = {}
         self._ready = threading.Event()
@@ -117,10 +118,14 @@ class Zygote:
         if not self.ready(timeout=5.0):
             return None
         with self._lock:
+            if self._broken:
+                return None
             try:
                 socket.send_fds(self._sock, [pickle.dumps((argv, log_path))], [conn_fd])
                 pid = self._pids.get(timeout=5)
             except (OSError, queue.Empty):
+                # a late answer would be taken for the next request's: stop asking this zygote
+                self._broken = True
                 return None
         return ForkedProcess(pid, self)
 
