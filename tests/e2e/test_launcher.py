@@ -88,6 +88,10 @@ def test_up_status_exec_idempotent_up_and_down_leave_nothing(sessions, tmp_path)
         assert "is up at redis://127.0.0.1:" in out and "(2 node(s)" in out  # head + min_workers
         first = record(temp_dir, config)
         status = run_cli("status", env=env).stdout
+        deadline = time.time() + 15
+        while "1 special_worker" not in status and time.time() < deadline:
+            time.sleep(0.5)  # the autoscaler publishes what it sees on its next round
+            status = run_cli("status", env=env).stdout
         assert status.count(" 1 node_") == 2 and "1.0/2.0 special" not in status
         assert "0.0/1.0 special" in status and "Autoscaler:" in status and "1 special_worker" in status
         # exec runs on the head, connected to the cluster
