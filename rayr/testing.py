@@ -4,12 +4,15 @@
   (or ``RAYR_TEST_REDIS_URL`` when set) and stops it afterwards.
 - :class:`Cluster` starts several raylets against one Redis (each its own node, sharing
   nothing but Redis) under a unique cluster name, and removes its keys at the end.
+- :func:`run_cli` runs a ``rayr`` CLI command in a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +23,17 @@ import redis
 from rayr import procs
 from rayr.config import Settings, env_test_redis_url
 from rayr.node import LocalCluster, free_port, start_redis
+
+
+def run_cli(
+    *args: str, env: dict[str, str], check: bool = True, timeout: float = 120, cwd: str | None = None
+) -> subprocess.CompletedProcess:
+    """``rayr ARGS...`` with ``env``; with ``check`` a non-zero exit fails with its output."""
+    out = subprocess.run([sys.executable, "-m", "rayr.cli.main", *args], capture_output=True,
+                         text=True, env=env, timeout=timeout, cwd=cwd)
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
 
 
 @contextmanager

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
-import subprocess
-import sys
 
 import pytest
 
 import rayr
+from rayr import testing
 from rayr.node import free_port
 
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rayr.cli.main", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+run_cli = functools.partial(testing.run_cli, check=False)  # the tests look at failures
 
 
 @pytest.fixture

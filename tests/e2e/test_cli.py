@@ -13,16 +13,7 @@ import redis
 
 import rayr
 from rayr.node import free_port
-
-
-def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        [sys.executable, "-m", "rayr.cli.main", *args],
-        capture_output=True, text=True, env=env, timeout=120,
-    )
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
+from rayr.testing import run_cli
 
 
 def test_start_status_join_stop(sessions):

@@ -4,15 +4,16 @@ cluster started with `rayr start`, running examples/job_app (own module + a pip 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
-import subprocess
 import sys
 import time
 
 import psutil
 import pytest
 
+from rayr import testing
 from rayr.job_submission import JobStatus, JobSubmissionClient
 from rayr.node import free_port
 from rayr.testing import Cluster
@@ -105,12 +106,8 @@ def test_stop_a_running_job_and_a_finished_one(job_cluster):
         client.get_job_status("nope")
 
 
-def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "rayr.cli.main", *args], capture_output=True, text=True,
-                           env=env, timeout=150, cwd=REPO)
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
+# relative --working-dir paths in these commands are the repository's
+run_cli = functools.partial(testing.run_cli, timeout=150, cwd=REPO)
 
 
 def test_cli_job_lifecycle_on_a_two_node_cluster(sessions):

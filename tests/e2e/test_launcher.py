@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 import rayr
 from rayr.autoscaler.sdk import request_resources
+from rayr.testing import run_cli
 
 CONFIG = """
 cluster_name: {name}
@@ -35,14 +35,6 @@ head_node_type: head
 object_store:
   memory: 50000000
 """
-
-
-def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "rayr.cli.main", *args],
-                         capture_output=True, text=True, env=env, timeout=120)
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
 
 
 def cluster_processes(temp_dir: str) -> list[psutil.Process]:

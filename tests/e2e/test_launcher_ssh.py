@@ -19,6 +19,7 @@ import pytest
 
 from rayr import procs
 from rayr.node import free_port
+from rayr.testing import run_cli
 
 HOSTS = ("127.0.0.1", "127.0.0.2")
 
@@ -62,14 +63,6 @@ def sshd(tmp_path: Path) -> Iterator[tuple[int, str]]:
         yield port, str(d / "user_key")
     finally:
         procs.stop([proc])
-
-
-def run_cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "rayr.cli.main", *args],
-                         capture_output=True, text=True, env=env, timeout=120)
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
 
 
 def remote_processes(remote_dir: str, redis_port: int) -> list[psutil.Process]:
