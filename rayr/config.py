@@ -6,6 +6,7 @@ receive their settings as JSON on the command line, never by re-reading the envi
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,11 @@ def env_submission_id() -> str | None:
 def env_test_redis_url() -> str | None:
     """An external Redis for the test suite (``RAYR_TEST_REDIS_URL``), if set."""
     return os.environ.get("RAYR_TEST_REDIS_URL") or None
+
+
+def daemon_settings(settings_json: str) -> Settings:
+    """The settings a parent passed to a cluster process as JSON (``--settings-json``), with
+    the process's logging set up from them."""
+    settings = Settings.model_validate_json(settings_json)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return settings

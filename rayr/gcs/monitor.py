@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from rayr.autoscaler.autoscaler import AutoscalerHook
-from rayr.config import Settings
+from rayr.config import Settings, daemon_settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.gcs.jobs import end_job
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--settings-json", required=True)
     opts = parser.parse_args(argv)
-    settings = Settings.model_validate_json(opts.settings_json)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = daemon_settings(opts.settings_json)
     gcs = GcsClient(connect(opts.redis_url, settings.redis_password), Keys(settings.cluster_name))
     monitor = Monitor(gcs, settings)
     signal.signal(signal.SIGTERM, monitor.on_signal)

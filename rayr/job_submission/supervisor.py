@@ -29,7 +29,7 @@ import psutil
 import redis
 
 from rayr import procs
-from rayr.config import Settings
+from rayr.config import Settings, daemon_settings
 from rayr.gcs.client import GcsClient, connect
 from rayr.job_submission import JobStatus, now_ms
 from rayr.keys import Keys
@@ -314,8 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings-json", required=True)
     parser.add_argument("--session-dir", required=True)
     opts = parser.parse_args(argv)
-    settings = Settings.model_validate_json(opts.settings_json)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = daemon_settings(opts.settings_json)
     gcs = GcsClient(connect(opts.redis_url, settings.redis_password), Keys(settings.cluster_name))
     supervisor = JobSupervisor(gcs, settings, opts.redis_url, opts.session_dir)
     signal.signal(signal.SIGTERM, supervisor.on_signal)

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from rayr.config import Settings
+from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, until_reachable
 from rayr.keys import TASK_GROUP, Keys
@@ -731,8 +731,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head", action="store_true")
     parser.add_argument("--host", default="127.0.0.1")
     opts = parser.parse_args(argv)
-    settings = Settings.model_validate_json(opts.settings_json)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = daemon_settings(opts.settings_json)
     raylet = Raylet(
         settings=settings,
         redis_url=opts.redis_url,
