@@ -346,7 +346,8 @@ class CoreWorker:
             commands.append(self.gcs.free_objects_command(held))
         if commands:
             self.commands.send(commands, self._on_freed(held) if held else None)
-        simple = [oid.hex() for oid, _ in plain if oid not in dict(held)]
+        in_script = {oid for oid, _ in held}
+        simple = [oid.hex() for oid, _ in plain if oid not in in_script]
         try:
             self.gcs.delete_objects(simple)
         except Exception:  # cluster going away; job cleanup removes the rest
@@ -412,7 +413,7 @@ class CoreWorker:
             for msg in msgs:
                 parsed = rec.parse_message(msg)
                 if parsed is None:
-                    self._on_rebuild_message(msg, rebuild_requests)
+                    self._on_owner_message(msg, rebuild_requests)
                     continue
                 oid, record = parsed
                 self._accept(oid, record)
@@ -442,7 +443,9 @@ class CoreWorker:
         for request in rebuild_requests:
             self._on_rebuild_request(request)
 
-    def _on_rebuild_message(self, msg: bytes, requests: list[bytes]) -> None:
+    def _on_owner_message(self, msg: bytes, requests: list[bytes]) -> None:
+        """Inbox messages other than object records: rebuild requests and acknowledgements
+        (R, A), and reference counting (F: last holder gone, C: our object contains refs)."""
         kind, oid = msg[:1], msg[1 : 1 + rec.OID_LEN]
         if kind == b"R":
             requests.append(msg)  # served after the batch, outside the lock
@@ -922,8 +925,13 @@ class CoreWorker:
                 f"{len(unique)} objects were not ready"
             )
         deadline = None if timeout is None else time.monotonic() + timeout
-        owners = [ref.owner_address() for ref in refs]
-        return [self.value_recovering(oid, owner, deadline) for oid, owner in zip(oids, owners, strict=True)]
+        with self._cond:
+            records = [self._records[o] for o in oids]
+        return [
+            self.value_of(oid, record) if record[0] != rec.STORED  # inline: nothing can be lost
+            else self.value_recovering(oid, ref.owner_address(), deadline)
+            for oid, record, ref in zip(oids, records, refs, strict=True)
+        ]
 
     def value_recovering(self, oid: bytes, owner: str, deadline: float | None = None) -> Any:
         """The value of a resolved object; a stored object whose every copy is gone is rebuilt

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 
-from rayr.gcs.client import RECONNECT_S, redis_retry
+from rayr.gcs.client import REDIS_DOWN_ERRORS, redis_retry, until_reachable
 
 log = logging.getLogger("rayr.commands")
 
@@ -113,27 +112,26 @@ class CommandStream:
         """Connect again (with backoff, for up to RECONNECT_S) and resend every unanswered
         batch in order; False if Redis stayed away or we were closed meanwhile."""
         log.warning("lost the command connection to Redis; reconnecting")
-        deadline = time.monotonic() + RECONNECT_S
-        delay = 0.05
         with self._lock:  # no new batch is written until the old ones are resent
             self._broken = True
-            while not self._closed:
-                try:
-                    self._conn.disconnect()
-                    self._conn.connect()
-                    with self._cond:
-                        unanswered = [packed for _, _, packed in self._waiting]
-                    for packed in unanswered:
-                        self._conn.send_packed_command(packed, check_health=False)
-                    log.warning("command connection to Redis is back; %d batches resent", len(unanswered))
-                    self._broken = False
-                    return True
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-        return False
+            try:
+                resent = until_reachable(self._resend, "reconnecting the command stream")
+            except REDIS_DOWN_ERRORS:
+                return False
+            self._broken = not resent
+            return resent
+
+    def _resend(self) -> bool:
+        if self._closed:
+            return False
+        self._conn.disconnect()
+        self._conn.connect()
+        with self._cond:
+            unanswered = [packed for _, _, packed in self._waiting]
+        for packed in unanswered:
+            self._conn.send_packed_command(packed, check_health=False)
+        log.warning("command connection to Redis is back; %d batches resent", len(unanswered))
+        return True
 
     def close(self) -> None:
         self.flush(timeout=2.0)
