@@ -185,7 +185,7 @@ def init(
         cluster = None
         if url is None:
             os.makedirs(settings.temp_dir, exist_ok=True)
-            cluster = LocalCluster.new_session(settings)
+            cluster = LocalCluster.new_session(settings, fork=True)
             try:
                 cluster.start_head(
                     num_cpus=num_cpus,

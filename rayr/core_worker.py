@@ -215,6 +215,8 @@ class CoreWorker:
         except Exception:  # Redis already gone: the thread ends on its own timeout
             pass
         self._inbox_thread.join(timeout=5)
+        if not self._inbox_thread.is_alive():
+            self._blocking.close()
         self._drain_released()
         self._flush_deletes()
         self.commands.close()

@@ -6,6 +6,7 @@ Used by ``rayr.init()`` (an embedded cluster whose processes die with the driver
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import redis
 
 from rayr import procs
 from rayr.config import Settings
-from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
 from rayr.keys import Keys
 
 
@@ -78,6 +79,7 @@ def start_redis(
         "--protected-mode", "yes" if bind in ("127.0.0.1", "localhost", "::1") else "no",
         "--dir", workdir or "/tmp",
         "--loglevel", "warning",
+        "--hz", "100",
     ]
     if password:
         cmd += ["--requirepass", password]
@@ -88,7 +90,7 @@ def start_redis(
         new_session=daemon,
     )
     client = redis.Redis(host="127.0.0.1" if bind in ("0.0.0.0", "::") else bind, port=port,
-                         password=password)
+                         password=password, **CLIENT_OPTIONS)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -101,7 +103,7 @@ def start_redis(
                 raise RuntimeError(
                     f"redis-server on port {port} did not start (exit code {proc.returncode})"
                 ) from None
-            time.sleep(0.01)
+            time.sleep(0.002)
 
 
 def default_resources(
@@ -130,6 +132,12 @@ def default_resources(
     return out
 
 
+Daemon = subprocess.Popen | procs.ForkedChild
+
+# where the ``main`` of a daemon started with ``python -m`` lives
+_MAIN_OF = {"rayr.raylet": "rayr.raylet.raylet"}
+
+
 @dataclass
 class LocalCluster:
     """Processes of one cluster started from this process.
@@ -143,12 +151,15 @@ class LocalCluster:
     port: int | None = None
     bind: str = "127.0.0.1"
     redis_proc: subprocess.Popen | None = None
-    monitor_proc: subprocess.Popen | None = None
-    raylets: dict[str, subprocess.Popen] = field(default_factory=dict)
+    monitor_proc: Daemon | None = None
+    raylets: dict[str, Daemon] = field(default_factory=dict)
     external_redis_url: str | None = None
     redis_persist: bool = False  # an append-only file in the session dir
     job_supervisor: bool = False  # run submitted jobs (`rayr job submit`) on this head
-    supervisor_proc: subprocess.Popen | None = None
+    supervisor_proc: Daemon | None = None
+    # fork the daemons from this process (when it has one thread) rather than start new
+    # interpreters: an embedded cluster is up in milliseconds and its daemons share our pages
+    fork: bool = False
 
     @classmethod
     def new_session(cls, settings: Settings, **kwargs: Any) -> LocalCluster:
@@ -167,8 +178,20 @@ class LocalCluster:
     def _log(self, name: str) -> IO[bytes]:
         return open(os.path.join(self.session_dir, "logs", name), "ab")
 
-    def _python(self, module: str, args: list[str], log_name: str) -> subprocess.Popen:
+    def _python(self, module: str, args: list[str], log_name: str) -> Daemon:
+        """Run ``python -m module args`` as a daemon: forked from us when we may, else spawned."""
         with self._log(log_name) as log:
+            if self.fork and procs.can_fork():
+                def run() -> None:
+                    sys.argv = [module, *args]
+                    main = importlib.import_module(_MAIN_OF.get(module, module)).main
+                    main(args)
+
+                return procs.fork_call(
+                    "rayr-" + module.rsplit(".", 1)[-1], run, log=log,
+                    death_signal=None if self.daemon else signal.SIGTERM,
+                    new_session=self.daemon,
+                )
             return procs.spawn(
                 [sys.executable, "-P", "-m", module, *args],
                 log=log,
@@ -251,7 +274,7 @@ class LocalCluster:
                         f"see {self.session_dir}/logs/raylet-{node_id[:12]}.log:\n"
                         + self.log_tail(f"raylet-{node_id[:12]}.log")
                     )
-                time.sleep(0.01)
+                time.sleep(0.002)
         finally:
             gcs.r.close()
 

@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import redis
-
 from rayr import procs
 from rayr.config import Settings, env_test_redis_url
+from rayr.gcs.client import connect
 from rayr.node import LocalCluster, free_port, start_redis
 
 
@@ -102,7 +101,7 @@ class Cluster:
 
     def shutdown(self) -> None:
         self._local.shutdown()
-        client = redis.Redis.from_url(self.address)
+        client = connect(self.address)
         try:
             keys = list(client.scan_iter(match=f"rayr:{{{self.name}}}:*", count=1000))
             for i in range(0, len(keys), 1000):

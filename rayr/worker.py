@@ -172,6 +172,8 @@ class TaskExecutor:
             return [self.cancelled_record(spec)] * max(spec.num_returns, 1)
         finally:
             self.core.forget_children(spec.task_id)
+            if self.core.store is not None:
+                self.core.store.trim_mappings()
 
     def cancelled_record(self, spec: TaskSpec) -> bytes:
         err = TaskCancelledError(f"Task {spec.name} ({spec.task_id.hex()}) was cancelled.")

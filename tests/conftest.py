@@ -19,9 +19,11 @@ def rayr_processes() -> list[psutil.Process]:
     for proc in me.children(recursive=True):
         try:
             cmd = " ".join(proc.cmdline())
+            name = proc.name()
         except psutil.Error:
             continue
-        if "rayr" in cmd or "redis-server" in cmd:
+        # daemons forked from a driver keep its command line but are named rayr-*
+        if "rayr" in cmd or "redis-server" in cmd or name.startswith("rayr-"):
             out.append(proc)
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -78,9 +79,19 @@ def until_reachable(fn: Callable[[], T], what: str, timeout: float = RECONNECT_S
             delay = min(delay * 2, 1.0)
 
 
+# For every client rayr makes. No socket timeout: blocking reads (BLPOP, XREADGROUP BLOCK)
+# wait longer than redis-py 8.1's default of 5 s. No CLIENT SETINFO (two round trips per new
+# connection) and no lookup of redis-py's version in the package metadata (~2.5 ms per
+# client): rayr opens many short-lived clients.
+CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": None} | (
+    {"driver_info": None} if "driver_info" in inspect.signature(redis.Redis.__init__).parameters
+    else {"lib_name": None, "lib_version": None}  # redis-py before 7.1
+)
+
+
 def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` (bytes replies)."""
-    kwargs.setdefault("retry", redis_retry())
+    kwargs = {"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs}
     return redis.Redis.from_url(url, password=password, **kwargs)
 
 

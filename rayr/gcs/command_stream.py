@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from rayr.gcs.client import REDIS_DOWN_ERRORS, redis_retry, until_reachable
+from rayr.gcs.client import CLIENT_OPTIONS, REDIS_DOWN_ERRORS, redis_retry, until_reachable
 
 log = logging.getLogger("rayr.commands")
 
@@ -33,7 +33,7 @@ class CommandStream:
     """Write commands now, read their replies on a background thread."""
 
     def __init__(self, url: str, password: str | None) -> None:
-        pool = redis.ConnectionPool.from_url(url, password=password, retry=redis_retry())
+        pool = redis.ConnectionPool.from_url(url, password=password, retry=redis_retry(), **CLIENT_OPTIONS)
         self._conn: Any = pool.make_connection()
         self._conn.connect()
         self._lock = threading.Lock()  # one writer at a time keeps commands whole and ordered

@@ -89,6 +89,10 @@ class ObjectStoreBackend(ABC):
     def cleanup(self, id_prefix: bytes = b"") -> None:
         """Remove every object whose id starts with ``id_prefix`` (all of them by default)."""
 
+    def trim_mappings(self) -> None:
+        """Release whatever this process keeps mapped of objects deleted since (optional)."""
+        return None
+
     def put_bytes(self, object_id: bytes, writer: Any, size: int) -> None:
         """Create, fill through ``writer(buffer)`` and seal in one step."""
         buf = self.create(object_id, size)

@@ -2,7 +2,8 @@
 
 Starting ``python -m rayr.worker`` costs ~0.25 s of CPU, most of it imports (redis-py,
 pydantic, cloudpickle); a fork of a process that has them loaded costs a few milliseconds.
-The raylet starts one zygote (``python -m rayr.raylet.zygote``) with a socketpair; to start a
+The raylet starts one zygote with a socketpair: forked from itself before it starts any
+thread (or, when it cannot fork safely, as ``python -m rayr.raylet.zygote``); to start a
 worker it sends the worker's arguments, its log path and its end of the worker socketpair
 (SCM_RIGHTS). The zygote forks; the child points its output at the log, dies with the zygote
 (which dies with the raylet), and runs the worker's ``main``. The zygote reaps its children
@@ -13,6 +14,7 @@ Workers of a runtime env are still started as fresh interpreters (another python
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import queue
@@ -74,11 +76,18 @@ class Zygote:
 
     def __init__(self, log_path: str) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fd = theirs.fileno()
+        self.proc: subprocess.Popen | procs.ForkedChild
         with open(log_path, "ab") as log:
-            self.proc = procs.spawn(
-                [sys.executable, "-P", "-m", "rayr.raylet.zygote", "--fd", str(theirs.fileno())],
-                log=log, death_signal=signal.SIGKILL, pass_fds=[theirs.fileno()],
-            )
+            if procs.can_fork():  # we have what a worker imports already: share it
+                self.proc = procs.fork_call(
+                    "rayr-zygote", lambda: serve(fd), log=log, death_signal=signal.SIGKILL, keep_fds=[fd]
+                )
+            else:
+                self.proc = procs.spawn(
+                    [sys.executable, "-P", "-m", "rayr.raylet.zygote", "--fd", str(fd)],
+                    log=log, death_signal=signal.SIGKILL, pass_fds=[fd],
+                )
         theirs.close()
         self._sock = ours
         self._lock = threading.Lock()
@@ -142,7 +151,9 @@ def _child(argv: list[str], log_path: str, fd: int, control: socket.socket) -> N
     """In the forked child: become a worker."""
     code = 1
     try:
+        gc.freeze()  # what the zygote loaded stays shared: no collection dirties its pages
         control.close()
+        procs.set_process_name("rayr-worker")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         procs.set_parent_death_signal(signal.SIGKILL)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -189,11 +200,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rayr.raylet.zygote")
     parser.add_argument("--fd", type=int, required=True)
     opts = parser.parse_args(argv)
+    serve(opts.fd)
+
+
+def serve(fd: int) -> None:
+    """Fork a worker for each request on the control socket ``fd``, until the raylet goes."""
     # what every worker needs, loaded once here (no threads, no connections)
     import rayr.actor_runtime  # noqa: F401
     import rayr.worker  # noqa: F401
 
-    control = socket.socket(fileno=opts.fd)
+    control = socket.socket(fileno=fd)
     control.send(pickle.dumps(("ready",)))
     while True:
         readable, _, _ = select.select([control], [], [], 0.05)

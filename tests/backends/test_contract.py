@@ -203,3 +203,26 @@ def test_pool_is_dropped_before_anything_spills(tmp_path):
     assert store.usage().spilled_objects == 0
     assert bytes(store.get(oid_n(1))) == b"1" * size
     store.cleanup()
+
+
+def test_large_objects_stay_mapped_only_while_they_exist(tmp_path):
+    from rayr.backends.files import POOL_MIN_BYTES
+
+    # two handles on one directory: one process reads, another deletes and writes
+    reader = open_backend("shm", "rayr-test-keep", {"directory": str(tmp_path)})
+    writer = open_backend("shm", "rayr-test-keep", {"directory": str(tmp_path)})
+    size = POOL_MIN_BYTES * 2
+    write(writer, oid_n(1), b"a" * size)
+    first = reader.get(oid_n(1))
+    assert len(reader._mapped) == 1
+    first.release()  # a caller releasing its view must not break the next get
+    assert bytes(reader.get(oid_n(1))) == b"a" * size
+    writer.delete(oid_n(1))  # pooled: the next object of its size takes over the same file
+    write(writer, oid_n(2), b"b" * size)
+    assert reader.get(oid_n(1)) is None, "a deleted object must not be served from a kept mapping"
+    assert bytes(reader.get(oid_n(2))) == b"b" * size
+    assert list(reader._mapped) == [oid_n(2)]
+    writer.delete(oid_n(2))
+    reader.trim_mappings()  # what a worker does after each task
+    assert reader._mapped_bytes == 0 and not reader._mapped
+    writer.cleanup()

@@ -11,8 +11,8 @@ import rayr
 
 
 @rayr.remote
-def parent_cmdline():
-    return " ".join(psutil.Process(os.getppid()).cmdline())
+def parent_name():
+    return psutil.Process().name(), psutil.Process(os.getppid()).name()
 
 
 @rayr.remote(max_retries=1)
@@ -24,7 +24,7 @@ def dies_once(marker):
 
 
 def test_workers_are_forked_from_the_zygote(ray):
-    assert "rayr.raylet.zygote" in rayr.get(parent_cmdline.remote())
+    assert rayr.get(parent_name.remote()) == ("rayr-worker", "rayr-zygote")
 
 
 def test_a_forked_worker_killed_mid_task_is_replaced_and_the_task_retried(ray, tmp_path):

@@ -11,9 +11,9 @@ import threading
 
 import numpy as np
 import pytest
-import redis
 
 from rayr.exceptions import ObjectLostError
+from rayr.gcs.client import connect
 from rayr.keys import Keys
 from rayr.object_store import transfer
 
@@ -31,7 +31,7 @@ class ArrayStore:
 
 
 def transfer_once(redis_url: str, data: np.ndarray | None, size: int) -> tuple[bytearray, Keys]:
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     keys = Keys(f"xfer-{os.urandom(4).hex()}")
     r.hset(keys.node("holder"), "state", "ALIVE")
     errors: list[BaseException] = []
@@ -62,7 +62,7 @@ def test_object_arrives_byte_for_byte_and_leaves_no_keys(redis_url, compressible
     data[::1000] = rng.integers(0, 255, len(data[::1000]), dtype=np.uint8)
     out, keys = transfer_once(redis_url, data, size)
     assert out == data.tobytes()
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     assert r.keys(keys.transfer(OID.hex(), "dest") + "*") == []
 
 
@@ -81,7 +81,7 @@ def test_object_gone_from_holder_is_reported(redis_url):
 
 def test_silent_holder_times_out(redis_url, monkeypatch):
     monkeypatch.setattr(transfer, "PULL_TIMEOUT_S", 1)
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     keys = Keys(f"xfer-{os.urandom(4).hex()}")
     r.hset(keys.node("holder"), "state", "ALIVE")
     with pytest.raises(ObjectLostError, match="did not send it within 1s"):
@@ -89,7 +89,7 @@ def test_silent_holder_times_out(redis_url, monkeypatch):
 
 
 def test_dead_holder_is_not_asked(redis_url):
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     keys = Keys(f"xfer-{os.urandom(4).hex()}")
     r.hset(keys.node("holder"), "state", "DEAD")
     with pytest.raises(ObjectLostError, match="which is DEAD"):
@@ -99,7 +99,7 @@ def test_dead_holder_is_not_asked(redis_url):
 def test_vanished_receiver_stops_the_sender(redis_url, monkeypatch):
     monkeypatch.setattr(transfer, "PULL_TIMEOUT_S", 1)
     monkeypatch.setattr(transfer, "CHUNK", 64 << 10)
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     keys = Keys(f"xfer-{os.urandom(4).hex()}")
     size = (transfer.MAX_IN_FLIGHT + 2) * transfer.CHUNK
     data = np.zeros(size, dtype=np.uint8)
