@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,6 +81,10 @@ class Raylet:
         self._lock = threading.Lock()  # guards self.sched (main + reader threads)
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
+        # read by the reader, not yet handed to the scheduler by the main loop (under _lock):
+        # without them the reader's next budget would count their room as free, and a task it
+        # read on that room would wait for a worker's lease to end
+        self._in_transit: deque[QueuedTask] = deque()
         self._kills: queue.SimpleQueue[str] = queue.SimpleQueue()  # actor ids to kill
         self._env_prepares: queue.SimpleQueue[str] = queue.SimpleQueue()  # envs to set up early
         self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rayr-send")
@@ -206,7 +211,7 @@ class Raylet:
                     self._shapes_dirty.clear()
                     self._refresh_shapes()
                 with self._lock:
-                    budget = self.sched.read_budget()
+                    budget = self.sched.read_budget(self._in_transit)
                 if not budget:
                     # nothing fits now: wait for room to free up or for a new shape
                     self._capacity.wait(1.0)
@@ -352,6 +357,8 @@ class Raylet:
                     task.lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
                 tasks.append(task)
         if tasks:
+            with self._lock:  # counted against the next read's budget until the main loop has them
+                self._in_transit.extend(tasks)
             self._incoming.put(tasks)
             self._wake_w.send(b"t")
 
@@ -389,9 +396,12 @@ class Raylet:
                 tasks = self._incoming.get_nowait()
             except queue.Empty:
                 break
+            arrived = len(tasks)
             if self._cancel_later:
                 tasks = self._drop_cancelled(tasks)
             with self._lock:
+                for _ in range(arrived):  # batches arrive in the order the reader took them
+                    self._in_transit.popleft()
                 self.sched.on_tasks(tasks)
         self.envs.on_wake()
         while True:

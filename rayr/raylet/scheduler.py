@@ -10,7 +10,7 @@ a node whose every CPU is held by a waiting parent.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rayr.gcs.placement import BUNDLE, BUNDLE_MARKER_TOTAL, bundle_resource_names
@@ -126,17 +126,23 @@ class Scheduler:
         self._refilter_shapes()
         self._reserve()
 
-    def read_budget(self) -> dict[str, int]:
-        """How many tasks of each shape to pull from Redis now."""
+    def read_budget(self, in_transit: Sequence[QueuedTask] = ()) -> dict[str, int]:
+        """How many tasks of each shape to pull from Redis now; ``in_transit`` are tasks
+        already read that have not reached ``on_tasks`` yet (they will take room too)."""
         room = self.prefetch - len(self.overflow)
         if self.overflow and room <= 0:
             return {}
+        available = self.available
+        if in_transit:
+            available = dict(available)
+            for task in in_transit:
+                res.subtract(available, task.request)
         budget = {}
-        busy = len(self.running) + len(self.ready)
+        busy = len(self.running) + len(self.ready) + len(in_transit)
         for key in self.shapes:
             request = res.parse_shape(key)
             if request:
-                fit = 0 if self.overflow else res.how_many_fit(self.available, request, READ_CAP)
+                fit = 0 if self.overflow else res.how_many_fit(available, request, READ_CAP)
                 n = fit + (max(room, 0) if fit or self.running or self.ready else 0)
             else:
                 n = min(READ_CAP, self.max_workers - busy)

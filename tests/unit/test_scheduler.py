@@ -29,6 +29,17 @@ def test_budget_follows_free_resources():
     assert s.read_budget() == {}
 
 
+def test_tasks_read_but_not_yet_queued_count_against_the_budget():
+    s = Scheduler(total={"CPU": 2.0}, max_workers=8)
+    s.add_shapes({"CPU=1", "none"})
+    s.on_tasks([task("CPU=1")])
+    # a second task is on its way from the reader thread: nothing more fits
+    in_transit = [task("CPU=1", 1)]
+    assert s.read_budget(in_transit) == {"none": 6}
+    assert s.available == {"CPU": 1.0}, "the budget must not reserve anything itself"
+    assert s.read_budget() == {"CPU=1": 1, "none": 7}
+
+
 def test_overflow_waits_and_blocks_reading():
     s = Scheduler(total={"CPU": 2.0}, max_workers=8)
     s.add_shapes({"CPU=2"})
