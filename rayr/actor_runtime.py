@@ -141,6 +141,7 @@ class ActorRuntime:
         streams = {self.mailbox: ">", self.control: ">"}
         while not self._exiting.is_set():
             try:
+                self.core.commands.push()  # results of the last batch: out before we wait
                 reply = client.xreadgroup(ACTOR_GROUP, "actor", streams, count=READ_BATCH, block=1000)
             except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: its mailbox comes back with it
                 if self._exiting.is_set():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import itertools
 import logging
 import os
 import threading
@@ -137,6 +138,8 @@ class CoreWorker:
         self.settings = settings
         self.node_hex = node_hex
         self.store = store
+        self._id_prefix, self._id_counter = os.urandom(8), itertools.count()
+        self._no_args_frame: bytes | None = None
         self.job_id = job_id
         self.worker_hex = worker_hex
         self.namespace = namespace
@@ -540,7 +543,7 @@ class CoreWorker:
                         actor_options = {**(actor_options or {}), "runtime_env": env}
             key, node = self._router.route(shape, opts.resources, opts.strategy)
             stream = self._ensure_stream(key, node, opts.resources, function_name)
-        task_id = self.job_id.binary() + os.urandom(12)
+        task_id = self.job_id.binary() + self._unique_suffix()
         frame_bytes, args_object, arg_refs, held = self._pack_arguments(task_id, function_name, args, kwargs)
         spec = TaskSpec(
             task_id=task_id,
@@ -596,6 +599,15 @@ class CoreWorker:
             self._submit_ready(spec, stream)
         return refs
 
+    def _unique_suffix(self) -> bytes:
+        """12 bytes no other process or call produces: a random per-process prefix and a
+        counter (a getrandom call per task costs more than the rest of an id's making)."""
+        n = next(self._id_counter)
+        if n >= 1 << 32:  # the counter ran out: a fresh prefix
+            self._id_prefix, self._id_counter = os.urandom(8), itertools.count(1)
+            n = 0
+        return self._id_prefix + n.to_bytes(4, "big")
+
     def _pack_arguments(
         self, task_id: bytes, function_name: str, args: Sequence[Any], kwargs: dict[str, Any]
     ) -> tuple[bytes, bytes | None, list[ObjectRef], list[ObjectRef]]:
@@ -613,6 +625,10 @@ class CoreWorker:
                 return ArgRef(len(arg_refs) - 1)
             return value
 
+        if not args and not kwargs:  # a frame the same for every call, made once
+            if self._no_args_frame is None:
+                self._no_args_frame = serialization.serialize(((), {})).to_bytes()
+            return self._no_args_frame, None, [], []
         call_args = tuple(swap(a) for a in args)
         call_kwargs = {k: swap(v) for k, v in kwargs.items()}
         try:
@@ -844,7 +860,7 @@ class CoreWorker:
             frame = serialization.serialize(value)
         except Exception as err:
             raise TypeError(f"put(): could not serialize {type(value).__name__}: {err}") from err
-        oid = self.job_id.binary() + os.urandom(12) + PUT_INDEX
+        oid = self.job_id.binary() + self._unique_suffix() + PUT_INDEX
         record = self.make_record(oid, frame)
         # written on the command stream: any task that later receives the ref is queued
         # on the same connection, after it, so it always finds the record
@@ -886,6 +902,7 @@ class CoreWorker:
 
     def wait_ready(self, oids: list[bytes], num: int, timeout: float | None) -> set[bytes]:
         """Block until at least ``num`` of ``oids`` are resolved (or the timeout passes)."""
+        self.commands.push()  # a buffered burst of submissions must not wait for the flusher
         self._drain_released()
         self._watch(oids)
         records = self._records

@@ -7,12 +7,19 @@ result stored before an ACK on this connection is stored before the ACK takes ef
 a put written before a task that uses it is visible to that task. This removes a round trip
 (~0.1 ms) from every task submission and result delivery, and lets many submissions share
 the wire without a thread hop on the synchronous path.
+
+A send that follows the previous one within BURST_GAP_S (a loop of ``.remote()`` calls) is
+buffered rather than written: the burst goes out in one write when BURST_MAX commands have
+gathered, when anyone waits on this process's results (``push``, from ``get``/``wait``), or
+at most FLUSH_AFTER_S later (a flusher thread, woken once per burst). Isolated sends, such as
+a synchronous ``get(f.remote())``, are written at once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,12 +28,21 @@ import redis
 
 from rayr.gcs.client import CLIENT_OPTIONS, REDIS_DOWN_ERRORS, redis_retry, until_reachable
 
+_pack_command: Any
+try:  # redis[hiredis] is a dependency; packing with it directly skips redis-py's wrapper
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover
+    _pack_command = None
+
 log = logging.getLogger("rayr.commands")
 
 Command = Sequence[Any]
 Callback = Callable[[list[Any]], None]
 # a writer's failed send closes the socket under a read, which may surface as any of these
 _READ_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, ValueError, AttributeError, TypeError)
+BURST_GAP_S = 0.0002
+BURST_MAX = 256
+FLUSH_AFTER_S = 0.001
 
 
 class CommandStream:
@@ -45,32 +61,76 @@ class CommandStream:
         self._done = 0  # batches whose replies were read
         self._closed = False
         self._broken = False  # the connection failed; the reader is (about to be) reconnecting
+        self._out: list[bytes] = []  # packed commands of a burst, not written yet (under _lock)
+        self._last_send = 0.0
+        self._burst = threading.Event()  # a burst started buffering: the flusher writes it soon
         self._reader = threading.Thread(target=self._read_replies, name="rayr-replies", daemon=True)
         self._reader.start()
+        self._flusher = threading.Thread(target=self._flush_bursts, name="rayr-flusher", daemon=True)
+        self._flusher.start()
+
+    def _pack(self, commands: Sequence[Command]) -> list[bytes]:
+        if _pack_command is not None:
+            return [_pack_command(tuple(command)) for command in commands]
+        return list(self._conn.pack_commands(commands))
 
     def send(self, commands: Sequence[Command], callback: Callback | None = None) -> None:
         """Write ``commands``; ``callback(replies)`` runs on the reader thread once they are in.
 
         A reply that is an error arrives as an exception object in the list.
         """
-        packed = self._conn.pack_commands(commands)
+        packed = self._pack(commands)
+        now = time.perf_counter()
         with self._lock:
             with self._cond:
                 self._waiting.append((len(commands), callback, packed))
                 self._sent += 1
             if self._broken:
                 return  # the reader reconnects and resends everything unanswered, this included
-            try:
-                self._conn.send_packed_command(packed, check_health=False)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                # only the reader may connect again (redis-py would do it on our next send,
-                # under the reader's feet): it resends this with everything else unanswered
-                self._broken = True
+            if self._out or now - self._last_send < BURST_GAP_S:
+                self._last_send = now
+                self._out.extend(packed)
+                if len(self._out) == len(packed):
+                    self._burst.set()
+                elif len(self._out) >= BURST_MAX:
+                    self._write(self._out)
+                return
+            self._last_send = now
+            self._write(packed)
+
+    def _write(self, packed: list[bytes]) -> None:
+        """Write ``packed`` (under _lock); ``self._out`` is written and emptied with it."""
+        try:
+            self._conn.send_packed_command(packed, check_health=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            # only the reader may connect again (redis-py would do it on our next send,
+            # under the reader's feet): it resends this with everything else unanswered
+            self._broken = True
+        finally:
+            self._out = []
+
+    def push(self) -> None:
+        """Write a buffered burst now (before waiting for anything it leads to)."""
+        if self._out:
+            with self._lock:
+                if self._out and not self._broken:
+                    self._write(self._out)
+
+    def _flush_bursts(self) -> None:
+        while not self._closed:
+            self._burst.wait()
+            self._burst.clear()
+            time.sleep(FLUSH_AFTER_S)  # let the burst gather; its writer may push it first
+            self.push()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every batch written so far has its replies; False on timeout."""
+        self.push()
         with self._cond:
             target = self._sent
+            # the reader may be idle: it is not woken per send (a wake-up per task costs more
+            # than reading the replies of many sends at once), so wake it now
+            self._cond.notify_all()
             return self._cond.wait_for(lambda: self._done >= target or self._closed, timeout)
 
     def _read_replies(self) -> None:
@@ -114,6 +174,7 @@ class CommandStream:
         log.warning("lost the command connection to Redis; reconnecting")
         with self._lock:  # no new batch is written until the old ones are resent
             self._broken = True
+            self._out = []  # they are among the unanswered batches resent below
             try:
                 resent = until_reachable(self._resend, "reconnecting the command stream")
             except REDIS_DOWN_ERRORS:
@@ -138,6 +199,7 @@ class CommandStream:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._burst.set()  # the flusher sees we are closed and ends
         try:
             self._conn.disconnect()
         except Exception:
