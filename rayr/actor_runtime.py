@@ -162,8 +162,17 @@ class ActorRuntime:
                     self._on_control(entries)
                 else:
                     calls.extend(entries)
-            for entry_id, fields in calls:
-                self._dispatch(entry_id, TaskSpec.decode(fields[b"s"]))
+            # a sync actor runs the batch's calls one after another: their results go out
+            # together (as a leased worker's do), and before any call blocks
+            batch = len(calls) > 1 and self._loop is None and self._pool is None
+            self.executor._batching = batch
+            try:
+                for entry_id, fields in calls:
+                    self._dispatch(entry_id, TaskSpec.decode(fields[b"s"]))
+            finally:
+                self.executor._batching = False
+                if batch:
+                    self.executor.deliver_undelivered(extra=(self._read_control(), self._on_control_reply))
 
     def _on_control(self, entries: list) -> None:
         """Cancellations: flag the call (a sync method may poll is_canceled()), or cancel it."""
@@ -183,10 +192,14 @@ class ActorRuntime:
         if spec.task_id in self.core.cancelled_tasks:
             self.core.cancelled_tasks.discard(spec.task_id)
             records = [self.executor.cancelled_record(spec)] * max(spec.num_returns, 1)
-        read_control = ("XREADGROUP", "GROUP", ACTOR_GROUP, "actor", "COUNT", READ_BATCH,
-                        "STREAMS", self.control, ">")
+        if self.executor.hold_back(spec, records, self.mailbox, entry_id, ACTOR_GROUP):
+            return
         self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP,
-                              extra=(read_control, self._on_control_reply))
+                              extra=(self._read_control(), self._on_control_reply))
+
+    def _read_control(self) -> tuple[Any, ...]:
+        return ("XREADGROUP", "GROUP", ACTOR_GROUP, "actor", "COUNT", READ_BATCH,
+                "STREAMS", self.control, ">")
 
     def _on_control_reply(self, reply: Any) -> None:
         if isinstance(reply, Exception) or not reply:
@@ -315,6 +328,7 @@ class ActorRuntime:
     def _exit(self, entry_id: bytes, spec: TaskSpec) -> None:
         """exit_actor(): fail this call and everything queued, then end the process."""
         self._exiting.set()
+        self.executor.deliver_undelivered()  # the calls of its batch that ran before this one
         cause = f"The actor {self.actor_id} exited on purpose (exit_actor() in {spec.function_name}())."
         self._fail(entry_id, spec, ActorDiedError(cause))
         self._die(cause)

@@ -60,7 +60,7 @@ class TaskExecutor:
         self._lease_client: Any = None
         # results of a batch's finished tasks, delivered together (see LEASE_BATCH)
         self._batching = False
-        self._undelivered: list[tuple[TaskSpec, list[bytes], str, bytes]] = []
+        self._undelivered: list[tuple[TaskSpec, list[bytes], str, bytes, str]] = []
         self._undelivered_lock = threading.Lock()
 
     def send(self, msg: tuple) -> None:
@@ -137,32 +137,44 @@ class TaskExecutor:
             records = self.run(spec, None)
         finally:
             self.core.set_current_task(None)
-        if self._batching:
-            with self._undelivered_lock:
-                self._undelivered.append((spec, records, stream, entry_id))
-        else:
+        if not self.hold_back(spec, records, stream, entry_id, TASK_GROUP):
             self.deliver(spec, records, stream, entry_id, TASK_GROUP)
 
-    def deliver_undelivered(self) -> None:
+    def hold_back(
+        self, spec: TaskSpec, records: list[bytes], stream: str, entry_id: bytes, group: str
+    ) -> bool:
+        """Keep a finished task's results for the batch's one delivery; False outside a batch."""
+        if not self._batching:
+            return False
+        with self._undelivered_lock:
+            self._undelivered.append((spec, records, stream, entry_id, group))
+        return True
+
+    def deliver_undelivered(self, extra: tuple[Any, Callable[[Any], None]] | None = None) -> None:
         """Deliver the results a batch has held back: before the batch ends, and before any
-        of its tasks blocks (it may be waiting for one of them)."""
+        of its tasks blocks (it may be waiting for one of them). ``extra`` as for deliver()."""
         with self._undelivered_lock:
             batch, self._undelivered = self._undelivered, []
         if not batch:
             return
         items = [
             (oid, record, spec.owner)
-            for spec, records, _, _ in batch
+            for spec, records, _, _, _ in batch
             for oid, record in zip(spec.return_ids(), records, strict=True)
         ]
         commands: list[Any] = [self.core.gcs.store_objects_command(items)]
-        by_stream: dict[str, list[bytes]] = {}
-        for _, _, stream, entry_id in batch:
-            by_stream.setdefault(stream, []).append(entry_id)
-        for stream, ids in by_stream.items():  # after the results, as in deliver()
-            commands.append(("XACK", stream, TASK_GROUP, *ids))
+        by_stream: dict[tuple[str, str], list[bytes]] = {}
+        for _, _, stream, entry_id, group in batch:
+            by_stream.setdefault((stream, group), []).append(entry_id)
+        for (stream, group), ids in by_stream.items():  # after the results, as in deliver()
+            commands.append(("XACK", stream, group, *ids))
             commands.append(("XDEL", stream, *ids))
-        self.core.commands.send(commands)
+        callback = None
+        if extra is not None:
+            command, on_reply = extra
+            commands.append(command)
+            callback = lambda replies: on_reply(replies[-1])  # noqa: E731
+        self.core.commands.send(commands, callback)
 
     def attribute_output(self, name: str) -> None:
         """Prefix what is printed from now on with ``name`` (a task, or an actor's class)."""

@@ -385,3 +385,45 @@ def test_non_detached_actor_dies_with_its_driver(ray, cluster):
     assert _driver(cluster, "") == "kept"
     with pytest.raises(ValueError):
         rayr.get_actor("store-", namespace="shared-ns")
+
+
+@rayr.remote
+class Ledger:
+    def __init__(self):
+        self.entries = []
+
+    def add(self, x):
+        self.entries.append(x)
+        return x
+
+    def total_of(self, boxed_refs):
+        # the refs may belong to calls read in the same batch as this one: their results
+        # must go out before this call blocks on them
+        return sum(rayr.get(boxed_refs[0]))
+
+
+def test_a_call_waiting_on_earlier_calls_of_its_batch_does_not_deadlock(ray):
+    ledger = Ledger.remote()
+    rayr.get(ledger.add.remote(0))
+    for _ in range(3):
+        adds = [ledger.add.remote(i) for i in range(20)]
+        total = ledger.total_of.remote([adds])  # nested: submitted at once, not after them
+        assert rayr.get(total, timeout=30) == sum(range(20))
+
+
+@rayr.remote
+def short(i):
+    return i
+
+
+@rayr.remote
+def gather(boxed_refs):
+    return sum(rayr.get(boxed_refs[0]))
+
+
+def test_a_leased_batch_task_waiting_on_its_batch_mates_does_not_deadlock(ray):
+    rayr.get([short.remote(i) for i in range(200)])  # leases ramp up to batched reads
+    for _ in range(3):
+        refs = [short.remote(i) for i in range(50)]
+        sums = [gather.remote([refs]) for _ in range(4)]
+        assert rayr.get(sums, timeout=60) == [sum(range(50))] * 4
