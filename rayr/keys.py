@@ -39,6 +39,11 @@ class Keys:
         """Node state changes (ALIVE/DEAD), published as a hint; the node hash is the truth."""
         return self.prefix + "node_events"
 
+    @property
+    def autoscaler_config(self) -> str:
+        """The cluster config `rayr up` published; the monitor autoscales while it exists."""
+        return self.prefix + "autoscaler:config"
+
     # -- job table
     @property
     def job_counter(self) -> str:

@@ -28,7 +28,7 @@ LAUNCH_TIMEOUT_S = 180.0  # a node not registered by then is given up and termin
 
 
 def config_key(gcs: GcsClient) -> str:
-    return gcs.keys.prefix + "autoscaler:config"
+    return gcs.keys.autoscaler_config
 
 
 def status_key(gcs: GcsClient) -> str:

@@ -13,11 +13,10 @@ import logging
 import signal
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from rayr.autoscaler.autoscaler import AutoscalerHook
 from rayr.config import Settings, daemon_settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
@@ -26,6 +25,9 @@ from rayr.gcs.placement import place_bundles, ready_object_id
 from rayr.gcs.recovery import recover_actors, requeue_tasks
 from rayr.keys import Keys
 from rayr.serialization import dumps
+
+if TYPE_CHECKING:
+    from rayr.autoscaler.autoscaler import AutoscalerHook
 
 RESERVE_TIMEOUT_S = 5.0  # a raylet that does not answer a reservation in time counts as a no
 
@@ -40,10 +42,25 @@ class Monitor:
         self.settings = settings
         self._stop = threading.Event()
         self._signalled = False
-        self.autoscaler = AutoscalerHook(gcs, settings)  # acts only on clusters of `rayr up`
+        # acts only on clusters of `rayr up`; its code (and pydantic's) loads once one is
+        self.autoscaler: AutoscalerHook | None = None
+        self._next_autoscaler_check = 0.0
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _autoscale(self) -> None:
+        if self.autoscaler is None:
+            now = time.monotonic()
+            if now < self._next_autoscaler_check:
+                return
+            self._next_autoscaler_check = now + 1.0
+            if not self.gcs.r.exists(self.gcs.keys.autoscaler_config):
+                return
+            from rayr.autoscaler.autoscaler import AutoscalerHook
+
+            self.autoscaler = AutoscalerHook(self.gcs, self.settings)
+        self.autoscaler.tick()
 
     def on_signal(self, signum: int, frame: Any) -> None:
         # a flag only: the handler may interrupt this thread inside the Event's own lock
@@ -89,7 +106,7 @@ class Monitor:
                     self.check_jobs()
                     next_check = now + min(self.settings.heartbeat_interval_s, 0.25)
                 self.place_pending_groups()
-                self.autoscaler.tick()
+                self._autoscale()
                 reply = self.gcs.r.xread(
                     {self.gcs.keys.monitor_stream: last},
                     # short, so a SIGTERM (which only sets a flag) is acted on quickly
