@@ -28,7 +28,7 @@ from rayr.config import Settings
 from rayr.core_worker import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
 from rayr.gcs import records as rec
-from rayr.gcs.client import REDIS_DOWN_ERRORS, GcsClient, connect
+from rayr.gcs.client import RECONNECT_S, REDIS_DOWN_ERRORS, GcsClient, connect, no_retry, until_reachable
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
@@ -100,7 +100,7 @@ class TaskExecutor:
         lease ends (and the resources go back) when the stream stays empty for a moment.
         """
         if self._lease_client is None:
-            self._lease_client = connect(self.redis_url, self.core.settings.redis_password)
+            self._lease_client = connect(self.redis_url, self.core.settings.redis_password, retry=no_retry())
         consumer = f"{self.core.node_hex}.{self.core.worker_hex}"
         ran = 0
         count = 1
@@ -111,7 +111,7 @@ class TaskExecutor:
                     TASK_GROUP, consumer, {stream: ">"}, count=count, block=LEASE_IDLE_MS
                 )
             except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: end the lease, the raylet goes on
-                return ran
+                return ran + self._run_own_pending(stream, consumer)
             entries = reply[0][1] if reply else []
             if not entries:
                 return ran
@@ -127,6 +127,34 @@ class TaskExecutor:
                 self.deliver_undelivered()
             short = time.perf_counter() - started < SHORT_TASK_S * len(entries)
             count = min(2 * count, LEASE_BATCH) if short else 1
+
+    def _run_own_pending(self, stream: str, consumer: str) -> int:
+        """After a failed lease read: run what the read may have taken without its reply
+        reaching us. Such entries are pending under our consumer, where nobody else looks."""
+        ran = 0
+        client = self._lease_client
+
+        def read_own_pending() -> Any:
+            return client.xreadgroup(TASK_GROUP, consumer, {stream: "0"}, count=LEASE_BATCH)
+
+        try:
+            for _ in range(100):
+                # our ACKs land first (the command stream resends them), so what is still
+                # pending afterwards is what we never ran
+                self.core.commands.flush(timeout=RECONNECT_S)
+                reply = until_reachable(read_own_pending, "recovering a lease's tasks")
+                entries = reply[0][1] if reply else []
+                if not entries:
+                    break
+                for entry_id, fields in entries:
+                    if fields and b"s" in fields:
+                        self.execute(stream, entry_id, TaskSpec.decode(fields[b"s"]))
+                        ran += 1
+                    else:  # deleted meanwhile (cancelled): only its pending slot is left
+                        self.core.commands.send([("XACK", stream, TASK_GROUP, entry_id)])
+        except REDIS_DOWN_ERRORS:  # gone for good: the raylet recovers our consumer if we die
+            pass
+        return ran
 
     # ------------------------------------------------------------------ run
     def execute(self, stream: str, entry_id: bytes, spec: TaskSpec) -> None:

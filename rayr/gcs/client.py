@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from rayr import serialization
@@ -57,6 +57,13 @@ def redis_retry() -> Retry:
     """Retries for one command: enough for a blip, short enough that a process whose Redis is
     gone (the cluster is shutting down) stops in about a second, not redis-py's ~5 s."""
     return Retry(ExponentialBackoff(cap=0.5, base=0.02), 3)
+
+
+def no_retry() -> Retry:
+    """For reads that take stream entries (``XREADGROUP >``): redis-py must not send one again
+    after a lost reply, or the entries the first one took would sit in the consumer's pending
+    list with nobody to run them; the caller recovers them instead."""
+    return Retry(NoBackoff(), 0)
 
 
 REDIS_DOWN_ERRORS = (redis.ConnectionError, redis.TimeoutError)

@@ -28,7 +28,7 @@ import redis
 
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
-from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, until_reachable
+from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, no_retry, until_reachable
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
 from rayr.object_store.registry import open_backend
@@ -203,10 +203,15 @@ class Raylet:
     # ---------------------------------------------------------------- reader
     def _reader_loop(self) -> None:
         """Pull tasks from the shape streams this node can start now (the task reader)."""
-        client: Any = connect(self.redis_url, self.settings.redis_password, single_connection_client=True)
+        client: Any = connect(self.redis_url, self.settings.redis_password, single_connection_client=True,
+                              retry=no_retry(), client_name=f"rayr-reader-{self.node_id}")
         self._reader_client_id = int(client.client_id())
+        failed = False
         while not self._stopping.is_set():
             try:
+                if failed:
+                    self._take_own_pending(client)
+                    failed = False
                 if self._shapes_dirty.is_set():
                     self._shapes_dirty.clear()
                     self._refresh_shapes()
@@ -231,11 +236,34 @@ class Raylet:
                 self._take(reply)
             except redis.RedisError:
                 self._reader_parked = False
+                failed = True
                 if self._stopping.is_set():
                     return
                 log.exception("reading task streams failed; retrying")
                 time.sleep(0.5)
         client.close()
+
+    def _take_own_pending(self, client: Any) -> None:
+        """After a failed read: take what it may have read without its reply reaching us
+        (pending under this node's consumer, and not among the tasks we know of)."""
+        with self._lock:
+            shapes = list(self.sched.shapes)
+            known = {t.entry_id for t in (*self.sched.ready, *self.sched.overflow, *self._in_transit)}
+            known |= {t.entry_id for t in self.sched.running.values()}
+        streams = {self.keys.task_stream(shape, self.node_id): "0" for shape in shapes}
+        if not streams:
+            return
+        for stream, shape in zip(streams, shapes, strict=True):
+            self._key_of[stream] = shape
+        reply = client.xreadgroup(TASK_GROUP, self.node_id, streams, count=10_000)
+        lost = [
+            (name, [(eid, fields or {}) for eid, fields in entries if eid not in known])
+            for name, entries in reply or []
+        ]
+        if any(entries for _, entries in lost):
+            log.warning("taking back %d task(s) a failed read left pending",
+                        sum(len(entries) for _, entries in lost))
+            self._take(lost)
 
     def _control_loop(self) -> None:
         """Serve the node stream at once, however busy the node: pokes, kills, cancels,
@@ -396,12 +424,12 @@ class Raylet:
                 tasks = self._incoming.get_nowait()
             except queue.Empty:
                 break
-            arrived = len(tasks)
+            with self._lock:
+                for _ in range(len(tasks)):  # batches arrive in the order the reader took them
+                    self._in_transit.popleft()
             if self._cancel_later:
                 tasks = self._drop_cancelled(tasks)
             with self._lock:
-                for _ in range(arrived):  # batches arrive in the order the reader took them
-                    self._in_transit.popleft()
                 self.sched.on_tasks(tasks)
         self.envs.on_wake()
         while True:
@@ -612,7 +640,7 @@ class Raylet:
     def _act(self) -> None:
         with self._lock:
             dispatches = self.sched.dispatches()
-            to_start, retire = self.sched.plan_workers()
+            to_start, retire = self.sched.plan_workers(time.monotonic())
         for d in dispatches:
             handle = self.pool.workers.get(d.worker)
             try:
@@ -626,7 +654,7 @@ class Raylet:
             except (AssertionError, OSError):
                 if handle is not None:
                     self._on_worker_exit(handle)
-        for worker_id in retire:  # idle workers of another env, making room
+        for worker_id in retire:  # idle workers making room, or long idle beyond the pool
             retired = self.pool.workers.get(worker_id)
             if retired is not None:
                 try:

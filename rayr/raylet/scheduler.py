@@ -9,6 +9,7 @@ a node whose every CPU is held by a waiting parent.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from rayr.gcs.placement import BUNDLE, BUNDLE_MARKER_TOTAL, bundle_resource_name
 from rayr.raylet import resources as res
 
 READ_CAP = 64  # most tasks pulled from one stream at once
+# A default-env worker beyond the prestarted pool (started because others were blocked in
+# get(), say) exits after this long idle, as Ray's do: a wide fan-out leaves no crowd behind.
+IDLE_WORKER_S = 1.0
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Scheduler:
     # read but not reserved (more arrived than fit): waits for resources, blocks reading
     overflow: deque[QueuedTask] = field(default_factory=deque)
     idle: list[str] = field(default_factory=list)
+    idle_since: dict[str, float] = field(default_factory=dict)  # idle worker -> since when
     running: dict[str, QueuedTask] = field(default_factory=dict)
     # running workers blocked in get(): their resources are released meanwhile
     blocked: set[str] = field(default_factory=set)
@@ -164,9 +169,16 @@ class Scheduler:
     def on_worker_ready(self, worker: str, env: str = "") -> None:
         self.on_worker_failed_to_start(env)
         self.live.add(worker)
-        self.idle.append(worker)
+        self._set_idle(worker)
         if env:
             self.worker_env[worker] = env
+
+    def _take_out(self, worker: str) -> None:
+        """An idle worker leaves the pool (it is told to exit)."""
+        self.idle.remove(worker)
+        self.idle_since.pop(worker, None)
+        self.live.discard(worker)
+        self.worker_env.pop(worker, None)
 
     def on_worker_failed_to_start(self, env: str = "") -> None:
         self.starting = max(0, self.starting - 1)
@@ -181,9 +193,13 @@ class Scheduler:
         task = self.running.pop(worker, None)
         if task is not None:
             self._release(worker, task)
-            self.idle.append(worker)
+            self._set_idle(worker)
             self._reserve()
         return task
+
+    def _set_idle(self, worker: str) -> None:
+        self.idle.append(worker)
+        self.idle_since[worker] = time.monotonic()
 
     def on_worker_blocked(self, worker: str) -> None:
         task = self.running.get(worker)
@@ -229,6 +245,7 @@ class Scheduler:
         self.worker_env.pop(worker, None)
         if worker in self.idle:
             self.idle.remove(worker)
+        self.idle_since.pop(worker, None)
         task = self.running.pop(worker, None)
         if task is not None:
             self._release(worker, task)
@@ -281,23 +298,30 @@ class Scheduler:
         return out
 
     def _idle_worker(self, env: str) -> str | None:
+        """The most recently idle worker of ``env`` (the longest idle are the ones to retire)."""
+        worker = None
         if not self.worker_env:  # the common case: every worker is a default one
-            return self.idle.pop() if not env else None
-        for i in range(len(self.idle) - 1, -1, -1):
-            if self.worker_env.get(self.idle[i], "") == env:
-                return self.idle.pop(i)
-        return None
+            worker = self.idle.pop() if not env and self.idle else None
+        else:
+            for i in range(len(self.idle) - 1, -1, -1):
+                if self.worker_env.get(self.idle[i], "") == env:
+                    worker = self.idle.pop(i)
+                    break
+        if worker is not None:
+            self.idle_since.pop(worker, None)
+        return worker
 
     def workers_to_start(self) -> int:
         """How many more default workers to launch (see :meth:`plan_workers`)."""
         return self.plan_workers()[0].get("", 0)
 
-    def plan_workers(self) -> tuple[dict[str, int], list[str]]:
+    def plan_workers(self, now: float | None = None) -> tuple[dict[str, int], list[str]]:
         """({env: workers to launch}, idle workers to retire now).
 
         Tasks waiting for a worker of their env come first, then the prestarted pool of default
         workers. When ``max_workers`` leaves too little room, idle workers that no waiting
-        task of their env needs are retired (taken out of the pool here) to make some.
+        task of their env needs are retired (taken out of the pool here) to make some; with
+        ``now``, so are default workers beyond the pool idle for IDLE_WORKER_S.
         """
         need: dict[str, int] = {}
         for task in self.ready:
@@ -323,10 +347,17 @@ class Scheduler:
             if idle[env] > need.get(env, 0):  # a spare: no waiting task of its env needs it
                 idle[env] -= 1
                 retire.append(worker)
-                self.idle.remove(worker)
-                self.live.discard(worker)
-                self.worker_env.pop(worker, None)
+                self._take_out(worker)
                 room += 1
+        if now is not None and not self.ready:
+            spare = sum(1 for w in self.live if w not in self.worker_env) - self.min_pool
+            for worker in list(self.idle):  # the longest idle first
+                if spare <= 0:
+                    break
+                if worker not in self.worker_env and now - self.idle_since.get(worker, now) >= IDLE_WORKER_S:
+                    retire.append(worker)
+                    self._take_out(worker)
+                    spare -= 1
         plan = {}
         for env, n in want.items():
             if min(n, room) > 0:

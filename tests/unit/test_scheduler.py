@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rayr.raylet import resources as res
 from rayr.raylet.scheduler import QueuedTask, Scheduler
 
@@ -162,3 +164,16 @@ def test_bundles_carve_out_renamed_resources():
     s.release_bundles("pg1")
     assert s.available == {"CPU": 4.0} and s.total == {"CPU": 4.0}
     assert s.shapes == {"CPU=1"}
+
+
+def test_long_idle_workers_beyond_the_pool_are_retired():
+    s = Scheduler(total={"CPU": 2.0}, max_workers=8, min_pool=2)
+    for w in ("w1", "w2", "w3", "w4"):
+        s.on_worker_ready(w)
+    now = time.monotonic()
+    assert s.plan_workers(now) == ({}, []), "nobody has been idle long enough yet"
+    s.idle_since["w1"] = s.idle_since["w2"] = s.idle_since["w3"] = now - 5
+    plan, retire = s.plan_workers(now)
+    assert plan == {} and retire == ["w1", "w2"]  # the longest idle; the pool of 2 stays
+    assert s.idle == ["w3", "w4"] and s.live == {"w3", "w4"}
+    assert s.plan_workers(now) == ({}, [])

@@ -1,0 +1,34 @@
+"""The node's worker pool grows for a fan-out whose parents block, and shrinks back after."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+
+import rayr
+
+
+@rayr.remote
+def child(i):
+    return i
+
+
+@rayr.remote
+def parent(k):
+    return sum(rayr.get([child.remote(i) for i in range(k)]))
+
+
+def _workers() -> int:
+    return sum(1 for p in psutil.Process().children(recursive=True) if p.name() == "rayr-worker")
+
+
+def test_workers_started_for_blocked_parents_exit_once_idle(ray):
+    assert rayr.get([parent.remote(20) for _ in range(8)]) == [190] * 8
+    grown = _workers()
+    assert grown > 2, "eight blocked parents on two CPUs need more workers than the pool's two"
+    deadline = time.monotonic() + 15
+    while _workers() > 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _workers() == 2, f"{_workers()} workers left of {grown}; the pool keeps num_cpus=2"
+    assert rayr.get(parent.remote(5)) == 10  # and the node still works
