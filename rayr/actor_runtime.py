@@ -70,11 +70,22 @@ class ActorRuntime:
         if not self._construct():
             return
         self.core.current_actor_id = self.actor_id
+        threading.Thread(target=self._end_with_the_raylet, name="rayr-raylet-watch", daemon=True).start()
         if self.is_async:
             self._start_loop()
         elif self.max_concurrency > 1:
             self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rayr-actor")
         self._serve()
+
+    def _end_with_the_raylet(self) -> None:
+        """Exit the moment our raylet dies. Its socket closes as it dies, before the kernel's
+        death signal reaches us by way of the zygote; an actor that served a call in between
+        would answer from a dead node while the cluster restarts it elsewhere."""
+        while True:
+            try:
+                self.executor.conn.recv()  # the raylet sends an actor nothing after its creation
+            except (EOFError, OSError):
+                os._exit(1)
 
     def _construct(self) -> bool:
         spec = self.spec
