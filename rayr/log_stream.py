@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
+import redis
+
 MAX_PARTIAL = 64 * 1024  # a "line" longer than this is published in pieces
 # Written in-band before a task's output, so each line is attributed to the task that
 # printed it even though the pipes are read asynchronously.
@@ -140,10 +142,20 @@ class LogPrinter:
             except (OSError, ValueError):
                 pass
 
+    def _wake(self) -> None:
+        """Publish an empty message, so the thread stops now rather than at its read's timeout."""
+        try:
+            client = redis.Redis(connection_pool=self._pubsub.connection_pool)
+            for channel in list(self._pubsub.channels):
+                client.publish(channel, b"")
+        except Exception:  # it stops at its timeout all the same
+            pass
+
     def stop(self, drain_s: float = 0.2) -> None:
         """Stop after printing what arrives within ``drain_s`` (output of just-finished tasks)."""
         self._stop.wait(drain_s)
         self._stop.set()
+        self._wake()
         self._thread.join(timeout=2)
         try:
             self._pubsub.close()

@@ -323,17 +323,20 @@ class LocalCluster:
         return out
 
     def shutdown(self, remove_session: bool = True) -> None:
-        """Stop submitted jobs, raylets (they clear their stores), then the monitor, then Redis."""
+        """Stop submitted jobs, then raylets (they clear their stores) and the monitor, then Redis."""
         if self.supervisor_proc is not None:
             procs.stop([self.supervisor_proc], timeout=10)
             self.supervisor_proc = None
         stopped = list(self.raylets.items())
-        procs.stop([proc for _, proc in stopped], timeout=10)
+        # the monitor stops alongside: it takes up to a quarter second to notice, and what it
+        # might do about nodes going away meanwhile does not matter to a cluster being stopped
+        monitor = [self.monitor_proc] if self.monitor_proc is not None else []
+        procs.stop([proc for _, proc in stopped] + monitor, timeout=10)
         for node_id, proc in stopped:
             if proc.returncode not in (0, -signal.SIGTERM):  # it could not clean up after itself
                 self.clean_store(node_id)
         self.raylets.clear()
-        procs.stop([p for p in (self.monitor_proc, self.redis_proc) if p is not None])
+        procs.stop([self.redis_proc] if self.redis_proc is not None else [])
         self.monitor_proc = self.redis_proc = None
         if remove_session:
             shutil.rmtree(self.session_dir, ignore_errors=True)
