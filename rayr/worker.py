@@ -183,26 +183,8 @@ class TaskExecutor:
         of its tasks blocks (it may be waiting for one of them). ``extra`` as for deliver()."""
         with self._undelivered_lock:
             batch, self._undelivered = self._undelivered, []
-        if not batch:
-            return
-        items = [
-            (oid, record, spec.owner)
-            for spec, records, _, _, _ in batch
-            for oid, record in zip(spec.return_ids(), records, strict=True)
-        ]
-        commands: list[Any] = [self.core.gcs.store_objects_command(items)]
-        by_stream: dict[tuple[str, str], list[bytes]] = {}
-        for _, _, stream, entry_id, group in batch:
-            by_stream.setdefault((stream, group), []).append(entry_id)
-        for (stream, group), ids in by_stream.items():  # after the results, as in deliver()
-            commands.append(("XACK", stream, group, *ids))
-            commands.append(("XDEL", stream, *ids))
-        callback = None
-        if extra is not None:
-            command, on_reply = extra
-            commands.append(command)
-            callback = lambda replies: on_reply(replies[-1])  # noqa: E731
-        self.core.commands.send(commands, callback)
+        if batch:
+            self._send_deliveries(batch, extra)
 
     def attribute_output(self, name: str) -> None:
         """Prefix what is printed from now on with ``name`` (a task, or an actor's class)."""
@@ -231,12 +213,28 @@ class TaskExecutor:
         The commands go out on the command stream in this order, so the ACK never lands
         before the results. ``extra`` adds one more command whose reply it receives.
         """
-        gcs = self.core.gcs
-        items = [(oid, record, spec.owner) for oid, record in zip(spec.return_ids(), records, strict=True)]
-        commands: list[Any] = [gcs.store_objects_command(items)]
-        if stream:
-            commands.append(("XACK", stream, group, entry_id))
-            commands.append(("XDEL", stream, entry_id))
+        self._send_deliveries([(spec, records, stream, entry_id, group)], extra)
+
+    def _send_deliveries(
+        self,
+        batch: list[tuple[TaskSpec, list[bytes], str, bytes, str]],
+        extra: tuple[Any, Callable[[Any], None]] | None,
+    ) -> None:
+        """One result script for every result of ``batch``, then one XACK and one XDEL per
+        stream (an entry without a stream, such as an actor restart's, has nothing to ACK)."""
+        items = [
+            (oid, record, spec.owner)
+            for spec, records, _, _, _ in batch
+            for oid, record in zip(spec.return_ids(), records, strict=True)
+        ]
+        commands: list[Any] = [self.core.gcs.store_objects_command(items)]
+        by_stream: dict[tuple[str, str], list[bytes]] = {}
+        for _, _, stream, entry_id, group in batch:
+            if stream:
+                by_stream.setdefault((stream, group), []).append(entry_id)
+        for (stream, group), ids in by_stream.items():
+            commands.append(("XACK", stream, group, *ids))
+            commands.append(("XDEL", stream, *ids))
         callback = None
         if extra is not None:
             command, on_reply = extra
