@@ -209,7 +209,8 @@ class Raylet:
         failed = False
         while not self._stopping.is_set():
             try:
-                if failed:
+                if failed:  # on a new connection: CLIENT UNBLOCK must name its id
+                    self._reader_client_id = int(client.client_id())
                     self._take_own_pending(client)
                     failed = False
                 if self._shapes_dirty.is_set():
