@@ -118,29 +118,24 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
-class ForkedChild:
-    """A daemon forked from this process, with the part of ``Popen``'s interface rayr uses."""
+class PidProcess:
+    """A process known by its pid, with the part of ``Popen``'s interface rayr uses; subclasses
+    say how its exit is learnt (``poll``)."""
 
-    def __init__(self, pid: int, name: str) -> None:
-        self.pid = pid
-        self.args = [f"<forked {name}>"]
-        self.returncode: int | None = None
+    pid: int
+    args: list[str]
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by someone else: it is gone all the same
-                self.returncode = -signal.SIGKILL
-                return self.returncode
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        raise NotImplementedError
+
+    def _waited(self) -> int | None:
+        """What ``wait`` checks each round: ``poll`` unless a subclass knows more."""
+        return self.poll()
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.0005
-        while (code := self.poll()) is None:
+        while (code := self._waited()) is None:
             if deadline is not None and time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
             time.sleep(delay)
@@ -159,6 +154,26 @@ class ForkedChild:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+class ForkedChild(PidProcess):
+    """A daemon forked from this process (we reap it ourselves)."""
+
+    def __init__(self, pid: int, name: str) -> None:
+        self.pid = pid
+        self.args = [f"<forked {name}>"]
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: it is gone all the same
+                self.returncode = -signal.SIGKILL
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
 
 def fork_call(

@@ -24,15 +24,14 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 from rayr import procs
 
 _MAX_MSG = 1 << 16
 
 
-class ForkedProcess:
-    """A worker forked by the zygote, with the part of ``Popen``'s interface the raylet uses."""
+class ForkedProcess(procs.PidProcess):
+    """A worker forked by the zygote, which reaps it and reports its exit code to us."""
 
     def __init__(self, pid: int, zygote: Zygote) -> None:
         self.pid = pid
@@ -46,29 +45,11 @@ class ForkedProcess:
     def poll(self) -> int | None:
         return self.returncode
 
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.returncode) is None:
-            if not self._zygote.alive():  # its children die with it; nothing reports them
-                self._zygote.exits.setdefault(self.pid, -signal.SIGKILL)
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-            time.sleep(0.005)
-        return code
+    def _waited(self) -> int | None:
+        if self.returncode is None and not self._zygote.alive():
+            # its children die with it, and nothing is left to report them
+            self._zygote.exits.setdefault(self.pid, -signal.SIGKILL)
+        return self.returncode
 
 
 class Zygote:

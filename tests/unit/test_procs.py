@@ -96,23 +96,24 @@ rayr.shutdown()
 """
 
 
-def test_an_embedded_cluster_forks_its_daemons_from_the_driver(tmp_path):
+def _embedded(mode: str, tmp_path) -> list[str]:
+    """Run EMBEDDED in a fresh driver; its three printed lines."""
     env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", EMBEDDED, "plain"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", EMBEDDED, mode], capture_output=True, text=True,
                          env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    worker, daemons, same_cmdline = out.stdout.splitlines()
+    return out.stdout.splitlines()
+
+
+def test_an_embedded_cluster_forks_its_daemons_from_the_driver(tmp_path):
+    worker, daemons, same_cmdline = _embedded("plain", tmp_path)
     assert worker == "('rayr-worker', 'rayr-zygote')"
     assert daemons == "['rayr-monitor', 'rayr-raylet']"
     assert same_cmdline == "[False, True, True]"  # redis-server is started, the rest forked
 
 
 def test_a_driver_with_threads_starts_its_daemons_as_new_interpreters(tmp_path):
-    env = {**os.environ, "RAYR_TEMP_DIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", EMBEDDED, "thread"], capture_output=True, text=True,
-                         env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    worker, daemons, same_cmdline = out.stdout.splitlines()
+    worker, daemons, same_cmdline = _embedded("thread", tmp_path)
     # the raylet itself forks its zygote (it has one thread then), whatever the driver had
     assert worker == "('rayr-worker', 'rayr-zygote')"
     assert daemons.count("python") == 2 and "rayr-" not in daemons
