@@ -309,6 +309,8 @@ def _connect(
         worker_hex=worker_hex,
         namespace=namespace,
         liveness_ttl_s=settings.node_timeout_s,
+        liveness_redis=connect(url, settings.redis_password, single_connection_client=True,
+                               client_name=keys.driver_client(job_id.hex())),
     )
     core.envs.set_parent(env_hash, env)
     return core

@@ -35,6 +35,8 @@ class Settings(BaseModel):
     object_spilling_directory: str | None = None
     heartbeat_interval_s: float = Field(1.0, gt=0)
     node_timeout_s: float = Field(5.0, gt=0)
+    # a get/wait fails (instead of hanging) once Redis has not answered for this long
+    redis_unreachable_timeout_s: float = Field(60.0, gt=0)
     # how long init() waits for a started cluster to accept work
     start_timeout_s: float = Field(30.0, gt=0)
     # a worker that has not connected to its raylet by then is replaced

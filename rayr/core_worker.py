@@ -109,6 +109,7 @@ class _Lineage:
 # R + object id + stale holder node + b"|" + borrower inbox  (please rebuild it)
 # A + object id                                             (owner heard you; wait for it)
 OWNER_ANSWER_S = 5.0  # an owner that does not acknowledge a rebuild request in time is dead
+REDIS_CHECK_S = 1.0  # a blocked get/wait looks this often whether Redis has been away too long
 
 
 class CoreWorker:
@@ -132,6 +133,7 @@ class CoreWorker:
         namespace: str = "",
         on_blocked: Callable[[bool], None] | None = None,
         liveness_ttl_s: float | None = None,
+        liveness_redis: redis.Redis | None = None,
     ) -> None:
         self.gcs = gcs
         self.keys = gcs.keys
@@ -145,9 +147,13 @@ class CoreWorker:
         self.namespace = namespace
         self.current_actor_id: str | None = None
         self._on_blocked = on_blocked
-        # a driver keeps its job's liveness key fresh; the monitor ends jobs whose key lapses
+        # a driver keeps its job's liveness key fresh, on a connection named after the job:
+        # the monitor ends a job whose key lapsed only once that connection is gone too
         self._liveness_ttl = liveness_ttl_s
+        self._liveness: Any = liveness_redis
         self._liveness_due = 0.0
+        # since when Redis has not answered the inbox thread (None: it answers)
+        self._redis_down_since: float | None = None
         self._threshold = settings.inline_threshold
         self._inbox_key = self.keys.inbox(worker_hex)
         self._blocking: Any = blocking_redis
@@ -191,6 +197,7 @@ class CoreWorker:
         self._stopping = False
         # futures of ObjectRefs (await ref): resolved by the inbox thread, no thread each
         self._futures: dict[bytes, list[tuple[ObjectRef, concurrent.futures.Future]]] = {}
+        self._refresh_liveness()  # connects the named liveness connection now, from this thread
         self._inbox_thread = threading.Thread(target=self._inbox_loop, name="rayr-inbox", daemon=True)
         self._inbox_thread.start()
 
@@ -220,6 +227,8 @@ class CoreWorker:
         self._inbox_thread.join(timeout=5)
         if not self._inbox_thread.is_alive():
             self._blocking.close()
+            if self._liveness is not None:
+                self._liveness.close()
         self._drain_released()
         self._flush_deletes()
         self.commands.close()
@@ -390,7 +399,13 @@ class CoreWorker:
             except REDIS_DOWN_ERRORS:
                 if self._stopping:
                     return
+                if self._redis_down_since is None:
+                    self._redis_down_since = time.monotonic()
+                with self._cond:
+                    self._cond.notify_all()  # waiters check how long Redis has been away
                 time.sleep(0.2)  # e.g. Redis restarting: what was popped is still handled below
+            else:
+                self._redis_down_since = None
             try:
                 if msgs:
                     self._on_messages(msgs)
@@ -407,7 +422,8 @@ class CoreWorker:
         if self._liveness_ttl is None or time.monotonic() < self._liveness_due:
             return
         self._liveness_due = time.monotonic() + min(1.0, self._liveness_ttl / 3)
-        self.gcs.r.set(self.keys.job_alive(self.job_id.hex()), b"1", px=int(self._liveness_ttl * 1000))
+        client = self._liveness if self._liveness is not None else self.gcs.r
+        client.set(self.keys.job_alive(self.job_id.hex()), b"1", px=int(self._liveness_ttl * 1000))
 
     def _on_messages(self, msgs: list[bytes]) -> None:
         ready: list[_WaitingTask] = []
@@ -925,9 +941,25 @@ class CoreWorker:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return ready
-                    self._cond.wait(remaining)
+                    self._check_redis_reachable()
+                    self._cond.wait(REDIS_CHECK_S if remaining is None else min(remaining, REDIS_CHECK_S))
         finally:
             self._set_blocked(False)
+
+    def _check_redis_reachable(self) -> None:
+        """Raise if Redis has been unreachable for longer than ``redis_unreachable_timeout_s``:
+        whatever we wait for cannot arrive, and a silent hang helps no one."""
+        since = self._redis_down_since
+        limit = self.settings.redis_unreachable_timeout_s
+        if since is not None and time.monotonic() - since > limit:
+            kwargs = self.gcs.r.connection_pool.connection_kwargs
+            where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+            raise RaySystemError(
+                f"Redis at {where} has been unreachable for more than {limit:g}s, so nothing this "
+                "process waits for can arrive. Restart Redis (a cluster started with "
+                "`rayr start --head --redis-persist` resumes where it was), or raise "
+                "redis_unreachable_timeout_s (RAYR_REDIS_UNREACHABLE_TIMEOUT_S) to wait longer."
+            )
 
     def _set_blocked(self, blocked: bool) -> None:
         if self._on_blocked is not None:

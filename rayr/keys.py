@@ -216,6 +216,11 @@ class Keys:
         """TTL'd key a driver refreshes while it lives."""
         return f"{self.prefix}job_alive:{job_hex}"
 
+    def driver_client(self, job_hex: str) -> str:
+        """The name (CLIENT SETNAME) of a driver's liveness connection: while Redis lists a
+        client of that name, the driver's process is alive, however long it holds the GIL."""
+        return f"{self.prefix}driver:{job_hex}"
+
     # -- runtime envs: packaged files and resolved envs, each stored once under its hash
     def package(self, digest: str) -> str:
         """A zip of a working_dir or py_modules entry (``pkg://<digest>``)."""

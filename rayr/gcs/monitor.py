@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from rayr.autoscaler.autoscaler import AutoscalerHook
 
 RESERVE_TIMEOUT_S = 5.0  # a raylet that does not answer a reservation in time counts as a no
+RECLAIM_EVERY_S = 1.0  # how often tasks left under consumers of dead nodes are looked for
+# how long a dead node's own task streams are still emptied: submitters route with a node list
+# up to a second old, so a task may be sent to a node just after it was declared dead
+DEAD_TARGETS_S = 60.0
 
 log = logging.getLogger("rayr.monitor")
 
@@ -45,6 +49,10 @@ class Monitor:
         # acts only on clusters of `rayr up`; its code (and pydantic's) loads once one is
         self.autoscaler: AutoscalerHook | None = None
         self._next_autoscaler_check = 0.0
+        # dead node -> when we learned it; None until the first reclaim round
+        self._recent_dead: dict[str, float] | None = None
+        self._next_reclaim = 0.0
+        self._warned_client_list = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -81,12 +89,31 @@ class Monitor:
                 )
                 log.warning("node %s declared dead: heartbeats stopped", node_id[:12])
                 died.append(node_id)
+        if not died:
+            return died
+        if self._recent_dead is not None:
+            self._recent_dead.update(dict.fromkeys(died, time.monotonic()))
+        self.reclaim_tasks()
         for node_id in died:
-            requeued, failed = requeue_tasks(self.gcs, node_id)
             restarted, dead = recover_actors(self.gcs, node_id)
-            log.warning("node %s: %d tasks queued again, %d failed; %d actors restarting, %d dead",
-                        node_id[:12], requeued, failed, restarted, dead)
+            log.warning("node %s: %d actors restarting, %d dead", node_id[:12], restarted, dead)
         return died
+
+    def reclaim_tasks(self) -> tuple[int, int]:
+        """Queue again what nodes that are not alive took or were sent (see ``requeue_tasks``);
+        returns (requeued, failed)."""
+        now = time.monotonic()
+        if self._recent_dead is None:  # first round since we started: every dead node once
+            dead = {n["node_id"]: n for n in self.gcs.list_nodes() if n.get("state") != NODE_ALIVE}
+            self._recent_dead = dict.fromkeys(dead, now)
+        for node_id, since in list(self._recent_dead.items()):
+            if now - since > DEAD_TARGETS_S:
+                del self._recent_dead[node_id]
+        alive = {n["node_id"] for n in self.gcs.alive_nodes()}
+        requeued, failed = requeue_tasks(self.gcs, alive, list(self._recent_dead))
+        if requeued or failed:
+            log.warning("tasks of dead nodes: %d queued again, %d failed", requeued, failed)
+        return requeued, failed
 
     def _redis_just_started(self) -> bool:
         """Whether Redis restarted less than a node timeout ago: liveness keys may have lapsed
@@ -105,6 +132,9 @@ class Monitor:
                     self.check_nodes()
                     self.check_jobs()
                     next_check = now + min(self.settings.heartbeat_interval_s, 0.25)
+                if now >= self._next_reclaim:
+                    self.reclaim_tasks()
+                    self._next_reclaim = now + RECLAIM_EVERY_S
                 self.place_pending_groups()
                 self._autoscale()
                 reply = self.gcs.r.xread(
@@ -125,8 +155,18 @@ class Monitor:
                 time.sleep(0.5)
 
     def check_jobs(self) -> list[str]:
-        """End the jobs whose driver died without ending them (its liveness key lapsed)."""
-        ended = []
+        """End the jobs whose driver died without ending them.
+
+        A driver refreshes its job's liveness key from a thread, which needs the GIL: a live
+        driver that holds it for long (a C extension, pickling gigabytes), is stopped in a
+        debugger or swaps lets the key lapse. So a lapsed key only makes us look for the
+        driver's named connection, which lasts exactly as long as its process (or until TCP
+        keepalive gives up on a vanished host); while it is there the job lives on.
+        """
+        ended: list[str] = []
+        if self._redis_just_started():
+            return ended  # keys lapsed during the outage; drivers reconnect within the grace
+        clients: set[str] | None = None
         for raw in self.gcs.r.smembers(self.gcs.keys.running_jobs):
             job = raw.decode()
             if self.gcs.r.exists(self.gcs.keys.job_alive(job)):
@@ -135,11 +175,29 @@ class Monitor:
             started = float(info.get("start_time", 0) or 0)
             if time.time() - started < self.settings.node_timeout_s:
                 continue  # its driver has not had time to say it is alive yet
-            log.warning("job %s: its driver (pid %s) stopped answering; ending the job",
-                        job, info.get("driver_pid"))
+            if clients is None:
+                clients = self._client_names()
+            if self.gcs.keys.driver_client(job) in clients:
+                # alive but silent: vouch for it for one more timeout instead of asking again
+                ttl_ms = int(self.settings.node_timeout_s * 1000)
+                self.gcs.r.set(self.gcs.keys.job_alive(job), b"1", px=ttl_ms)
+                continue
+            log.warning("job %s: its driver (pid %s) is gone; ending the job", job, info.get("driver_pid"))
             end_job(self.gcs, job, "FAILED", "its driver died")
             ended.append(job)
         return ended
+
+    def _client_names(self) -> set[str]:
+        """Names of the clients connected to Redis; empty if we may not list them (an ACL or a
+        managed Redis that hides CLIENT LIST): then a lapsed key alone ends a job."""
+        try:
+            return {c.get("name", "") for c in self.gcs.r.client_list(_type="normal")}
+        except redis.ResponseError as err:
+            if not self._warned_client_list:
+                self._warned_client_list = True
+                log.warning("cannot list Redis clients (%s): a driver that stops refreshing its "
+                            "liveness key for %ss is taken for dead", err, self.settings.node_timeout_s)
+            return set()
 
     # ------------------------------------------------------- placement groups
     def place_pending_groups(self) -> list[str]:

@@ -1,9 +1,11 @@
 """What the monitor does when a node dies: nothing that can be recovered is lost.
 
 - Tasks the node (or one of its leased workers) had taken but not finished are found in the
-  task streams' pending-entries lists and queued again on the shared stream of their shape
-  (another node pulls them), or failed with an error naming the node once ``max_retries``
-  is used up.
+  task streams' pending-entries lists, and tasks sent to the node's own streams are found
+  there; both are queued again on the shared stream of their shape (another node pulls
+  them), or failed with an error naming the node once ``max_retries`` is used up. The
+  monitor repeats this every second, not only at the death: what a dead node's surviving
+  workers take afterwards is found too.
 - Actors that lived there are restarted elsewhere while ``max_restarts`` allows (their
   creation task is queued again, marked as a restart, so the new incarnation replays its
   mailbox), and otherwise marked DEAD with their queued calls failed.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from rayr.exceptions import ActorDiedError
@@ -21,15 +24,6 @@ from rayr.raylet.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape
 from rayr.task_spec import TaskSpec
 
 log = logging.getLogger("rayr.recovery")
-
-
-def _streams_of(gcs: GcsClient, node_id: str) -> list[tuple[str, str]]:
-    """(stream, shared shape key to requeue on) for every task stream the node read."""
-    out = [(gcs.keys.shape_stream(shape), shape) for shape in gcs.shapes()]
-    for raw in gcs.r.smembers(gcs.keys.node_shapes(node_id)):
-        shape = raw.decode()
-        out.append((gcs.keys.task_stream(TARGET_MARK + shape, node_id), shape))
-    return out
 
 
 def _announce(gcs: GcsClient, shape: str) -> str:
@@ -42,33 +36,69 @@ def _announce(gcs: GcsClient, shape: str) -> str:
     return stream
 
 
-def _belongs(consumer: Any, node_id: str) -> bool:
+def consumer_node(consumer: Any) -> str:
+    """The node of a task-stream consumer: ``<node>`` (its raylet) or ``<node>.<worker>``
+    (a leased worker)."""
     name = consumer.decode() if isinstance(consumer, bytes) else str(consumer)
-    return name == node_id or name.startswith(node_id + ".")
+    return name.partition(".")[0]
 
 
-def requeue_tasks(gcs: GcsClient, node_id: str) -> tuple[int, int]:
-    """Queue again (or fail) the dead node's unfinished tasks; returns (requeued, failed)."""
+def _requeue_entries(
+    gcs: GcsClient, stream: str, shape: str, entry_ids: list[bytes], why: str
+) -> tuple[int, int]:
+    """Queue the tasks of ``entry_ids`` again on the shared stream of ``shape`` (or fail them
+    once their retries are used up), then take the entries off ``stream``."""
     requeued = failed = 0
-    for stream, shape in _streams_of(gcs, node_id):
+    for entry_id in entry_ids:
+        found = gcs.r.xrange(stream, entry_id, entry_id)
+        if found and b"s" in found[0][1]:
+            spec = TaskSpec.decode(found[0][1][b"s"])
+            if gcs.retry_or_fail(spec, _announce(gcs, shape), why):
+                requeued += 1
+            else:
+                failed += 1
+        gcs.r.xack(stream, TASK_GROUP, entry_id)
+        gcs.r.xdel(stream, entry_id)
+    return requeued, failed
+
+
+def requeue_tasks(gcs: GcsClient, alive: set[str], dead: Iterable[str]) -> tuple[int, int]:
+    """Queue again (or fail) every task that a node no longer alive had taken or was sent;
+    returns (requeued, failed).
+
+    Run when a node is declared dead and then periodically: a dead node's leased workers may
+    live on for a while (a frozen raylet whose workers kept reading) and take more entries
+    after the first look, so no entry may stay pending under a consumer of a dead node, and
+    none may wait unread on a stream targeted at one. ``dead`` names the nodes whose targeted
+    streams to empty (those that died recently: a submitter may still send to one whose death
+    it has not heard of yet).
+    """
+    requeued = failed = 0
+    for shape in gcs.shapes():
+        stream = gcs.keys.shape_stream(shape)
         try:
-            pending = gcs.r.xpending_range(stream, TASK_GROUP, "-", "+", 10_000)
+            summary = gcs.r.xpending(stream, TASK_GROUP)
         except Exception:  # the stream or its group is gone
             continue
-        for entry in pending:
-            if not _belongs(entry["consumer"], node_id):
+        for item in summary.get("consumers") or []:
+            node = consumer_node(item["name"])
+            if node in alive:
                 continue
-            entry_id = entry["message_id"]
-            found = gcs.r.xrange(stream, entry_id, entry_id)
-            if found and b"s" in found[0][1]:
-                spec = TaskSpec.decode(found[0][1][b"s"])
-                why = f"it was running on node {node_id[:12]}, which died"
-                if gcs.retry_or_fail(spec, _announce(gcs, shape), why):
-                    requeued += 1
-                else:
-                    failed += 1
-            gcs.r.xack(stream, TASK_GROUP, entry_id)
-            gcs.r.xdel(stream, entry_id)
+            entries = gcs.r.xpending_range(stream, TASK_GROUP, "-", "+", 10_000, consumername=item["name"])
+            why = f"it was running on node {node[:12]}, which died"
+            r, f = _requeue_entries(gcs, stream, shape, [e["message_id"] for e in entries], why)
+            requeued, failed = requeued + r, failed + f
+    for node_id in dead:
+        # a stream targeted at a dead node: everything on it (taken by the node, or not read
+        # yet) goes to the shared stream of its shape
+        for raw in gcs.r.smembers(gcs.keys.node_shapes(node_id)):
+            shape = raw.decode()
+            stream = gcs.keys.task_stream(TARGET_MARK + shape, node_id)
+            entries = gcs.r.xrange(stream, count=10_000)
+            if entries:
+                why = f"it was sent to node {node_id[:12]}, which died"
+                r, f = _requeue_entries(gcs, stream, shape, [e[0] for e in entries], why)
+                requeued, failed = requeued + r, failed + f
     return requeued, failed
 
 

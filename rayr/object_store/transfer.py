@@ -31,6 +31,7 @@ CHUNK = 4 << 20
 PIECE = 1 << 20  # socket writes this big are the cheapest here (fewer, not huge, skbs)
 MAX_IN_FLIGHT = 6
 PULL_TIMEOUT_S = 60  # a side that hears nothing from the other for this long gives up
+HOLDER_CHECK_S = 0.5  # a waiting puller looks this often whether the holder was declared dead
 KEY_TTL_MS = 120_000  # whatever a vanished side leaves behind goes away by itself
 RAW = b"R"
 LZ4 = b"Z"
@@ -156,6 +157,24 @@ def send_object(r: Any, keys: Keys, store: ObjectStoreBackend, oid: bytes, dest:
         view.release()
 
 
+def _next_chunk(r: Any, keys: Keys, key: str, oid: bytes, holder: str) -> Any:
+    """The next chunk announcement of transfer ``key``. While waiting, the holder's state is
+    checked every HOLDER_CHECK_S: a holder declared dead will never send, and the caller
+    should go to reconstruction now rather than after PULL_TIMEOUT_S."""
+    deadline = time.monotonic() + PULL_TIMEOUT_S
+    while True:
+        item = r.blpop([key], timeout=HOLDER_CHECK_S)
+        if item is not None:
+            return item
+        state = r.hget(keys.node(holder), "state")
+        if state != b"ALIVE":
+            raise ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}, which is "
+                                  f"{(state or b'unknown').decode()}.")
+        if time.monotonic() > deadline:
+            raise ObjectLostError(oid.hex(),
+                                  f"Node {holder[:12]} did not send it within {PULL_TIMEOUT_S}s.")
+
+
 def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: memoryview) -> None:
     """Fill ``out`` with the object held by node ``holder`` (run by the process that needs it).
 
@@ -175,10 +194,7 @@ def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: mem
     scratch: bytearray | None = None
     with _Raw(r) as raw:
         while offset < out.nbytes:
-            item = r.blpop([key], timeout=PULL_TIMEOUT_S)
-            if item is None:
-                raise ObjectLostError(oid.hex(),
-                                      f"Node {holder[:12]} did not send it within {PULL_TIMEOUT_S}s.")
+            item = _next_chunk(r, keys, key, oid, holder)
             kind, index, length = _HEAD.unpack_from(item[1])
             if kind == FAILED:
                 reason = item[1][_HEAD.size :].decode(errors="replace")

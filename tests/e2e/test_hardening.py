@@ -1,0 +1,224 @@
+"""Faults that used to lose or stall work: a frozen node, a holder dying under a pull, a driver
+that holds the GIL, Redis away for longer than a node timeout."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import rayr
+from rayr import procs
+from rayr.exceptions import RaySystemError
+from rayr.keys import TASK_GROUP
+from rayr.node import free_port, start_redis
+from rayr.testing import Cluster
+from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+@pytest.fixture
+def cluster3(redis_url):
+    c = Cluster(redis_url, node_timeout_s=1.5, heartbeat_interval_s=0.3)
+    nodes = [c.add_node(num_cpus=1) for _ in range(3)]
+    rayr.init(address=redis_url, _cluster_name=c.name)
+    yield c, nodes
+    rayr.shutdown()
+    c.shutdown()
+
+
+def _wait_dead(node_id: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while any(n["NodeID"] == node_id and n["Alive"] for n in rayr.nodes()):
+        assert time.time() < deadline, "the node was not declared dead"
+        time.sleep(0.05)
+
+
+def _pending_under(node_id: str) -> int:
+    """Task-stream entries pending under a consumer of ``node_id`` (its raylet or its workers)."""
+    core = rayr.context.require_core()
+    count = 0
+    for shape in core.gcs.shapes():
+        summary = core.gcs.r.xpending(core.keys.shape_stream(shape), TASK_GROUP)
+        for item in summary.get("consumers") or []:
+            if item["name"].decode().startswith(node_id):
+                count += item["pending"]
+    return count
+
+
+def test_a_frozen_nodes_workers_lose_no_task(cluster3, tmp_path):
+    """SIGSTOP a raylet past its timeout: its leased workers keep taking tasks after the node
+    is declared dead (and its tasks first recovered); when it resumes, it exits and they die
+    with it. What they had taken must run again elsewhere."""
+    cluster, nodes = cluster3
+
+    @rayr.remote(max_retries=3)
+    def step(i):
+        time.sleep(0.02)
+        return i
+
+    refs = [step.remote(i) for i in range(1500)]
+    raylet = cluster._local.raylets[nodes[2]]
+    deadline = time.time() + 30
+    while _pending_under(nodes[2]) == 0:  # its leased worker is busy
+        assert time.time() < deadline, "node 2 never took a task"
+        time.sleep(0.01)
+    raylet.send_signal(signal.SIGSTOP)
+    try:
+        _wait_dead(nodes[2])
+        time.sleep(0.3)  # the monitor's first look at the dead node's tasks is over
+        deadline = time.time() + 30
+        while _pending_under(nodes[2]) == 0:  # ... and its worker has taken more since
+            assert time.time() < deadline, "the frozen node's worker took nothing after its death"
+            time.sleep(0.01)
+    finally:
+        raylet.send_signal(signal.SIGCONT)
+    assert raylet.wait(timeout=30) == 3  # it learned it was given up, and stopped
+    cluster._local.raylets.pop(nodes[2])
+    cluster._local.clean_store(nodes[2])
+    assert rayr.get(refs, timeout=120) == list(range(1500))
+
+
+def test_a_pull_whose_holder_dies_goes_to_reconstruction_at_once(cluster3):
+    cluster, nodes = cluster3
+
+    @rayr.remote(max_retries=2)
+    def make():
+        return np.arange(1_000_000)
+
+    pinned = NodeAffinitySchedulingStrategy(nodes[1], soft=True)
+    ref = make.options(scheduling_strategy=pinned).remote()
+    rayr.wait([ref], timeout=60)
+    raylet = cluster._local.raylets.pop(nodes[1])
+    raylet.send_signal(signal.SIGKILL)  # the pull below starts while the node still counts as alive
+    start = time.monotonic()
+    try:
+        value = rayr.get(ref, timeout=40)  # the pull's own timeout is 60 s
+    finally:
+        raylet.wait()
+        cluster._local.clean_store(nodes[1])
+    assert value.sum() == np.arange(1_000_000).sum()
+    assert time.monotonic() - start < 40
+
+
+GIL_HOLDER = """
+import ctypes, sys, numpy as np, rayr
+rayr.init(address=sys.argv[1], _cluster_name=sys.argv[2])
+
+@rayr.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def add(self):
+        self.n += 1
+        return self.n
+
+counter = Counter.remote()
+assert rayr.get(counter.add.remote(), timeout=60) == 1
+big = rayr.put(np.ones(1_000_000))
+small = rayr.put("kept")
+print("holding", flush=True)
+ctypes.PyDLL(None).sleep(int(sys.argv[3]))  # a C call that keeps the GIL: no thread of ours runs
+print(rayr.get(counter.add.remote(), timeout=60), rayr.get(big, timeout=60).sum(),
+      rayr.get(small, timeout=60), flush=True)
+rayr.shutdown()
+"""
+
+
+def test_a_driver_holding_the_gil_is_not_declared_dead(cluster3):
+    cluster, _ = cluster3
+    hold_s = 5  # more than three times the node timeout: its liveness key lapses
+    proc = subprocess.Popen([sys.executable, "-c", GIL_HOLDER, cluster.address, cluster.name, str(hold_s)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:2] == ["holding", "2 1000000.0 kept"], out + err
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis of the test's own (appendonly), with a function that stops it and one that
+    starts it again."""
+    port = free_port()
+    holder = {"proc": start_redis(port, workdir=str(tmp_path), persist=True)}
+
+    def stop() -> None:
+        procs.stop([holder["proc"]])  # SIGTERM: Redis flushes its append-only file and exits
+
+    def start() -> None:
+        holder["proc"] = start_redis(port, workdir=str(tmp_path), persist=True)
+
+    yield f"redis://127.0.0.1:{port}", stop, start
+    procs.stop([holder["proc"]])
+
+
+def test_a_redis_outage_longer_than_the_node_timeout_ends_no_job(own_redis):
+    url, stop, start = own_redis
+    cluster = Cluster(url, node_timeout_s=1.5, heartbeat_interval_s=0.3)
+    try:
+        cluster.add_node(num_cpus=2)
+        rayr.init(address=url, _cluster_name=cluster.name)
+
+        @rayr.remote
+        class Keeper:
+            def value(self):
+                return "alive"
+
+        @rayr.remote(max_retries=3)
+        def later(i):
+            time.sleep(0.05)
+            return i
+
+        keeper = Keeper.remote()
+        assert rayr.get(keeper.value.remote(), timeout=60) == "alive"
+        kept = rayr.put("my object")
+        queued = [later.remote(i) for i in range(100)]
+        stop()
+        time.sleep(6)  # four node timeouts
+        start()
+        assert rayr.get(queued, timeout=90) == list(range(100))
+        assert rayr.get(keeper.value.remote(), timeout=60) == "alive"
+        assert rayr.get(kept, timeout=30) == "my object"
+        core = rayr.context.require_core()
+        assert core.gcs.get_job(core.job_id.hex()).get("status") == "RUNNING"
+    finally:
+        rayr.shutdown()
+        cluster.shutdown()
+
+
+def test_get_fails_clearly_once_redis_stays_away(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYR_REDIS_UNREACHABLE_TIMEOUT_S", "2")
+    port = free_port()
+    redis_proc = start_redis(port, workdir=str(tmp_path))
+    url = f"redis://127.0.0.1:{port}"
+    cluster = Cluster(url, redis_unreachable_timeout_s=2.0)
+    try:
+        cluster.add_node(num_cpus=1)
+        rayr.init(address=url, _cluster_name=cluster.name)
+
+        @rayr.remote
+        def forever():
+            time.sleep(3600)
+
+        ref = forever.remote()
+        rayr.wait([ref], timeout=0.5)
+        procs.stop([redis_proc])  # no persistence: nothing will ever answer for ref
+        start = time.monotonic()
+        with pytest.raises(RaySystemError, match="unreachable for more than"):
+            rayr.get(ref)
+        assert time.monotonic() - start < 60
+    finally:
+        redis_proc = start_redis(port, workdir=str(tmp_path))  # so everything can stop cleanly
+        try:
+            rayr.shutdown()
+            cluster.shutdown()
+        finally:
+            procs.stop([redis_proc])
