@@ -61,6 +61,9 @@ log = logging.getLogger("rayr.core")
 FIRST_RETURN = (1).to_bytes(4, "big")
 LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this do not move a task
 PUT_INDEX = (0).to_bytes(4, "big")
+# the largest value sent inline: Redis refuses a bulk string over 512 MiB (proto-max-bulk-len),
+# less room for the rest of the command around it
+MAX_INLINE_BYTES = (512 << 20) - (1 << 20)
 
 # The task (and its resources) running in this thread or asyncio task of a worker.
 _current_task: contextvars.ContextVar[tuple[bytes, dict[str, float]] | None] = contextvars.ContextVar(
@@ -655,6 +658,7 @@ class CoreWorker:
         # the executor registers as their borrower before that
         held = arg_refs + list(frame.contained_refs)
         if frame.total_size <= self._threshold:
+            self._check_inline_size(frame.total_size, f"the arguments of {function_name}()")
             return frame.to_bytes(), None, arg_refs, held
         args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
         self.store.put_bytes(args_object, frame.write_to, frame.total_size)
@@ -880,11 +884,20 @@ class CoreWorker:
         record = self.make_record(oid, frame)
         # written on the command stream: any task that later receives the ref is queued
         # on the same connection, after it, so it always finds the record
-        self.commands.send([self.gcs.store_objects_command([(oid, record, "")])])
         with self._cond:
             self._records[oid] = record
             self._owned.add(oid)
+        self.commands.send([self.gcs.store_objects_command([(oid, record, "")])], self._on_put_reply(oid))
         return ObjectRef(oid, self.worker_hex)
+
+    def _on_put_reply(self, oid: bytes) -> Callable[[list[Any]], None]:
+        def on_reply(replies: list[Any]) -> None:
+            if isinstance(replies[0], Exception):  # not stored: a get must say so, not hang
+                error = RaySystemError(f"put() of {oid.hex()} failed in Redis: {replies[0]}")
+                with self._cond:
+                    if oid in self._records:
+                        self._records[oid] = rec.error_record(serialization.dumps(error))
+        return on_reply
 
     def make_record(self, oid: bytes, frame: serialization.SerializedObject, owner: str = "") -> bytes:
         """An object-table record for ``frame``: inline when small, else in the node store.
@@ -893,9 +906,22 @@ class CoreWorker:
             self.pin_contained(oid, frame.contained_refs, owner or self.worker_hex)
         size = frame.total_size
         if size <= self._threshold:
+            self._check_inline_size(size, "put()")
             return rec.value_record(frame.to_bytes())
         self.store.put_bytes(oid, frame.write_to, size)
         return rec.stored_record(self.node_hex, size)
+
+    def _check_inline_size(self, size: int, what: str) -> None:
+        """Refuse a value Redis cannot take in one command (only a driver with no node on its
+        host sends values this big inline): Redis would drop the connection mid-command."""
+        if size > MAX_INLINE_BYTES:
+            raise ValueError(
+                f"{what}: {size / 2**20:.1f} MiB cannot travel inline through Redis, which takes "
+                f"at most {MAX_INLINE_BYTES / 2**20:.0f} MiB per value (proto-max-bulk-len). This "
+                "driver runs on a host with no rayr node, so its objects have no object store: "
+                "start a node on this host (`rayr start --address <cluster address>`), or split "
+                "the value into smaller objects."
+            )
 
     def _watch(self, oids: set[bytes] | list[bytes]) -> None:
         """Ensure each object is known or will be announced to this process's inbox."""

@@ -43,6 +43,7 @@ _READ_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, ValueError, 
 BURST_GAP_S = 0.0002
 BURST_MAX = 256
 FLUSH_AFTER_S = 0.001
+POISON_AFTER = 3  # a batch that breaks the connection this many times in a row is failed
 
 
 class CommandStream:
@@ -61,6 +62,7 @@ class CommandStream:
         self._done = 0  # batches whose replies were read
         self._closed = False
         self._broken = False  # the connection failed; the reader is (about to be) reconnecting
+        self._lost = False  # Redis stayed away past RECONNECT_S: unanswered batches were failed
         self._out: list[bytes] = []  # packed commands of a burst, not written yet (under _lock)
         self._last_send = 0.0
         self._burst = threading.Event()  # a burst started buffering: the flusher writes it soon
@@ -79,6 +81,11 @@ class CommandStream:
 
         A reply that is an error arrives as an exception object in the list.
         """
+        if self._lost:
+            raise redis.ConnectionError(
+                "the command connection to Redis was lost for good (Redis stayed unreachable); "
+                "nothing more can be sent from this process"
+            )
         packed = self._pack(commands)
         now = time.perf_counter()
         with self._lock:
@@ -134,6 +141,8 @@ class CommandStream:
             return self._cond.wait_for(lambda: self._done >= target or self._closed, timeout)
 
     def _read_replies(self) -> None:
+        last_head: object = None  # the batch at the head when the connection last broke
+        broke_on_head = 0  # how many times in a row the connection broke with it at the head
         while True:
             with self._cond:
                 while not self._waiting and not self._closed:
@@ -148,25 +157,56 @@ class CommandStream:
                         replies.append(self._conn.read_response(disable_decoding=True))
                     except redis.ResponseError as err:  # an error reply, already consumed
                         replies.append(err)
-            except _READ_ERRORS:
+            except _READ_ERRORS as err:
+                head = self._waiting[0]
+                broke_on_head = broke_on_head + 1 if head is last_head else 1
+                last_head = head
+                if broke_on_head >= POISON_AFTER and not self._closed:
+                    # the same batch broke the connection again and again (e.g. a value Redis
+                    # refuses to parse): fail it rather than resend it forever
+                    log.error("a batch of %d Redis commands broke the connection %d times; "
+                              "failing it: %s", count, broke_on_head, err)
+                    self._finish_batch(callback, [redis.ConnectionError(
+                        f"Redis dropped the connection on this command {broke_on_head} times: {err}"
+                    )] * count)
                 if self._closed or not self._reconnect():
-                    if not self._closed:
-                        log.error("lost the command connection to Redis; pending commands dropped")
-                    with self._cond:
-                        self._closed = True
-                        self._waiting.clear()
-                        self._cond.notify_all()
+                    self._give_up()
                     return
                 continue
-            if callback is not None:
-                try:
-                    callback(replies)
-                except Exception:
-                    log.exception("reply callback failed")
+            self._finish_batch(callback, replies)
+
+    def _finish_batch(self, callback: Callback | None, replies: list[Any]) -> None:
+        """Hand the head batch its replies and take it off the unanswered list."""
+        if callback is not None:
+            try:
+                callback(replies)
+            except Exception:
+                log.exception("reply callback failed")
+        elif any(isinstance(reply, Exception) for reply in replies):
+            # nobody waits for these replies: an error must at least be seen
+            log.error("Redis refused a command: %s", next(r for r in replies if isinstance(r, Exception)))
+        with self._cond:
+            self._waiting.popleft()
+            self._done += 1
+            self._cond.notify_all()
+
+    def _give_up(self) -> None:
+        """Redis stayed away: every unanswered batch gets an error reply, and later sends
+        raise, so no command is lost without anyone hearing of it."""
+        if self._closed:
             with self._cond:
-                self._waiting.popleft()
-                self._done += 1
+                self._waiting.clear()
                 self._cond.notify_all()
+            return
+        log.error("lost the command connection to Redis for good; %d batches of commands failed",
+                  len(self._waiting))
+        self._lost = True
+        while self._waiting:
+            count, callback, _ = self._waiting[0]
+            self._finish_batch(callback, [redis.ConnectionError("Redis could not be reached again")] * count)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def _reconnect(self) -> bool:
         """Connect again (with backoff, for up to RECONNECT_S) and resend every unanswered

@@ -222,3 +222,40 @@ def test_get_fails_clearly_once_redis_stays_away(tmp_path, monkeypatch):
             cluster.shutdown()
         finally:
             procs.stop([redis_proc])
+
+
+REMOTE_DRIVER = """
+import socket, sys, numpy as np
+socket.gethostname = lambda: "a-host-with-no-node"  # so init() finds no node here
+import rayr
+rayr.init(address=sys.argv[1], _cluster_name=sys.argv[2])
+
+@rayr.remote
+def total(x):
+    return int(x.sum())
+
+try:
+    rayr.put(np.zeros(600 << 20, dtype=np.uint8))
+except ValueError as err:
+    print("refused:", err, flush=True)
+try:
+    total.remote(np.zeros(600 << 20, dtype=np.uint8))
+except ValueError as err:
+    print("refused:", err, flush=True)
+small = rayr.put(np.ones(1000, dtype=np.uint8))
+print(rayr.get(total.remote(small), timeout=60), flush=True)
+rayr.shutdown()
+"""
+
+
+def test_a_remote_drivers_value_beyond_redis_limit_is_refused_and_nothing_is_lost(cluster3):
+    cluster, _ = cluster3
+    out = subprocess.run([sys.executable, "-c", REMOTE_DRIVER, cluster.address, cluster.name],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout + out.stderr
+    assert lines[0].startswith("refused: put(): 600.0 MiB cannot travel inline through Redis")
+    assert "start a node on this host" in lines[0]
+    assert lines[1].startswith("refused: the arguments of total(): 600.0 MiB")
+    assert lines[2] == "1000"

@@ -27,3 +27,33 @@ def test_replies_arrive_in_order_and_flush_is_prompt_after_idling(redis_url):
         client = connect(redis_url)
         client.delete("cs-test:n", *[f"cs-test:{i}" for i in range(50)])
         client.close()
+
+
+def test_a_command_that_breaks_the_connection_is_failed_and_nothing_else_is_lost(tmp_path):
+    """Redis drops the connection on a value over proto-max-bulk-len: resending it forever (or
+    dropping everything pending) lost commands; it alone must fail, with an error to its sender."""
+    from rayr import procs
+    from rayr.node import free_port, start_redis
+
+    port = free_port()
+    proc = start_redis(port, workdir=str(tmp_path))
+    url = f"redis://127.0.0.1:{port}"
+    client = connect(url)
+    client.config_set("proto-max-bulk-len", 1 << 20)  # the smallest Redis allows
+    stream = CommandStream(url, None)
+    got: dict[str, list] = {}
+    try:
+        stream.send([("SET", "before", 1)], lambda r: got.__setitem__("before", r))
+        stream.send([("SET", "huge", b"x" * (2 << 20))], lambda r: got.__setitem__("huge", r))
+        stream.send([("SET", "after", 2)], lambda r: got.__setitem__("after", r))
+        assert stream.flush(timeout=60)
+        assert isinstance(got["huge"][0], Exception)
+        assert got["before"] == [b"OK"] and got["after"] == [b"OK"]
+        assert client.get("before") == b"1" and client.get("after") == b"2"
+        assert not client.exists("huge")
+        stream.send([("INCR", "later")], lambda r: got.__setitem__("later", r))
+        assert stream.flush(timeout=10) and got["later"] == [1]
+    finally:
+        stream.close()
+        client.close()
+        procs.stop([proc])
