@@ -289,6 +289,7 @@ def _connect(
         {
             "driver_pid": os.getpid(),
             "driver_node": node_hex,
+            "driver_worker": worker_hex,
             "namespace": namespace,
             "entrypoint": " ".join(sys.argv),
             "sys_path": _driver_sys_path(),

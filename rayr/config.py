@@ -44,6 +44,10 @@ class Settings(BaseModel):
     # workers the raylet keeps per CPU at most when tasks block in get()
     max_workers_per_cpu: int = Field(4, ge=1)
     log_level: str = "WARNING"
+    # ended jobs, dead actors and dead nodes kept in the GCS tables; the oldest beyond go
+    history_max_jobs: int = Field(1000, ge=0)
+    history_max_actors: int = Field(10_000, ge=0)
+    history_max_nodes: int = Field(1000, ge=0)
     # largest zip of a runtime_env working_dir or py_modules entry (Redis allows 512 MiB)
     runtime_env_max_package_bytes: int = Field(100 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
 

@@ -216,6 +216,21 @@ class Keys:
         """TTL'd key a driver refreshes while it lives."""
         return f"{self.prefix}job_alive:{job_hex}"
 
+    # -- history: ended jobs, dead actors and dead nodes by end time; the monitor deletes the
+    # oldest beyond the settings' history_max_* so the tables stay bounded
+    @property
+    def ended_jobs(self) -> str:
+        return self.prefix + "ended_jobs"
+
+    @property
+    def dead_actors(self) -> str:
+        """Also spelled in the MARK_ACTOR_DEAD script."""
+        return self.prefix + "dead_actors"
+
+    @property
+    def dead_nodes(self) -> str:
+        return self.prefix + "dead_nodes"
+
     def driver_client(self, job_hex: str) -> str:
         """The name (CLIENT SETNAME) of a driver's liveness connection: while Redis lists a
         client of that name, the driver's process is alive, however long it holds the GIL."""

@@ -148,10 +148,13 @@ class GcsClient:
         return bool(reply)
 
     def set_node_state(self, node_hex: str, state: str, reason: str = "") -> None:
+        now = time.time()
         with self.r.pipeline() as p:
             p.hset(self.keys.node(node_hex), mapping={"state": state, "death_reason": reason,
-                                                    "end_time": str(time.time())})
+                                                    "end_time": str(now)})
             p.delete(self.keys.node_alive(node_hex))
+            if state != NODE_ALIVE:
+                p.zadd(self.keys.dead_nodes, {node_hex: now})
             p.publish(self.keys.node_channel, f"{node_hex}:{state}")
             p.execute()
 
@@ -195,8 +198,10 @@ class GcsClient:
 
     def finish_job(self, job_hex: str, status: str = "SUCCEEDED") -> None:
         """Mark the job ended and drop its functions and objects from the tables."""
+        now = time.time()
         with self.r.pipeline() as p:
-            p.hset(self.keys.job(job_hex), mapping={"status": status, "end_time": str(time.time())})
+            p.hset(self.keys.job(job_hex), mapping={"status": status, "end_time": str(now)})
+            p.zadd(self.keys.ended_jobs, {job_hex: now})
             p.srem(self.keys.running_jobs, job_hex)
             p.delete(self.keys.job_alive(job_hex))
             p.execute()

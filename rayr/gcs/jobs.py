@@ -66,7 +66,10 @@ def end_job(gcs: GcsClient, job_hex: str, status: str, why: str) -> None:
         for info in gcs.placement_groups():
             if info["pg_id"].startswith(job_hex) and info.get("detached") != "1":
                 gcs.remove_placement_group(info["pg_id"])
+        driver = gcs.r.hget(gcs.keys.job(job_hex), "driver_worker")
         gcs.finish_job(job_hex, status)
+        if driver:  # a driver that died left what was sent to it
+            gcs.r.delete(gcs.keys.inbox(driver.decode()))
         with gcs.r.pipeline(transaction=False) as pipe:
             for node in gcs.alive_nodes():
                 pipe.xadd(gcs.keys.node_stream(node["node_id"]), {b"jobdone": job_hex.encode()})

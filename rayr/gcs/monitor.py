@@ -20,6 +20,7 @@ import redis
 from rayr.config import Settings, daemon_settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
+from rayr.gcs.history import trim_history
 from rayr.gcs.jobs import end_job
 from rayr.gcs.placement import place_bundles, ready_object_id
 from rayr.gcs.recovery import recover_actors, requeue_tasks
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from rayr.autoscaler.autoscaler import AutoscalerHook
 
 RESERVE_TIMEOUT_S = 5.0  # a raylet that does not answer a reservation in time counts as a no
+TRIM_EVERY_S = 5.0  # how often the history tables are cut back to their settings' sizes
 RECLAIM_EVERY_S = 1.0  # how often tasks left under consumers of dead nodes are looked for
 # how long a dead node's own task streams are still emptied: submitters route with a node list
 # up to a second old, so a task may be sent to a node just after it was declared dead
@@ -52,6 +54,7 @@ class Monitor:
         # dead node -> when we learned it; None until the first reclaim round
         self._recent_dead: dict[str, float] | None = None
         self._next_reclaim = 0.0
+        self._next_trim = 0.0
         self._warned_client_list = False
 
     def stop(self) -> None:
@@ -135,6 +138,11 @@ class Monitor:
                 if now >= self._next_reclaim:
                     self.reclaim_tasks()
                     self._next_reclaim = now + RECLAIM_EVERY_S
+                if now >= self._next_trim:
+                    s = self.settings
+                    trim_history(self.gcs, s.history_max_jobs, s.history_max_actors, s.history_max_nodes,
+                                 min_age_s=DEAD_TARGETS_S)
+                    self._next_trim = now + TRIM_EVERY_S
                 self.place_pending_groups()
                 self._autoscale()
                 reply = self.gcs.r.xread(

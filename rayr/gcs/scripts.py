@@ -143,6 +143,7 @@ for _, entry in ipairs(redis.call('XRANGE', mailbox, '-', '+')) do
   end
 end
 redis.call('DEL', mailbox, prefix .. 'actor_ctl:' .. actor)
+redis.call('ZADD', prefix .. 'dead_actors', ARGV[4], actor)
 redis.call('PUBLISH', prefix .. 'actor_events', actor .. ':DEAD')
 return specs
 """

@@ -259,3 +259,45 @@ def test_a_remote_drivers_value_beyond_redis_limit_is_refused_and_nothing_is_los
     assert "start a node on this host" in lines[0]
     assert lines[1].startswith("refused: the arguments of total(): 600.0 MiB")
     assert lines[2] == "1000"
+
+
+DYING_DRIVER = """
+import os, sys, time, rayr
+rayr.init(address=sys.argv[1], _cluster_name=sys.argv[2])
+marks = sys.argv[3]
+
+@rayr.remote
+def soon(i):
+    open(os.path.join(marks, str(i)), "w").close()
+    time.sleep(0.3)
+    return i
+
+refs = [soon.remote(i) for i in range(3)]
+while len(os.listdir(marks)) < 3:  # all three run: their results come after we are gone
+    time.sleep(0.01)
+print(rayr.context.require_core().worker_hex, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_dead_drivers_inbox_goes_with_its_job(cluster3, tmp_path):
+    cluster, _ = cluster3
+    core = rayr.context.require_core()
+    proc = subprocess.Popen([sys.executable, "-c", DYING_DRIVER, cluster.address, cluster.name, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        driver = proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    inbox = core.keys.inbox(driver)
+    deadline = time.time() + 30
+    while not core.gcs.r.exists(inbox):  # its results arrive after it stopped reading
+        assert time.time() < deadline, "no result reached the dead driver's inbox"
+        time.sleep(0.02)
+    deadline = time.time() + 30
+    while core.gcs.r.scard(core.keys.running_jobs) > 1:  # ours is the only one left
+        assert time.time() < deadline, "the dead driver's job did not end"
+        time.sleep(0.05)
+    assert not core.gcs.r.exists(inbox)

@@ -100,3 +100,35 @@ def test_ensure_group_is_idempotent(gcs):
     gcs.ensure_group(stream)
     gcs.ensure_group(stream)
     assert gcs.r.xinfo_groups(stream)[0]["name"] == b"raylets"
+
+
+def test_history_is_cut_to_its_size_oldest_first(gcs):
+    from rayr.gcs.history import trim_history
+
+    jobs = []
+    for i in range(3):
+        job = gcs.new_job({"driver_pid": i, "driver_worker": f"drv{i}"}).hex()
+        gcs.r.rpush(gcs.keys.inbox(f"drv{i}"), b"a late result")  # what a dead driver left
+        gcs.finish_job(job, "FAILED")
+        jobs.append(job)
+    actors = [f"{i:032x}" for i in range(3)]
+    for actor in actors:
+        assert gcs.register_actor(actor, "ns", "", jobs[0], {"class_name": "A", "state": "PENDING"})[0]
+        gcs.mark_actor_dead(actor, "gone")
+    nodes = [f"{i:032x}" for i in range(3)]
+    for node in nodes:
+        gcs.register_node(node, {"hostname": "h"}, ttl_s=10)
+        gcs.r.sadd(gcs.keys.node_shapes(node), "CPU=1")
+        gcs.r.xadd(gcs.keys.task_stream("~CPU=1", node), {b"s": b"x"})
+        gcs.set_node_state(node, NODE_DEAD, "test")
+    # nothing is old enough yet
+    assert trim_history(gcs, 1, 1, 1, min_age_s=3600) == 0
+    assert trim_history(gcs, 1, 1, 1) == 6
+    assert [gcs.r.exists(gcs.keys.job(j)) for j in jobs] == [0, 0, 1]
+    assert [gcs.r.exists(gcs.keys.inbox(f"drv{i}")) for i in range(3)] == [0, 0, 1]
+    assert gcs.r.smembers(gcs.keys.jobs) == {jobs[2].encode()}
+    assert [gcs.r.exists(gcs.keys.actor(a)) for a in actors] == [0, 0, 1]
+    assert [gcs.r.exists(gcs.keys.node(n)) for n in nodes] == [0, 0, 1]
+    assert [gcs.r.exists(gcs.keys.task_stream("~CPU=1", n)) for n in nodes] == [0, 0, 1]
+    assert gcs.r.smembers(gcs.keys.nodes) == {nodes[2].encode()}
+    assert trim_history(gcs, 1, 1, 1) == 0

@@ -1,0 +1,62 @@
+"""Keeping the GCS tables bounded: ended jobs, dead actors and dead nodes stay readable (for
+``rayr status``, ``list_named_actors``, an actor handle's error) until the oldest beyond the
+``history_max_*`` settings are deleted by the monitor, as Ray caps its cached dead actors
+and nodes."""
+
+from __future__ import annotations
+
+import time
+
+from rayr.gcs.client import GcsClient
+from rayr.raylet.resources import TARGET_MARK
+
+
+def trim_history(
+    gcs: GcsClient, max_jobs: int, max_actors: int, max_nodes: int, min_age_s: float = 0.0
+) -> int:
+    """Delete the oldest ended jobs, dead actors and dead nodes beyond the given counts
+    (their table entries and what else they left: a driver's inbox, a node's streams), but
+    none that ended less than ``min_age_s`` ago (the monitor still empties a node's streams
+    for a while after its death); returns how many entries went."""
+    keys = gcs.keys
+    removed = 0
+    before = time.time() - min_age_s
+    for zset, keep, forget in ((keys.ended_jobs, max_jobs, _forget_job),
+                               (keys.dead_actors, max_actors, _forget_actor),
+                               (keys.dead_nodes, max_nodes, _forget_node)):
+        excess = int(gcs.r.zcard(zset)) - keep
+        if excess <= 0:
+            continue
+        for raw, ended in gcs.r.zrange(zset, 0, excess - 1, withscores=True):
+            if ended > before:
+                break
+            forget(gcs, raw.decode())
+            gcs.r.zrem(zset, raw)
+            removed += 1
+    return removed
+
+
+def _forget_job(gcs: GcsClient, job_hex: str) -> None:
+    keys = gcs.keys
+    driver = gcs.r.hget(keys.job(job_hex), "driver_worker")
+    with gcs.r.pipeline(transaction=False) as p:
+        p.delete(keys.job(job_hex), keys.job_actors(job_hex))
+        if driver:  # results of tasks that ended after their driver may have refilled it
+            p.delete(keys.inbox(driver.decode()))
+        p.srem(keys.jobs, job_hex)
+        p.execute()
+
+
+def _forget_actor(gcs: GcsClient, actor_hex: str) -> None:
+    gcs.r.delete(gcs.keys.actor(actor_hex))  # a call through an old handle still fails clearly
+
+
+def _forget_node(gcs: GcsClient, node_hex: str) -> None:
+    keys = gcs.keys
+    shapes = gcs.r.smembers(keys.node_shapes(node_hex))
+    with gcs.r.pipeline(transaction=False) as p:
+        p.delete(keys.node(node_hex), keys.node_stream(node_hex), keys.node_shapes(node_hex))
+        for shape in shapes:
+            p.delete(keys.task_stream(TARGET_MARK + shape.decode(), node_hex))
+        p.srem(keys.nodes, node_hex)
+        p.execute()
