@@ -283,8 +283,8 @@ time.sleep(120)
 def test_a_dead_drivers_inbox_goes_with_its_job(cluster3, tmp_path):
     cluster, _ = cluster3
     core = rayr.context.require_core()
-    proc = subprocess.Popen([sys.executable, "-c", DYING_DRIVER, cluster.address, cluster.name, str(tmp_path)],
-                            stdout=subprocess.PIPE, text=True)
+    args = [sys.executable, "-c", DYING_DRIVER, cluster.address, cluster.name, str(tmp_path)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         driver = proc.stdout.readline().strip()
     finally:
