@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -114,9 +115,11 @@ def default_resources(
     host: str = "127.0.0.1",
 ) -> dict[str, float]:
     """A node's resources as Ray names them, with Ray's defaults for what is not given."""
-    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    named = [("num_cpus", num_cpus), ("num_gpus", num_gpus), ("object_store_memory", object_store_memory)]
+    named += [(f"resources[{k!r}]", v) for k, v in (resources or {}).items()]
+    for name, value in named:
+        if value is not None and not 0 <= value < math.inf:  # NaN fails every comparison
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     for key in ("CPU", "GPU"):
         if resources and key in resources:
             raise ValueError(f"use num_{key.lower()}s= instead of resources={{'{key}': ...}}")

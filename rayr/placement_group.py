@@ -8,6 +8,7 @@ a task or actor then runs inside a bundle through ``PlacementGroupSchedulingStra
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -59,8 +60,8 @@ def _check_bundles(bundles: Any) -> list[dict[str, float]]:
         clean = {}
         for name, amount in bundle.items():
             if (not isinstance(name, str) or isinstance(amount, bool)
-                    or not isinstance(amount, int | float) or amount < 0):
-                raise ValueError(f"bundle {i}: {name!r} must map to a number >= 0, got {amount!r}")
+                    or not isinstance(amount, int | float) or not 0 <= amount < math.inf):
+                raise ValueError(f"bundle {i}: {name!r} must map to a finite number >= 0, got {amount!r}")
             if amount > 0:
                 clean[name] = float(amount)
         if not clean:

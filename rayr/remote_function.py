@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +34,9 @@ SCHEDULING_STRATEGIES = ("DEFAULT", "SPREAD")
 
 
 def _number(name: str, value: Any, minimum: float = 0) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < minimum:
-        raise ValueError(f"option {name!r} must be a number >= {minimum}, got {value!r}")
+    # the range test also refuses NaN, which compares false with everything
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not minimum <= float(value) < math.inf:
+        raise ValueError(f"option {name!r} must be a finite number >= {minimum}, got {value!r}")
     return float(value)
 
 

@@ -7,6 +7,7 @@ expected>``, before anything is started.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -187,9 +188,9 @@ def cross_check(cfg: ClusterConfig) -> list[tuple[str, str]]:
                              f"must be >= min_workers ({node_type.min_workers}), "
                              f"got {node_type.max_workers}"))
         for res, amount in node_type.resources.items():
-            if amount < 0:
+            if not 0 <= amount < math.inf:  # NaN fails every comparison
                 problems.append((f"available_node_types.{name}.resources.{res}",
-                                 f"must be >= 0, got {amount}"))
+                                 f"must be a finite number >= 0, got {amount}"))
     workers = [n for n in types if n != cfg.head_node_type]
     total_min = sum(types[n].min_workers for n in workers)
     if total_min > cfg.max_workers:

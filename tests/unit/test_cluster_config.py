@@ -76,7 +76,7 @@ BAD = [
     ("available_node_types.cpu_worker.resources", {"CPU": "many"},
      "available_node_types.cpu_worker.resources.CPU: Input should be a valid number"),
     ("available_node_types.cpu_worker.resources", {"GPU": -1},
-     "available_node_types.cpu_worker.resources.GPU: must be >= 0"),
+     "available_node_types.cpu_worker.resources.GPU: must be a finite number >= 0"),
     ("max_workers", 0, "max_workers: must be >= the sum of the worker types' min_workers (1)"),
     ("redis.port", 70000, "redis.port: Input should be less than or equal to 65535"),
     ("object_store.backend", "nvme", "object_store.backend: must be one of"),

@@ -88,3 +88,22 @@ def test_settings_priority_and_errors(tmp_path, monkeypatch):
     bad.write_text("inline_treshold: 5\n")
     with pytest.raises(ConfigError, match="inline_treshold"):
         load_settings(yaml_path=str(bad))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_resource_amounts_are_refused(value):
+    from rayr.actor import validate_actor_options
+    from rayr.node import default_resources
+    from rayr.placement_group import _check_bundles
+
+    for options in ({"num_cpus": value}, {"num_gpus": value}, {"memory": value},
+                    {"resources": {"custom": value}}):
+        with pytest.raises(ValueError, match="finite number"):
+            validate_task_options(options)
+        with pytest.raises(ValueError, match="finite number"):
+            validate_actor_options(options, is_async=False)
+    with pytest.raises(ValueError, match="finite number"):
+        _check_bundles([{"CPU": value}])
+    for kwargs in ({"num_cpus": value}, {"num_gpus": value}, {"resources": {"custom": value}}):
+        with pytest.raises(ValueError, match="finite number"):
+            default_resources(**kwargs)
