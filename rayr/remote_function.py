@@ -35,7 +35,8 @@ SCHEDULING_STRATEGIES = ("DEFAULT", "SPREAD")
 
 def _number(name: str, value: Any, minimum: float = 0) -> float:
     # the range test also refuses NaN, which compares false with everything
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not minimum <= float(value) < math.inf:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not minimum <= float(value) < math.inf):
         raise ValueError(f"option {name!r} must be a finite number >= {minimum}, got {value!r}")
     return float(value)
 
