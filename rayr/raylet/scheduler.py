@@ -158,7 +158,13 @@ class Scheduler:
     # ---------------------------------------------------------------- events
     def on_tasks(self, tasks: list[QueuedTask]) -> None:
         for task in tasks:
-            self.overflow.append(task)
+            if task.actor and self.overflow and not self.overflow[-1].actor:
+                # an actor creation goes ahead of queued plain tasks (after earlier creations):
+                # behind a backlog of tasks of its shape it would wait for all of them
+                at = next(i for i, queued in enumerate(self.overflow) if not queued.actor)
+                self.overflow.insert(at, task)
+            else:
+                self.overflow.append(task)
         self._reserve()
 
     def on_worker_started(self, env: str = "") -> None:

@@ -301,3 +301,23 @@ def test_a_dead_drivers_inbox_goes_with_its_job(cluster3, tmp_path):
         assert time.time() < deadline, "the dead driver's job did not end"
         time.sleep(0.05)
     assert not core.gcs.r.exists(inbox)
+
+
+def test_an_actor_creation_does_not_wait_for_a_backlog_of_tasks(cluster3):
+    @rayr.remote
+    def busy(i):
+        time.sleep(0.05)
+        return i
+
+    @rayr.remote
+    class Late:
+        def ping(self):
+            return "pong"
+
+    refs = [busy.remote(i) for i in range(600)]  # ~10 s of work for the three CPUs
+    rayr.wait(refs, num_returns=3, timeout=60)  # leased workers are draining the backlog
+    late = Late.remote()
+    assert rayr.get(late.ping.remote(), timeout=60) == "pong"
+    done, _ = rayr.wait(refs, num_returns=len(refs), timeout=0)
+    assert len(done) < 450, f"the actor started only after {len(done)} of 600 queued tasks"
+    assert rayr.get(refs, timeout=120) == list(range(600))

@@ -177,3 +177,15 @@ def test_long_idle_workers_beyond_the_pool_are_retired():
     assert plan == {} and retire == ["w1", "w2"]  # the longest idle; the pool of 2 stays
     assert s.idle == ["w3", "w4"] and s.live == {"w3", "w4"}
     assert s.plan_workers(now) == ({}, [])
+
+
+def test_actor_creations_go_ahead_of_queued_plain_tasks():
+    s = Scheduler(total={"CPU": 1.0}, max_workers=8)
+    s.add_shapes({"CPU=1", "@CPU=1"})
+    s.on_tasks([task("CPU=1", i) for i in range(3)])  # one runs, two wait
+    first = QueuedTask("creations", b"a1", b"spec", "@CPU=1", {"CPU": 1.0}, actor="a1")
+    second = QueuedTask("creations", b"a2", b"spec", "@CPU=1", {"CPU": 1.0}, actor="a2")
+    s.on_tasks([first])
+    s.on_tasks([task("CPU=1", 3), second])
+    # creations in their order, then the plain tasks in theirs
+    assert [t.entry_id for t in s.overflow] == [b"a1", b"a2", b"1", b"2", b"3"]
