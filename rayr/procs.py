@@ -154,13 +154,39 @@ def stop_all(processes: Sequence[psutil.Process], timeout: float = 10.0) -> None
             proc.terminate()
         except psutil.Error:
             pass
-    _gone, alive = psutil.wait_procs(processes, timeout=timeout)
+    alive = _wait_exited(processes, timeout)
     for proc in alive:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    _wait_exited(alive, 5.0)
+
+
+def _wait_exited(processes: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has exited; returns those still running after ``timeout``.
+
+    A zombie has exited: daemons of an earlier `rayr start` are orphans, and an init that reaps
+    them late (a container's, every ~2 s) would otherwise make each wait that long
+    (psutil.wait_procs counts a zombie as running).
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    alive = list(processes)
+    while alive:
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return alive
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 # ------------------------------------------------------------------ forked daemons
