@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -70,6 +71,29 @@ def read_session_file(settings: Settings) -> dict[str, Any] | None:
         return None
 
 
+def recorded_password(settings: Settings, url: str) -> str | None:
+    """The Redis password the session file records, if the cluster at ``url`` is the one it
+    records (same port on this host): so clients of the user who started it need not be told.
+    Never sent to another server: AUTH would hand it over."""
+    recorded = read_session_file(settings)
+    if not recorded or not recorded.get("password"):
+        return None
+    mine, theirs = urlsplit(recorded["address"]), urlsplit(url)
+    if mine.port != theirs.port or not (mine.hostname == theirs.hostname or
+                                         _is_this_host(mine.hostname) and _is_this_host(theirs.hostname)):
+        return None
+    return str(recorded["password"])
+
+
+def _is_this_host(host: str | None) -> bool:
+    import psutil
+
+    if host in ("localhost", "0.0.0.0", "::", socket.gethostname()) or (host or "").startswith("127."):
+        return True
+    return any(addr.address.split("%")[0] == host
+               for addrs in psutil.net_if_addrs().values() for addr in addrs)
+
+
 def _reachable(url: str, password: str | None) -> bool:
     """Whether the cluster's Redis answers; a password problem is an error of its own."""
     client = connect(url, password, socket_connect_timeout=2)
@@ -88,11 +112,12 @@ def _reachable(url: str, password: str | None) -> bool:
 
 
 def _auth_message(url: str, password: str | None, err: Exception) -> str:
+    where = ("Pass the one recorded in the session file of the user who ran `rayr start --head` "
+             f"(<temp dir>/{SESSION_FILE}, field \"password\"): init(_redis_password=...) or "
+             "RAYR_REDIS_PASSWORD.")
     if password:
-        return (f"The cluster at {url} refused the Redis password given ({err}). Pass the one "
-                "`rayr start --head` printed: init(_redis_password=...) or RAYR_REDIS_PASSWORD.")
-    return (f"The cluster at {url} requires a Redis password ({err}). Pass the one "
-            "`rayr start --head` printed: init(_redis_password=...) or RAYR_REDIS_PASSWORD.")
+        return f"The cluster at {url} refused the Redis password given ({err}). {where}"
+    return f"The cluster at {url} requires a Redis password ({err}). {where}"
 
 
 def _resolve_address(address: str | None, settings: Settings) -> tuple[str | None, str | None]:
@@ -118,7 +143,7 @@ def _resolve_address(address: str | None, settings: Settings) -> tuple[str | Non
                 )
             return recorded["address"], recorded.get("password")
     url = normalize_address(address)
-    return url, settings.redis_password
+    return url, settings.redis_password or recorded_password(settings, url)
 
 
 def init(
@@ -184,7 +209,6 @@ def init(
         url, password = _resolve_address(address, settings)
         cluster = None
         if url is None:
-            os.makedirs(settings.temp_dir, exist_ok=True)
             cluster = LocalCluster.new_session(settings, fork=True)
             try:
                 cluster.start_head(

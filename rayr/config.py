@@ -1,7 +1,10 @@
 """Settings: call arguments > ``RAYR_*`` environment variables > YAML file > defaults.
 
 This is the only module that reads ``os.environ`` for rayr settings. Child processes
-receive their settings as JSON on the command line, never by re-reading the environment.
+receive their settings as JSON on the command line, never by re-reading the environment,
+except the Redis password: command lines are world-readable (``/proc/<pid>/cmdline``), so it
+is left out of the JSON and travels in ``RAYR_REDIS_PASSWORD`` (``/proc/<pid>/environ`` is
+readable by the same user only).
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ class Settings(BaseModel):
     # not "/tmp/rayr": a directory named like the package beside a script shadows an
     # editable install of rayr (a namespace package wins over the editable finder)
     temp_dir: str = "/tmp/rayr-sessions"
-    redis_password: str | None = None
+    # never serialized (see the module docstring) nor shown in a repr
+    redis_password: str | None = Field(None, exclude=True, repr=False)
+    # a cluster rayr starts without a redis_password gets a generated one; False leaves its
+    # Redis open to every local user (who could then run code as the cluster's owner)
+    generate_redis_password: bool = True
     # values at or below this many bytes travel inline, never touching an object store
     inline_threshold: int = Field(100 * 1024, ge=0)
     object_store_backend: str = "shm"
@@ -125,9 +132,31 @@ def env_test_redis_url() -> str | None:
     return os.environ.get("RAYR_TEST_REDIS_URL") or None
 
 
-def daemon_settings(settings_json: str) -> Settings:
-    """The settings a parent passed to a cluster process as JSON (``--settings-json``), with
-    the process's logging set up from them."""
+REDIS_PASSWORD_ENV = ENV_PREFIX + "REDIS_PASSWORD"
+
+
+def child_env(password: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a cluster process this one starts: ``base`` (default: ours) with
+    the Redis password set, or removed when there is none."""
+    env = dict(os.environ if base is None else base)
+    if password:
+        env[REDIS_PASSWORD_ENV] = password
+    else:
+        env.pop(REDIS_PASSWORD_ENV, None)
+    return env
+
+
+def child_settings(settings_json: str) -> Settings:
+    """The settings a parent passed to a cluster process: JSON (``--settings-json``) plus the
+    Redis password from the environment (see child_env)."""
     settings = Settings.model_validate_json(settings_json)
+    settings.redis_password = os.environ.get(REDIS_PASSWORD_ENV) or None
+    return settings
+
+
+def daemon_settings(settings_json: str) -> Settings:
+    """The settings a parent passed to a cluster process (see child_settings), with the
+    process's logging set up from them."""
+    settings = child_settings(settings_json)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return settings

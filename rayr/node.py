@@ -10,6 +10,7 @@ import importlib
 import json
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,9 +24,10 @@ import psutil
 import redis
 
 from rayr import procs
-from rayr.config import Settings
+from rayr.config import REDIS_PASSWORD_ENV, Settings, child_env
 from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
 from rayr.keys import Keys
+from rayr.private_files import FILE_MODE, open_log, private_dir
 
 
 def find_redis_server() -> str:
@@ -68,10 +70,16 @@ def start_redis(
 
     With ``persist`` every write goes to an append-only file in ``workdir`` (fsynced each
     second, and on a clean shutdown), so a redis-server started again there with the same
-    arguments brings the cluster's state back.
+    arguments brings the cluster's state back. A ``password`` goes into ``workdir``/redis.conf
+    (0600), never on the command line, which every user can read. Redis creates its files
+    under umask 077: the append-only file holds every value, task specs included.
     """
-    cmd = [
-        find_redis_server(),
+    cmd = [find_redis_server()]
+    if password:
+        if workdir is None:
+            raise ValueError("start_redis: a password needs a workdir for the config file holding it")
+        cmd.append(_write_redis_conf(workdir, password))
+    cmd += [
         "--port", str(port),
         "--bind", bind,
         "--save", "",
@@ -82,13 +90,12 @@ def start_redis(
         "--loglevel", "warning",
         "--hz", "100",
     ]
-    if password:
-        cmd += ["--requirepass", password]
     proc = procs.spawn(
         cmd,
         log=log,
         death_signal=None if daemon else signal.SIGTERM,
         new_session=daemon,
+        umask=0o077,
     )
     client = redis.Redis(host="127.0.0.1" if bind in ("0.0.0.0", "::") else bind, port=port,
                          password=password, **CLIENT_OPTIONS)
@@ -105,6 +112,17 @@ def start_redis(
                     f"redis-server on port {port} did not start (exit code {proc.returncode})"
                 ) from None
             time.sleep(0.002)
+
+
+def _write_redis_conf(workdir: str, password: str) -> str:
+    """``workdir``/redis.conf (0600) with ``requirepass``; returns its path."""
+    # redis.conf's quoting (sdssplitargs): a double-quoted string with backslash escapes
+    quoted = password.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    path = os.path.join(workdir, "redis.conf")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'requirepass "{quoted}"\n')
+    return path
 
 
 def default_resources(
@@ -168,7 +186,7 @@ class LocalCluster:
     def new_session(cls, settings: Settings, **kwargs: Any) -> LocalCluster:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         session_dir = os.path.join(settings.temp_dir, f"session_{stamp}_{os.getpid()}_{os.urandom(2).hex()}")
-        os.makedirs(os.path.join(session_dir, "logs"), exist_ok=True)
+        private_dir(os.path.join(session_dir, "logs"))
         return cls(settings=settings, session_dir=session_dir, **kwargs)
 
     @property
@@ -179,14 +197,21 @@ class LocalCluster:
         return f"redis://{host}:{self.port}"
 
     def _log(self, name: str) -> IO[bytes]:
-        return open(os.path.join(self.session_dir, "logs", name), "ab")
+        return open_log(os.path.join(self.session_dir, "logs", name))
 
     def _python(self, module: str, args: list[str], log_name: str) -> Daemon:
         """Run ``python -m module args`` as a daemon: forked from us when we may, else spawned."""
+        password = self.settings.redis_password
         with self._log(log_name) as log:
             if self.fork and procs.can_fork():
                 def run() -> None:
                     sys.argv = [module, *args]
+                    # as a spawned daemon would find it (see config.child_env); the child's own
+                    # environment, inherited by the workers it starts
+                    if password:
+                        os.environ[REDIS_PASSWORD_ENV] = password
+                    else:
+                        os.environ.pop(REDIS_PASSWORD_ENV, None)
                     main = importlib.import_module(_MAIN_OF.get(module, module)).main
                     main(args)
 
@@ -200,11 +225,19 @@ class LocalCluster:
                 log=log,
                 death_signal=None if self.daemon else signal.SIGTERM,
                 new_session=self.daemon,
+                env=child_env(password),
             )
 
     def start_head(self, **node_kwargs: Any) -> str:
-        """Redis (unless external), the monitor and the head raylet; returns its node id."""
+        """Redis (unless external), the monitor and the head raylet; returns its node id.
+
+        A Redis we start always requires a password (whoever can write to it runs code as us),
+        generated unless one is given or ``generate_redis_password`` is off; it lives in our
+        memory, the session's 0600 redis.conf and our children's environment.
+        """
         if not self.external_redis_url:
+            if self.settings.redis_password is None and self.settings.generate_redis_password:
+                self.settings.redis_password = secrets.token_urlsafe(24)
             self.port = self.port or free_port()
             with self._log("redis.log") as log:
                 self.redis_proc = start_redis(
@@ -320,10 +353,17 @@ class LocalCluster:
 
     def pids(self) -> list[int]:
         """In the order to stop them: job drivers' supervisor, raylets, monitor, Redis."""
-        out = [self.supervisor_proc.pid] if self.supervisor_proc is not None else []
-        out += [p.pid for p in self.raylets.values()]
-        out += [p.pid for p in (self.monitor_proc, self.redis_proc) if p is not None]
-        return out
+        return [entry["pid"] for entry in self.processes()]
+
+    def processes(self) -> list[dict[str, Any]]:
+        """What a record of these daemons needs to stop exactly them later: each one's role
+        (``supervisor``, ``raylet``, ``monitor``, ``redis``; in that order), pid and create
+        time (a pid alone may name another process by then)."""
+        roles: list[tuple[str, Daemon | None]] = [("supervisor", self.supervisor_proc)]
+        roles += [("raylet", p) for p in self.raylets.values()]
+        roles += [("monitor", self.monitor_proc), ("redis", self.redis_proc)]
+        return [{"role": role, "pid": p.pid, "create_time": procs.create_time(p.pid)}
+                for role, p in roles if p is not None]
 
     def shutdown(self, remove_session: bool = True) -> None:
         """Stop submitted jobs, then raylets (they clear their stores) and the monitor, then Redis."""

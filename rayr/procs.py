@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+import psutil
+
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 _libc: Any = None
@@ -49,19 +51,23 @@ def spawn(
     env: dict[str, str] | None = None,
     new_session: bool = False,
     cwd: str | None = None,
+    umask: int | None = None,
 ) -> subprocess.Popen:
-    """Start ``cmd``; with ``death_signal`` it receives that signal when we die, however we die."""
+    """Start ``cmd``; with ``death_signal`` it receives that signal when we die, however we die;
+    with ``umask``, the child's files are created under it (ours is left alone)."""
 
     def before_exec() -> None:
         if death_signal is not None:
             set_parent_death_signal(death_signal)
+        if umask is not None:
+            os.umask(umask)
 
     return subprocess.Popen(
         list(cmd),
         stdin=subprocess.DEVNULL,
         stdout=log if log is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
-        preexec_fn=before_exec if death_signal is not None else None,
+        preexec_fn=before_exec if death_signal is not None or umask is not None else None,
         pass_fds=tuple(pass_fds),
         env=env,
         start_new_session=new_session,
@@ -106,6 +112,81 @@ def stop_pid(pid: int, timeout: float = 5.0) -> bool:
     except ProcessLookupError:
         pass
     return True
+
+
+# ------------------------------------------------------------------ recorded processes
+# A recorded create time matches within this many seconds: psutil derives it from the boot time,
+# which the kernel may report a second apart in two processes. A pid reused within that second
+# would pass, but pids are handed out in order: it takes pid_max process starts in that second.
+CREATE_TIME_SLACK_S = 1.0
+
+
+def create_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None if it is gone already."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def recorded_process(pid: int, created: float | None) -> psutil.Process | None:
+    """The live process that a record of (pid, create time) names, None if it has ended or the
+    pid names another process now. A record without a create time (written by rayr before it
+    kept them) is trusted when the command line still looks like rayr's or Redis's."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if created is None:
+            cmd = " ".join(proc.cmdline())
+            return proc if "rayr" in cmd or "redis-server" in cmd else None
+        return proc if abs(proc.create_time() - created) <= CREATE_TIME_SLACK_S else None
+    except psutil.Error:
+        return None
+
+
+def stop_all(processes: Sequence[psutil.Process], timeout: float = 10.0) -> None:
+    """SIGTERM every one of ``processes`` (not our children) at once, wait for them together,
+    SIGKILL whatever is left after ``timeout``. psutil re-checks each one's identity before
+    signalling, so a process that ended meanwhile is not mistaken for its pid's next owner."""
+    for proc in processes:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    alive = _wait_exited(processes, timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    _wait_exited(alive, 5.0)
+
+
+def _wait_exited(processes: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has exited; returns those still running after ``timeout``.
+
+    A zombie has exited: daemons of an earlier `rayr start` are orphans, and an init that reaps
+    them late (a container's, every ~2 s) would otherwise make each wait that long
+    (psutil.wait_procs counts a zombie as running).
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    alive = list(processes)
+    while alive:
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return alive
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 # ------------------------------------------------------------------ forked daemons

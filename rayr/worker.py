@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from rayr import context, serialization
-from rayr.config import Settings
+from rayr.config import child_settings
 from rayr.core_worker import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
 from rayr.gcs import records as rec
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cancel-file", required=True, help="where the raylet names a task to cancel")
     parser.add_argument("--runtime-env", default="", help="hash of the runtime env this worker runs in")
     opts = parser.parse_args(argv)
-    settings = Settings.model_validate_json(opts.settings_json)
+    settings = child_settings(opts.settings_json)  # the password comes in the environment
     conn = Connection(opts.fd)
     client = connect(opts.redis_url, settings.redis_password)
     blocking = connect(opts.redis_url, settings.redis_password)

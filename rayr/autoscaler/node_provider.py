@@ -182,9 +182,12 @@ class SSH:
         return f"{self.cfg.auth.ssh_user}@{host}"
 
     def run(self, host: str, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        cmd = ["ssh", "-p", str(self.cfg.provider.ssh_port), *self.options(), self.target(host),
-               "bash -c " + shlex.quote(script)]
-        return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        """Run ``script`` with bash on ``host``. It travels on ssh's stdin into a 0600 file there,
+        not on a command line (it may export the Redis password, and every user of either host
+        can read command lines); it runs with stdin from /dev/null, as before."""
+        remote = 'f=$(mktemp) && cat > "$f" && bash "$f" </dev/null; rc=$?; rm -f "$f"; exit $rc'
+        cmd = ["ssh", "-p", str(self.cfg.provider.ssh_port), *self.options(), self.target(host), remote]
+        return subprocess.run(cmd, input=script, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
     def push_files(self, host: str, mounts: dict[str, str]) -> None:
@@ -220,6 +223,8 @@ def node_env(cfg: ClusterConfig, role: str, host: str, node_type: str, head_addr
     }
     if password:
         env["RAYR_REDIS_PASSWORD"] = password  # a rayr setting: `rayr start` picks it up
+    else:  # the user turned the password off: a head started there must not make one up
+        env["RAYR_GENERATE_REDIS_PASSWORD"] = "0"
     return env
 
 

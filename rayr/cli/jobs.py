@@ -15,7 +15,8 @@ from rayr.job_submission import JobStatus, JobSubmissionClient, job_rows
 
 address_option = click.option("--address", help="The cluster's Redis, HOST:PORT (default: RAYR_ADDRESS, "
                                                  "then the cluster `rayr start` recorded on this host).")
-password_option = click.option("--redis-password", help="Redis password, if the cluster needs one.")
+password_option = click.option("--redis-password", help="Redis password (default: RAYR_REDIS_PASSWORD, "
+                                                         "then this host's session file).")
 
 
 def _client(address: str | None, redis_password: str | None) -> JobSubmissionClient:

@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import click
-import psutil
 import redis
 
 from rayr import procs
@@ -45,6 +44,7 @@ from rayr.autoscaler.node_provider import (
 from rayr.config import ConfigError, Settings, load_settings
 from rayr.gcs.client import GcsClient, connect
 from rayr.keys import Keys
+from rayr.private_files import private_dir, write_private
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ADDRESS_RE = r"cluster address (redis://\S+)"
@@ -85,11 +85,8 @@ def read_record(settings: Settings, cfg: ClusterConfig) -> dict[str, Any] | None
 
 def _write_record(settings: Settings, cfg: ClusterConfig, record: dict[str, Any]) -> None:
     path = _record_path(settings, cfg)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-    os.replace(path + ".tmp", path)
+    private_dir(os.path.dirname(path))
+    write_private(path, json.dumps(record))  # it holds the password
 
 
 def _gcs(record: dict[str, Any]) -> GcsClient:
@@ -105,15 +102,6 @@ def _reachable(record: dict[str, Any]) -> bool:
         return False
     finally:
         gcs.r.close()
-
-
-def _is_ours(pid: int) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        cmd = " ".join(proc.cmdline())
-        return proc.status() != psutil.STATUS_ZOMBIE and ("rayr" in cmd or "redis-server" in cmd)
-    except psutil.Error:
-        return False
 
 
 def _wait_for_nodes(record: dict[str, Any], want: int, timeout: float) -> int:
@@ -137,7 +125,8 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
     bind = cfg.provider.head_ip or "127.0.0.1"
     if bind not in LOOPBACK and not settings.redis_password:
         settings.redis_password = secrets.token_urlsafe(24)
-    os.makedirs(settings.temp_dir, exist_ok=True)
+    # on loopback start_head generates one (unless generate_redis_password is off)
+    private_dir(settings.temp_dir)
     cluster = LocalCluster.new_session(settings, daemon=True, port=cfg.redis.port or free_port(), bind=bind)
     resources = node_resources(cfg.available_node_types[cfg.head_node_type])
     store = resources.pop("object_store_memory", None)
@@ -160,6 +149,8 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
         "monitor_pid": cluster.monitor_proc.pid,
         "head_pids": [head.pid],
         "redis_pid": cluster.redis_proc.pid,
+        # pid -> create time: `down` signals a pid only while it is still that process
+        "create_times": {str(p["pid"]): p["create_time"] for p in cluster.processes()},
     }
     _write_record(settings, cfg, record)
     _write_session_file(settings, record)
@@ -167,27 +158,31 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
 
 
 def _write_session_file(settings: Settings, record: dict[str, Any]) -> None:
-    """So `rayr status`, `rayr.init()` and friends on this host find the cluster."""
+    """So `rayr status`, `rayr.init()` and friends on this host find the cluster (0600: the
+    password)."""
     from rayr.api import session_file_path
 
-    fd = os.open(session_file_path(settings), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"address": record["redis_url"], "password": record.get("password"),
-                   "session_dir": record.get("session_dir", "")}, f)
+    write_private(session_file_path(settings),
+                  json.dumps({"address": record["redis_url"], "password": record.get("password"),
+                              "session_dir": record.get("session_dir", "")}))
+
+
+def _stop_recorded(record: dict[str, Any], pids: list[int]) -> int:
+    """Stop those of ``pids`` that are still the processes `up` started, all at once."""
+    created = record.get("create_times", {})  # absent in records of older versions
+    running = [p for pid in pids
+               if (p := procs.recorded_process(pid, created.get(str(pid)))) is not None]
+    procs.stop_all(running, timeout=10)
+    return len(running)
 
 
 def _down_local(cfg: ClusterConfig, settings: Settings, record: dict[str, Any]) -> int:
-    stopped = 0
-    if _is_ours(record["monitor_pid"]):
-        procs.stop_pid(record["monitor_pid"], timeout=10)
-        stopped += 1
+    stopped = _stop_recorded(record, [record["monitor_pid"]])  # first: it launches nothing more
     provider = LocalNodeProvider(cfg, state_dir(settings.temp_dir, cfg.cluster_name), settings,
                                  record["redis_url"], record["session_dir"])
     stopped += provider.terminate_all()
-    for pid in [*record["head_pids"], record["redis_pid"]]:  # raylets clear their stores, then Redis
-        if _is_ours(pid):
-            procs.stop_pid(pid, timeout=10)
-            stopped += 1
+    stopped += _stop_recorded(record, record["head_pids"])  # raylets clear their stores, then Redis
+    stopped += _stop_recorded(record, [record["redis_pid"]])
     shutil.rmtree(record["session_dir"], ignore_errors=True)
     from rayr.api import read_session_file, session_file_path
 
@@ -208,7 +203,8 @@ def _up_ssh(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
     assert head is not None
     port = cfg.redis.port or 6379
     password = cfg.redis.password
-    if head not in LOOPBACK and not password:
+    # the head generates none itself here: the workers must be told the one it uses
+    if not password and (head not in LOOPBACK or settings.generate_redis_password):
         password = secrets.token_urlsafe(24)
     try:
         ssh.push_files(head, cfg.file_mounts)

@@ -13,7 +13,7 @@ import psutil
 import redis
 
 from rayr import procs
-from rayr.api import read_session_file, session_file_path
+from rayr.api import read_session_file, recorded_password, session_file_path
 from rayr.cli import launcher
 from rayr.cli import memory as memory_mod
 from rayr.cli import status as status_mod
@@ -21,8 +21,10 @@ from rayr.config import ConfigError, Settings, env_address, load_settings
 from rayr.gcs.client import GcsClient, connect, normalize_address
 from rayr.keys import Keys
 from rayr.node import LocalCluster
+from rayr.private_files import private_dir, write_private
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PASSWORD_HELP = "Redis password (default: RAYR_REDIS_PASSWORD, then this host's session file)."
 
 
 def _started_dir(settings: Settings) -> str:
@@ -30,19 +32,20 @@ def _started_dir(settings: Settings) -> str:
 
 
 def _record_started(settings: Settings, cluster: LocalCluster, info: dict[str, Any]) -> str:
-    """Remember the PIDs this invocation started, so ``rayr stop`` can stop exactly them."""
-    os.makedirs(_started_dir(settings), exist_ok=True)
+    """Remember the processes this invocation started (pid and create time, so a reused pid is
+    never taken for one of them), so ``rayr stop`` can stop exactly them."""
+    private_dir(_started_dir(settings))
     path = os.path.join(_started_dir(settings), f"{os.getpid()}-{secrets.token_hex(3)}.json")
-    with open(path, "w") as f:
-        json.dump({"pids": cluster.pids(), "session_dir": cluster.session_dir, **info}, f)
+    # "pids": what older versions of rayr read (to check the command line); "processes" wins here
+    write_private(path, json.dumps({"processes": cluster.processes(), "pids": cluster.pids(),
+                                    "session_dir": cluster.session_dir, **info}))
     return path
 
 
 def _write_session_file(settings: Settings, address: str, password: str | None, session_dir: str) -> None:
-    path = session_file_path(settings)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"address": address, "password": password, "session_dir": session_dir}, f)
+    """How clients of this user on this host find the cluster, password included (0600)."""
+    write_private(session_file_path(settings),
+                  json.dumps({"address": address, "password": password, "session_dir": session_dir}))
 
 
 def _parse_resources(text: str | None) -> dict[str, float] | None:
@@ -69,7 +72,13 @@ def cli() -> None:
 @click.option("--port", type=int, default=6379, show_default=True, help="Redis port (head only).")
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Interface Redis listens on (head only); beyond loopback a password is required.")
-@click.option("--redis-password", help="Redis password (generated when binding beyond loopback).")
+@click.option("--redis-password",
+              help="Redis password (default: RAYR_REDIS_PASSWORD, else a generated one for --head, "
+                   "else the one this host's session file records for --address). Prefer the "
+                   "variable: every user can read a command line.")
+@click.option("--no-redis-password", is_flag=True,
+              help="Head only, loopback only: no Redis password. Every local user can then run code "
+                   "as you through the cluster's Redis.")
 @click.option("--num-cpus", type=float)
 @click.option("--num-gpus", type=float)
 @click.option("--resources", help='Custom resources as JSON, e.g. \'{"special": 2}\'.')
@@ -86,6 +95,7 @@ def start(
     port: int,
     bind: str,
     redis_password: str | None,
+    no_redis_password: bool,
     num_cpus: float | None,
     num_gpus: float | None,
     resources: str | None,
@@ -98,20 +108,24 @@ def start(
     """Start rayr processes on this host (they keep running after this command exits)."""
     if head == bool(address):
         raise click.UsageError("Give exactly one of --head or --address HOST:PORT.")
-    if head and bind not in LOOPBACK and not redis_password:
-        redis_password = secrets.token_urlsafe(24)
-        click.echo(f"Redis listens on {bind}: generated password {redis_password}")
+    if no_redis_password and not (head and bind in LOOPBACK):
+        raise click.UsageError("--no-redis-password is for a head on loopback (--head, --bind 127.0.0.1): "
+                               "beyond loopback anyone who reaches the port could run code as you.")
     try:
         settings = load_settings({
             "temp_dir": temp_dir,
             "redis_password": redis_password,
+            "generate_redis_password": False if no_redis_password else None,
             "object_store_backend": object_store_backend,
             "object_store_memory": object_store_memory,
             "object_spilling_directory": object_spilling_directory,
         })
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
-    os.makedirs(settings.temp_dir, exist_ok=True)
+    if no_redis_password and settings.redis_password:
+        raise click.UsageError("--no-redis-password contradicts the password given "
+                               "(--redis-password or RAYR_REDIS_PASSWORD): drop one.")
+    private_dir(settings.temp_dir)
     node_kwargs: dict[str, Any] = {
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
@@ -127,18 +141,23 @@ def start(
             cluster.shutdown()
             raise click.ClickException(f"could not start the head node: {err}") from None
         url = cluster.redis_url
-        _write_session_file(settings, url, redis_password, cluster.session_dir)
+        # the generated password, if start_head made one
+        _write_session_file(settings, url, settings.redis_password, cluster.session_dir)
     else:
         assert address is not None
         try:
             url = normalize_address(address)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="--address") from None
-        client = connect(url, redis_password, socket_connect_timeout=3)
+        # a head this user started on this host: its password is in the session file
+        password = settings.redis_password or recorded_password(settings, url)
+        settings.redis_password = password
+        client = connect(url, password, socket_connect_timeout=3)
         try:
             client.ping()
         except redis.AuthenticationError as err:
-            hint = "wrong --redis-password" if redis_password else "it needs --redis-password"
+            hint = ("wrong --redis-password / RAYR_REDIS_PASSWORD" if password
+                    else "it needs --redis-password or RAYR_REDIS_PASSWORD")
             raise click.ClickException(f"the cluster's Redis at {url} refused us ({hint}): {err}") from None
         except redis.ResponseError as err:
             raise click.ClickException(f"the cluster's Redis at {url} refused us: {err}") from None
@@ -156,8 +175,15 @@ def start(
     click.echo(f"rayr node {node_id} started; cluster address {url}")
     if head:
         host = bind if bind not in ("0.0.0.0", "::") else "<this host's address>"
-        click.echo(f"  Add a node:    rayr start --address {host}:{cluster.port}"
-                   + (f" --redis-password {redis_password}" if redis_password else ""))
+        click.echo(f"  Add a node:    rayr start --address {host}:{cluster.port}")
+        if settings.redis_password:
+            # never printed: terminals get logged and shared; the session file is this user's only
+            click.echo(f"  Redis password: in {session_file_path(settings)} (field \"password\", "
+                       "readable by you only); found there by rayr on this host, give it to other "
+                       "hosts as RAYR_REDIS_PASSWORD")
+        else:
+            click.echo("  Redis password: none (--no-redis-password): every local user can run "
+                       "code as you through this cluster")
         click.echo("  Connect:       rayr.init()  (or rayr.init(address='auto'))")
         click.echo("  Submit a job:  rayr job submit --working-dir . -- python script.py")
         click.echo("  Stop:          rayr stop")
@@ -169,12 +195,34 @@ def start(
                        f"again with:\n    {command}")
 
 
-def _is_ours(pid: int) -> bool:
+# `rayr stop` stops every record's processes a phase at a time, each phase all at once: raylets
+# (and job supervisors) clear their stores and record their jobs' ends while Redis is up, then
+# the monitors, then Redis
+STOP_PHASES = (("raylet", "supervisor"), ("monitor",), ("redis",))
+
+
+def _role_of(proc: psutil.Process) -> str:
+    """The role of a process in a record written before records named roles."""
     try:
-        cmd = " ".join(psutil.Process(pid).cmdline())
+        cmd = " ".join(proc.cmdline())
     except psutil.Error:
-        return False
-    return "rayr" in cmd or "redis-server" in cmd
+        return "raylet"
+    if "redis-server" in cmd:
+        return "redis"
+    return "monitor" if "rayr.gcs.monitor" in cmd else "raylet"
+
+
+def _recorded_processes(record: dict[str, Any]) -> list[tuple[str, psutil.Process]]:
+    """(role, process) of each process the record names that still runs."""
+    entries = record.get("processes")
+    if entries is None:  # an older record: pids only
+        entries = [{"pid": pid} for pid in record.get("pids", [])]
+    out = []
+    for entry in entries:
+        proc = procs.recorded_process(int(entry["pid"]), entry.get("create_time"))
+        if proc is not None:
+            out.append((entry.get("role") or _role_of(proc), proc))
+    return out
 
 
 @cli.command()
@@ -194,15 +242,13 @@ def stop(temp_dir: str | None) -> None:
                     records.append((path, json.load(f)))
             except (OSError, ValueError):
                 os.unlink(path)
-    stopped = 0
+    running = [entry for _, record in records for entry in _recorded_processes(record)]
+    for roles in STOP_PHASES:
+        procs.stop_all([proc for role, proc in running if role in roles], timeout=10)
     for path, record in records:
-        # raylets first (they clean their stores), then monitor and Redis: the recorded order
-        for pid in record.get("pids", []):
-            if _is_ours(pid):
-                procs.stop_pid(pid, timeout=10)
-                stopped += 1
         shutil.rmtree(record.get("session_dir", ""), ignore_errors=True)
         os.unlink(path)
+    stopped = len(running)
     try:
         os.unlink(session_file_path(settings))
     except FileNotFoundError:
@@ -211,7 +257,10 @@ def stop(temp_dir: str | None) -> None:
 
 
 def _gcs_for(address: str | None, redis_password: str | None) -> GcsClient:
-    """The cluster named by ``--address``, RAYR_ADDRESS or this host's session file; exits 1 if none."""
+    """The cluster named by ``--address``, RAYR_ADDRESS or this host's session file; exits 1 if none.
+
+    The password: ``--redis-password``, else RAYR_REDIS_PASSWORD, else the session file's when
+    it records that cluster."""
     settings = load_settings({"redis_password": redis_password})
     address = address or env_address()
     if address is None:
@@ -220,17 +269,18 @@ def _gcs_for(address: str | None, redis_password: str | None) -> GcsClient:
             click.echo("No cluster found: pass --address, set RAYR_ADDRESS or run `rayr start --head`.",
                        err=True)
             sys.exit(1)
-        address, redis_password = recorded["address"], recorded.get("password")
+        address = recorded["address"]
     try:
         url = normalize_address(address)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--address") from None
-    return GcsClient(connect(url, redis_password, socket_connect_timeout=3), Keys(settings.cluster_name))
+    password = settings.redis_password or recorded_password(settings, url)
+    return GcsClient(connect(url, password, socket_connect_timeout=3), Keys(settings.cluster_name))
 
 
 @cli.command()
 @click.option("--address", help="Cluster address (default: RAYR_ADDRESS, then this host's cluster).")
-@click.option("--redis-password", help="Redis password, if the cluster needs one.")
+@click.option("--redis-password", help=PASSWORD_HELP)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--limit", type=int, default=50, show_default=True, help="Objects to list.")
 def memory(address: str | None, redis_password: str | None, fmt: str, limit: int) -> None:
@@ -246,7 +296,7 @@ def memory(address: str | None, redis_password: str | None, fmt: str, limit: int
 
 @cli.command()
 @click.option("--address", help="Cluster address (default: RAYR_ADDRESS, then this host's cluster).")
-@click.option("--redis-password", help="Redis password, if the cluster needs one.")
+@click.option("--redis-password", help=PASSWORD_HELP)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(address: str | None, redis_password: str | None, fmt: str) -> None:
     """Show nodes, resource usage and pending demand."""

@@ -117,10 +117,11 @@ class JobSubmissionClient:
         settings = load_settings(
             {"redis_password": redis_password, "cluster_name": cluster_name, "temp_dir": temp_dir}
         )
+        from rayr.api import read_session_file, recorded_password
+
         address = address or env_address()
         password = settings.redis_password
         if address is None or address == "auto":
-            from rayr.api import read_session_file
 
             recorded = read_session_file(settings)
             if recorded is None:
@@ -128,8 +129,9 @@ class JobSubmissionClient:
                     "No cluster address: pass one (HOST:PORT), set RAYR_ADDRESS, or start a cluster "
                     "on this host with `rayr start --head`."
                 )
-            address, password = recorded["address"], password or recorded.get("password")
+            address = recorded["address"]
         self.address = normalize_address(address)
+        password = password or recorded_password(settings, self.address)
         self._settings = settings
         client = connect(self.address, password, socket_connect_timeout=3)
         self._gcs = GcsClient(client, Keys(settings.cluster_name))

@@ -33,6 +33,7 @@ from rayr.config import Settings, daemon_settings
 from rayr.gcs.client import GcsClient, connect
 from rayr.job_submission import JobStatus, now_ms
 from rayr.keys import Keys
+from rayr.private_files import open_log, private_dir
 from rayr.runtime_env import installer
 from rayr.runtime_env.validation import setup_timeout
 
@@ -78,7 +79,7 @@ class JobSupervisor:
         self.redis_url = redis_url
         self.session_dir = session_dir
         self.log_dir = os.path.join(session_dir, "logs")
-        os.makedirs(self.log_dir, exist_ok=True)
+        private_dir(self.log_dir)
         self.running: dict[str, RunningJob] = {}
         self.setting_up: set[str] = set()
         self._ready: queue.SimpleQueue[tuple[str, installer.WorkerEnv | None, str]] = queue.SimpleQueue()
@@ -218,7 +219,7 @@ class JobSupervisor:
         fd = job.proc.stdout.fileno()
         stream = self.keys.submission_logs(job.submission_id)
         partial = ""
-        with open(os.path.join(self.log_dir, f"job-driver-{job.submission_id}.log"), "ab") as f:
+        with open_log(os.path.join(self.log_dir, f"job-driver-{job.submission_id}.log")) as f:
             while True:
                 try:
                     data = os.read(fd, CHUNK)

@@ -32,6 +32,7 @@ from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, no_retry,
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
 from rayr.object_store.registry import open_backend
+from rayr.private_files import private_dir
 from rayr.raylet import resources as res
 from rayr.raylet.env_workers import EnvWorkers
 from rayr.raylet.resources import TARGET_MARK
@@ -107,7 +108,7 @@ class Raylet:
         self._key_of: dict[str, str] = {}  # task stream -> its scheduler key (reader thread only)
         self._reader_client_id = 0
         log_dir = os.path.join(session_dir, "logs")
-        os.makedirs(log_dir, exist_ok=True)
+        private_dir(log_dir)
         self.pool = WorkerPool(
             [
                 "--redis-url", redis_url,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from rayr import procs
+from rayr.private_files import open_log
 from rayr.raylet.zygote import ForkedProcess, Zygote
 from rayr.runtime_env.installer import WorkerEnv
 
@@ -50,7 +51,7 @@ class WorkerPool:
             if self.zygote is not None and worker_env is None:
                 proc = self.zygote.fork(["--fd", "{fd}", *args], log_path, theirs.fileno())
             if proc is None:
-                with open(log_path, "ab") as log:
+                with open_log(log_path) as log:  # 0600: task output
                     proc = procs.spawn(
                         [python, "-P", "-m", "rayr.worker", "--fd", str(theirs.fileno()), *args],
                         log=log,

@@ -26,6 +26,7 @@ import sys
 import threading
 
 from rayr import procs
+from rayr.private_files import FILE_MODE, open_log
 
 _MAX_MSG = 1 << 16
 
@@ -59,7 +60,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = theirs.fileno()
         self.proc: subprocess.Popen | procs.ForkedChild
-        with open(log_path, "ab") as log:
+        with open_log(log_path) as log:
             if procs.can_fork():  # we have what a worker imports already: share it
                 self.proc = procs.fork_call(
                     "rayr-zygote", lambda: serve(fd), log=log, death_signal=signal.SIGKILL, keep_fds=[fd]
@@ -137,7 +138,7 @@ def _child(argv: list[str], log_path: str, fd: int, control: socket.socket) -> N
         procs.set_process_name("rayr-worker")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         procs.set_parent_death_signal(signal.SIGKILL)
-        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)  # task output
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)

@@ -123,7 +123,9 @@ def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(sessions, tmp_pat
     try:
         head = run_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--redis-persist", env=env)
         assert "start it again with:" in head.stdout  # how to bring a stopped Redis back
-        probe = redis.Redis(port=port)
+        with open(os.path.join(_temp_dir, "rayr_current_cluster")) as f:
+            password = json.load(f)["password"]  # generated: every head has one
+        probe = redis.Redis(port=port, password=password)
         assert probe.config_get("appendonly")["appendonly"] == "yes"
         probe.close()
         for _ in range(2):
