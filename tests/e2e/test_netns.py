@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 
 import rayr
+from rayr.api import read_session_file
+from rayr.config import load_settings
 from rayr.node import free_port
 
 
@@ -56,11 +57,13 @@ def test_node_in_another_network_namespace(netns, tmp_path, monkeypatch):
         head = subprocess.run([*cli, "start", "--head", "--bind", "0.0.0.0", "--port", str(port),
                                "--num-cpus", "1"], capture_output=True, text=True, env=env, timeout=120)
         assert head.returncode == 0, head.stderr
-        password = re.search(r"generated password (\S+)", head.stdout).group(1)
+        password = read_session_file(load_settings())["password"]  # never printed
+        assert password and password not in head.stdout
         # the namespace's loopback is its own: it must reach the head over the veth address
         joined = subprocess.run(["ip", "netns", "exec", name, *cli, "start", "--address",
-                                 f"{head_ip}:{port}", "--redis-password", password, "--num-cpus", "1"],
-                                capture_output=True, text=True, env=env, timeout=120)
+                                 f"{head_ip}:{port}", "--num-cpus", "1"],
+                                capture_output=True, text=True, env={**env, "RAYR_REDIS_PASSWORD": password},
+                                timeout=120)
         assert joined.returncode == 0, joined.stderr
         rayr.init(address=f"127.0.0.1:{port}", _redis_password=password)
         try:
