@@ -1,8 +1,17 @@
 """Objects as files, mapped by every reader on the node; the base of ``shm`` and ``mmap``.
 
-An object is written to ``<dir>/<namespace>-<hex>.tmp`` and renamed on ``seal``, so a reader
-either sees a complete object or none. ``get`` maps the file read-only: the view (and numpy
-arrays built on it) shares pages with every other process on the node.
+An object is written to ``<dir>/<namespace>-<hex>.<pid>.tmp`` and renamed on ``seal``, so a
+reader either sees a complete object or none (the writer's pid in the name: a writer that died
+mid-write never blocks the retry). ``get`` maps the file read-only: the view (and numpy arrays
+built on it) shares pages with every other process on the node.
+
+Every new file's blocks are reserved (``posix_fallocate``) before it is mapped: on a tmpfs
+that other processes filled, touching an unreserved page of a mapping kills the writer with
+SIGBUS, where the reservation fails with ENOSPC. Then the writer makes room on that
+filesystem (drops the pool, reclaims dead nodes' files, spills its least recently used
+objects) and tries again, and failing that writes the new object straight into the spill
+directory; only when that is full too does ``create`` raise ObjectStoreFullError. Copies
+(spilling, restoring) reserve their target first as well.
 
 With a ``capacity``, a writer that would overflow it first *spills* the least recently used
 objects: each is copied into ``spill_directory`` (complete under a temporary name, then
@@ -20,15 +29,16 @@ first thing dropped when room is needed.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
-import shutil
 import time
 import uuid
 from collections import OrderedDict
 
 from rayr.exceptions import ObjectStoreFullError
 from rayr.object_store.base import BackendOptions, ObjectExistsError, ObjectStoreBackend, StoreUsage
+from rayr.object_store.orphans import reclaim_orphans
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 POOL_MIN_BYTES = 1 << 20
@@ -38,6 +48,11 @@ POOL_MAX_FILES = 16  # pooled files kept at most; beyond this deleted objects ar
 # ~5 ms per 100 MB here), and a worker often reads the same object task after task.
 MAPPED_MAX_BYTES = 2 << 30
 MAPPED_MAX_OBJECTS = 32
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _NoSpace(Exception):
+    """The filesystem had no room for a file (nothing was left behind)."""
 
 
 class FileOptions(BackendOptions):
@@ -68,15 +83,25 @@ class FileBackend(ObjectStoreBackend):
             os.makedirs(self._spill, exist_ok=True)
         self._prefix = f"{namespace}-"
         self._pool_prefix = f"{namespace}-pool-"
-        self._writing: dict[bytes, mmap.mmap | None] = {}
+        # object id -> (mapping, temporary path, path on seal) of objects being written
+        self._writing: dict[bytes, tuple[mmap.mmap | None, str, str]] = {}
         # object id -> (mapping, inode) of recently read large objects; see MAPPED_MAX_BYTES
         self._mapped: OrderedDict[bytes, tuple[mmap.mmap, int]] = OrderedDict()
         self._mapped_bytes = 0
 
+    def directories(self) -> list[str]:
+        return [d for d in (self._dir, self._spill) if d]
+
     # ----------------------------------------------------------------- paths
-    def _path(self, object_id: bytes, tmp: bool = False) -> str:
-        suffix = ".tmp" if tmp else ""
-        return os.path.join(self._dir, f"{self._prefix}{object_id.hex()}{suffix}")
+    def _path(self, object_id: bytes) -> str:
+        return os.path.join(self._dir, f"{self._prefix}{object_id.hex()}")
+
+    @staticmethod
+    def _tmp_path(directory: str, name: str) -> str:
+        # one name per writing process: a writer that died leaves a file that blocks nobody
+        # (cleanup() of its job or node removes it); the pid also keeps concurrent writers of
+        # one object (a task run twice) off each other's file
+        return os.path.join(directory, f"{name}.{os.getpid()}.tmp")
 
     def _spilled_path(self, object_id: bytes) -> str | None:
         if not self._spill:
@@ -88,36 +113,98 @@ class FileBackend(ObjectStoreBackend):
         if object_id in self._writing or self.contains(object_id):
             raise ObjectExistsError(object_id.hex())
         self.make_room(size)
-        tmp = self._path(object_id, tmp=True)
-        reused = size >= POOL_MIN_BYTES and self._take_pooled(size, tmp)
-        open_flags = os.O_RDWR if reused else os.O_RDWR | os.O_CREAT | os.O_EXCL
-        fd = os.open(tmp, open_flags, 0o600)
+        name = f"{self._prefix}{object_id.hex()}"
+        tmp = self._tmp_path(self._dir, name)
+        directory = self._dir
         try:
+            reused = size >= POOL_MIN_BYTES and self._take_pooled(size, tmp)
+            mapping = self._allocate(tmp, size, reused)
+        except _NoSpace:
+            # the filesystem is fuller than our capacity says: other processes filled it
+            self._make_filesystem_room(size)
+            try:
+                mapping = self._allocate(tmp, size, False)
+            except _NoSpace:
+                if not self._spill:
+                    raise self._no_room_error(size) from None
+                directory, tmp = self._spill, self._tmp_path(self._spill, name)
+                try:  # a spilled object is read from there like any other
+                    mapping = self._allocate(tmp, size, False)
+                except _NoSpace:
+                    raise self._no_room_error(size) from None
+        self._writing[object_id] = (mapping, tmp, os.path.join(directory, name))
+        return memoryview(mapping) if mapping is not None else memoryview(bytearray())
+
+    @staticmethod
+    def _allocate(tmp: str, size: int, reused: bool) -> mmap.mmap | None:
+        """Map ``tmp`` (new, or a pooled file already renamed there) with ``size`` bytes reserved.
+
+        Raises:
+            _NoSpace: its filesystem has no room; the file is gone.
+        """
+        try:
+            fd = os.open(tmp, os.O_RDWR if reused else os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # left by a dead writer whose pid we inherited
+            _unlink(tmp)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            had = os.fstat(fd).st_size if reused else 0
             os.ftruncate(fd, size)
+            if size > had:  # a pooled file already has its blocks, up to its old size
+                os.posix_fallocate(fd, had, size - had)
             # mmap cannot map zero bytes; an empty object is just an empty file
             # large objects: map populated, so the pages are faulted in by the kernel in one go
             # (or, for a pooled file, just wired up) instead of one fault per page while copying
             flags = mmap.MAP_SHARED | (_POPULATE if size >= POOL_MIN_BYTES else 0)
-            mapping = mmap.mmap(fd, size, flags=flags) if size else None
+            return mmap.mmap(fd, size, flags=flags) if size else None
+        except BaseException as err:
+            _unlink(tmp)
+            if isinstance(err, OSError) and err.errno in _NO_SPACE:
+                raise _NoSpace from err
+            raise
         finally:
             os.close(fd)
-        self._writing[object_id] = mapping
-        return memoryview(mapping) if mapping is not None else memoryview(bytearray())
+
+    def _make_filesystem_room(self, size: int) -> None:
+        """Free room for ``size`` bytes on the primary directory's filesystem, as far as we can."""
+        self._drop_pool()
+        reclaim_orphans([self._dir])  # files of dead nodes
+        if not self._spill or _same_filesystem(self._dir, self._spill):
+            return  # spilling would free nothing there
+        for entry in sorted(self._entries(self._dir), key=_mtime):
+            if _free_bytes(self._dir) >= size:
+                return
+            try:
+                self.spill(entry)
+            except ObjectStoreFullError:
+                return  # the spill directory is full too
+
+    def _no_room_error(self, size: int) -> ObjectStoreFullError:
+        spill = (
+            f", nor in the spill directory {self._spill} ({_free_bytes(self._spill)} bytes free)"
+            if self._spill else "; spilling is off"
+        )
+        return ObjectStoreFullError(
+            f"No room for an object of {size} bytes in {self._dir} ({_free_bytes(self._dir)} "
+            f"bytes free, though the object store is within its capacity: other files fill "
+            f"that filesystem){spill}. Free space there, or start the node with a smaller "
+            "object_store_memory or a larger object_spilling_directory."
+        )
 
     def seal(self, object_id: bytes) -> None:
-        mapping = self._writing.pop(object_id)
+        mapping, tmp, path = self._writing.pop(object_id)
         if mapping is not None:
             mapping.close()
-        os.rename(self._path(object_id, tmp=True), self._path(object_id))
+        os.rename(tmp, path)
 
     def abort(self, object_id: bytes) -> None:
-        mapping = self._writing.pop(object_id, None)
+        writing = self._writing.pop(object_id, None)
+        if writing is None:
+            return
+        mapping, tmp, _ = writing
         if mapping is not None:
             mapping.close()
-        try:
-            os.unlink(self._path(object_id, tmp=True))
-        except FileNotFoundError:
-            pass
+        _unlink(tmp)
 
     def get(self, object_id: bytes) -> memoryview | None:
         path = self._path(object_id)
@@ -268,6 +355,7 @@ class FileBackend(ObjectStoreBackend):
     def cleanup(self, id_prefix: bytes = b"") -> None:
         for oid in [o for o in self._writing if o.startswith(id_prefix)]:
             self.abort(oid)
+        # the prefix also matches writes that died midway, ``<name>.<pid>.tmp``
         wanted = self._prefix + id_prefix.hex()
         for directory in (self._dir, self._spill):
             if not directory:
@@ -323,38 +411,70 @@ class FileBackend(ObjectStoreBackend):
             )
 
     def spill(self, entry: os.DirEntry) -> int:
-        """Move one object to the spill directory; the bytes freed (0 if it vanished)."""
+        """Move one object to the spill directory; the bytes freed (0 if it vanished).
+
+        Raises:
+            ObjectStoreFullError: the spill directory has no room (the object stays put).
+        """
         assert self._spill is not None
-        target = os.path.join(self._spill, entry.name)
-        partial = f"{target}.{os.getpid()}.tmp"
         try:
-            size = _size(entry)
-            shutil.copyfile(entry.path, partial)
-            os.rename(partial, target)  # complete before the original goes
-            os.unlink(entry.path)
-            return size
+            size = self._copy(entry.path, self._spill, entry.name)  # complete before the original goes
         except FileNotFoundError:  # deleted (or spilled by someone else) meanwhile
-            try:
-                os.unlink(partial)
-            except FileNotFoundError:
-                pass
             return 0
+        except _NoSpace:
+            raise ObjectStoreFullError(
+                f"Cannot spill {entry.path} ({_size(entry)} bytes): the spill directory "
+                f"{self._spill} is full ({_free_bytes(self._spill)} bytes free). Free space "
+                "there or set object_spilling_directory to a larger disk."
+            ) from None
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:  # deleted while we copied: its copy must not outlive it
+            _unlink(os.path.join(self._spill, entry.name))
+            return 0
+        return size
 
     def _restore(self, object_id: bytes, spilled: str, size: int) -> None:
         """Bring a spilled object back into the primary directory if it fits without spilling."""
         capacity = self.options.capacity
         if capacity is not None and sum(_size(e) for e in self._entries(self._dir)) + size > capacity:
             return
-        partial = self._path(object_id, tmp=True) + f".{os.getpid()}"
         try:
-            shutil.copyfile(spilled, partial)
-            os.rename(partial, self._path(object_id))
-            os.unlink(spilled)
-        except FileNotFoundError:
+            self._copy(spilled, self._dir, os.path.basename(self._path(object_id)))
+        except (FileNotFoundError, _NoSpace):  # deleted meanwhile, or no room: it stays spilled
+            return
+        _unlink(spilled)
+
+    def _copy(self, source: str, directory: str, name: str) -> int:
+        """Copy ``source`` to ``directory/name``, complete under a temporary name, its blocks
+        reserved first (a copy onto a full tmpfs fails at once instead of midway); the size.
+
+        Raises:
+            FileNotFoundError: ``source`` is gone.
+            _NoSpace: the target's filesystem has no room; nothing is left behind.
+        """
+        tmp = self._tmp_path(directory, name)
+        with open(source, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.unlink(partial)
-            except FileNotFoundError:
-                pass
+                if size:
+                    os.posix_fallocate(fd, 0, size)
+                copied = 0
+                while copied < size:
+                    sent = os.sendfile(fd, src.fileno(), copied, size - copied)
+                    if sent == 0:
+                        break
+                    copied += sent
+            except BaseException as err:
+                _unlink(tmp)
+                if isinstance(err, OSError) and err.errno in _NO_SPACE:
+                    raise _NoSpace from err
+                raise
+            finally:
+                os.close(fd)
+        os.rename(tmp, os.path.join(directory, name))
+        return size
 
 
 def _size(entry: os.DirEntry) -> int:
@@ -362,6 +482,28 @@ def _size(entry: os.DirEntry) -> int:
         return entry.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _free_bytes(directory: str) -> int:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
+
+
+def _same_filesystem(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _mtime(entry: os.DirEntry) -> float:

@@ -332,6 +332,7 @@ class LocalCluster:
 
     def clean_store(self, node_id: str) -> None:
         """Remove what a dead node left in its object store (we started it: we clean up)."""
+        from rayr.object_store.orphans import reclaim_orphans
         from rayr.object_store.registry import open_backend
 
         node: dict[str, Any] | None = None
@@ -348,6 +349,7 @@ class LocalCluster:
         try:
             store = open_backend(node["store_backend"], node["store_namespace"], node["store_options"])
             store.cleanup()
+            reclaim_orphans(store.directories())  # its lock files (and other dead nodes' files)
         except (ValueError, OSError):
             pass
 

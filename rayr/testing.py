@@ -5,11 +5,14 @@
 - :class:`Cluster` starts several raylets against one Redis (each its own node, sharing
   nothing but Redis) under a unique cluster name, and removes its keys at the end.
 - :func:`run_cli` runs a ``rayr`` CLI command in a fresh interpreter.
+- :func:`run_with_tmpfs` runs a Python script with small private filesystems mounted (a
+  full /dev/shm, a full spill disk) where only it sees them.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -110,3 +113,40 @@ class Cluster:
             client.close()
         if self._own_temp:
             shutil.rmtree(self.settings.temp_dir, ignore_errors=True)
+
+
+def tmpfs_unavailable() -> str | None:
+    """Why :func:`run_with_tmpfs` cannot work here (no root, no mount namespaces), or None."""
+    if shutil.which("unshare") is None:
+        return "the unshare command is not installed"
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+        capture_output=True, text=True, timeout=60,
+    )
+    if probe.returncode != 0:
+        return f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.strip()}"
+    return None
+
+
+def run_with_tmpfs(
+    script: str, mounts: dict[str, int], *, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run Python ``script`` (in a fresh interpreter, as a file) in a mount namespace of its
+    own, with a tmpfs of ``mounts[path]`` bytes on each existing directory ``path``.
+
+    Only the script and its children see the mounts; they vanish when the last of those
+    processes exits, so nothing is left mounted however the script ends. Needs root (or a
+    user namespace); check :func:`tmpfs_unavailable` first.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(script)
+    mount = " && ".join(
+        f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(path)}" for path, size in mounts.items()
+    )
+    command = f"{mount} && exec {shlex.quote(sys.executable)} -P {shlex.quote(f.name)}"
+    try:
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", command],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+    finally:
+        os.unlink(f.name)

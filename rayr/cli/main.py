@@ -253,6 +253,9 @@ def stop(temp_dir: str | None) -> None:
         os.unlink(session_file_path(settings))
     except FileNotFoundError:
         pass
+    from rayr.object_store.orphans import reclaim_orphans, store_directories
+
+    reclaim_orphans(store_directories(settings))  # stores of raylets that died (SIGKILL, OOM)
     click.echo(f"Stopped {stopped} rayr process(es).")
 
 

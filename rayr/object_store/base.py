@@ -93,11 +93,20 @@ class ObjectStoreBackend(ABC):
         """Release whatever this process keeps mapped of objects deleted since (optional)."""
         return None
 
+    def directories(self) -> list[str]:
+        """Directories holding this store's files, each named ``<namespace>-...`` (none for a
+        store that is not files). The node's raylet marks its namespace as live in each (see
+        ``orphans.py``), so the files of a raylet that died can be found and removed."""
+        return []
+
     def put_bytes(self, object_id: bytes, writer: Any, size: int) -> None:
-        """Create, fill through ``writer(buffer)`` and seal in one step."""
+        """Create, fill through ``writer(buffer)`` and seal in one step (aborted if it fails)."""
         buf = self.create(object_id, size)
         try:
             writer(buf)
-        finally:
+        except BaseException:
             buf.release()
+            self.abort(object_id)
+            raise
+        buf.release()
         self.seal(object_id)

@@ -31,6 +31,7 @@ from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, no_retry, until_reachable
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
+from rayr.object_store.orphans import NamespaceLock, reclaim_orphans, spill_directory, store_directories
 from rayr.object_store.registry import open_backend
 from rayr.private_files import private_dir
 from rayr.raylet import resources as res
@@ -72,6 +73,10 @@ class Raylet:
             store_backend, int(resources.get("object_store_memory", 0)) or None, settings, session_dir
         )
         self.store = open_backend(self.store_backend, self.store_namespace, self.store_options)
+        # free what raylets that died on this host left in their stores, and mark ours as
+        # live until we exit (the kernel drops the lock however we die)
+        reclaim_orphans([*store_directories(settings), *self.store.directories()])
+        self.store_lock = NamespaceLock(self.store_namespace, self.store.directories())
         cpus = resources.get("CPU", 0)
         self.sched = Scheduler(
             total=dict(resources),
@@ -194,6 +199,7 @@ class Raylet:
         self.envs.shutdown()
         self.pool.stop_all()
         self.store.cleanup()
+        self.store_lock.release()
         if self.declared_dead:
             return  # keep the cluster's reason
         try:
@@ -735,8 +741,7 @@ def choose_store(
     ``shm`` falls back to ``mmap`` (files under the session directory) when /dev/shm cannot
     hold the configured capacity, as in a container whose /dev/shm is 64 MiB.
     """
-    spill = settings.object_spilling_directory or os.path.join(settings.temp_dir, "spill")
-    options: dict[str, Any] = {"capacity": capacity, "spill_directory": spill}
+    options: dict[str, Any] = {"capacity": capacity, "spill_directory": spill_directory(settings)}
     if backend == "shm" and capacity:
         try:
             stats = os.statvfs("/dev/shm")

@@ -226,3 +226,176 @@ def test_large_objects_stay_mapped_only_while_they_exist(tmp_path):
     reader.trim_mappings()  # what a worker does after each task
     assert reader._mapped_bytes == 0 and not reader._mapped
     writer.cleanup()
+
+
+# ---------------------------------------------------------------- full filesystems
+# A tmpfs that other files fill is fuller than the store's capacity says; the writer must get
+# an error it can act on (or room made elsewhere), never SIGBUS, and no file may stay behind.
+# These run in a private mount namespace (rayr.testing.run_with_tmpfs) with small tmpfs's.
+
+MiB = 1 << 20
+
+FULL_FS_SCRIPT = """
+import json, os, sys
+from rayr.exceptions import ObjectStoreFullError
+from rayr.object_store.registry import open_backend
+
+backend, primary, spill = {args}
+store = open_backend(backend, "rayr-test-fullfs", {{
+    "directory": primary, "capacity": 64 << 20, "spill_directory": spill or None,
+}})
+# another process fills the primary filesystem: 6 of its 8 MiB
+with open(os.path.join(primary, "filler"), "wb") as f:
+    f.write(b"f" * (6 << 20))
+out = {{}}
+oid, data = bytes(20), b"x" * (4 << 20)
+try:
+    buf = store.create(oid, len(data))
+    buf[:] = data  # SIGBUS here without the space reserved
+    buf.release()
+    store.seal(oid)
+    out["stored"] = bytes(store.get(oid)) == data
+except ObjectStoreFullError as err:
+    out["error"] = str(err)
+out["files"] = sorted(os.listdir(primary)) + sorted(os.listdir(spill) if spill else [])
+os.unlink(os.path.join(primary, "filler"))
+store.delete(oid)
+store.put_bytes(bytes(19) + b"\\1", lambda b: b.__setitem__(slice(None), data), len(data))
+out["retry"] = bytes(store.get(bytes(19) + b"\\1")) == data
+store.cleanup()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def tmpfs_ok() -> None:
+    from rayr.testing import tmpfs_unavailable
+
+    reason = tmpfs_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+def _run_full_fs(backend: str, primary, spill, mounts: dict) -> dict:
+    import json
+
+    from rayr.testing import run_with_tmpfs
+
+    args = repr((backend, str(primary), str(spill) if spill else ""))
+    out = run_with_tmpfs(FULL_FS_SCRIPT.format(args=args), mounts)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stdout}{out.stderr}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", ["shm", "mmap"])
+def test_full_filesystem_without_spilling_raises_and_leaves_nothing(tmp_path, tmpfs_ok, name):
+    primary = tmp_path / "primary"
+    primary.mkdir()
+    out = _run_full_fs(name, primary, None, {str(primary): 8 * MiB})
+    assert "stored" not in out
+    assert str(primary) in out["error"] and str(4 * MiB) in out["error"], out["error"]
+    assert out["files"] == ["filler"], "no partial file may stay behind"
+    assert out["retry"] is True
+
+
+@pytest.mark.parametrize("name", ["shm", "mmap"])
+def test_full_filesystem_writes_the_object_to_the_spill_directory(tmp_path, tmpfs_ok, name):
+    primary, spill = tmp_path / "primary", tmp_path / "spill"
+    primary.mkdir()
+    out = _run_full_fs(name, primary, spill, {str(primary): 8 * MiB})
+    assert out["stored"] is True
+    assert out["files"] == ["filler", "rayr-test-fullfs-" + bytes(20).hex()]  # in the spill dir
+    assert out["retry"] is True
+
+
+@pytest.mark.parametrize("name", ["shm", "mmap"])
+def test_full_filesystem_and_full_spill_directory_name_both(tmp_path, tmpfs_ok, name):
+    primary, spill = tmp_path / "primary", tmp_path / "spill"
+    primary.mkdir()
+    spill.mkdir()
+    out = _run_full_fs(name, primary, spill, {str(primary): 8 * MiB, str(spill): 2 * MiB})
+    assert str(primary) in out["error"] and str(spill) in out["error"], out["error"]
+    assert out["files"] == ["filler"]
+    assert out["retry"] is True
+
+
+SPILL_FULL_SCRIPT = """
+import json, os, sys
+from rayr.exceptions import ObjectStoreFullError
+from rayr.object_store.registry import open_backend
+
+backend, primary, spill = {args}
+store = open_backend(backend, "rayr-test-spillfull", {{
+    "directory": primary, "capacity": 3 << 20, "spill_directory": spill,
+}})
+out = {{"errors": []}}
+for n in range(4):  # 2 MiB objects into a 3 MiB store spilling to a 3 MiB disk
+    fill = lambda b: b.__setitem__(slice(None), bytes([n]) * len(b))
+    try:
+        store.put_bytes(n.to_bytes(20, "big"), fill, 2 << 20)
+    except ObjectStoreFullError as err:
+        out["errors"].append(str(err))
+out["readable"] = [
+    bytes(v[:1]) == bytes([n]) if (v := store.get(n.to_bytes(20, "big"))) is not None else None
+    for n in range(4)
+]
+out["primary"] = sorted(os.listdir(primary))
+out["spill"] = sorted(os.listdir(spill))
+store.cleanup()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("name", ["shm", "mmap"])
+def test_full_spill_directory_raises_and_keeps_the_object(tmp_path, tmpfs_ok, name):
+    import json
+
+    from rayr.testing import run_with_tmpfs
+
+    primary, spill = tmp_path / "primary", tmp_path / "spill"
+    primary.mkdir()
+    spill.mkdir()
+    args = repr((name, str(primary), str(spill)))
+    out = run_with_tmpfs(SPILL_FULL_SCRIPT.format(args=args), {str(spill): 3 * MiB})
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stdout}{out.stderr}"
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # object 0 spilled; spilling object 1 for object 2 finds the spill disk full
+    assert result["errors"], result
+    assert all(f"spill directory {spill} is full" in e for e in result["errors"]), result["errors"]
+    assert result["readable"][:2] == [True, True], "a failed spill keeps the object in the primary"
+    assert not any(f.endswith(".tmp") for f in result["primary"] + result["spill"]), result
+    assert len(result["spill"]) == 1
+
+
+def _die_mid_write(directory: str) -> None:
+    store = open_backend("shm", "rayr-test-dead", {"directory": directory})
+    buf = store.create(OID, 4096)
+    buf[:10] = b"half-done!"
+    os._exit(0)  # as a SIGKILLed worker: nothing sealed, nothing cleaned
+
+
+@pytest.mark.parametrize("name", ["shm", "mmap"])
+def test_a_dead_writers_file_does_not_block_the_retry(tmp_path, name):
+    ctx = mp.get_context("fork")
+    proc = ctx.Process(target=_die_mid_write, args=(str(tmp_path),))
+    proc.start()
+    proc.join()
+    assert any(f.endswith(".tmp") for f in os.listdir(tmp_path)), "the dead writer left its file"
+    store = open_backend(name, "rayr-test-dead", {"directory": str(tmp_path)})
+    write(store, OID, b"retried")  # the task's retry writes the same object id
+    assert bytes(store.get(OID)) == b"retried"
+    store.cleanup()
+    assert os.listdir(tmp_path) == [], "cleanup removes dead writers' files too"
+
+
+def test_a_failed_write_leaves_nothing(backend, tmp_path):
+    def fail(buf):
+        raise RuntimeError("serialization failed midway")
+
+    with pytest.raises(RuntimeError):
+        backend.put_bytes(OID, fail, 1000)
+    assert not backend.contains(OID)
+    write(backend, OID, b"again")  # the id is free again
+    assert bytes(backend.get(OID)) == b"again"
+    backend.delete(OID)
+    assert os.listdir(tmp_path) == []

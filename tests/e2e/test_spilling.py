@@ -33,7 +33,8 @@ def test_four_times_the_capacity_round_trips(sessions, backend):
         refs = [rayr.put(np.full(10 * MB, i % 251, dtype=np.uint8)) for i in range(16)]  # 160 MB
         usage = store.usage()
         assert usage.used_bytes <= 40 * MB and usage.spilled_objects > 0
-        assert len(os.listdir(spill)) == usage.spilled_objects
+        # the rest is the live node's lock file (rayr/object_store/orphans.py)
+        assert len([n for n in os.listdir(spill) if not n.endswith(".lock")]) == usage.spilled_objects
 
         @rayr.remote
         def check(arr, i):
