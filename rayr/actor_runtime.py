@@ -6,9 +6,11 @@ one caller run in submission order; ``max_concurrency > 1`` runs them on a threa
 an actor with ``async def`` methods interleaves them on one event loop.
 
 Calls stay in the mailbox's pending list until their results are stored, so a restarted
-actor finds the calls its previous incarnation had read: the first ``max_concurrency`` of
-them may have been running and are retried within ``max_task_retries``; the rest had not
-started and simply run.
+actor finds the calls its previous incarnation had read (each incarnation reads as its own
+consumer, and the new one claims the others' entries): the first ``max_concurrency`` of them
+may have been running and are retried within ``max_task_retries``; the rest had not started
+and simply run. An incarnation that finds the actor hash naming another worker (its node was
+declared dead while it lived on) exits; the live one takes over what it left pending.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rayr.actor")
 READ_BATCH = 64
+INCARNATION_CHECK_S = 1.0  # how often an actor checks it is still the actor's live incarnation
+# calls an earlier incarnation took this long ago and still holds are taken over (it is dead,
+# or a zombie that will exit within INCARNATION_CHECK_S)
+STRAGGLER_IDLE_MS = 2000
 
 
 class ActorRuntime:
@@ -57,6 +63,9 @@ class ActorRuntime:
         self.is_async = bool(options.get("is_async", False))
         self.mailbox = self.gcs.keys.actor_mailbox(self.actor_id)
         self.control = self.gcs.keys.actor_control(self.actor_id)
+        # each incarnation reads as a consumer of its own, so what an earlier one took and
+        # never finished is told apart from what this one is running (see _take_over)
+        self.consumer = f"actor-{self.core.worker_hex}"
         # calls running on the event loop, by task id, so a cancellation can reach them
         self._async_calls: dict[bytes, Any] = {}
         self.instance: Any = None
@@ -148,12 +157,16 @@ class ActorRuntime:
     def _serve(self) -> None:
         client: Any = connect(self.executor.redis_url, self.core.settings.redis_password)
         if self.restart:
-            self._replay_pending(client)
+            self._take_over(client, min_idle_ms=0)
         streams = {self.mailbox: ">", self.control: ">"}
+        next_check = time.monotonic() + INCARNATION_CHECK_S
         while not self._exiting.is_set():
             try:
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + INCARNATION_CHECK_S
+                    self._check_incarnation(client)
                 self.core.commands.push()  # results of the last batch: out before we wait
-                reply = client.xreadgroup(ACTOR_GROUP, "actor", streams, count=READ_BATCH, block=1000)
+                reply = client.xreadgroup(ACTOR_GROUP, self.consumer, streams, count=READ_BATCH, block=1000)
             except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: its mailbox comes back with it
                 if self._exiting.is_set():
                     return
@@ -209,7 +222,7 @@ class ActorRuntime:
                               extra=(self._read_control(), self._on_control_reply))
 
     def _read_control(self) -> tuple[Any, ...]:
-        return ("XREADGROUP", "GROUP", ACTOR_GROUP, "actor", "COUNT", READ_BATCH,
+        return ("XREADGROUP", "GROUP", ACTOR_GROUP, self.consumer, "COUNT", READ_BATCH,
                 "STREAMS", self.control, ">")
 
     def _on_control_reply(self, reply: Any) -> None:
@@ -218,14 +231,37 @@ class ActorRuntime:
         for _stream, raw in reply:  # raw RESP: fields come as a flat list
             self._on_control([(eid, dict(zip(f[::2], f[1::2], strict=False))) for eid, f in raw])
 
-    def _replay_pending(self, client: Any) -> None:
-        """Handle the calls an earlier incarnation read but did not finish."""
+    def _check_incarnation(self, client: Any) -> None:
+        """Once a second: exit if the actor has moved on without us, else take over the calls
+        an earlier incarnation left behind.
+
+        An incarnation whose raylet froze lives on while the cluster declares its node dead
+        and restarts the actor elsewhere; it keeps reading the mailbox until its raylet comes
+        back and exits. Calls it took after the new incarnation replayed the pending list
+        would stay pending under its consumer for good.
+        """
+        if self.gcs.r.hget(self.gcs.keys.actor(self.actor_id), "worker") != self.core.worker_hex.encode():
+            self.core.commands.flush(timeout=5)  # what we finished is delivered; the rest is retaken
+            os._exit(0)
+        summary = client.xpending(self.mailbox, ACTOR_GROUP)
+        if any(c["name"].decode() != self.consumer for c in summary.get("consumers") or []):
+            self._take_over(client, min_idle_ms=STRAGGLER_IDLE_MS)
+
+    def _take_over(self, client: Any, min_idle_ms: int) -> None:
+        """Claim and handle the calls earlier incarnations read but did not finish (those
+        taken at least ``min_idle_ms`` ago)."""
         pending = client.xpending_range(self.mailbox, ACTOR_GROUP, "-", "+", 100_000)
         delivered = {p["message_id"]: p["times_delivered"] for p in pending}
-        reply = client.xreadgroup(ACTOR_GROUP, "actor", {self.mailbox: "0"}, count=100_000)
-        entries = reply[0][1] if reply else []
+        theirs = [p["message_id"] for p in pending
+                  if p["consumer"].decode() != self.consumer and p["time_since_delivered"] >= min_idle_ms]
+        entries: list[tuple[bytes, Any]] = []
+        for start in range(0, len(theirs), 1000):
+            entries += client.xclaim(self.mailbox, ACTOR_GROUP, self.consumer, min_idle_ms,
+                                     theirs[start : start + 1000])
+        entries.sort(key=lambda entry: tuple(int(x) for x in entry[0].split(b"-")))
         for position, (entry_id, fields) in enumerate(entries):
-            if not fields:
+            if not fields:  # deleted meanwhile (a cancelled call): only its pending slot is left
+                client.xack(self.mailbox, ACTOR_GROUP, entry_id)
                 continue
             spec = TaskSpec.decode(fields[b"s"])
             retries_used = delivered.get(entry_id, 1) - 1

@@ -48,6 +48,9 @@ class Settings(BaseModel):
     start_timeout_s: float = Field(30.0, gt=0)
     # a worker that has not connected to its raylet by then is replaced
     worker_start_timeout_s: float = Field(30.0, gt=0)
+    # a leased worker hands its lease back after this long at most, so the raylet can weigh
+    # other work (an actor creation must not wait for a backlog of tasks of its shape)
+    worker_lease_max_s: float = Field(1.0, gt=0)
     # workers the raylet keeps per CPU at most when tasks block in get()
     max_workers_per_cpu: int = Field(4, ge=1)
     log_level: str = "WARNING"

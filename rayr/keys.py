@@ -8,7 +8,7 @@ them atomically, and several rayr clusters can share one Redis.
 from __future__ import annotations
 
 TASK_GROUP = "raylets"  # consumer group every raylet reads task streams through
-ACTOR_GROUP = "actor"  # consumer group (and the one consumer name) on an actor's mailbox
+ACTOR_GROUP = "actor"  # consumer group on an actor's mailbox; each incarnation reads as actor-<worker>
 
 
 class Keys:

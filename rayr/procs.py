@@ -189,6 +189,14 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
+def pid_running(pid: int) -> bool:
+    """Whether ``pid`` names a process that has not exited (a zombie has; see _wait_exited)."""
+    try:
+        return _running(psutil.Process(pid))
+    except psutil.Error:
+        return False
+
+
 # ------------------------------------------------------------------ forked daemons
 def can_fork() -> bool:
     """Whether this process may fork a daemon instead of starting a new interpreter.

@@ -38,9 +38,6 @@ from rayr.object_store.registry import open_backend
 from rayr.task_spec import STREAM_FIRST_ITEM, STREAMING, ArgRef, TaskSpec
 
 LEASE_IDLE_MS = 2  # a leased worker gives its resources back after this long without work
-# ... and after this long in any case, so the raylet can weigh other work (an actor creation
-# must not wait for a backlog of plain tasks of its shape to drain): a raylet hop per second
-LEASE_MAX_S = 1.0
 # A leased worker reads up to this many tasks at once while its tasks stay short (under
 # SHORT_TASK_S each), and delivers their results together: one read, one result script, one
 # XACK and one XDEL for the lot. Longer tasks are read one at a time, so no worker sits on
@@ -101,14 +98,14 @@ class TaskExecutor:
         The raylet leased us its resources for one task of the stream's shape; as long as
         more such tasks wait, running them back to back needs no raylet hop per task. The
         lease ends (and the resources go back) when the stream stays empty for a moment, or
-        after LEASE_MAX_S.
+        after ``worker_lease_max_s``.
         """
         if self._lease_client is None:
             self._lease_client = connect(self.redis_url, self.core.settings.redis_password, retry=no_retry())
         consumer = f"{self.core.node_hex}.{self.core.worker_hex}"
         ran = 0
         count = 1
-        ends = time.monotonic() + LEASE_MAX_S
+        ends = time.monotonic() + self.core.settings.worker_lease_max_s  # a raylet hop per second
         while time.monotonic() < ends:
             self.core.commands.push()
             try:

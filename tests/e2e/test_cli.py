@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 
-import psutil
 import redis
 
 import rayr
+from rayr import procs
 from rayr.node import free_port
 from rayr.testing import run_cli
 
@@ -55,9 +55,9 @@ def test_start_status_join_stop(sessions):
     assert len(pids) == 5  # redis, monitor, job supervisor, two raylets
     assert "Stopped 5" in stopped.stdout
     deadline = time.time() + 10
-    while any(psutil.pid_exists(p) for p in pids) and time.time() < deadline:
+    while any(procs.pid_running(p) for p in pids) and time.time() < deadline:
         time.sleep(0.05)
-    assert not any(psutil.pid_exists(p) for p in pids)
+    assert not any(procs.pid_running(p) for p in pids)
     assert not os.path.exists(os.path.join(temp_dir, "rayr_current_cluster"))
 
 

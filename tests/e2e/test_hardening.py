@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -49,11 +50,22 @@ def _pending_under(node_id: str) -> int:
     return count
 
 
-def test_a_frozen_nodes_workers_lose_no_task(cluster3, tmp_path):
+@pytest.fixture
+def cluster3_long_leases(redis_url):
+    """Three nodes whose leased workers keep their lease past the node timeout."""
+    c = Cluster(redis_url, node_timeout_s=1.5, heartbeat_interval_s=0.3, worker_lease_max_s=60)
+    nodes = [c.add_node(num_cpus=1) for _ in range(3)]
+    rayr.init(address=redis_url, _cluster_name=c.name)
+    yield c, nodes
+    rayr.shutdown()
+    c.shutdown()
+
+
+def test_a_frozen_nodes_workers_lose_no_task(cluster3_long_leases):
     """SIGSTOP a raylet past its timeout: its leased workers keep taking tasks after the node
     is declared dead (and its tasks first recovered); when it resumes, it exits and they die
     with it. What they had taken must run again elsewhere."""
-    cluster, nodes = cluster3
+    cluster, nodes = cluster3_long_leases
 
     @rayr.remote(max_retries=3)
     def step(i):
@@ -321,3 +333,55 @@ def test_an_actor_creation_does_not_wait_for_a_backlog_of_tasks(cluster3):
     done, _ = rayr.wait(refs, num_returns=len(refs), timeout=0)
     assert len(done) < 450, f"the actor started only after {len(done)} of 600 queued tasks"
     assert rayr.get(refs, timeout=120) == list(range(600))
+
+
+def test_an_actor_on_a_frozen_node_loses_no_call(cluster3):
+    """The actor's process lives on under its frozen raylet, reading its mailbox, while the
+    cluster restarts it elsewhere: calls it takes meanwhile must not be lost."""
+    cluster, nodes = cluster3
+
+    @rayr.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+    class Doubler:
+        def double(self, x):
+            time.sleep(0.01)
+            return 2 * x
+
+        def where(self):
+            return rayr.get_runtime_context().get_node_id()
+
+    actor = Doubler.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[2], soft=True)).remote()
+    assert rayr.get(actor.where.remote(), timeout=60) == nodes[2]
+    raylet = cluster._local.raylets[nodes[2]]
+    calls: list = []
+    stop = threading.Event()
+
+    def keep_calling() -> None:  # calls keep coming through the freeze, the restart and the thaw
+        while not stop.is_set():
+            calls.append(actor.double.remote(len(calls)))
+            time.sleep(0.005)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        time.sleep(0.5)
+        raylet.send_signal(signal.SIGSTOP)
+        try:
+            _wait_dead(nodes[2])
+            deadline = time.time() + 60
+            gcs = rayr.context.require_core().gcs
+            while (info := gcs.actor_info(actor._actor_id)).get("state") != "ALIVE" or \
+                    info["node"] == nodes[2]:
+                assert time.time() < deadline, "the actor was not restarted"
+                time.sleep(0.05)
+            time.sleep(0.5)  # both incarnations take calls
+        finally:
+            raylet.send_signal(signal.SIGCONT)
+        assert raylet.wait(timeout=30) == 3  # the old incarnation dies with it, mid-call
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        caller.join()
+    cluster._local.raylets.pop(nodes[2])
+    cluster._local.clean_store(nodes[2])
+    assert rayr.get(calls, timeout=90) == [2 * i for i in range(len(calls))]
+    assert rayr.get(actor.where.remote(), timeout=60) != nodes[2]

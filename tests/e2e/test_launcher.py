@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import rayr
+from rayr import procs
 from rayr.autoscaler.sdk import request_resources
 from rayr.testing import run_cli
 
@@ -98,7 +99,7 @@ def test_up_status_exec_idempotent_up_and_down_leave_nothing(sessions, tmp_path)
         run_cli("up", config, "--yes", env=env)
         second = record(temp_dir, config)
         assert second["redis_pid"] != first["redis_pid"]
-        assert not any(psutil.pid_exists(p) for p in [first["redis_pid"], first["monitor_pid"]])
+        assert not any(procs.pid_running(p) for p in [first["redis_pid"], first["monitor_pid"]])
         assert psutil.pid_exists(second["redis_pid"])
         # a raylet's forked zygote and workers share its command line; they are named rayr-*
         raylets = [p for p in cluster_processes(temp_dir)
@@ -108,7 +109,7 @@ def test_up_status_exec_idempotent_up_and_down_leave_nothing(sessions, tmp_path)
         down = run_cli("down", config, "--yes", env=env)
     assert "is down" in down.stdout
     assert wait_gone(temp_dir) == []
-    assert not psutil.pid_exists(second["redis_pid"])  # redis renames itself: checked by pid
+    assert not procs.pid_running(second["redis_pid"])  # redis renames itself: checked by pid
     assert not os.path.exists(os.path.join(temp_dir, "rayr_current_cluster"))
     assert "No cluster named" in run_cli("down", config, "--yes", env=env).stdout
 

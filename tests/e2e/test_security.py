@@ -311,6 +311,6 @@ def test_stop_stops_a_cluster_of_three_nodes(sessions):
     assert len(pids) == 6  # job supervisor, monitor, Redis, three raylets
     out = run_cli("stop", env=env)
     assert "Stopped 6" in out.stdout
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    assert not any(procs.pid_running(p) for p in pids)
     with socket.socket() as sock:  # Redis is gone: its port is free
         assert sock.connect_ex(("127.0.0.1", port)) != 0
