@@ -37,10 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rayr.actor")
 READ_BATCH = 64
-INCARNATION_CHECK_S = 1.0  # how often an actor checks it is still the actor's live incarnation
+INCARNATION_CHECK_S = 2.0  # how often an actor checks it is still the actor's live incarnation
 # calls an earlier incarnation took this long ago and still holds are taken over (it is dead,
-# or a zombie that will exit within INCARNATION_CHECK_S)
-STRAGGLER_IDLE_MS = 2000
+# or a zombie that exits within INCARNATION_CHECK_S)
+STRAGGLER_IDLE_MS = 3000
 
 
 class ActorRuntime:
@@ -232,7 +232,7 @@ class ActorRuntime:
             self._on_control([(eid, dict(zip(f[::2], f[1::2], strict=False))) for eid, f in raw])
 
     def _check_incarnation(self, client: Any) -> None:
-        """Once a second: exit if the actor has moved on without us, else take over the calls
+        """Every INCARNATION_CHECK_S: exit if the actor has moved on without us, else take over the calls
         an earlier incarnation left behind.
 
         An incarnation whose raylet froze lives on while the cluster declares its node dead
@@ -240,10 +240,13 @@ class ActorRuntime:
         back and exits. Calls it took after the new incarnation replayed the pending list
         would stay pending under its consumer for good.
         """
-        if self.gcs.r.hget(self.gcs.keys.actor(self.actor_id), "worker") != self.core.worker_hex.encode():
+        with client.pipeline(transaction=False) as pipe:  # one round trip for both
+            pipe.hget(self.gcs.keys.actor(self.actor_id), "worker")
+            pipe.xpending(self.mailbox, ACTOR_GROUP)
+            worker, summary = pipe.execute()
+        if worker != self.core.worker_hex.encode():
             self.core.commands.flush(timeout=5)  # what we finished is delivered; the rest is retaken
             os._exit(0)
-        summary = client.xpending(self.mailbox, ACTOR_GROUP)
         if any(c["name"].decode() != self.consumer for c in summary.get("consumers") or []):
             self._take_over(client, min_idle_ms=STRAGGLER_IDLE_MS)
 
