@@ -82,8 +82,8 @@ def requeue_tasks(gcs: GcsClient, alive: set[str], dead: Iterable[str]) -> tuple
             continue
         for item in summary.get("consumers") or []:
             node = consumer_node(item["name"])
-            if node in alive:
-                continue
+            if node in alive or gcs.r.hget(gcs.keys.node(node), "state") == b"ALIVE":
+                continue  # (the second: a node that joined since ``alive`` was read)
             entries = gcs.r.xpending_range(stream, TASK_GROUP, "-", "+", 10_000, consumername=item["name"])
             why = f"it was running on node {node[:12]}, which died"
             r, f = _requeue_entries(gcs, stream, shape, [e["message_id"] for e in entries], why)
