@@ -29,12 +29,14 @@ first thing dropped when room is needed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from rayr.exceptions import ObjectStoreFullError
 from rayr.object_store.base import BackendOptions, ObjectExistsError, ObjectStoreBackend, StoreUsage
@@ -148,20 +150,17 @@ class FileBackend(ObjectStoreBackend):
             _unlink(tmp)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            had = os.fstat(fd).st_size if reused else 0
-            os.ftruncate(fd, size)
-            if size > had:  # a pooled file already has its blocks, up to its old size
-                os.posix_fallocate(fd, had, size - had)
-            # mmap cannot map zero bytes; an empty object is just an empty file
-            # large objects: map populated, so the pages are faulted in by the kernel in one go
-            # (or, for a pooled file, just wired up) instead of one fault per page while copying
-            flags = mmap.MAP_SHARED | (_POPULATE if size >= POOL_MIN_BYTES else 0)
-            return mmap.mmap(fd, size, flags=flags) if size else None
-        except BaseException as err:
-            _unlink(tmp)
-            if isinstance(err, OSError) and err.errno in _NO_SPACE:
-                raise _NoSpace from err
-            raise
+            with _nothing_left_on_failure(tmp):
+                had = os.fstat(fd).st_size if reused else 0
+                os.ftruncate(fd, size)
+                if size > had:  # a pooled file already has its blocks, up to its old size
+                    os.posix_fallocate(fd, had, size - had)
+                # mmap cannot map zero bytes; an empty object is just an empty file
+                # large objects: map populated, so the pages are faulted in by the kernel in one
+                # go (or, for a pooled file, just wired up) instead of one fault per page while
+                # copying
+                flags = mmap.MAP_SHARED | (_POPULATE if size >= POOL_MIN_BYTES else 0)
+                return mmap.mmap(fd, size, flags=flags) if size else None
         finally:
             os.close(fd)
 
@@ -458,23 +457,31 @@ class FileBackend(ObjectStoreBackend):
             size = os.fstat(src.fileno()).st_size
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                if size:
-                    os.posix_fallocate(fd, 0, size)
-                copied = 0
-                while copied < size:
-                    sent = os.sendfile(fd, src.fileno(), copied, size - copied)
-                    if sent == 0:
-                        break
-                    copied += sent
-            except BaseException as err:
-                _unlink(tmp)
-                if isinstance(err, OSError) and err.errno in _NO_SPACE:
-                    raise _NoSpace from err
-                raise
+                with _nothing_left_on_failure(tmp):
+                    if size:
+                        os.posix_fallocate(fd, 0, size)
+                    copied = 0
+                    while copied < size:
+                        sent = os.sendfile(fd, src.fileno(), copied, size - copied)
+                        if sent == 0:
+                            break
+                        copied += sent
             finally:
                 os.close(fd)
         os.rename(tmp, os.path.join(directory, name))
         return size
+
+
+@contextlib.contextmanager
+def _nothing_left_on_failure(tmp: str) -> Iterator[None]:
+    """Remove ``tmp`` if the block fails; a full filesystem surfaces as _NoSpace."""
+    try:
+        yield
+    except BaseException as err:
+        _unlink(tmp)
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            raise _NoSpace from err
+        raise
 
 
 def _size(entry: os.DirEntry) -> int:

@@ -5,6 +5,7 @@
 - :class:`Cluster` starts several raylets against one Redis (each its own node, sharing
   nothing but Redis) under a unique cluster name, and removes its keys at the end.
 - :func:`run_cli` runs a ``rayr`` CLI command in a fresh interpreter.
+- :func:`wait_node_dead` waits until the connected cluster has declared a node dead.
 - :func:`run_with_tmpfs` runs a Python script with small private filesystems mounted (a
   full /dev/shm, a full spill disk) where only it sees them.
 """
@@ -150,3 +151,16 @@ def run_with_tmpfs(
                               capture_output=True, text=True, env=env, timeout=timeout)
     finally:
         os.unlink(f.name)
+
+
+def wait_node_dead(node_id: str, timeout: float = 30) -> None:
+    """Wait until the cluster this process is connected to has declared ``node_id`` dead."""
+    import time
+
+    import rayr
+
+    deadline = time.time() + timeout
+    while any(n["NodeID"] == node_id and n["Alive"] for n in rayr.nodes()):
+        if time.time() > deadline:
+            raise TimeoutError(f"node {node_id} was not declared dead within {timeout}s")
+        time.sleep(0.05)

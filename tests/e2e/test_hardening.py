@@ -17,25 +17,8 @@ from rayr import procs
 from rayr.exceptions import RaySystemError
 from rayr.keys import TASK_GROUP
 from rayr.node import free_port, start_redis
-from rayr.testing import Cluster
+from rayr.testing import Cluster, wait_node_dead
 from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-
-@pytest.fixture
-def cluster3(redis_url):
-    c = Cluster(redis_url, node_timeout_s=1.5, heartbeat_interval_s=0.3)
-    nodes = [c.add_node(num_cpus=1) for _ in range(3)]
-    rayr.init(address=redis_url, _cluster_name=c.name)
-    yield c, nodes
-    rayr.shutdown()
-    c.shutdown()
-
-
-def _wait_dead(node_id: str, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while any(n["NodeID"] == node_id and n["Alive"] for n in rayr.nodes()):
-        assert time.time() < deadline, "the node was not declared dead"
-        time.sleep(0.05)
 
 
 def _pending_under(node_id: str) -> int:
@@ -48,17 +31,6 @@ def _pending_under(node_id: str) -> int:
             if item["name"].decode().startswith(node_id):
                 count += item["pending"]
     return count
-
-
-@pytest.fixture
-def cluster3_long_leases(redis_url):
-    """Three nodes whose leased workers keep their lease past the node timeout."""
-    c = Cluster(redis_url, node_timeout_s=1.5, heartbeat_interval_s=0.3, worker_lease_max_s=60)
-    nodes = [c.add_node(num_cpus=1) for _ in range(3)]
-    rayr.init(address=redis_url, _cluster_name=c.name)
-    yield c, nodes
-    rayr.shutdown()
-    c.shutdown()
 
 
 def test_a_frozen_nodes_workers_lose_no_task(cluster3_long_leases):
@@ -80,7 +52,7 @@ def test_a_frozen_nodes_workers_lose_no_task(cluster3_long_leases):
         time.sleep(0.01)
     raylet.send_signal(signal.SIGSTOP)
     try:
-        _wait_dead(nodes[2])
+        wait_node_dead(nodes[2])
         time.sleep(0.3)  # the monitor's first look at the dead node's tasks is over
         deadline = time.time() + 30
         while _pending_under(nodes[2]) == 0:  # ... and its worker has taken more since
@@ -366,7 +338,7 @@ def test_an_actor_on_a_frozen_node_loses_no_call(cluster3):
         time.sleep(0.5)
         raylet.send_signal(signal.SIGSTOP)
         try:
-            _wait_dead(nodes[2])
+            wait_node_dead(nodes[2])
             deadline = time.time() + 60
             gcs = rayr.context.require_core().gcs
             while (info := gcs.actor_info(actor._actor_id)).get("state") != "ALIVE" or \

@@ -9,18 +9,8 @@ import pytest
 
 import rayr
 from rayr.exceptions import ObjectLostError
-from rayr.testing import Cluster
+from rayr.testing import wait_node_dead
 from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-
-@pytest.fixture
-def cluster3(redis_url):
-    c = Cluster(redis_url, node_timeout_s=1.5, heartbeat_interval_s=0.3)
-    nodes = [c.add_node(num_cpus=1) for _ in range(3)]
-    rayr.init(address=redis_url, _cluster_name=c.name)
-    yield c, nodes
-    rayr.shutdown()
-    c.shutdown()
 
 
 @rayr.remote(max_retries=3)
@@ -58,7 +48,7 @@ def test_a_node_declared_dead_does_not_resume(cluster3):
     proc = cluster._local.raylets[nodes[2]]
     proc.send_signal(signal.SIGSTOP)  # silent, like a partitioned host
     try:
-        _wait_dead(nodes[2])
+        wait_node_dead(nodes[2])
     finally:
         proc.send_signal(signal.SIGCONT)
     assert proc.wait(timeout=20) == 3  # it noticed and stopped instead of resuming
@@ -127,13 +117,6 @@ def test_object_whose_only_copy_died_is_lost_not_hung(cluster3):
     assert time.monotonic() - start < 5
 
 
-def _wait_dead(node_id, timeout=10):
-    deadline = time.time() + timeout
-    while any(n["NodeID"] == node_id and n["Alive"] for n in rayr.nodes()):
-        assert time.time() < deadline, "the killed node was not declared dead"
-        time.sleep(0.1)
-
-
 @rayr.remote(max_retries=2)
 def big(seed, node_log):
     with open(node_log, "a") as f:
@@ -159,7 +142,7 @@ def test_lost_task_outputs_are_rebuilt_from_lineage(cluster3, tmp_path):
     rayr.wait([first, second, third], num_returns=3)
     assert log_path.read_text().split() == [nodes[1], nodes[1]]
     cluster.remove_node(nodes[1], graceful=False)
-    _wait_dead(nodes[1])
+    wait_node_dead(nodes[1])
     start = time.monotonic()
     out = rayr.get(second, timeout=60)
     assert (out == 8).all() and out.shape == (300_000,)
@@ -181,7 +164,7 @@ def test_lost_put_object_raises_instead_of_hanging(cluster3):
     there = NodeAffinitySchedulingStrategy(nodes[2], soft=False)
     (inner,) = rayr.get(stash.options(scheduling_strategy=there).remote())
     cluster.remove_node(nodes[2], graceful=False)
-    _wait_dead(nodes[2])
+    wait_node_dead(nodes[2])
     start = time.monotonic()
     with pytest.raises(ObjectLostError) as info:  # OwnerDiedError is one
         rayr.get(inner, timeout=30)
