@@ -97,3 +97,13 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
 def ray(cluster: Cluster) -> object:
     """The rayr module, connected to the module's cluster."""
     return rayr
+
+
+@pytest.fixture(scope="module")
+def tmpfs_ok() -> None:
+    """Skips (saying why) where a private mount namespace with a small tmpfs cannot be made."""
+    from rayr.testing import tmpfs_unavailable
+
+    reason = tmpfs_unavailable()
+    if reason:
+        pytest.skip(reason)

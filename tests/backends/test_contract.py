@@ -267,15 +267,6 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def tmpfs_ok() -> None:
-    from rayr.testing import tmpfs_unavailable
-
-    reason = tmpfs_unavailable()
-    if reason:
-        pytest.skip(reason)
-
-
 def _run_full_fs(backend: str, primary, spill, mounts: dict) -> dict:
     import json
 

@@ -13,12 +13,11 @@ import re
 import signal
 
 import psutil
-import pytest
 
 import rayr
 from rayr.node import free_port
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy
-from rayr.testing import run_cli, run_with_tmpfs, tmpfs_unavailable
+from rayr.testing import run_cli, run_with_tmpfs
 
 MiB = 1 << 20
 
@@ -67,13 +66,6 @@ out["tmp"] += leftovers()
 rayr.shutdown()
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def tmpfs_ok() -> None:
-    reason = tmpfs_unavailable()
-    if reason:
-        pytest.skip(reason)
 
 
 def run_driver(tmp_path, spill_mib: int | None) -> dict:
