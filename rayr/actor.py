@@ -10,7 +10,6 @@ from typing import Any
 from rayr import context
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
-from rayr.raylet.resources import shape_key
 from rayr.remote_function import (
     _Exported,
     check_strategy,
@@ -18,6 +17,7 @@ from rayr.remote_function import (
     parse_num_returns,
     validate_task_options,
 )
+from rayr.resources import shape_key
 from rayr.routing import in_placement_group
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.streaming import ObjectRefGenerator

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from rayr import resources as res
 from rayr import serialization
 from rayr.exceptions import (
     ActorDiedError,
@@ -38,8 +39,7 @@ from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store import transfer
 from rayr.object_store.base import ObjectStoreBackend
-from rayr.raylet import resources as res
-from rayr.raylet.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
+from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.routing import Router, in_placement_group
 from rayr.runtime_env.resolver import EnvResolver
 from rayr.task_spec import (

@@ -12,7 +12,7 @@ from typing import Any
 from rayr import context, serialization
 from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
-from rayr.raylet.resources import shape_key
+from rayr.resources import shape_key
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from rayr.streaming import ObjectRefGenerator

@@ -10,10 +10,9 @@ import itertools
 import time
 from typing import Any
 
+from rayr import resources as res
 from rayr.gcs.client import GcsClient
-from rayr.gcs.placement import renamed_request
-from rayr.raylet import resources as res
-from rayr.raylet.resources import TARGET_MARK
+from rayr.resources import TARGET_MARK, renamed_request
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 NODE_CACHE_S = 1.0  # how stale the node list may be when routing

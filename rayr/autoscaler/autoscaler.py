@@ -19,7 +19,7 @@ from rayr.autoscaler.policy import Decision, Limits, NodeState, NodeType, decide
 from rayr.config import Settings
 from rayr.gcs.client import NODE_ALIVE, GcsClient
 from rayr.keys import TASK_GROUP
-from rayr.raylet.resources import parse_shape
+from rayr.resources import parse_shape
 
 log = logging.getLogger("rayr.autoscaler")
 

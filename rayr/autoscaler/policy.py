@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rayr.raylet.resources import fits, subtract
+from rayr.resources import fits, subtract
 
 # a cluster may always have this many launches in flight, whatever upscaling_speed says
 # (so a cluster of only a head node can grow at all)

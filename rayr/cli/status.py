@@ -8,7 +8,7 @@ from typing import Any
 
 from rayr.autoscaler.autoscaler import autoscaler_status, render_autoscaler
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient
-from rayr.raylet.resources import fits, parse_shape
+from rayr.resources import fits, parse_shape
 
 BYTE_RESOURCES = ("memory", "object_store_memory")
 RECENT_FAILURES = 20  # the latest node deaths shown

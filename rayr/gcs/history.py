@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from rayr.gcs.client import GcsClient
-from rayr.raylet.resources import TARGET_MARK
+from rayr.resources import TARGET_MARK
 
 
 def trim_history(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rayr.raylet import resources as res
+from rayr import resources as res
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 READY_INDEX = (0xFFFFFFFE).to_bytes(4, "big")
@@ -76,22 +76,3 @@ def _greedy(
         count[node] += 1
         placed[index] = node
     return placed
-
-
-def bundle_resource_names(name: str, pg_hex: str, index: int) -> tuple[str, str]:
-    """The names a bundle's resource ``name`` gets on its node: indexed and wildcard."""
-    return f"{name}_group_{index}_{pg_hex}", f"{name}_group_{pg_hex}"
-
-
-BUNDLE = "bundle"  # a marker resource every bundle has, so even a 0-CPU task stays in its group
-BUNDLE_MARKER_TOTAL = 1000.0
-BUNDLE_MARKER_ASK = 0.001
-
-
-def renamed_request(request: Mapping[str, float], pg_hex: str, index: int) -> dict[str, float]:
-    """What a task in bundle ``index`` (-1: any bundle) of the group asks for."""
-    out = {}
-    for name, amount in {**request, BUNDLE: BUNDLE_MARKER_ASK}.items():
-        indexed, wildcard = bundle_resource_names(name, pg_hex, index)
-        out[wildcard if index < 0 else indexed] = amount
-    return out

@@ -20,7 +20,7 @@ from typing import Any
 from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.keys import TASK_GROUP
-from rayr.raylet.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
+from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.task_spec import TaskSpec
 
 log = logging.getLogger("rayr.recovery")

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from rayr import resources as res
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, no_retry, until_reachable
@@ -34,11 +35,10 @@ from rayr.object_store import transfer
 from rayr.object_store.orphans import NamespaceLock, reclaim_orphans, spill_directory, store_directories
 from rayr.object_store.registry import open_backend
 from rayr.private_files import private_dir
-from rayr.raylet import resources as res
 from rayr.raylet.env_workers import EnvWorkers
-from rayr.raylet.resources import TARGET_MARK
 from rayr.raylet.scheduler import QueuedTask, Scheduler
 from rayr.raylet.worker_pool import WorkerHandle, WorkerPool
+from rayr.resources import TARGET_MARK
 from rayr.runtime_env.installer import WorkerEnv
 from rayr.task_spec import TaskSpec
 

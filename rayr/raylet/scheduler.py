@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rayr.gcs.placement import BUNDLE, BUNDLE_MARKER_TOTAL, bundle_resource_names
-from rayr.raylet import resources as res
+from rayr import resources as res
+from rayr.resources import BUNDLE, BUNDLE_MARKER_TOTAL, bundle_resource_names
 
 READ_CAP = 64  # most tasks pulled from one stream at once
 # A default-env worker beyond the prestarted pool (started because others were blocked in

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from rayr.gcs.placement import place_bundles, renamed_request
+from rayr.gcs.placement import place_bundles
+from rayr.resources import renamed_request
 
 NODES = {"a": {"CPU": 4.0}, "b": {"CPU": 2.0}, "c": {"CPU": 2.0}}
 

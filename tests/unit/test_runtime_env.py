@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
+from rayr import resources as res
 from rayr.job_submission.supervisor import entrypoint_command
-from rayr.raylet import resources as res
 from rayr.raylet.scheduler import QueuedTask, Scheduler
 from rayr.remote_function import validate_task_options
 from rayr.runtime_env import RuntimeEnv, merge, packaging, validate

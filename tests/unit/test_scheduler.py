@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from rayr.raylet import resources as res
+from rayr import resources as res
 from rayr.raylet.scheduler import QueuedTask, Scheduler
 
 

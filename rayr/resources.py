@@ -1,6 +1,8 @@
-"""Resource arithmetic and resource *shapes* (the canonical string naming a request).
+"""Resource arithmetic, resource *shapes* (the canonical string naming a request) and the
+names a placement-group bundle gives its resources.
 
-Pure functions; no I/O. A shape names one task stream: every task that asks for exactly
+Pure functions; no I/O; vocabulary every layer shares (submitters, raylets, the monitor, the
+autoscaler), so it imports nothing of rayr. A shape names one task stream: every task that asks for exactly
 these resources is queued on it, and any node whose totals fit the shape may pull from it.
 """
 
@@ -62,3 +64,23 @@ def subtract(available: dict[str, float], request: Mapping[str, float]) -> None:
 def add(available: dict[str, float], request: Mapping[str, float]) -> None:
     for name, amount in request.items():
         available[name] = available.get(name, 0.0) + amount
+
+
+# ------------------------------------------------------------------ placement-group bundles
+BUNDLE = "bundle"  # a marker resource every bundle has, so even a 0-CPU task stays in its group
+BUNDLE_MARKER_TOTAL = 1000.0
+BUNDLE_MARKER_ASK = 0.001
+
+
+def bundle_resource_names(name: str, pg_hex: str, index: int) -> tuple[str, str]:
+    """The names a bundle's resource ``name`` gets on its node: indexed and wildcard."""
+    return f"{name}_group_{index}_{pg_hex}", f"{name}_group_{pg_hex}"
+
+
+def renamed_request(request: Mapping[str, float], pg_hex: str, index: int) -> dict[str, float]:
+    """What a task in bundle ``index`` (-1: any bundle) of the group asks for."""
+    out = {}
+    for name, amount in {**request, BUNDLE: BUNDLE_MARKER_ASK}.items():
+        indexed, wildcard = bundle_resource_names(name, pg_hex, index)
+        out[wildcard if index < 0 else indexed] = amount
+    return out
