@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
-from rayr import actor, exceptions, util
+import importlib
+from types import ModuleType
+
+from rayr import actor, exceptions
 from rayr.actor import ActorClass, ActorHandle, method
 from rayr.api import (
     available_resources,
@@ -28,6 +31,15 @@ from rayr.object_ref import ObjectRef
 from rayr.streaming import ObjectRefGenerator
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> ModuleType:
+    # ``ray.util.ActorPool`` works after ``import rayr as ray``; the helpers in rayr.util are
+    # built on this package's API, so it loads them on first use rather than importing them
+    if name == "util":
+        return importlib.import_module("rayr.util")
+    raise AttributeError(f"module 'rayr' has no attribute {name!r}")
+
 
 __all__ = [
     "ActorClass",

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from rayr import context
-from rayr.core_worker import TaskOptions
+from rayr.exceptions import ActorExitRequest
 from rayr.object_ref import ObjectRef
 from rayr.remote_function import (
     _Exported,
@@ -21,7 +21,7 @@ from rayr.resources import shape_key
 from rayr.routing import in_placement_group
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.streaming import ObjectRefGenerator
-from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, STREAMING
+from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, STREAMING, TaskOptions
 
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": None,
@@ -40,10 +40,6 @@ DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
 }
 METHOD_OPTIONS = ("num_returns", "name")
 ASYNC_DEFAULT_CONCURRENCY = 1000
-
-
-class ActorExitRequest(BaseException):
-    """Raised by :func:`exit_actor`; a BaseException so ``except Exception`` cannot swallow it."""
 
 
 def exit_actor() -> None:

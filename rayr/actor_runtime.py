@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from rayr import serialization
-from rayr.actor import ActorExitRequest
-from rayr.exceptions import ActorDiedError, RayTaskError
+from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connect
 from rayr.keys import ACTOR_GROUP, TASK_GROUP

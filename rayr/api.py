@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import inspect
-import json
 import os
 import socket
 import sys
@@ -12,7 +11,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
@@ -33,9 +31,9 @@ from rayr.object_store.registry import open_backend
 from rayr.remote_function import RemoteFunction
 from rayr.runtime_env import resolver
 from rayr.runtime_env.validation import validate as validate_runtime_env
+from rayr.session import SESSION_FILE, read_session_file, recorded_password, session_file_path
 from rayr.streaming import ObjectRefGenerator
 
-SESSION_FILE = "rayr_current_cluster"
 REMOTE_DRIVER_INLINE = 1 << 62  # a driver without a node keeps every object inline
 
 
@@ -56,42 +54,6 @@ class RayContext:
 
     def __exit__(self, *exc: Any) -> None:
         shutdown()
-
-
-def session_file_path(settings: Settings) -> str:
-    return os.path.join(settings.temp_dir, SESSION_FILE)
-
-
-def read_session_file(settings: Settings) -> dict[str, Any] | None:
-    """The cluster that ``rayr start`` recorded on this host, if any."""
-    try:
-        with open(session_file_path(settings)) as f:
-            return dict(json.load(f))
-    except (OSError, ValueError):
-        return None
-
-
-def recorded_password(settings: Settings, url: str) -> str | None:
-    """The Redis password the session file records, if the cluster at ``url`` is the one it
-    records (same port on this host): so clients of the user who started it need not be told.
-    Never sent to another server: AUTH would hand it over."""
-    recorded = read_session_file(settings)
-    if not recorded or not recorded.get("password"):
-        return None
-    mine, theirs = urlsplit(recorded["address"]), urlsplit(url)
-    if mine.port != theirs.port or not (mine.hostname == theirs.hostname or
-                                         _is_this_host(mine.hostname) and _is_this_host(theirs.hostname)):
-        return None
-    return str(recorded["password"])
-
-
-def _is_this_host(host: str | None) -> bool:
-    import psutil
-
-    if host in ("localhost", "0.0.0.0", "::", socket.gethostname()) or (host or "").startswith("127."):
-        return True
-    return any(addr.address.split("%")[0] == host
-               for addrs in psutil.net_if_addrs().values() for addr in addrs)
 
 
 def _reachable(url: str, password: str | None) -> bool:
@@ -249,6 +211,9 @@ def init(
             state.log_printer.start()
         _register_atexit()
         return RayContext(_address_info(state.core))
+
+
+state.auto_init = init  # a fresh driver connects on its first use, as in Ray
 
 
 def _level_name(level: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ class ProcessState:
         self.cluster: LocalCluster | None = None
         self.log_printer: LogPrinter | None = None
         self.lock = threading.RLock()
+        # connects a fresh driver on first use (``rayr.init()``); set by the API layer when it
+        # is imported, so this module imports nothing above it
+        self.auto_init: Callable[[], object] | None = None
 
 
 state = ProcessState()
@@ -32,9 +36,9 @@ def require_core() -> CoreWorker:
     """The connected core worker; connects (``init()``) first when called in a fresh driver."""
     core = state.core
     if core is None:
-        from rayr import api  # the API layer owns auto-init; imported lazily to keep arrows one-way
-
-        api.init()
+        if state.auto_init is None:
+            raise RuntimeError("rayr is not connected: call rayr.init() first")
+        state.auto_init()
         core = state.core
         assert core is not None
     return core

@@ -49,6 +49,7 @@ from rayr.task_spec import (
     STREAMING,
     TASK,
     ArgRef,
+    TaskOptions,
     TaskSpec,
 )
 
@@ -69,20 +70,6 @@ MAX_INLINE_BYTES = (512 << 20) - (1 << 20)
 _current_task: contextvars.ContextVar[tuple[bytes, dict[str, float]] | None] = contextvars.ContextVar(
     "rayr_current_task", default=None
 )
-
-
-@dataclass(frozen=True)
-class TaskOptions:
-    """Options of a remote function call, validated once when ``.options()`` is built."""
-
-    resources: dict[str, float]
-    shape: str
-    num_returns: int
-    max_retries: int
-    retry_exceptions: bool | bytes
-    name: str
-    strategy: Any = "DEFAULT"  # "DEFAULT", "SPREAD" or a NodeAffinitySchedulingStrategy
-    runtime_env: dict[str, Any] | None = None  # validated; merged over the inherited env
 
 
 @dataclass
@@ -1167,4 +1154,4 @@ class CoreWorker:
         )
 
 
-__all__ = ["CoreWorker", "TaskOptions"]
+__all__ = ["CoreWorker"]

@@ -163,3 +163,8 @@ __all__ = [
     "TaskCancelledError",
     "WorkerCrashedError",
 ]
+
+
+class ActorExitRequest(BaseException):
+    """Raised by :func:`rayr.actor.exit_actor`; a BaseException so ``except Exception`` in the
+    actor's code cannot swallow it. The actor's runtime catches it and ends the actor."""

@@ -10,13 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from rayr import context, serialization
-from rayr.core_worker import TaskOptions
 from rayr.object_ref import ObjectRef
 from rayr.resources import shape_key
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from rayr.streaming import ObjectRefGenerator
-from rayr.task_spec import STREAMING
+from rayr.task_spec import STREAMING, TaskOptions
 
 DEFAULT_TASK_OPTIONS: dict[str, Any] = {
     "num_cpus": 1,

@@ -8,6 +8,7 @@ arguments stay an opaque serialized frame inside it.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 ARGS_OBJECT_INDEX = 0xFFFFFFFF  # return index of the stored object holding large arguments
@@ -33,6 +34,20 @@ class ArgRef:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ArgRef, (self.slot,))
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options of a remote function call, validated once when ``.options()`` is built."""
+
+    resources: dict[str, float]
+    shape: str
+    num_returns: int
+    max_retries: int
+    retry_exceptions: bool | bytes
+    name: str
+    strategy: Any = "DEFAULT"  # "DEFAULT", "SPREAD" or a NodeAffinitySchedulingStrategy
+    runtime_env: dict[str, Any] | None = None  # validated; merged over the inherited env
 
 
 class TaskSpec(NamedTuple):

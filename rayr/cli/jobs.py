@@ -11,6 +11,7 @@ import click
 import redis
 import yaml
 
+from rayr.cli.common import gcs_for
 from rayr.job_submission import JobStatus, JobSubmissionClient, job_rows
 
 address_option = click.option("--address", help="The cluster's Redis, HOST:PORT (default: RAYR_ADDRESS, "
@@ -210,9 +211,7 @@ def list_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def list_jobs(address: str | None, redis_password: str | None, fmt: str) -> None:
     """Every job: drivers that connected and submitted jobs, running ones included."""
-    from rayr.cli.main import _gcs_for  # not at import time: main registers this module
-
-    gcs = _gcs_for(address, redis_password)
+    gcs = gcs_for(address, redis_password)
     try:
         rows = job_rows(gcs)
     except redis.RedisError as err:

@@ -45,6 +45,7 @@ from rayr.config import ConfigError, Settings, load_settings
 from rayr.gcs.client import GcsClient, connect
 from rayr.keys import Keys
 from rayr.private_files import private_dir, write_private
+from rayr.session import remove_session_file, write_session_file
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ADDRESS_RE = r"cluster address (redis://\S+)"
@@ -153,18 +154,9 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
         "create_times": {str(p["pid"]): p["create_time"] for p in cluster.processes()},
     }
     _write_record(settings, cfg, record)
-    _write_session_file(settings, record)
+    # so `rayr status`, `rayr.init()` and friends on this host find the cluster
+    write_session_file(settings, cluster.redis_url, settings.redis_password, cluster.session_dir)
     return record
-
-
-def _write_session_file(settings: Settings, record: dict[str, Any]) -> None:
-    """So `rayr status`, `rayr.init()` and friends on this host find the cluster (0600: the
-    password)."""
-    from rayr.api import session_file_path
-
-    write_private(session_file_path(settings),
-                  json.dumps({"address": record["redis_url"], "password": record.get("password"),
-                              "session_dir": record.get("session_dir", "")}))
 
 
 def _stop_recorded(record: dict[str, Any], pids: list[int]) -> int:
@@ -184,11 +176,7 @@ def _down_local(cfg: ClusterConfig, settings: Settings, record: dict[str, Any]) 
     stopped += _stop_recorded(record, record["head_pids"])  # raylets clear their stores, then Redis
     stopped += _stop_recorded(record, [record["redis_pid"]])
     shutil.rmtree(record["session_dir"], ignore_errors=True)
-    from rayr.api import read_session_file, session_file_path
-
-    current = read_session_file(settings)
-    if current and current.get("address") == record["redis_url"]:
-        os.unlink(session_file_path(settings))
+    remove_session_file(settings, record["redis_url"])
     return stopped
 
 

@@ -13,15 +13,21 @@ import psutil
 import redis
 
 from rayr import procs
-from rayr.api import read_session_file, recorded_password, session_file_path
 from rayr.cli import launcher
 from rayr.cli import memory as memory_mod
 from rayr.cli import status as status_mod
-from rayr.config import ConfigError, Settings, env_address, load_settings
-from rayr.gcs.client import GcsClient, connect, normalize_address
-from rayr.keys import Keys
+from rayr.cli.common import gcs_for
+from rayr.cli.jobs import job, list_group
+from rayr.config import ConfigError, Settings, load_settings
+from rayr.gcs.client import connect, normalize_address
 from rayr.node import LocalCluster
 from rayr.private_files import private_dir, write_private
+from rayr.session import (
+    recorded_password,
+    remove_session_file,
+    session_file_path,
+    write_session_file,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PASSWORD_HELP = "Redis password (default: RAYR_REDIS_PASSWORD, then this host's session file)."
@@ -40,12 +46,6 @@ def _record_started(settings: Settings, cluster: LocalCluster, info: dict[str, A
     write_private(path, json.dumps({"processes": cluster.processes(), "pids": cluster.pids(),
                                     "session_dir": cluster.session_dir, **info}))
     return path
-
-
-def _write_session_file(settings: Settings, address: str, password: str | None, session_dir: str) -> None:
-    """How clients of this user on this host find the cluster, password included (0600)."""
-    write_private(session_file_path(settings),
-                  json.dumps({"address": address, "password": password, "session_dir": session_dir}))
 
 
 def _parse_resources(text: str | None) -> dict[str, float] | None:
@@ -142,7 +142,7 @@ def start(
             raise click.ClickException(f"could not start the head node: {err}") from None
         url = cluster.redis_url
         # the generated password, if start_head made one
-        _write_session_file(settings, url, settings.redis_password, cluster.session_dir)
+        write_session_file(settings, url, settings.redis_password, cluster.session_dir)
     else:
         assert address is not None
         try:
@@ -249,36 +249,11 @@ def stop(temp_dir: str | None) -> None:
         shutil.rmtree(record.get("session_dir", ""), ignore_errors=True)
         os.unlink(path)
     stopped = len(running)
-    try:
-        os.unlink(session_file_path(settings))
-    except FileNotFoundError:
-        pass
+    remove_session_file(settings)
     from rayr.object_store.orphans import reclaim_orphans, store_directories
 
     reclaim_orphans(store_directories(settings))  # stores of raylets that died (SIGKILL, OOM)
     click.echo(f"Stopped {stopped} rayr process(es).")
-
-
-def _gcs_for(address: str | None, redis_password: str | None) -> GcsClient:
-    """The cluster named by ``--address``, RAYR_ADDRESS or this host's session file; exits 1 if none.
-
-    The password: ``--redis-password``, else RAYR_REDIS_PASSWORD, else the session file's when
-    it records that cluster."""
-    settings = load_settings({"redis_password": redis_password})
-    address = address or env_address()
-    if address is None:
-        recorded = read_session_file(settings)
-        if recorded is None:
-            click.echo("No cluster found: pass --address, set RAYR_ADDRESS or run `rayr start --head`.",
-                       err=True)
-            sys.exit(1)
-        address = recorded["address"]
-    try:
-        url = normalize_address(address)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--address") from None
-    password = settings.redis_password or recorded_password(settings, url)
-    return GcsClient(connect(url, password, socket_connect_timeout=3), Keys(settings.cluster_name))
 
 
 @cli.command()
@@ -288,7 +263,7 @@ def _gcs_for(address: str | None, redis_password: str | None) -> GcsClient:
 @click.option("--limit", type=int, default=50, show_default=True, help="Objects to list.")
 def memory(address: str | None, redis_password: str | None, fmt: str, limit: int) -> None:
     """Show object-store use per node and the largest objects."""
-    gcs = _gcs_for(address, redis_password)
+    gcs = gcs_for(address, redis_password)
     try:
         data = memory_mod.collect(gcs, limit)
     except redis.RedisError as err:
@@ -303,7 +278,7 @@ def memory(address: str | None, redis_password: str | None, fmt: str, limit: int
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(address: str | None, redis_password: str | None, fmt: str) -> None:
     """Show nodes, resource usage and pending demand."""
-    gcs = _gcs_for(address, redis_password)
+    gcs = gcs_for(address, redis_password)
     try:
         data = status_mod.collect(gcs)
     except redis.RedisError as err:
@@ -315,7 +290,6 @@ def status(address: str | None, redis_password: str | None, fmt: str) -> None:
 for _command in launcher.COMMANDS:  # rayr up / down / exec / submit / get-head-ip
     cli.add_command(_command)
 
-from rayr.cli.jobs import job, list_group  # noqa: E402  (they use _gcs_for above)
 
 cli.add_command(job)
 cli.add_command(list_group)

@@ -20,32 +20,16 @@ import string
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import redis
 
 from rayr.config import env_address, load_settings
 from rayr.gcs.client import GcsClient, connect, normalize_address
+from rayr.job_submission.status import JobStatus, now_ms
 from rayr.keys import Keys
 from rayr.runtime_env import packaging
 from rayr.runtime_env.validation import validate as validate_runtime_env
-
-
-class JobStatus(StrEnum):
-    """States of a submitted job, Ray's names."""
-
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    STOPPED = "STOPPED"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-
-    def is_terminal(self) -> bool:
-        return self in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED)
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass
@@ -92,10 +76,6 @@ def new_submission_id() -> str:
     return "rayrsubmit_" + "".join(secrets.choice(alphabet) for _ in range(16))
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class JobSubmissionClient:
     """Submit, watch and stop jobs on the cluster whose Redis is at ``address``.
 
@@ -117,7 +97,7 @@ class JobSubmissionClient:
         settings = load_settings(
             {"redis_password": redis_password, "cluster_name": cluster_name, "temp_dir": temp_dir}
         )
-        from rayr.api import read_session_file, recorded_password
+        from rayr.session import read_session_file, recorded_password
 
         address = address or env_address()
         password = settings.redis_password

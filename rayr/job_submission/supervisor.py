@@ -31,7 +31,7 @@ import redis
 from rayr import procs
 from rayr.config import Settings, daemon_settings
 from rayr.gcs.client import GcsClient, connect
-from rayr.job_submission import JobStatus, now_ms
+from rayr.job_submission.status import JobStatus, now_ms
 from rayr.keys import Keys
 from rayr.private_files import open_log, private_dir
 from rayr.runtime_env import installer

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import rayr
-from rayr.api import read_session_file
 from rayr.config import load_settings
 from rayr.node import free_port
+from rayr.session import read_session_file
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ def test_generating_a_password_can_be_turned_off_from_the_environment(monkeypatc
 def test_the_session_files_password_goes_only_to_the_cluster_it_records(tmp_path):
     import json
 
-    from rayr.api import recorded_password, session_file_path
+    from rayr.session import recorded_password, session_file_path
 
     settings = Settings(temp_dir=str(tmp_path))
     with open(session_file_path(settings), "w") as f:
