@@ -32,6 +32,7 @@ from rayr.exceptions import (
     RayTaskError,
     TaskCancelledError,
 )
+from rayr.gcs import control
 from rayr.gcs import records as rec
 from rayr.gcs.client import REDIS_DOWN_ERRORS, GcsClient
 from rayr.gcs.command_stream import CommandStream
@@ -846,7 +847,7 @@ class CoreWorker:
         if targets:  # new stream: tell the raylets to start reading it now
             with self.gcs.r.pipeline(transaction=False) as p:
                 for target in targets:
-                    p.xadd(self.keys.node_stream(target), {b"poke": b"1"})
+                    p.xadd(self.keys.node_stream(target), control.Poke().fields())
                 p.execute()
         if not node and not any(res.fits(n["resources_total"], request) for n in nodes):
             totals = [n["resources_total"] for n in nodes]

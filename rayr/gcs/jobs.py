@@ -6,6 +6,7 @@ from __future__ import annotations
 import redis
 
 from rayr.exceptions import ActorDiedError, TaskCancelledError
+from rayr.gcs import control
 from rayr.gcs.client import GcsClient
 from rayr.keys import TASK_GROUP
 from rayr.task_spec import TaskSpec
@@ -21,7 +22,7 @@ def kill_actor(gcs: GcsClient, actor_id: str, why: str, no_restart: bool) -> Non
         gcs.fail_tasks(gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
     node = info.get("node")
     if node:
-        gcs.r.xadd(gcs.keys.node_stream(node), {b"kill": actor_id.encode()})
+        gcs.r.xadd(gcs.keys.node_stream(node), control.Kill(actor_id).fields())
 
 
 def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
@@ -72,7 +73,7 @@ def end_job(gcs: GcsClient, job_hex: str, status: str, why: str) -> None:
             gcs.r.delete(gcs.keys.inbox(driver.decode()))
         with gcs.r.pipeline(transaction=False) as pipe:
             for node in gcs.alive_nodes():
-                pipe.xadd(gcs.keys.node_stream(node["node_id"]), {b"jobdone": job_hex.encode()})
+                pipe.xadd(gcs.keys.node_stream(node["node_id"]), control.JobDone(job_hex).fields())
             pipe.execute()
     except redis.RedisError:  # the cluster is going away too
         pass

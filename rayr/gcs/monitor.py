@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from rayr.config import Settings, daemon_settings
+from rayr.gcs import control
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.gcs.history import trim_history
@@ -241,10 +242,7 @@ class Monitor:
         reply_key = keys.placement_group_reply(pg)
         self.gcs.r.delete(reply_key)
         for node, items in by_node.items():
-            self.gcs.r.xadd(keys.node_stream(node), {
-                b"pg_reserve": json.dumps({"pg": pg, "bundles": items}).encode(),
-                b"reply": reply_key.encode(),
-            })
+            self.gcs.r.xadd(keys.node_stream(node), control.ReserveBundles(pg, items, reply_key).fields())
         answers: dict[str, bool] = {}
         deadline = time.monotonic() + RESERVE_TIMEOUT_S
         while len(answers) < len(by_node) and time.monotonic() < deadline:
@@ -257,7 +255,7 @@ class Monitor:
         if len(answers) == len(by_node) and all(answers.values()):
             return True
         for node in by_node:  # a late "ok" is undone too: releasing what was not reserved is a no-op
-            self.gcs.r.xadd(keys.node_stream(node), {b"pg_release": pg.encode()})
+            self.gcs.r.xadd(keys.node_stream(node), control.ReleaseBundles(pg).fields())
         return False
 
     def _mark_created(self, pg: str, plan: list[str]) -> None:
@@ -276,7 +274,7 @@ class Monitor:
         """A removed group: its raylets give the bundles back."""
         info = self.gcs.placement_group_info(pg)
         for node in set(json.loads(info.get("bundle_nodes", "[]"))):
-            self.gcs.r.xadd(self.gcs.keys.node_stream(node), {b"pg_release": pg.encode()})
+            self.gcs.r.xadd(self.gcs.keys.node_stream(node), control.ReleaseBundles(pg).fields())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rayr.exceptions import ActorDiedError
+from rayr.gcs import control
 from rayr.gcs.client import GcsClient
 from rayr.keys import TASK_GROUP
 from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
@@ -32,7 +33,7 @@ def _announce(gcs: GcsClient, shape: str) -> str:
     gcs.ensure_group(stream)
     if gcs.r.sadd(gcs.keys.shapes, shape):  # new: raylets learn of it through a poke
         for node in gcs.alive_nodes():
-            gcs.r.xadd(gcs.keys.node_stream(node["node_id"]), {b"poke": b"1"})
+            gcs.r.xadd(gcs.keys.node_stream(node["node_id"]), control.Poke().fields())
     return stream
 
 

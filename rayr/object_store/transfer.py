@@ -24,6 +24,7 @@ from typing import Any
 import lz4.block
 
 from rayr.exceptions import ObjectLostError
+from rayr.gcs import control
 from rayr.keys import Keys
 from rayr.object_store.base import ObjectStoreBackend
 
@@ -188,8 +189,7 @@ def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: mem
         raise ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}, which is "
                               f"{(state or b'unknown').decode()}.")
     r.delete(key, ack)  # what an earlier, abandoned pull left must not be mixed in
-    r.xadd(keys.node_stream(holder), {b"pull": oid.hex().encode(), b"dest": dest.encode(),
-                                      b"size": str(out.nbytes).encode()})
+    r.xadd(keys.node_stream(holder), control.Pull(oid, dest, out.nbytes).fields())
     offset = 0
     scratch: bytearray | None = None
     with _Raw(r) as raw:

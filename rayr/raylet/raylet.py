@@ -29,6 +29,7 @@ import redis
 from rayr import resources as res
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
+from rayr.gcs import control
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, no_retry, until_reachable
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
@@ -294,46 +295,45 @@ class Raylet:
         client.close()
 
     def _on_control(self, fields: dict[bytes, bytes]) -> None:
-        if b"poke" in fields:
-            self._shapes_dirty.set()
-            self._capacity_freed()  # wake the task reader to read the new stream
-        if b"kill" in fields:
-            self._kills.put(fields[b"kill"].decode())
-            self._wake_w.send(b"k")
-        if b"cancel" in fields:
-            task_id = bytes.fromhex(fields[b"cancel"].decode())
-            self._cancels.put((task_id, fields.get(b"flags", b"").decode(),
-                               fields.get(b"consumer", b"").decode()))
-            self._wake_w.send(b"c")
-        if b"pull" in fields:
-            oid = bytes.fromhex(fields[b"pull"].decode())
-            self._transfers.submit(self._send_object, oid, fields[b"dest"].decode(), int(fields[b"size"]))
-        if b"pg_reserve" in fields:
-            request = json.loads(fields[b"pg_reserve"])
-            bundles = [(int(i), dict(b)) for i, b in request["bundles"]]
-            with self._lock:
-                ok = self.sched.reserve_bundles(request["pg"], bundles)
-                total = dict(self.sched.total)
-            if ok:
+        for message in control.parse(fields):
+            self._on_control_message(message)
+
+    def _on_control_message(self, message: control.Message) -> None:
+        match message:
+            case control.Poke():
+                self._shapes_dirty.set()
+                self._capacity_freed()  # wake the task reader to read the new stream
+            case control.Kill(actor):
+                self._kills.put(actor)
+                self._wake_w.send(b"k")
+            case control.Cancel(task_id, flags, consumer):
+                self._cancels.put((task_id, flags, consumer))
+                self._wake_w.send(b"c")
+            case control.Pull(oid, dest, size):
+                self._transfers.submit(self._send_object, oid, dest, size)
+            case control.ReserveBundles(pg, bundles, reply):
+                with self._lock:
+                    ok = self.sched.reserve_bundles(pg, bundles)
+                    total = dict(self.sched.total)
+                if ok:
+                    self.gcs.r.hset(self.keys.node(self.node_id), "resources_total", json.dumps(total))
+                    self._publish_resources()
+                    self._shapes_dirty.set()
+                    self._capacity_freed()
+                self.gcs.r.rpush(reply, f"{'ok' if ok else 'fail'}:{self.node_id}")
+            case control.ReleaseBundles(pg):
+                with self._lock:
+                    self.sched.release_bundles(pg)
+                    total = dict(self.sched.total)
                 self.gcs.r.hset(self.keys.node(self.node_id), "resources_total", json.dumps(total))
                 self._publish_resources()
-                self._shapes_dirty.set()
                 self._capacity_freed()
-            self.gcs.r.rpush(fields[b"reply"].decode(), f"{'ok' if ok else 'fail'}:{self.node_id}")
-        if b"pg_release" in fields:
-            with self._lock:
-                self.sched.release_bundles(fields[b"pg_release"].decode())
-                total = dict(self.sched.total)
-            self.gcs.r.hset(self.keys.node(self.node_id), "resources_total", json.dumps(total))
-            self._publish_resources()
-            self._capacity_freed()
-        if b"jobdone" in fields:  # free what the ended job left in this node's store
-            job_hex = fields[b"jobdone"].decode()
-            self.store.cleanup(bytes.fromhex(job_hex))
-            self._drop_job_tasks(job_hex)
-        if b"env_prepare" in fields:  # a job's runtime env, installed before its first task
-            self._env_prepares.put(fields[b"env_prepare"].decode())
-            self.wake()
+            case control.JobDone(job_hex):  # free what the ended job left in this node's store
+                self.store.cleanup(bytes.fromhex(job_hex))
+                self._drop_job_tasks(job_hex)
+            case control.PrepareEnv(digest):  # a job's runtime env, installed before its first task
+                self._env_prepares.put(digest)
+                self.wake()
 
     def wake(self) -> None:
         """Have the main loop look at its queues (any thread)."""
