@@ -29,7 +29,7 @@ from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connect
 from rayr.keys import ACTOR_GROUP, TASK_GROUP
-from rayr.task_spec import STREAMING, TaskSpec
+from rayr.task_spec import SPEC_FIELD, STREAMING, TaskSpec
 
 if TYPE_CHECKING:
     from rayr.worker import TaskExecutor
@@ -191,7 +191,7 @@ class ActorRuntime:
             self.executor._batching = batch
             try:
                 for entry_id, fields in calls:
-                    self._dispatch(entry_id, TaskSpec.decode(fields[b"s"]))
+                    self._dispatch(entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
             finally:
                 self.executor._batching = False
                 if batch:
@@ -265,7 +265,7 @@ class ActorRuntime:
             if not fields:  # deleted meanwhile (a cancelled call): only its pending slot is left
                 client.xack(self.mailbox, ACTOR_GROUP, entry_id)
                 continue
-            spec = TaskSpec.decode(fields[b"s"])
+            spec = TaskSpec.decode(fields[SPEC_FIELD])
             retries_used = delivered.get(entry_id, 1) - 1
             maybe_running = position < self.max_concurrency
             if maybe_running and self.max_task_retries != -1 and retries_used >= self.max_task_retries:

@@ -52,6 +52,7 @@ from rayr.task_spec import (
     ArgRef,
     TaskOptions,
     TaskSpec,
+    entry_fields,
 )
 
 if TYPE_CHECKING:
@@ -748,9 +749,7 @@ class CoreWorker:
     def _submit_ready(self, spec: TaskSpec, stream: str) -> None:
         spec = self._with_inline_deps(spec)
         stream = self._near_large_arguments(spec, stream)
-        fields = {b"s": spec.encode()}
-        if spec.kind == ACTOR_CREATION:
-            fields[b"a"] = b"1"  # lets the raylet spot creations without decoding every spec
+        fields = entry_fields(spec.encode(), creation=spec.kind == ACTOR_CREATION)
         command = ("XADD", stream, "*", *[x for kv in fields.items() for x in kv])
 
         def on_reply(replies: list[Any]) -> None:

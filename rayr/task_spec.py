@@ -36,6 +36,25 @@ class ArgRef:
         return (ArgRef, (self.slot,))
 
 
+# A task-stream entry holds the encoded spec; an actor creation also carries CREATION_FIELD
+# (the raylet spots creations without decoding every spec), and a creation queued again because
+# its node died carries RESTART_FIELD (the new incarnation replays the mailbox). An actor
+# mailbox entry holds the spec alone (written by the SUBMIT_ACTOR_CALL script).
+SPEC_FIELD = b"s"
+CREATION_FIELD = b"a"
+RESTART_FIELD = b"r"
+
+
+def entry_fields(spec: bytes, *, creation: bool = False, restart: bool = False) -> dict[bytes, bytes]:
+    """The fields of the task-stream entry that queues the encoded ``spec``."""
+    fields = {SPEC_FIELD: spec}
+    if creation:
+        fields[CREATION_FIELD] = b"1"
+    if restart:
+        fields[RESTART_FIELD] = b"1"
+    return fields
+
+
 @dataclass(frozen=True)
 class TaskOptions:
     """Options of a remote function call, validated once when ``.options()`` is built."""

@@ -35,7 +35,7 @@ from rayr.keys import TASK_GROUP, Keys
 from rayr.log_stream import OutputCapture, encode
 from rayr.object_ref import ObjectRef
 from rayr.object_store.registry import open_backend
-from rayr.task_spec import STREAM_FIRST_ITEM, STREAMING, ArgRef, TaskSpec
+from rayr.task_spec import SPEC_FIELD, STREAM_FIRST_ITEM, STREAMING, ArgRef, TaskSpec
 
 LEASE_IDLE_MS = 2  # a leased worker gives its resources back after this long without work
 # A leased worker reads up to this many tasks at once while its tasks stay short (under
@@ -121,8 +121,8 @@ class TaskExecutor:
             self._batching = len(entries) > 1
             try:
                 for entry_id, fields in entries:
-                    if fields and b"s" in fields:
-                        self.execute(stream, entry_id, TaskSpec.decode(fields[b"s"]))
+                    if fields and SPEC_FIELD in fields:
+                        self.execute(stream, entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
                         ran += 1
             finally:
                 self._batching = False
@@ -150,8 +150,8 @@ class TaskExecutor:
                 if not entries:
                     break
                 for entry_id, fields in entries:
-                    if fields and b"s" in fields:
-                        self.execute(stream, entry_id, TaskSpec.decode(fields[b"s"]))
+                    if fields and SPEC_FIELD in fields:
+                        self.execute(stream, entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
                         ran += 1
                     else:  # deleted meanwhile (cancelled): only its pending slot is left
                         self.core.commands.send([("XACK", stream, TASK_GROUP, entry_id)])

@@ -19,7 +19,7 @@ from rayr.exceptions import WorkerCrashedError
 from rayr.gcs import records, scripts
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
-from rayr.task_spec import ACTOR_CREATION, TaskSpec
+from rayr.task_spec import ACTOR_CREATION, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.gcs")
 T = TypeVar("T")
@@ -299,10 +299,8 @@ class GcsClient:
         """
         client = pipe or self.r
         if spec.kind == ACTOR_CREATION or spec.max_retries == -1 or spec.attempt < spec.max_retries:
-            fields = {b"s": spec._replace(attempt=spec.attempt + 1).encode()}
-            if spec.kind == ACTOR_CREATION:
-                fields[b"a"] = b"1"
-            client.xadd(stream, fields)
+            spec_bytes = spec._replace(attempt=spec.attempt + 1).encode()
+            client.xadd(stream, entry_fields(spec_bytes, creation=spec.kind == ACTOR_CREATION))
             return True
         self.fail_tasks([spec], WorkerCrashedError(
             f"{spec.function_name}() was lost ({why}), and max_retries={spec.max_retries} "

@@ -9,7 +9,7 @@ from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs import control
 from rayr.gcs.client import GcsClient
 from rayr.keys import TASK_GROUP
-from rayr.task_spec import TaskSpec
+from rayr.task_spec import SPEC_FIELD, TaskSpec
 
 
 def kill_actor(gcs: GcsClient, actor_id: str, why: str, no_restart: bool) -> None:
@@ -44,7 +44,7 @@ def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
         while True:
             entries = gcs.r.xrange(stream, min=start, max="+", count=1000)
             for entry_id, fields in entries:
-                if b"s" in fields and (spec := TaskSpec.decode(fields[b"s"])).job_hex == job_hex:
+                if SPEC_FIELD in fields and (spec := TaskSpec.decode(fields[SPEC_FIELD])).job_hex == job_hex:
                     ours.append(entry_id)
                     dropped.append(spec)
             if len(entries) < 1000:

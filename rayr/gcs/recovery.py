@@ -22,7 +22,7 @@ from rayr.gcs import control
 from rayr.gcs.client import GcsClient
 from rayr.keys import TASK_GROUP
 from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
-from rayr.task_spec import TaskSpec
+from rayr.task_spec import SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.recovery")
 
@@ -52,8 +52,8 @@ def _requeue_entries(
     requeued = failed = 0
     for entry_id in entry_ids:
         found = gcs.r.xrange(stream, entry_id, entry_id)
-        if found and b"s" in found[0][1]:
-            spec = TaskSpec.decode(found[0][1][b"s"])
+        if found and SPEC_FIELD in found[0][1]:
+            spec = TaskSpec.decode(found[0][1][SPEC_FIELD])
             if gcs.retry_or_fail(spec, _announce(gcs, shape), why):
                 requeued += 1
             else:
@@ -120,7 +120,7 @@ def recover_actors(gcs: GcsClient, node_id: str) -> tuple[int, int]:
                 env = (spec.actor_options or {}).get("runtime_env", "")
                 shape = ACTOR_SHAPE_MARK + shape_key(spec.resources) + (ENV_MARK + env if env else "")
                 stream = _announce(gcs, shape)
-                gcs.r.xadd(stream, {b"s": spec_bytes, b"a": b"1", b"r": b"1"})
+                gcs.r.xadd(stream, entry_fields(spec_bytes, creation=True, restart=True))
                 restarted += 1
             continue
         cause = (f"The actor {actor_id} ({info.get('class_name')}) died with its node "

@@ -41,7 +41,7 @@ from rayr.raylet.scheduler import QueuedTask, Scheduler
 from rayr.raylet.worker_pool import WorkerHandle, WorkerPool
 from rayr.resources import TARGET_MARK
 from rayr.runtime_env.installer import WorkerEnv
-from rayr.task_spec import TaskSpec
+from rayr.task_spec import CREATION_FIELD, RESTART_FIELD, SPEC_FIELD, TaskSpec
 
 log = logging.getLogger("rayr.raylet")
 
@@ -380,16 +380,16 @@ class Raylet:
         for stream_name, entries in reply or []:
             stream = stream_name.decode()
             for entry_id, fields in entries:
-                if b"s" not in fields:  # a deleted (cancelled) entry: nothing to run
+                if SPEC_FIELD not in fields:  # a deleted (cancelled) entry: nothing to run
                     self.gcs.r.xack(stream, TASK_GROUP, entry_id)
                     continue
                 shape = self._key_of[stream]
-                task = QueuedTask(stream, entry_id, fields[b"s"], shape, res.parse_shape(shape),
+                task = QueuedTask(stream, entry_id, fields[SPEC_FIELD], shape, res.parse_shape(shape),
                                   env=res.env_of(shape))
-                if b"a" in fields:  # actor creation: it will hold other resources once alive
+                if CREATION_FIELD in fields:  # actor creation: it will hold other resources once alive
                     spec = TaskSpec.decode(task.spec)
                     task.actor = spec.actor_id
-                    task.restart = b"r" in fields  # its node died: replay its mailbox
+                    task.restart = RESTART_FIELD in fields  # its node died: replay its mailbox
                     task.lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
                 tasks.append(task)
         if tasks:
@@ -574,8 +574,8 @@ class Raylet:
             lost.append(task)
         for entry in r.xpending_range(task.stream, TASK_GROUP, "-", "+", 100, consumername=consumer):
             found = r.xrange(task.stream, entry["message_id"], entry["message_id"])
-            if found and b"s" in found[0][1]:
-                lost.append(QueuedTask(task.stream, entry["message_id"], found[0][1][b"s"],
+            if found and SPEC_FIELD in found[0][1]:
+                lost.append(QueuedTask(task.stream, entry["message_id"], found[0][1][SPEC_FIELD],
                                        task.shape, task.request, env=task.env))
             else:  # the entry is gone (finished or cancelled): just clear the pending slot
                 r.xack(task.stream, TASK_GROUP, entry["message_id"])

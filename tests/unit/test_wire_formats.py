@@ -1,10 +1,12 @@
-"""Node control-stream messages: each kind survives its trip through stream-entry fields."""
+"""Wire formats: node control-stream messages and task-stream entries, each built and read
+in one place, survive their trip through stream-entry fields."""
 
 from __future__ import annotations
 
 import pytest
 
 from rayr.gcs import control
+from rayr.task_spec import CREATION_FIELD, RESTART_FIELD, SPEC_FIELD, entry_fields
 
 
 @pytest.mark.parametrize("message", [
@@ -25,3 +27,10 @@ def test_round_trip(message):
 
 def test_an_entry_of_no_known_kind_carries_nothing():
     assert control.parse({b"something": b"else"}) == []
+
+
+def test_task_stream_entries():
+    assert entry_fields(b"spec") == {SPEC_FIELD: b"spec"}
+    assert entry_fields(b"spec", creation=True) == {SPEC_FIELD: b"spec", CREATION_FIELD: b"1"}
+    restart = entry_fields(b"spec", creation=True, restart=True)
+    assert restart == {SPEC_FIELD: b"spec", CREATION_FIELD: b"1", RESTART_FIELD: b"1"}
