@@ -97,9 +97,8 @@ class _Lineage:
     reruns: int = 0
 
 
-# Inbox messages between a borrower that found an object lost and the object's owner:
-# R + object id + stale holder node + b"|" + borrower inbox  (please rebuild it)
-# A + object id                                             (owner heard you; wait for it)
+# a borrower that found an object lost asks its owner to rebuild it (inbox messages R and A,
+# see gcs/records.py)
 OWNER_ANSWER_S = 5.0  # an owner that does not acknowledge a rebuild request in time is dead
 REDIS_CHECK_S = 1.0  # a blocked get/wait looks this often whether Redis has been away too long
 
@@ -292,7 +291,7 @@ class CoreWorker:
             with self._cond:
                 self._containers.add(container)
         else:  # the owner must free it with FREE_OBJECTS, which releases what it holds
-            commands.append(("RPUSH", self.keys.inbox(owner), b"C" + container))
+            commands.append(("RPUSH", self.keys.inbox(owner), rec.container_message(container)))
         self.commands.send(commands)
 
     def _drain_released(self) -> None:
@@ -459,14 +458,14 @@ class CoreWorker:
     def _on_owner_message(self, msg: bytes, requests: list[bytes]) -> None:
         """Inbox messages other than object records: rebuild requests and acknowledgements
         (R, A), and reference counting (F: last holder gone, C: our object contains refs)."""
-        kind, oid = msg[:1], msg[1 : 1 + rec.OID_LEN]
-        if kind == b"R":
+        kind, oid = rec.owner_message(msg)
+        if kind == rec.MSG_REBUILD:
             requests.append(msg)  # served after the batch, outside the lock
-        elif kind == b"A":
+        elif kind == rec.MSG_REBUILD_ACK:
             self._rebuild_acks.add(oid)
-        elif kind == b"F":
+        elif kind == rec.MSG_FREED:
             self._on_holders_gone(oid)
-        elif kind == b"C":
+        elif kind == rec.MSG_CONTAINER:
             self._containers.add(oid)
 
     def _on_tasks_done(self, task_ids: list[bytes]) -> list[tuple[list[ObjectRef], bytes | None]]:
@@ -1032,7 +1031,7 @@ class CoreWorker:
             if self._records.get(oid) == record:
                 del self._records[oid]
             self._rebuild_acks.discard(oid)
-        message = b"R" + oid + holder.encode() + b"|" + self.worker_hex.encode()
+        message = rec.rebuild_request(oid, holder, self.worker_hex)
         self.gcs.r.rpush(self.keys.inbox(owner), message)
         deadline = time.monotonic() + OWNER_ANSWER_S
         with self._cond:
@@ -1048,8 +1047,7 @@ class CoreWorker:
 
     def _on_rebuild_request(self, message: bytes) -> None:
         """A borrower found an object we own lost: rebuild it (once) and announce it to them."""
-        oid = message[1 : 1 + rec.OID_LEN]
-        holder, _, borrower = message[1 + rec.OID_LEN :].decode().partition("|")
+        oid, holder, borrower = rec.parse_rebuild_request(message)
         with self._cond:
             record = self._records.get(oid)
             owned = oid in self._owned
@@ -1063,7 +1061,7 @@ class CoreWorker:
             reply = rec.object_message(oid, rec.error_record(serialization.serialize(error).to_bytes()))
             self.gcs.r.rpush(self.keys.inbox(borrower), reply)
             return
-        self.gcs.r.rpush(self.keys.inbox(borrower), b"A" + oid)
+        self.gcs.r.rpush(self.keys.inbox(borrower), rec.rebuild_ack(oid))
         (found,) = self.gcs.fetch_or_wait(borrower, [oid.hex()])
         if found is not None and found != record:  # already rebuilt: tell them now
             self.gcs.r.rpush(self.keys.inbox(borrower), rec.object_message(oid, found))

@@ -34,3 +34,18 @@ def test_task_stream_entries():
     assert entry_fields(b"spec", creation=True) == {SPEC_FIELD: b"spec", CREATION_FIELD: b"1"}
     restart = entry_fields(b"spec", creation=True, restart=True)
     assert restart == {SPEC_FIELD: b"spec", CREATION_FIELD: b"1", RESTART_FIELD: b"1"}
+
+
+def test_inbox_messages():
+    from rayr.gcs import records as rec
+
+    oid = bytes(range(20))
+    assert rec.parse_message(rec.object_message(oid, rec.value_record(b"frame"))) == (oid, b"Vframe")
+    assert rec.parse_message(rec.MSG_STOP) is None
+    assert rec.owner_message(rec.container_message(oid)) == (rec.MSG_CONTAINER, oid)
+    assert rec.owner_message(rec.rebuild_ack(oid)) == (rec.MSG_REBUILD_ACK, oid)
+    request = rec.rebuild_request(oid, "ab" * 16, "cd" * 12)
+    assert rec.owner_message(request) == (rec.MSG_REBUILD, oid)
+    assert rec.parse_rebuild_request(request) == (oid, "ab" * 16, "cd" * 12)
+    assert rec.owner_message(rec.MSG_FREED + oid) == (rec.MSG_FREED, oid)
+    assert rec.parse_stored(rec.stored_record("ef" * 16, 12345)) == ("ef" * 16, 12345)
