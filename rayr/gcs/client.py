@@ -17,6 +17,7 @@ from redis.retry import Retry
 from rayr import serialization
 from rayr.exceptions import WorkerCrashedError
 from rayr.gcs import records, scripts
+from rayr.gcs.rows import ActorInfo
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
 from rayr.task_spec import ACTOR_CREATION, TaskSpec, entry_fields
@@ -334,6 +335,11 @@ class GcsClient:
             key = k.decode()
             out[key] = v if key == "creation_spec" else v.decode()
         return out
+
+    def actor_row(self, actor_hex: str) -> ActorInfo | None:
+        """The actor's row, typed; None if there is no such actor (or its hash was trimmed)."""
+        row = self.actor_info(actor_hex)
+        return ActorInfo.from_hash(actor_hex, row) if row else None
 
     def set_actor_state(self, actor_hex: str, state: str, **fields: Any) -> bool:
         """Move a live actor to ``state``; False (and no change) if it is already DEAD."""

@@ -20,6 +20,7 @@ from typing import Any
 from rayr.exceptions import ActorDiedError
 from rayr.gcs import control
 from rayr.gcs.client import GcsClient
+from rayr.gcs.rows import ActorState
 from rayr.keys import TASK_GROUP
 from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.task_spec import SPEC_FIELD, TaskSpec, entry_fields
@@ -108,14 +109,13 @@ def recover_actors(gcs: GcsClient, node_id: str) -> tuple[int, int]:
     restarted = dead = 0
     for key in gcs.r.scan_iter(match=gcs.keys.actor_key_prefix + "*", count=1000):
         actor_id = key.decode()[len(gcs.keys.actor_key_prefix):]
-        info = gcs.actor_info(actor_id)
-        if info.get("node") != node_id or info.get("state") not in ("ALIVE", "RESTARTING"):
+        info = gcs.actor_row(actor_id)
+        live = (ActorState.ALIVE, ActorState.RESTARTING)
+        if info is None or info.node != node_id or info.state not in live:
             continue
-        max_restarts = int(info.get("max_restarts", 0))
-        restarts = int(info.get("restarts", 0))
-        spec_bytes = info.get("creation_spec")
-        if spec_bytes and (max_restarts == -1 or restarts < max_restarts):
-            if gcs.set_actor_state(actor_id, "RESTARTING", restarts=restarts + 1, node=""):
+        spec_bytes = info.creation_spec
+        if spec_bytes and info.may_restart():
+            if gcs.set_actor_state(actor_id, ActorState.RESTARTING, restarts=info.restarts + 1, node=""):
                 spec = TaskSpec.decode(spec_bytes)
                 env = (spec.actor_options or {}).get("runtime_env", "")
                 shape = ACTOR_SHAPE_MARK + shape_key(spec.resources) + (ENV_MARK + env if env else "")
@@ -123,8 +123,8 @@ def recover_actors(gcs: GcsClient, node_id: str) -> tuple[int, int]:
                 gcs.r.xadd(stream, entry_fields(spec_bytes, creation=True, restart=True))
                 restarted += 1
             continue
-        cause = (f"The actor {actor_id} ({info.get('class_name')}) died with its node "
-                 f"{node_id[:12]}, and it has no restarts left (max_restarts={max_restarts}).")
+        cause = (f"The actor {actor_id} ({info.class_name}) died with its node "
+                 f"{node_id[:12]}, and it has no restarts left (max_restarts={info.max_restarts}).")
         gcs.fail_tasks(gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
         dead += 1
     return restarted, dead

@@ -31,6 +31,7 @@ from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs import control
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, no_retry, until_reachable
+from rayr.gcs.rows import ActorState
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
 from rayr.object_store.orphans import NamespaceLock, reclaim_orphans, spill_directory, store_directories
@@ -583,26 +584,25 @@ class Raylet:
 
     def _actor_exited(self, actor_id: str, handle: WorkerHandle) -> None:
         """Restart the actor here if it may be restarted; otherwise it is dead for good."""
-        info = self.gcs.actor_info(actor_id)
-        if not info or info.get("state") == "DEAD":
+        info = self.gcs.actor_row(actor_id)
+        if info is None or info.state == ActorState.DEAD:
             return  # killed, exited on purpose, or its job ended: already handled
-        max_restarts = int(info.get("max_restarts", 0))
-        restarts = int(info.get("restarts", 0))
         why = f"its worker process (pid={handle.proc.pid}) exited with code {handle.proc.returncode}"
-        if max_restarts == -1 or restarts < max_restarts:
-            if not self.gcs.set_actor_state(actor_id, "RESTARTING", restarts=restarts + 1):
+        if info.may_restart() and info.creation_spec is not None:
+            if not self.gcs.set_actor_state(actor_id, ActorState.RESTARTING, restarts=info.restarts + 1):
                 return  # killed meanwhile
-            spec = TaskSpec.decode(info["creation_spec"])
+            spec = TaskSpec.decode(info.creation_spec)
             lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
             env = (spec.actor_options or {}).get("runtime_env", "")
-            task = QueuedTask("", b"", info["creation_spec"], "", lifetime, actor_id, lifetime, True, env)
+            task = QueuedTask("", b"", info.creation_spec, "", lifetime, actor_id, lifetime, True, env)
             with self._lock:
                 self.sched.on_tasks([task])
-            log.warning("actor %s restarting (%d/%s): %s", actor_id, restarts + 1, max_restarts, why)
+            log.warning("actor %s restarting (%d/%s): %s",
+                        actor_id, info.restarts + 1, info.max_restarts, why)
             return
         cause = (
-            f"The actor {actor_id} ({info.get('class_name')}) died: {why}, and it has no restarts "
-            f"left (max_restarts={max_restarts})."
+            f"The actor {actor_id} ({info.class_name}) died: {why}, and it has no restarts "
+            f"left (max_restarts={info.max_restarts})."
         )
         self.gcs.fail_tasks(self.gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
 
@@ -623,13 +623,11 @@ class Raylet:
 
     def _creation_crashed(self, task: QueuedTask, why: str) -> None:
         """The worker died while constructing an actor: retry within max_restarts."""
-        info = self.gcs.actor_info(task.actor)
-        if not info or info.get("state") == "DEAD":
+        info = self.gcs.actor_row(task.actor)
+        if info is None or info.state == ActorState.DEAD:
             return
-        max_restarts = int(info.get("max_restarts", 0))
-        restarts = int(info.get("restarts", 0))
-        if max_restarts == -1 or restarts < max_restarts:
-            if not self.gcs.set_actor_state(task.actor, "RESTARTING", restarts=restarts + 1):
+        if info.may_restart():
+            if not self.gcs.set_actor_state(task.actor, ActorState.RESTARTING, restarts=info.restarts + 1):
                 return
             with self._lock:
                 self.sched.on_tasks([dataclasses.replace(task)])

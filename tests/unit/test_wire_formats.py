@@ -49,3 +49,4 @@ def test_inbox_messages():
     assert rec.parse_rebuild_request(request) == (oid, "ab" * 16, "cd" * 12)
     assert rec.owner_message(rec.MSG_FREED + oid) == (rec.MSG_FREED, oid)
     assert rec.parse_stored(rec.stored_record("ef" * 16, 12345)) == ("ef" * 16, 12345)
+
