@@ -1,10 +1,13 @@
 """The worker process: runs the tasks its raylet hands it over a local socket.
 
-Started by the raylet as ``python -m rayr.worker``. Messages on the socket are pickled
-tuples; the raylet sends ``("tasks", [(stream, entry_id, spec), ...])`` and the worker
-answers ``("ready", pid)`` once, then ``("done", n)`` after each batch and
-``("blocked", bool)`` around every wait in ``get``. Results never pass through the raylet:
-the worker stores them and acknowledges the stream entry in one Redis round trip.
+Started by the raylet as ``python -m rayr.worker`` (or forked by its zygote). Messages on the
+socket are pickled tuples. The raylet sends ``("tasks", [(stream, entry_id, spec), ...],
+lease)`` (with ``lease`` the worker keeps taking tasks of that stream itself afterwards),
+``("actor", stream, entry_id, spec, restart)`` (become that actor) and ``("exit",)``. The
+worker answers ``("ready", pid)`` once, then ``("done", n)`` after each batch and lease,
+``("blocked", bool)`` around every wait in ``get``, and, as an actor, ``("actor_ready",
+actor_id)`` or ``("actor_failed",)``. Results never pass through the raylet: the worker
+stores them and acknowledges the stream entry in one Redis round trip.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The raylet: one per node. The I/O shell around the pure :class:`Scheduler`.
 
-Threads:
-- main: worker sockets, task dispatch, crash handling, heartbeats;
+Threads (see "Threads and locks" in docs/architecture.md):
+- main: worker sockets, task dispatch, crash handling, heartbeats, kills and cancels;
 - reader: pulls task specs from Redis streams (``XREADGROUP``), only as many as the
-  node's free resources can start, and hands them to main through a queue.
+  node's free resources can start, and hands them to main through a queue;
+- control: reads the node's control stream (``gcs/control.py``) at once, however busy;
+- rayr-send (2): sends objects other nodes pull; rayr-env (2): sets runtime envs up;
+- rayr-zygote: reads the zygote's replies (forked workers' pids and exit codes).
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ class Raylet:
         self._signalled = False  # set by the SIGTERM/SIGINT handler, acted on by the main loop
         self.declared_dead = False  # the cluster declared this node dead: stop, rejoin as new
         self._shapes_dirty = threading.Event()
-        self._reader_parked = False  # reader blocked on the node stream alone
+        # the reader is blocked in XREADGROUP: freed room must CLIENT UNBLOCK it (a plain bool:
+        # a stale read costs one needless unblock, or a read that ends on its 1 s timeout)
+        self._reader_parked = False
         self._key_of: dict[str, str] = {}  # task stream -> its scheduler key (reader thread only)
         self._reader_client_id = 0
         log_dir = os.path.join(session_dir, "logs")
