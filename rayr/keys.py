@@ -10,6 +10,26 @@ from __future__ import annotations
 TASK_GROUP = "raylets"  # consumer group every raylet reads task streams through
 ACTOR_GROUP = "actor"  # consumer group on an actor's mailbox; each incarnation reads as actor-<worker>
 
+# The key families the Lua scripts build from the prefix (the keys a script touches, such as
+# one inbox per waiter, are only known inside it). gcs/scripts.py fills its <<name>>
+# placeholders from this table, and the Keys methods below use the same entries, so the two
+# cannot drift apart.
+FAMILIES = {
+    "obj": "obj:",
+    "objw": "objw:",
+    "objr": "objr:",
+    "objc": "objc:",
+    "inbox": "inbox:",
+    "actor": "actor:",
+    "actor_mb": "actor_mb:",
+    "actor_ctl": "actor_ctl:",
+    "actor_names": "actor_names:",
+    "job_actors": "job_actors:",
+    "actor_events": "actor_events",
+    "dead_actors": "dead_actors",
+}
+_F = FAMILIES
+
 
 class Keys:
     """Key names for one rayr cluster. Ids are passed as hex strings."""
@@ -65,36 +85,36 @@ class Keys:
 
     # -- object table: one string per object (format: gcs/records.py)
     def object(self, object_hex: str) -> str:
-        return f"{self.prefix}obj:{object_hex}"
+        return f"{self.prefix}{_F['obj']}{object_hex}"
 
     def objects_of_job(self, job_hex: str) -> str:
-        return f"{self.prefix}obj:{job_hex}*"
+        return f"{self.prefix}{_F['obj']}{job_hex}*"
 
     def object_holders(self, object_hex: str) -> str:
         """Set of holders besides the owner: borrowing inboxes and ``o:<container hex>``."""
-        return f"{self.prefix}objr:{object_hex}"
+        return f"{self.prefix}{_F['objr']}{object_hex}"
 
     def object_contents(self, object_hex: str) -> str:
         """List of the refs an object contains (id + hex + owner each)."""
-        return f"{self.prefix}objc:{object_hex}"
+        return f"{self.prefix}{_F['objc']}{object_hex}"
 
     def refcount_keys_of_job(self, job_hex: str) -> list[str]:
-        return [f"{self.prefix}objr:{job_hex}*", f"{self.prefix}objc:{job_hex}*"]
+        return [f"{self.prefix}{_F['objr']}{job_hex}*", f"{self.prefix}{_F['objc']}{job_hex}*"]
 
     def object_waiters(self, object_hex: str) -> str:
         """Set of inbox names to notify when the object is stored."""
-        return f"{self.prefix}objw:{object_hex}"
+        return f"{self.prefix}{_F['objw']}{object_hex}"
 
     def object_waiters_of_job(self, job_hex: str) -> str:
-        return f"{self.prefix}objw:{job_hex}*"
+        return f"{self.prefix}{_F['objw']}{job_hex}*"
 
     @property
     def object_key_prefix(self) -> str:
-        return self.prefix + "obj:"
+        return self.prefix + _F["obj"]
 
     @property
     def waiters_key_prefix(self) -> str:
-        return self.prefix + "objw:"
+        return self.prefix + _F["objw"]
 
     # -- task queues: per resource shape (any node that fits pulls) and per node (targeted)
     @property
@@ -122,11 +142,11 @@ class Keys:
 
     # -- result inboxes: one list per process that owns or waits on objects
     def inbox(self, worker_hex: str) -> str:
-        return f"{self.prefix}inbox:{worker_hex}"
+        return f"{self.prefix}{_F['inbox']}{worker_hex}"
 
     @property
     def inbox_prefix(self) -> str:
-        return self.prefix + "inbox:"
+        return self.prefix + _F["inbox"]
 
     # -- demand the cluster cannot meet (for status and the autoscaler)
     @property
@@ -135,32 +155,32 @@ class Keys:
 
     # -- actor table: a hash per actor, a name index per namespace, a mailbox stream each
     def actor(self, actor_hex: str) -> str:
-        return f"{self.prefix}actor:{actor_hex}"
+        return f"{self.prefix}{_F['actor']}{actor_hex}"
 
     @property
     def actor_key_prefix(self) -> str:
-        return self.prefix + "actor:"
+        return self.prefix + _F["actor"]
 
     def actor_mailbox(self, actor_hex: str) -> str:
         """Stream of method calls; read by the actor's worker through ACTOR_GROUP."""
-        return f"{self.prefix}actor_mb:{actor_hex}"
+        return f"{self.prefix}{_F['actor_mb']}{actor_hex}"
 
     def actor_names(self, namespace: str) -> str:
         """Hash of actor name -> actor id hex within one namespace."""
-        return f"{self.prefix}actor_names:{namespace}"
+        return f"{self.prefix}{_F['actor_names']}{namespace}"
 
     @property
     def actor_names_prefix(self) -> str:
-        return self.prefix + "actor_names:"
+        return self.prefix + _F["actor_names"]
 
     def job_actors(self, job_hex: str) -> str:
         """Set of the job's non-detached actors, killed when the job ends."""
-        return f"{self.prefix}job_actors:{job_hex}"
+        return f"{self.prefix}{_F['job_actors']}{job_hex}"
 
     @property
     def actor_channel(self) -> str:
         """Actor state changes (``<actor hex>:<state>``), a hint; the hash is the truth."""
-        return self.prefix + "actor_events"
+        return self.prefix + _F["actor_events"]
 
     # -- worker output, published per job for drivers that show it
     def job_logs(self, job_hex: str) -> str:
@@ -168,7 +188,7 @@ class Keys:
 
     def actor_control(self, actor_hex: str) -> str:
         """Stream of control messages (cancellations) the actor reads beside its mailbox."""
-        return f"{self.prefix}actor_ctl:{actor_hex}"
+        return f"{self.prefix}{_F['actor_ctl']}{actor_hex}"
 
     # -- cancellation markers: set by the owner, read where the task runs
     def cancel_marker(self, task_hex: str) -> str:
@@ -224,8 +244,7 @@ class Keys:
 
     @property
     def dead_actors(self) -> str:
-        """Also spelled in the MARK_ACTOR_DEAD script."""
-        return self.prefix + "dead_actors"
+        return self.prefix + _F["dead_actors"]
 
     @property
     def dead_nodes(self) -> str:

@@ -25,7 +25,7 @@ ERROR = 0x45  # b"E"
 STORED = 0x53  # b"S"
 
 MSG_OBJECT = 0x4F  # b"O"
-MSG_FREED = b"F"  # also spelled in the RELEASE_HOLDERS script
+MSG_FREED = b"F"
 MSG_CONTAINER = b"C"
 MSG_REBUILD = b"R"
 MSG_REBUILD_ACK = b"A"

@@ -2,10 +2,25 @@
 
 Scripts build key names from the cluster prefix passed as ARGV[1] rather than taking them
 as KEYS, because the keys they touch (one per waiter inbox) are only known inside the
-script. All of a cluster's keys share one hash tag, so this stays within one slot.
+script. All of a cluster's keys share one hash tag, so this stays within one slot. The key
+families, consumer groups and inbox kinds they spell are ``<<name>>`` placeholders, filled
+at import from ``keys.FAMILIES``, the group names and ``records`` (see ``_fill``).
 """
 
 from __future__ import annotations
+
+import re
+
+from rayr.gcs.records import MSG_FREED, MSG_OBJECT
+from rayr.keys import ACTOR_GROUP, FAMILIES, TASK_GROUP
+
+_NAMES = {**FAMILIES, "TASK_GROUP": TASK_GROUP, "ACTOR_GROUP": ACTOR_GROUP, "MSG_FREED": MSG_FREED.decode(),
+          "MSG_OBJECT": chr(MSG_OBJECT)}
+
+
+def _fill(script: str) -> str:
+    """``script`` with every ``<<name>>`` replaced by the name it stands for."""
+    return re.sub(r"<<(\w+)>>", lambda m: _NAMES[m.group(1)], script)
 
 # Store objects and wake everyone waiting for them, atomically, so a waiter that
 # registers concurrently either finds the record or is in the set the store reads.
@@ -13,21 +28,21 @@ from __future__ import annotations
 # ARGV[2+4k .. 5+4k], per object:
 #   object id (20 raw bytes) | object id hex | record | owner inbox name suffix ('' = none)
 # Returns the number of objects stored.
-STORE_OBJECTS = """
+STORE_OBJECTS = _fill("""
 local prefix = ARGV[1]
 local n = 0
 for i = 2, #ARGV, 4 do
   local oid, ohex, rec, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  redis.call('SET', prefix .. 'obj:' .. ohex, rec)
-  local msg = 'O' .. oid .. rec
+  redis.call('SET', prefix .. '<<obj>>' .. ohex, rec)
+  local msg = '<<MSG_OBJECT>>' .. oid .. rec
   if owner ~= '' then
-    redis.call('RPUSH', prefix .. 'inbox:' .. owner, msg)
+    redis.call('RPUSH', prefix .. '<<inbox>>' .. owner, msg)
   end
-  local wkey = prefix .. 'objw:' .. ohex
+  local wkey = prefix .. '<<objw>>' .. ohex
   local waiters = redis.call('SMEMBERS', wkey)
   for _, w in ipairs(waiters) do
     if w ~= owner then
-      redis.call('RPUSH', prefix .. 'inbox:' .. w, msg)
+      redis.call('RPUSH', prefix .. '<<inbox>>' .. w, msg)
     end
   end
   if #waiters > 0 then
@@ -36,25 +51,25 @@ for i = 2, #ARGV, 4 do
   n = n + 1
 end
 return n
-"""
+""")
 
 # Read object records; for each one not stored yet, register the inbox as a waiter.
 # ARGV[1]  cluster key prefix
 # ARGV[2]  inbox name suffix of the caller
 # ARGV[3..] object id hexes
 # Returns one entry per object: the record, or false when the caller now waits for it.
-FETCH_OR_WAIT = """
+FETCH_OR_WAIT = _fill("""
 local prefix, inbox = ARGV[1], ARGV[2]
 local out = {}
 for i = 3, #ARGV do
-  local rec = redis.call('GET', prefix .. 'obj:' .. ARGV[i])
+  local rec = redis.call('GET', prefix .. '<<obj>>' .. ARGV[i])
   if not rec then
-    redis.call('SADD', prefix .. 'objw:' .. ARGV[i], inbox)
+    redis.call('SADD', prefix .. '<<objw>>' .. ARGV[i], inbox)
   end
   out[#out + 1] = rec
 end
 return out
-"""
+""")
 
 # Create an actor's table entry, claim its name, and create its mailbox, atomically.
 # ARGV[1]  cluster key prefix
@@ -65,13 +80,13 @@ return out
 # ARGV[6..] field, value pairs for the actor hash
 # Returns {1, actor hex} when created, or {0, existing actor hex} when the name is taken
 # by a live actor.
-REGISTER_ACTOR = """
+REGISTER_ACTOR = _fill("""
 local prefix, actor, ns, name, job = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if name ~= '' then
-  local names = prefix .. 'actor_names:' .. ns
+  local names = prefix .. '<<actor_names>>' .. ns
   local existing = redis.call('HGET', names, name)
   if existing then
-    local state = redis.call('HGET', prefix .. 'actor:' .. existing, 'state')
+    local state = redis.call('HGET', prefix .. '<<actor>>' .. existing, 'state')
     if state and state ~= 'DEAD' then
       return {0, existing}
     end
@@ -82,21 +97,21 @@ local fields = {}
 for i = 6, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
-redis.call('HSET', prefix .. 'actor:' .. actor, unpack(fields))
-redis.call('XGROUP', 'CREATE', prefix .. 'actor_mb:' .. actor, 'actor', '0', 'MKSTREAM')
-redis.call('XGROUP', 'CREATE', prefix .. 'actor_ctl:' .. actor, 'actor', '0', 'MKSTREAM')
+redis.call('HSET', prefix .. '<<actor>>' .. actor, unpack(fields))
+redis.call('XGROUP', 'CREATE', prefix .. '<<actor_mb>>' .. actor, '<<ACTOR_GROUP>>', '0', 'MKSTREAM')
+redis.call('XGROUP', 'CREATE', prefix .. '<<actor_ctl>>' .. actor, '<<ACTOR_GROUP>>', '0', 'MKSTREAM')
 if job ~= '' then
-  redis.call('SADD', prefix .. 'job_actors:' .. job, actor)
+  redis.call('SADD', prefix .. '<<job_actors>>' .. job, actor)
 end
 return {1, actor}
-"""
+""")
 
 # Append a call to a live actor's mailbox; refuse if the actor is dead.
 # KEYS[1]  actor hash
 # KEYS[2]  actor mailbox stream
 # ARGV[1]  encoded task spec
 # Returns {1, entry id}, or {0, death cause} when the actor is dead or unknown.
-SUBMIT_ACTOR_CALL = """
+SUBMIT_ACTOR_CALL = _fill("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   return {0, 'the actor does not exist (it may belong to a job that ended)'}
@@ -105,7 +120,7 @@ if state == 'DEAD' then
   return {0, redis.call('HGET', KEYS[1], 'death_cause') or 'the actor is dead'}
 end
 return {1, redis.call('XADD', KEYS[2], '*', 's', ARGV[1])}
-"""
+""")
 
 # Mark an actor DEAD, free its name, and take every call still in its mailbox.
 # ARGV[1]  cluster key prefix
@@ -113,9 +128,9 @@ return {1, redis.call('XADD', KEYS[2], '*', 's', ARGV[1])}
 # ARGV[3]  death cause (shown to callers)
 # ARGV[4]  time of death
 # Returns the encoded specs of the calls that will never run (empty if already dead).
-MARK_ACTOR_DEAD = """
+MARK_ACTOR_DEAD = _fill("""
 local prefix, actor = ARGV[1], ARGV[2]
-local key = prefix .. 'actor:' .. actor
+local key = prefix .. '<<actor>>' .. actor
 local state = redis.call('HGET', key, 'state')
 if (not state) or state == 'DEAD' then
   return {}
@@ -123,16 +138,16 @@ end
 redis.call('HSET', key, 'state', 'DEAD', 'death_cause', ARGV[3], 'end_time', ARGV[4])
 local name = redis.call('HGET', key, 'name')
 if name and name ~= '' then
-  local names = prefix .. 'actor_names:' .. redis.call('HGET', key, 'namespace')
+  local names = prefix .. '<<actor_names>>' .. redis.call('HGET', key, 'namespace')
   if redis.call('HGET', names, name) == actor then
     redis.call('HDEL', names, name)
   end
 end
 local job = redis.call('HGET', key, 'job')
 if job and job ~= '' then
-  redis.call('SREM', prefix .. 'job_actors:' .. job, actor)
+  redis.call('SREM', prefix .. '<<job_actors>>' .. job, actor)
 end
-local mailbox = prefix .. 'actor_mb:' .. actor
+local mailbox = prefix .. '<<actor_mb>>' .. actor
 local specs = {}
 for _, entry in ipairs(redis.call('XRANGE', mailbox, '-', '+')) do
   local fields = entry[2]
@@ -142,17 +157,17 @@ for _, entry in ipairs(redis.call('XRANGE', mailbox, '-', '+')) do
     end
   end
 end
-redis.call('DEL', mailbox, prefix .. 'actor_ctl:' .. actor)
-redis.call('ZADD', prefix .. 'dead_actors', ARGV[4], actor)
-redis.call('PUBLISH', prefix .. 'actor_events', actor .. ':DEAD')
+redis.call('DEL', mailbox, prefix .. '<<actor_ctl>>' .. actor)
+redis.call('ZADD', prefix .. '<<dead_actors>>', ARGV[4], actor)
+redis.call('PUBLISH', prefix .. '<<actor_events>>', actor .. ':DEAD')
 return specs
-"""
+""")
 
 # Update an actor's hash unless it is already DEAD (a kill may race a state change).
 # KEYS[1]  actor hash
 # ARGV[1]  events channel; ARGV[2] message; ARGV[3..] field, value pairs
 # Returns 1 if updated, 0 if the actor is dead or unknown.
-UPDATE_LIVE_ACTOR = """
+UPDATE_LIVE_ACTOR = _fill("""
 local state = redis.call('HGET', KEYS[1], 'state')
 if (not state) or state == 'DEAD' then
   return 0
@@ -164,7 +179,7 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
-"""
+""")
 
 # Cancel a task queued on a stream: delete it if no raylet took it yet, else tell the
 # raylet that took it (the pending-entries list names it as the consumer).
@@ -175,9 +190,9 @@ return 1
 # ARGV[3]  task id hex
 # ARGV[4]  flags: "force" and/or "recursive", comma separated
 # Returns {'deleted'} (the caller resolves it), {'gone'} (already finished) or {'node', id}.
-CANCEL_TASK = """
+CANCEL_TASK = _fill("""
 redis.call('SET', KEYS[2], ARGV[4], 'EX', 86400)
-local pending = redis.call('XPENDING', KEYS[1], 'raylets', ARGV[1], ARGV[1], 1)
+local pending = redis.call('XPENDING', KEYS[1], '<<TASK_GROUP>>', ARGV[1], ARGV[1], 1)
 if #pending == 0 then
   if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
     return {'deleted'}
@@ -189,7 +204,7 @@ local node = string.match(consumer, '^[^.]+')  -- worker consumers are '<node>.<
 redis.call('XADD', ARGV[2] .. 'tasks:node:' .. node, '*', 'cancel', ARGV[3], 'flags', ARGV[4],
            'consumer', consumer)
 return {'node', node}
-"""
+""")
 
 # Cancel an actor call: delete it if the actor has not read it yet, else tell the actor.
 # KEYS[1]  actor mailbox
@@ -198,9 +213,9 @@ return {'node', node}
 # ARGV[1]  mailbox entry id
 # ARGV[2]  task id hex
 # Returns 'deleted', 'gone' or 'delivered'.
-CANCEL_ACTOR_CALL = """
+CANCEL_ACTOR_CALL = _fill("""
 redis.call('SET', KEYS[2], '1', 'EX', 86400)
-local pending = redis.call('XPENDING', KEYS[1], 'actor', ARGV[1], ARGV[1], 1)
+local pending = redis.call('XPENDING', KEYS[1], '<<ACTOR_GROUP>>', ARGV[1], ARGV[1], 1)
 if #pending == 0 then
   if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
     return 'deleted'
@@ -209,13 +224,13 @@ if #pending == 0 then
 end
 redis.call('XADD', KEYS[3], '*', 'cancel', ARGV[2])
 return 'delivered'
-"""
+""")
 
 # A raylet's heartbeat, unless the node was declared dead (then it must rejoin as a new node).
 # KEYS: node hash, liveness key, heartbeat channel
 # ARGV[1] liveness TTL (ms), ARGV[2] heartbeat message, ARGV[3..] node-hash field, value pairs
 # Returns 1, or 0 when the node is DEAD.
-HEARTBEAT = """
+HEARTBEAT = _fill("""
 if redis.call('HGET', KEYS[1], 'state') == 'DEAD' then
   return 0
 end
@@ -223,49 +238,49 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PUBLISH', KEYS[3], ARGV[2])
 return 1
-"""
+""")
 
 # Reference holders other than the owner's own refs (distributed reference counting).
 # objr:<hex> is the set of holders of an object: borrowing processes (their inbox name) and
 # objects that contain a ref to it ('o:' .. container hex). objc:<hex> lists what an object
 # contains, one entry per ref: 20-byte id .. 40-char hex .. owner inbox.
 # When the last holder goes, the owner is told with 'F' .. id in its inbox.
-local_release = """
+local_release = _fill("""
 local function release(prefix, oid, ohex, member, owner)
-  local key = prefix .. 'objr:' .. ohex
+  local key = prefix .. '<<objr>>' .. ohex
   if redis.call('SREM', key, member) == 1 and redis.call('SCARD', key) == 0 and owner ~= '' then
-    redis.call('RPUSH', prefix .. 'inbox:' .. owner, 'F' .. oid)
+    redis.call('RPUSH', prefix .. '<<inbox>>' .. owner, '<<MSG_FREED>>' .. oid)
   end
 end
-"""
+""")
 
 # ARGV[1] prefix, then (id, hex, member, owner) per holder to drop.
-RELEASE_HOLDERS = local_release + """
+RELEASE_HOLDERS = local_release + _fill("""
 for i = 2, #ARGV, 4 do
   release(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
 end
 return 1
-"""
+""")
 
 # Free objects (their record, holders and what they contain) unless someone holds them.
 # ARGV[1] prefix, then (hex, force) per object; force '1' frees even if held.
 # Returns one 1 (freed) or 0 (still held) per object.
-FREE_OBJECTS = local_release + """
+FREE_OBJECTS = local_release + _fill("""
 local prefix = ARGV[1]
 local out = {}
 for i = 2, #ARGV, 2 do
   local h, force = ARGV[i], ARGV[i + 1]
-  local holders = prefix .. 'objr:' .. h
+  local holders = prefix .. '<<objr>>' .. h
   if force == '1' or redis.call('SCARD', holders) == 0 then
-    local ckey = prefix .. 'objc:' .. h
+    local ckey = prefix .. '<<objc>>' .. h
     for _, e in ipairs(redis.call('LRANGE', ckey, 0, -1)) do
       release(prefix, string.sub(e, 1, 20), string.sub(e, 21, 60), 'o:' .. h, string.sub(e, 61))
     end
-    redis.call('DEL', prefix .. 'obj:' .. h, ckey, holders)
+    redis.call('DEL', prefix .. '<<obj>>' .. h, ckey, holders)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
 return out
-"""
+""")

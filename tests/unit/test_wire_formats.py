@@ -50,3 +50,25 @@ def test_inbox_messages():
     assert rec.owner_message(rec.MSG_FREED + oid) == (rec.MSG_FREED, oid)
     assert rec.parse_stored(rec.stored_record("ef" * 16, 12345)) == ("ef" * 16, 12345)
 
+
+
+def test_lua_scripts_spell_no_key_family_of_their_own():
+    import re
+    from pathlib import Path
+
+    from rayr.gcs import scripts
+    from rayr.keys import FAMILIES, Keys
+
+    source = Path(scripts.__file__).read_text()
+    assert not re.findall(r"prefix \.\. '(?!<<)", source), "a script spells a key family itself"
+    filled = [v for k, v in vars(scripts).items() if isinstance(v, str) and "redis.call" in v]
+    assert filled and not any("<<" in v for v in filled)
+    keys = Keys("c")
+    built = {"obj": keys.object("ab"), "objw": keys.object_waiters("ab"), "objr": keys.object_holders("ab"),
+             "objc": keys.object_contents("ab"), "inbox": keys.inbox("ab"), "actor": keys.actor("ab"),
+             "actor_mb": keys.actor_mailbox("ab"), "actor_ctl": keys.actor_control("ab"),
+             "actor_names": keys.actor_names("ab"), "job_actors": keys.job_actors("ab")}
+    for family, key in built.items():
+        assert key == keys.prefix + FAMILIES[family] + "ab"
+    assert keys.actor_channel == keys.prefix + FAMILIES["actor_events"]
+    assert keys.dead_actors == keys.prefix + FAMILIES["dead_actors"]
