@@ -439,6 +439,18 @@ class CoreWorker:
                     done.append(oid[:16])
             finished = self._on_tasks_done(done)
             self._cond.notify_all()
+        self._after_messages(resolved, ready, finished, rebuild_requests)
+
+    def _after_messages(
+        self,
+        resolved: list[tuple[concurrent.futures.Future, bytes, bytes]],
+        ready: list[_WaitingTask],
+        finished: list[tuple[list[ObjectRef], bytes | None]],
+        rebuild_requests: list[bytes],
+    ) -> None:
+        """What a batch of inbox messages calls for, done outside the lock: resolve futures,
+        submit tasks whose arguments arrived, drop finished tasks' argument objects, serve
+        rebuild requests."""
         for fut, oid, record in resolved:
             self._resolve_future(fut, oid, record)
         for waiting in ready:
@@ -534,22 +546,9 @@ class CoreWorker:
         Returns one ref per return value (one hidden ref for num_returns=0).
         """
         self._drain_released()
-        # actor creations get streams of their own: a worker leased to a shape's task stream
-        # must never take a creation from it
         stream = shape = ""
         if kind != ACTOR_CALL:
-            request = in_placement_group(opts.resources, opts.strategy)
-            if request is not opts.resources:
-                opts = replace(opts, resources=request, shape=shape_key(request))
-            shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
-            if opts.runtime_env is not None or self.envs.parent_hash:
-                env = self.envs.hash_for(opts.runtime_env)
-                if env:  # its own stream: only workers started in that env take from it
-                    shape += ENV_MARK + env
-                    if kind == ACTOR_CREATION:  # restarts find their env here
-                        actor_options = {**(actor_options or {}), "runtime_env": env}
-            key, node = self._router.route(shape, opts.resources, opts.strategy)
-            stream = self._ensure_stream(key, node, opts.resources, function_name)
+            opts, shape, stream, actor_options = self._route(opts, kind, function_name, actor_options)
         task_id = self.job_id.binary() + self._unique_suffix()
         frame_bytes, args_object, arg_refs, held = self._pack_arguments(task_id, function_name, args, kwargs)
         spec = TaskSpec(
@@ -605,6 +604,26 @@ class CoreWorker:
         elif not missing:
             self._submit_ready(spec, stream)
         return refs
+
+    def _route(
+        self, opts: TaskOptions, kind: int, function_name: str, actor_options: dict[str, Any] | None
+    ) -> tuple[TaskOptions, str, str, dict[str, Any] | None]:
+        """(options, shape, stream, actor options) of a task or an actor creation: inside a
+        placement group it asks for its bundle's resources, with a runtime env it gets its
+        env's stream, and actor creations get streams of their own (a worker leased to a
+        shape's task stream must never take a creation from it)."""
+        request = in_placement_group(opts.resources, opts.strategy)
+        if request is not opts.resources:
+            opts = replace(opts, resources=request, shape=shape_key(request))
+        shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
+        if opts.runtime_env is not None or self.envs.parent_hash:
+            env = self.envs.hash_for(opts.runtime_env)
+            if env:  # its own stream: only workers started in that env take from it
+                shape += ENV_MARK + env
+                if kind == ACTOR_CREATION:  # restarts find their env here
+                    actor_options = {**(actor_options or {}), "runtime_env": env}
+        key, node = self._router.route(shape, opts.resources, opts.strategy)
+        return opts, shape, self._ensure_stream(key, node, opts.resources, function_name), actor_options
 
     def _unique_suffix(self) -> bytes:
         """12 bytes no other process or call produces: a random per-process prefix and a

@@ -171,6 +171,22 @@ def _describe(item: Any) -> tuple[str, str]:
     return path, f"{item['msg']} (got {item.get('input')!r})"
 
 
+def _check_node_type(name: str, node_type: NodeTypeConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if not re.match(NAME_PATTERN, name):
+        problems.append((f"available_node_types.{name}", "a node type name may contain only letters, "
+                                                        "digits, '_', '.' and '-'"))
+    if node_type.max_workers is not None and node_type.max_workers < node_type.min_workers:
+        problems.append((f"available_node_types.{name}.max_workers",
+                         f"must be >= min_workers ({node_type.min_workers}), "
+                         f"got {node_type.max_workers}"))
+    for res, amount in node_type.resources.items():
+        if not 0 <= amount < math.inf:  # NaN fails every comparison
+            problems.append((f"available_node_types.{name}.resources.{res}",
+                             f"must be a finite number >= 0, got {amount}"))
+    return problems
+
+
 def cross_check(cfg: ClusterConfig) -> list[tuple[str, str]]:
     """Checks that span fields (run once every field is valid on its own)."""
     problems: list[tuple[str, str]] = []
@@ -180,17 +196,7 @@ def cross_check(cfg: ClusterConfig) -> list[tuple[str, str]]:
         problems.append(("head_node_type", f"must name one of available_node_types ({names}), "
                                            f"got {cfg.head_node_type!r}"))
     for name, node_type in types.items():
-        if not re.match(NAME_PATTERN, name):
-            problems.append((f"available_node_types.{name}", "a node type name may contain only letters, "
-                                                            "digits, '_', '.' and '-'"))
-        if node_type.max_workers is not None and node_type.max_workers < node_type.min_workers:
-            problems.append((f"available_node_types.{name}.max_workers",
-                             f"must be >= min_workers ({node_type.min_workers}), "
-                             f"got {node_type.max_workers}"))
-        for res, amount in node_type.resources.items():
-            if not 0 <= amount < math.inf:  # NaN fails every comparison
-                problems.append((f"available_node_types.{name}.resources.{res}",
-                                 f"must be a finite number >= 0, got {amount}"))
+        problems += _check_node_type(name, node_type)
     workers = [n for n in types if n != cfg.head_node_type]
     total_min = sum(types[n].min_workers for n in workers)
     if total_min > cfg.max_workers:

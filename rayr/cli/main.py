@@ -66,6 +66,32 @@ def cli() -> None:
     """rayr: the Ray Core programming model on Redis."""
 
 
+def _joinable(settings: Settings, address: str) -> str:
+    """The URL of the cluster at ``address``, once its Redis answered us (``settings`` get the
+    password that worked); a clear error if it does not."""
+    try:
+        url = normalize_address(address)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--address") from None
+    # a head this user started on this host: its password is in the session file
+    password = settings.redis_password or recorded_password(settings, url)
+    settings.redis_password = password
+    client = connect(url, password, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.AuthenticationError as err:
+        hint = ("wrong --redis-password / RAYR_REDIS_PASSWORD" if password
+                else "it needs --redis-password or RAYR_REDIS_PASSWORD")
+        raise click.ClickException(f"the cluster's Redis at {url} refused us ({hint}): {err}") from None
+    except redis.ResponseError as err:
+        raise click.ClickException(f"the cluster's Redis at {url} refused us: {err}") from None
+    except redis.RedisError as err:
+        raise click.ClickException(f"cannot reach the cluster's Redis at {url}: {err}") from None
+    finally:
+        client.close()
+    return url
+
+
 @cli.command()
 @click.option("--head", is_flag=True, help="Start the head node: Redis, the monitor and a raylet.")
 @click.option("--address", help="Join the cluster whose Redis is at HOST:PORT as a new node.")
@@ -145,26 +171,7 @@ def start(
         write_session_file(settings, url, settings.redis_password, cluster.session_dir)
     else:
         assert address is not None
-        try:
-            url = normalize_address(address)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="--address") from None
-        # a head this user started on this host: its password is in the session file
-        password = settings.redis_password or recorded_password(settings, url)
-        settings.redis_password = password
-        client = connect(url, password, socket_connect_timeout=3)
-        try:
-            client.ping()
-        except redis.AuthenticationError as err:
-            hint = ("wrong --redis-password / RAYR_REDIS_PASSWORD" if password
-                    else "it needs --redis-password or RAYR_REDIS_PASSWORD")
-            raise click.ClickException(f"the cluster's Redis at {url} refused us ({hint}): {err}") from None
-        except redis.ResponseError as err:
-            raise click.ClickException(f"the cluster's Redis at {url} refused us: {err}") from None
-        except redis.RedisError as err:
-            raise click.ClickException(f"cannot reach the cluster's Redis at {url}: {err}") from None
-        finally:
-            client.close()
+        url = _joinable(settings, address)
         cluster = LocalCluster.new_session(settings, daemon=True, external_redis_url=url)
         try:
             node_id = cluster.add_node(**node_kwargs)

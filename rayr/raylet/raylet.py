@@ -24,8 +24,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -48,6 +49,7 @@ from rayr.runtime_env.installer import WorkerEnv
 from rayr.task_spec import CREATION_FIELD, RESTART_FIELD, SPEC_FIELD, TaskSpec
 
 log = logging.getLogger("rayr.raylet")
+T = TypeVar("T")
 
 
 class Raylet:
@@ -433,11 +435,7 @@ class Raylet:
                 pass
         except BlockingIOError:
             pass
-        while True:
-            try:
-                tasks = self._incoming.get_nowait()
-            except queue.Empty:
-                break
+        for tasks in _drained(self._incoming):
             with self._lock:
                 for _ in range(len(tasks)):  # batches arrive in the order the reader took them
                     self._in_transit.popleft()
@@ -446,21 +444,11 @@ class Raylet:
             with self._lock:
                 self.sched.on_tasks(tasks)
         self.envs.on_wake()
-        while True:
-            try:
-                self.envs.prepare(self._env_prepares.get_nowait())
-            except queue.Empty:
-                break
-        while True:
-            try:
-                self._cancel(*self._cancels.get_nowait())
-            except queue.Empty:
-                break
-        while True:
-            try:
-                actor_id = self._kills.get_nowait()
-            except queue.Empty:
-                return
+        for digest in _drained(self._env_prepares):
+            self.envs.prepare(digest)
+        for cancel in _drained(self._cancels):
+            self._cancel(*cancel)
+        for actor_id in _drained(self._kills):
             for worker_id, hosted in list(self._actor_of.items()):
                 handle = self.pool.workers.get(worker_id)
                 if hosted == actor_id and handle is not None and handle.proc.poll() is None:
@@ -734,6 +722,15 @@ class Raylet:
                       "again to rejoin as a new node.", self.node_id[:12], reason.decode(errors="replace"))
             self.declared_dead = True
             self._signalled = True
+
+
+def _drained(items: queue.SimpleQueue[T]) -> Iterator[T]:
+    """What ``items`` holds now, taken one by one without blocking."""
+    while True:
+        try:
+            yield items.get_nowait()
+        except queue.Empty:
+            return
 
 
 def choose_store(

@@ -321,6 +321,19 @@ class Scheduler:
         """How many more default workers to launch (see :meth:`plan_workers`)."""
         return self.plan_workers()[0].get("", 0)
 
+    def _retire_idle_defaults(self, now: float) -> list[str]:
+        """Default workers beyond the prestarted pool idle for IDLE_WORKER_S, taken out of it."""
+        retire: list[str] = []
+        spare = sum(1 for w in self.live if w not in self.worker_env) - self.min_pool
+        for worker in list(self.idle):  # the longest idle first
+            if spare <= 0:
+                break
+            if worker not in self.worker_env and now - self.idle_since.get(worker, now) >= IDLE_WORKER_S:
+                retire.append(worker)
+                self._take_out(worker)
+                spare -= 1
+        return retire
+
     def plan_workers(self, now: float | None = None) -> tuple[dict[str, int], list[str]]:
         """({env: workers to launch}, idle workers to retire now).
 
@@ -356,14 +369,7 @@ class Scheduler:
                 self._take_out(worker)
                 room += 1
         if now is not None and not self.ready:
-            spare = sum(1 for w in self.live if w not in self.worker_env) - self.min_pool
-            for worker in list(self.idle):  # the longest idle first
-                if spare <= 0:
-                    break
-                if worker not in self.worker_env and now - self.idle_since.get(worker, now) >= IDLE_WORKER_S:
-                    retire.append(worker)
-                    self._take_out(worker)
-                    spare -= 1
+            retire += self._retire_idle_defaults(now)
         plan = {}
         for env, n in want.items():
             if min(n, room) > 0:
