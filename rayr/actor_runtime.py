@@ -40,6 +40,7 @@ INCARNATION_CHECK_S = 2.0  # how often an actor checks it is still the actor's l
 # calls an earlier incarnation took this long ago and still holds are taken over (it is dead,
 # or a zombie that exits within INCARNATION_CHECK_S)
 STRAGGLER_IDLE_MS = 3000
+EXIT_WAIT_S = 30.0  # how long the serve loop waits for exit_actor() to finish on another thread
 
 
 class ActorRuntime:
@@ -68,7 +69,8 @@ class ActorRuntime:
         # calls running on the event loop, by task id, so a cancellation can reach them
         self._async_calls: dict[bytes, Any] = {}
         self.instance: Any = None
-        self._exiting = threading.Event()
+        self._exiting = threading.Event()  # exit_actor() was called: the serve loop stops
+        self._exited = threading.Event()  # ... and has failed what was queued: the process may end
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -168,12 +170,12 @@ class ActorRuntime:
                 reply = client.xreadgroup(ACTOR_GROUP, self.consumer, streams, count=READ_BATCH, block=1000)
             except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: its mailbox comes back with it
                 if self._exiting.is_set():
-                    return
+                    break
                 time.sleep(0.2)
                 continue
             except Exception:
                 if self._exiting.is_set():
-                    return
+                    break  # exit_actor() deleted the mailbox we read
                 if self.gcs.actor_info(self.actor_id).get("state", "DEAD") == "DEAD":
                     os._exit(0)  # killed: its mailbox is gone and no call can arrive
                 log.exception("reading the mailbox of actor %s failed; retrying", self.actor_id)
@@ -196,6 +198,9 @@ class ActorRuntime:
                 self.executor._batching = False
                 if batch:
                     self.executor.deliver_undelivered(extra=(self._read_control(), self._on_control_reply))
+        # exit_actor() on another thread (an async or threaded actor) ends the process once the
+        # calls it took out of the mailbox have their errors; returning would end it first
+        self._exited.wait(EXIT_WAIT_S)
 
     def _on_control(self, entries: list) -> None:
         """Cancellations: flag the call (a sync method may poll is_canceled()), or cancel it."""
@@ -379,7 +384,10 @@ class ActorRuntime:
         self._exiting.set()
         self.executor.deliver_undelivered()  # the calls of its batch that ran before this one
         cause = f"The actor {self.actor_id} exited on purpose (exit_actor() in {spec.function_name}())."
-        self._fail(entry_id, spec, ActorDiedError(cause))
-        self._die(cause)
-        self.core.commands.flush()
+        try:
+            self._fail(entry_id, spec, ActorDiedError(cause))
+            self._die(cause)
+            self.core.commands.flush()
+        finally:
+            self._exited.set()
         os._exit(0)

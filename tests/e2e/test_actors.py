@@ -292,6 +292,33 @@ def test_exit_actor(ray):
         rayr.actor.exit_actor()
 
 
+def test_exit_actor_of_an_async_actor_resolves_every_call_sent_meanwhile(ray):
+    """exit_actor() runs off the serve loop in an async actor: the loop must not end the
+    process between taking the queued calls out of the mailbox and failing them."""
+
+    @rayr.remote
+    class AsyncQuitter:
+        async def quit(self):
+            rayr.actor.exit_actor()
+
+        async def ping(self):
+            return "pong"
+
+    for _ in range(5):
+        q = AsyncQuitter.remote()
+        assert rayr.get(q.ping.remote(), timeout=30) == "pong"
+        done = q.quit.remote()
+        calls = []
+        while not rayr.wait([done], timeout=0)[0]:
+            calls.append(q.ping.remote())
+        calls += [q.ping.remote() for _ in range(20)]
+        for call in calls:  # each ran before the exit or failed with it; none hangs
+            try:
+                assert rayr.get(call, timeout=30) == "pong"
+            except ActorDiedError:
+                pass
+
+
 def test_restart_reruns_constructor(ray):
     c = Counter.options(max_restarts=1).remote(7)
     rayr.get(c.inc.remote())
