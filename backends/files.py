@@ -40,7 +40,7 @@ from collections.abc import Iterator
 
 from rayr.exceptions import ObjectStoreFullError
 from rayr.object_store.base import BackendOptions, ObjectExistsError, ObjectStoreBackend, StoreUsage
-from rayr.object_store.orphans import reclaim_orphans
+from rayr.object_store.orphans import reclaim_orphans, remove_file
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
 POOL_MIN_BYTES = 1 << 20
@@ -147,7 +147,7 @@ class FileBackend(ObjectStoreBackend):
         try:
             fd = os.open(tmp, os.O_RDWR if reused else os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # left by a dead writer whose pid we inherited
-            _unlink(tmp)
+            remove_file(tmp)
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with _nothing_left_on_failure(tmp):
@@ -203,7 +203,7 @@ class FileBackend(ObjectStoreBackend):
         mapping, tmp, _ = writing
         if mapping is not None:
             mapping.close()
-        _unlink(tmp)
+        remove_file(tmp)
 
     def get(self, object_id: bytes) -> memoryview | None:
         path = self._path(object_id)
@@ -429,7 +429,7 @@ class FileBackend(ObjectStoreBackend):
         try:
             os.unlink(entry.path)
         except FileNotFoundError:  # deleted while we copied: its copy must not outlive it
-            _unlink(os.path.join(self._spill, entry.name))
+            remove_file(os.path.join(self._spill, entry.name))
             return 0
         return size
 
@@ -442,7 +442,7 @@ class FileBackend(ObjectStoreBackend):
             self._copy(spilled, self._dir, os.path.basename(self._path(object_id)))
         except (FileNotFoundError, _NoSpace):  # deleted meanwhile, or no room: it stays spilled
             return
-        _unlink(spilled)
+        remove_file(spilled)
 
     def _copy(self, source: str, directory: str, name: str) -> int:
         """Copy ``source`` to ``directory/name``, complete under a temporary name, its blocks
@@ -478,7 +478,7 @@ def _nothing_left_on_failure(tmp: str) -> Iterator[None]:
     try:
         yield
     except BaseException as err:
-        _unlink(tmp)
+        remove_file(tmp)
         if isinstance(err, OSError) and err.errno in _NO_SPACE:
             raise _NoSpace from err
         raise
@@ -504,13 +504,6 @@ def _same_filesystem(a: str, b: str) -> bool:
         return os.stat(a).st_dev == os.stat(b).st_dev
     except OSError:
         return False
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _mtime(entry: os.DirEntry) -> float:

@@ -108,7 +108,7 @@ class Monitor:
         returns (requeued, failed)."""
         now = time.monotonic()
         if self._recent_dead is None:  # first round since we started: every dead node once
-            dead = {n["node_id"]: n for n in self.gcs.list_nodes() if n.get("state") != NODE_ALIVE}
+            dead = [n["node_id"] for n in self.gcs.list_nodes() if n.get("state") != NODE_ALIVE]
             self._recent_dead = dict.fromkeys(dead, now)
         for node_id, since in list(self._recent_dead.items()):
             if now - since > DEAD_TARGETS_S:
@@ -173,9 +173,7 @@ class Monitor:
         keepalive gives up on a vanished host); while it is there the job lives on.
         """
         ended: list[str] = []
-        if self._redis_just_started():
-            return ended  # keys lapsed during the outage; drivers reconnect within the grace
-        clients: set[str] | None = None
+        clients: set[str] | None = None  # looked up once a key has lapsed, not every round
         for raw in self.gcs.r.smembers(self.gcs.keys.running_jobs):
             job = raw.decode()
             if self.gcs.r.exists(self.gcs.keys.job_alive(job)):
@@ -185,6 +183,8 @@ class Monitor:
             if time.time() - started < self.settings.node_timeout_s:
                 continue  # its driver has not had time to say it is alive yet
             if clients is None:
+                if self._redis_just_started():
+                    return ended  # keys lapsed during the outage; drivers reconnect within the grace
                 clients = self._client_names()
             if self.gcs.keys.driver_client(job) in clients:
                 # alive but silent: vouch for it for one more timeout instead of asking again

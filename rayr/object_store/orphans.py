@@ -72,7 +72,7 @@ class NamespaceLock:
             os.rename(tmp, path)
         except BaseException:
             os.close(fd)
-            _unlink(tmp)
+            remove_file(tmp)
             raise
         _held[(st.st_dev, st.st_ino)] = os.getpid()
         self._fds[path] = fd
@@ -80,7 +80,7 @@ class NamespaceLock:
     def release(self) -> None:
         """Remove the lock files and drop the locks (call after the store was cleaned up)."""
         for path, fd in self._fds.items():
-            _unlink(path)  # first: the file must not outlive the lock for a reclaimer to find
+            remove_file(path)  # first: the file must not outlive the lock for a reclaimer to find
             st = os.fstat(fd)
             _held.pop((st.st_dev, st.st_ino), None)
             os.close(fd)
@@ -155,15 +155,16 @@ def reclaim_orphans(directories: Iterable[str]) -> list[str]:
                 except FileNotFoundError:
                     leftovers = []
                 for leftover in leftovers:
-                    _unlink(os.path.join(directory, leftover))
-                _unlink(path)
+                    remove_file(os.path.join(directory, leftover))
+                remove_file(path)
                 freed.append(namespace)
             finally:
                 os.close(fd)
     return freed
 
 
-def _unlink(path: str) -> None:
+def remove_file(path: str) -> None:
+    """``os.unlink`` of a file that may be gone already."""
     try:
         os.unlink(path)
     except FileNotFoundError:
