@@ -306,7 +306,9 @@ class TaskExecutor:
     def load_function(self, spec: TaskSpec) -> Any:
         fn = self._functions.get(spec.function_key)
         if fn is None:
-            data = self.core.gcs.fetch_function(spec.function_key)
+            # a task taken just before Redis went away waits for it rather than failing
+            data = until_reachable(lambda: self.core.gcs.fetch_function(spec.function_key),
+                                   "loading a task's function")
             if data is None:
                 raise RuntimeError(
                     f"function {spec.function_name} ({spec.function_key}) is not in the function "
@@ -318,7 +320,7 @@ class TaskExecutor:
 
     def _join_job(self, job_hex: str) -> None:
         """Make the driver's import paths importable here, as Ray does for a job's workers."""
-        info = self.core.gcs.get_job(job_hex)
+        info = until_reachable(lambda: self.core.gcs.get_job(job_hex), "joining a task's job")
         for path in reversed(json.loads(info.get("sys_path", "[]"))):
             if path not in sys.path and os.path.isdir(path):
                 sys.path.insert(1, path)
