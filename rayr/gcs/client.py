@@ -69,6 +69,7 @@ def no_retry() -> Retry:
 
 REDIS_DOWN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 RECONNECT_S = 60.0  # how long work that must not be dropped waits for Redis to come back
+RECONNECT_BACKOFF_MAX_S = 1.0  # the longest pause between two tries while Redis is away
 
 
 def until_reachable(fn: Callable[[], T], what: str, timeout: float = RECONNECT_S) -> T:
@@ -84,7 +85,7 @@ def until_reachable(fn: Callable[[], T], what: str, timeout: float = RECONNECT_S
                 raise
             log.warning("Redis unreachable while %s; retrying", what)
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, RECONNECT_BACKOFF_MAX_S)
 
 
 # For every client rayr makes. No socket timeout: blocking reads (BLPOP, XREADGROUP BLOCK)

@@ -20,7 +20,7 @@ import redis
 from rayr.config import Settings, daemon_settings
 from rayr.gcs import control
 from rayr.gcs import records as rec
-from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
+from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, connect
 from rayr.gcs.history import trim_history
 from rayr.gcs.jobs import end_job
 from rayr.gcs.placement import place_bundles, ready_object_id
@@ -121,9 +121,11 @@ class Monitor:
 
     def _redis_just_started(self) -> bool:
         """Whether Redis restarted less than a node timeout ago: liveness keys may have lapsed
-        while it was down, and the raylets need one heartbeat to refresh them after it."""
+        while it was down, and the raylets need one heartbeat to refresh them after it (and
+        may be waiting out a reconnect backoff first)."""
         uptime = int(self.gcs.r.info("server").get("uptime_in_seconds", 1 << 30))
-        return uptime < self.settings.node_timeout_s + self.settings.heartbeat_interval_s
+        grace = self.settings.node_timeout_s + self.settings.heartbeat_interval_s + RECONNECT_BACKOFF_MAX_S
+        return uptime < grace
 
     def run(self) -> None:
         last = "$"
