@@ -18,7 +18,7 @@ from rayr import context
 from rayr.actor import ActorClass, ActorHandle, handle_from_table
 from rayr.config import Settings, env_address, env_job_runtime_env, env_submission_id, load_settings
 from rayr.context import RuntimeContext, state
-from rayr.core_worker import CoreWorker
+from rayr.core import CoreWorker
 from rayr.gcs.client import GcsClient, connect, normalize_address
 from rayr.gcs.command_stream import CommandStream
 from rayr.gcs.jobs import end_job, kill_actor

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rayr.core_worker import CoreWorker
+    from rayr.core import CoreWorker
     from rayr.log_stream import LogPrinter
     from rayr.node import LocalCluster
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from rayr import context, serialization
 from rayr.config import child_settings
-from rayr.core_worker import CoreWorker
+from rayr.core import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
 from rayr.gcs import records as rec
 from rayr.gcs.client import RECONNECT_S, REDIS_DOWN_ERRORS, GcsClient, connect, no_retry, until_reachable

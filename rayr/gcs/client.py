@@ -182,6 +182,9 @@ class GcsClient:
     def alive_nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.list_nodes() if n.get("state") == NODE_ALIVE]
 
+    def node_alive(self, node_hex: str) -> bool:
+        return self.r.hget(self.keys.node(node_hex), "state") == NODE_ALIVE.encode()
+
     # ----------------------------------------------------------------- jobs
     def new_job(self, info: dict[str, Any]) -> JobID:
         job_id = JobID.from_int(int(self.r.incr(self.keys.job_counter)))

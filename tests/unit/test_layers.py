@@ -18,12 +18,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # vocabulary every process shares; imports nothing of rayr above it
     ("common", ("rayr.config", "rayr.exceptions", "rayr.ids", "rayr.keys", "rayr.resources",
                 "rayr.task_spec", "rayr.serialization", "rayr.scheduling_strategies",
-                "rayr.private_files", "rayr.procs", "rayr.session", "rayr.log_stream")),
+                "rayr.private_files", "rayr.procs", "rayr.session", "rayr.log_stream", "rayr.protocol")),
     # the GCS tables, object stores, runtime envs, starting cluster processes
     ("services", ("rayr.gcs", "rayr.object_store", "rayr.backends", "rayr.runtime_env", "rayr.node",
                   "rayr.job_submission.status")),
     # what drivers and workers run: ownership, submission, execution
-    ("core", ("rayr.context", "rayr.object_ref", "rayr.core_worker", "rayr.routing",
+    ("core", ("rayr.context", "rayr.object_ref", "rayr.core", "rayr.routing",
               "rayr.streaming", "rayr.worker", "rayr.actor_runtime")),
     # the other process kinds: raylet, head monitor, job supervisor, autoscaler
     ("daemons", ("rayr.raylet", "rayr.gcs.monitor", "rayr.job_submission.supervisor", "rayr.autoscaler")),
@@ -34,8 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 # arrows the ranks allow but the design does not: core and daemons are separate process kinds
 FORBIDDEN = [
-    ("rayr.raylet", "rayr.core_worker"),
-    ("rayr.gcs.monitor", "rayr.core_worker"),
+    ("rayr.raylet", "rayr.core"),
+    ("rayr.gcs.monitor", "rayr.core"),
     ("core", "daemons"),
 ]
 # the zygote forks workers, so it preloads the worker's code
@@ -166,7 +166,7 @@ def test_arrows_point_down():
 
 @pytest.mark.parametrize("module, target", [
     ("rayr.gcs.recovery", "rayr.raylet.scheduler"),  # gcs never imports the raylet
-    ("rayr.core_worker", "rayr.api"),  # core never imports the API
+    ("rayr.core.core_worker", "rayr.api"),  # core never imports the API
     ("rayr.raylet.raylet", "rayr.actor"),  # the raylet never imports the API
     ("rayr.resources", "rayr.gcs.client"),  # the vocabulary imports nothing above it
 ])

@@ -1,0 +1,316 @@
+"""The core worker: what every rayr process (driver or worker) uses to own and use objects.
+
+A facade over five parts, each in its own module::
+
+    OwnershipTable  ownership.py  records, ref counts, borrowings, frees      no I/O
+    LineageTable    lineage.py    argument holds, lineage, the rerun budget   no I/O
+    TaskSubmitter   submitter.py  ids, arguments, dependency waits, routing, actor-call order, cancel
+    ObjectClient    objects.py    put/get/wait, reading stored objects, freeing, rebuilding
+    InboxReader     inbox.py      the one background thread: reads the inbox, housekeeping
+
+Lock rule: one ``Condition(RLock)``, ``cond``, guards the two tables and the submitter's
+queues; they change only through their methods and only under it. It is never held across
+Redis, the store or a socket. ``TaskSubmitter.send_lock`` (actor-call order) is taken before
+``cond``, never after. ``CommandStream``'s locks are private to it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rayr.core.inbox import InboxReader
+from rayr.core.lineage import ArgHold, LineageTable
+from rayr.core.objects import ObjectClient
+from rayr.core.ownership import OwnershipTable
+from rayr.core.submitter import TaskSubmitter, WaitingTask
+from rayr.gcs import records as rec
+from rayr.gcs.client import GcsClient
+from rayr.gcs.command_stream import CommandStream
+from rayr.ids import JobID
+from rayr.object_ref import ObjectRef
+from rayr.object_store.base import ObjectStoreBackend
+from rayr.task_spec import TASK, TaskOptions
+
+if TYPE_CHECKING:
+    import redis
+
+    from rayr import serialization
+    from rayr.config import Settings
+
+FIRST_RETURN = (1).to_bytes(4, "big")
+
+# The task (and its resources) running in this thread or asyncio task of a worker.
+_current_task: contextvars.ContextVar[tuple[bytes, dict[str, float]] | None] = contextvars.ContextVar(
+    "rayr_current_task", default=None
+)
+
+
+class CoreWorker:
+    """Per-process object ownership, task submission and retrieval."""
+
+    def __init__(
+        self,
+        *,
+        gcs: GcsClient,
+        blocking_redis: redis.Redis,
+        commands: CommandStream,
+        settings: Settings,
+        node_hex: str,
+        store: ObjectStoreBackend,
+        job_id: JobID,
+        worker_hex: str,
+        namespace: str = "",
+        on_blocked: Callable[[bool], None] | None = None,
+        liveness_ttl_s: float | None = None,
+        liveness_redis: redis.Redis | None = None,
+    ) -> None:
+        self.gcs = gcs
+        self.keys = gcs.keys
+        self.settings = settings
+        self.node_hex = node_hex
+        self.store = store
+        self.job_id = job_id
+        self.worker_hex = worker_hex
+        self.namespace = namespace
+        self.commands = commands  # hot-path writes that need no immediate reply
+        self.current_actor_id: str | None = None
+        self.cancelled_tasks: set[bytes] = set()  # calls of this actor cancelled while queued/running
+        # a driver keeps its job's liveness key fresh, on a connection named after the job:
+        # the monitor ends a job whose key lapsed only once that connection is gone too
+        self._liveness_ttl = liveness_ttl_s
+        self._liveness: Any = liveness_redis
+        self._liveness_due = 0.0
+        self._inbox_key = self.keys.inbox(worker_hex)
+
+        self.cond = threading.Condition(threading.RLock())
+        self.ownership = OwnershipTable(worker_hex)
+        self.lineage = LineageTable()
+        parts: dict[str, Any] = dict(
+            gcs=gcs, commands=commands, settings=settings, store=store, job_id=job_id,
+            node_hex=node_hex, worker_hex=worker_hex, cond=self.cond, ownership=self.ownership,
+            lineage=self.lineage,
+        )
+        self._inbox = InboxReader(
+            blocking_redis=blocking_redis, inbox_key=self._inbox_key, on_messages=self._on_messages,
+            housekeeping=self._housekeeping, wake_waiters=self._wake_waiters,
+        )
+        self.submitter = TaskSubmitter(watch=self._watch, current_task_id=lambda: self.current_task_id,
+                                       **parts)
+        self.objects = ObjectClient(submitter=self.submitter, on_blocked=on_blocked,
+                                    redis_down_since=lambda: self._inbox.down_since, **parts)
+        self.envs = self.submitter.envs
+        self._refresh_liveness()  # connects the named liveness connection now, from this thread
+        self._inbox.start()
+
+    # ------------------------------------------------------- running task
+    @property
+    def current_task_id(self) -> bytes | None:
+        current = _current_task.get()
+        return current[0] if current else None
+
+    @property
+    def current_resources(self) -> dict[str, float]:
+        current = _current_task.get()
+        return current[1] if current else {}
+
+    def set_current_task(self, task_id: bytes | None, resources: dict[str, float] | None = None) -> None:
+        _current_task.set((task_id, resources or {}) if task_id else None)
+
+    def is_cancelled(self, task_id: bytes) -> bool:
+        if task_id in self.cancelled_tasks:
+            return True
+        if self.gcs.cancel_flags(task_id.hex()) is None:
+            return False
+        self.cancelled_tasks.add(task_id)  # so the call's result is reported as cancelled
+        return True
+
+    # ------------------------------------------------------------- lifecycle
+    def shutdown(self) -> None:
+        """Stop the inbox thread and free what this process still owns."""
+        if self._inbox.stopping:
+            return
+        self._inbox.stopping = True
+        try:
+            self.gcs.r.rpush(self._inbox_key, rec.MSG_STOP)
+        except Exception:  # Redis already gone: the thread ends on its own timeout
+            pass
+        if self._inbox.join(timeout=5) and self._liveness is not None:
+            self._liveness.close()
+        self.objects.drain_released()
+        self.objects.flush_deletes()
+        self.commands.close()
+        try:
+            self.gcs.r.delete(self._inbox_key)
+        except Exception:
+            pass
+
+    # ------------------------------------------------------ reference counts
+    def add_local_ref(self, oid: bytes, owner: str) -> None:
+        with self.cond:
+            self.ownership.add_ref(oid)
+
+    def release_local_ref(self, oid: bytes) -> None:
+        self.ownership.release(oid)  # lock-free: called from __del__
+
+    def mark_shared(self, oid: bytes) -> None:
+        with self.cond:
+            self.ownership.mark_shared(oid)
+
+    def on_deserialized(self, oid: bytes, owner: str) -> None:
+        """A ref to ``oid`` was unpickled here: if another process owns it, register as its
+        borrower (before anything this process does next reaches Redis, so before the owner
+        can hear that the task or object that carried the ref is done)."""
+        with self.cond:
+            new = self.ownership.borrow(oid, owner)
+        if new:
+            self.commands.send([("SADD", self.keys.object_holders(oid.hex()), self.worker_hex)])
+
+    def pin_contained(self, container: bytes, refs: list[Any], owner: str) -> None:
+        self.objects.pin_contained(container, refs, owner)
+
+    def forget_stream(self, task_id: bytes, first_unread: int) -> None:
+        """The generator is gone: free items nobody took, stop accepting new ones."""
+        with self.cond:
+            self.ownership.forget_stream(task_id, first_unread)
+
+    # ------------------------------------------------------------ submission
+    def export_function(self, digest: str, pickled: Callable[[], bytes]) -> str:
+        return self.submitter.export_function(digest, pickled)
+
+    def submit_task(
+        self,
+        function_key: str,
+        function_name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        opts: TaskOptions,
+        *,
+        kind: int = TASK,
+        actor_id: str = "",
+        method: str = "",
+        actor_options: dict[str, Any] | None = None,
+    ) -> list[ObjectRef]:
+        """Queue a task, an actor creation or an actor call (see ``TaskSubmitter.submit``)."""
+        self.objects.drain_released()
+        return self.submitter.submit(function_key, function_name, args, kwargs, opts, kind=kind,
+                                     actor_id=actor_id, method=method, actor_options=actor_options)
+
+    def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
+        self.submitter.cancel(oid, force, recursive)
+
+    def cancel_children(self, task_id: bytes) -> None:
+        self.submitter.cancel_children(task_id)
+
+    def forget_children(self, task_id: bytes) -> None:
+        self.submitter.forget_children(task_id)
+
+    # --------------------------------------------------------------- objects
+    def put(self, value: Any) -> ObjectRef:
+        return self.objects.put(value)
+
+    def make_record(self, oid: bytes, frame: serialization.SerializedObject, owner: str = "") -> bytes:
+        return self.objects.make_record(oid, frame, owner)
+
+    def wait_ready(self, oids: list[bytes], num: int, timeout: float | None) -> set[bytes]:
+        return self.objects.wait_ready(oids, num, timeout)
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        return self.objects.get(refs, timeout)
+
+    def future_of(self, ref: ObjectRef) -> concurrent.futures.Future:
+        return self.objects.future_of(ref)
+
+    def value_recovering(self, oid: bytes, owner: str, deadline: float | None = None) -> Any:
+        return self.objects.value_recovering(oid, owner, deadline)
+
+    def value_of(self, oid: bytes, record: bytes) -> Any:
+        return self.objects.value_of(oid, record)
+
+    def stored_view(self, oid: bytes, record: bytes) -> memoryview:
+        return self.objects.stored_view(oid, record)
+
+    def record_of(self, oid: bytes) -> bytes | None:
+        return self.objects.record_of(oid)
+
+    def _watch(self, oids: set[bytes]) -> None:
+        self.objects.watch(oids)
+
+    # ----------------------------------------------------------------- inbox
+    def _on_messages(self, msgs: list[bytes]) -> None:
+        """A batch from the inbox: file records, then (outside the lock) resolve futures,
+        queue tasks whose arguments arrived, drop finished tasks' argument objects and serve
+        rebuild requests."""
+        ready: list[WaitingTask] = []
+        resolved: list[tuple[concurrent.futures.Future, bytes, bytes]] = []
+        rebuild_requests: list[bytes] = []
+        done: list[bytes] = []
+        own = self.ownership
+        with self.cond:
+            for msg in msgs:
+                parsed = rec.parse_message(msg)
+                if parsed is None:
+                    self._on_owner_message(msg, rebuild_requests)
+                    continue
+                oid, record = parsed
+                resolved.extend((fut, oid, kept) for fut, kept in own.accept(oid, record))
+                self.submitter.deps_arrived(oid, ready)
+                if oid[16:] == FIRST_RETURN:
+                    done.append(oid[:16])
+            finished = self._on_tasks_done(done)
+            self.cond.notify_all()
+        for fut, oid, record in resolved:
+            self.objects.resolve_future(fut, oid, record)
+        self.submitter.send_ready(ready)
+        for _refs, args_object in finished:
+            if args_object is not None:
+                self.store.delete(args_object)
+                self.gcs.delete_objects([args_object.hex()])
+        for request in rebuild_requests:
+            self.objects.on_rebuild_request(request)
+
+    def _on_owner_message(self, msg: bytes, requests: list[bytes]) -> None:
+        """(Under the lock.) Inbox messages other than object records: rebuild requests and
+        acknowledgements (R, A), and reference counting (F: last holder gone, C: our object
+        contains refs)."""
+        kind, oid = rec.owner_message(msg)
+        if kind == rec.MSG_REBUILD:
+            requests.append(msg)  # served after the batch, outside the lock
+        elif kind == rec.MSG_REBUILD_ACK:
+            self.objects.rebuild_acks.add(oid)
+        elif kind == rec.MSG_FREED:
+            self.ownership.on_holders_gone(oid)
+        elif kind == rec.MSG_CONTAINER:
+            self.ownership.add_container(oid)
+
+    def _on_tasks_done(self, task_ids: list[bytes]) -> list[ArgHold]:
+        """(Under the lock, after the whole batch was filed: a task's returns arrive together.)
+        Forget finished tasks; returns the argument holds to release now."""
+        if not task_ids:
+            return []
+        self.submitter.tasks_done(task_ids)
+        return self.lineage.finish(task_ids, lambda spec: self.ownership.stored_output(spec.return_ids()))
+
+    def _housekeeping(self) -> None:
+        """Between inbox batches: count down dead refs, send frees, refresh liveness."""
+        self.objects.drain_released()
+        self.objects.flush_deletes()
+        self._refresh_liveness()
+
+    def _wake_waiters(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def _refresh_liveness(self) -> None:
+        if self._liveness_ttl is None or time.monotonic() < self._liveness_due:
+            return
+        self._liveness_due = time.monotonic() + min(1.0, self._liveness_ttl / 3)
+        client = self._liveness if self._liveness is not None else self.gcs.r
+        client.set(self.keys.job_alive(self.job_id.hex()), b"1", px=int(self._liveness_ttl * 1000))
+
+
+__all__ = ["CoreWorker"]

@@ -1,0 +1,85 @@
+"""The inbox reader: the one background thread of a core worker.
+
+Results reach a process through its *inbox*, a Redis list that executors (and the Lua store
+script, for objects it waits on but does not own) push to. The thread blocks on it (BLPOP,
+then LPOP of up to 1024 more), hands each batch to the core worker, and between batches
+does the process's housekeeping: counting down dead refs, sending frees, and (in a driver)
+keeping its job's liveness key fresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rayr.gcs.client import REDIS_DOWN_ERRORS
+
+log = logging.getLogger("rayr.core")
+BATCH_MAX = 1024  # messages taken per round trip after the first
+
+
+class InboxReader:
+    """Reads ``inbox_key`` on its own connection until ``stop``."""
+
+    def __init__(
+        self,
+        *,
+        blocking_redis: Any,
+        inbox_key: str,
+        on_messages: Callable[[list[bytes]], None],
+        housekeeping: Callable[[], None],
+        wake_waiters: Callable[[], None],
+    ) -> None:
+        self._redis = blocking_redis
+        self._key = inbox_key
+        self._on_messages = on_messages
+        self._housekeeping = housekeeping
+        self._wake_waiters = wake_waiters
+        self.stopping = False
+        # since when Redis has not answered (None: it answers); waiters give up after a limit
+        self.down_since: float | None = None
+        self._thread = threading.Thread(target=self._loop, name="rayr-inbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end (after ``stopping`` was set and it was woken); True if
+        it did, and its connection was closed."""
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            return False
+        self._redis.close()
+        return True
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            msgs: list[bytes] = []
+            try:
+                item = self._redis.blpop([self._key], timeout=1)
+                if item is not None:
+                    msgs.append(item[1])
+                    more = self._redis.lpop(self._key, BATCH_MAX)
+                    if more:
+                        msgs.extend(more)
+            except REDIS_DOWN_ERRORS:
+                if self.stopping:
+                    return
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                self._wake_waiters()  # they check how long Redis has been away
+                time.sleep(0.2)  # e.g. Redis restarting: what was popped is still handled below
+            else:
+                self.down_since = None
+            try:
+                if msgs:
+                    self._on_messages(msgs)
+                self._housekeeping()
+            except Exception:
+                if self.stopping:
+                    return
+                log.exception("handling inbox messages failed")
+                time.sleep(0.2)

@@ -1,0 +1,499 @@
+"""Task submission: ids, argument packing, dependency waits, per-actor call order, routing to
+a task stream, and cancellation.
+
+A task whose ObjectRef arguments are all resolved is queued at once (XADD on the command
+stream, or the actor's mailbox script); otherwise it waits in ``dep_waiters`` until the inbox
+files the missing records. Calls to one actor leave this process in submission order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from rayr import resources as res
+from rayr import serialization
+from rayr.core.lineage import Lineage, LineageTable
+from rayr.core.ownership import OwnershipTable
+from rayr.exceptions import ActorDiedError, ObjectLostError, RaySystemError, TaskCancelledError
+from rayr.gcs import control
+from rayr.gcs import records as rec
+from rayr.gcs.client import GcsClient
+from rayr.gcs.command_stream import CommandStream
+from rayr.ids import JobID
+from rayr.object_ref import ObjectRef
+from rayr.object_store.base import ObjectStoreBackend
+from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
+from rayr.routing import Router, in_placement_group
+from rayr.runtime_env.resolver import EnvResolver
+from rayr.task_spec import (
+    ACTOR_CALL,
+    ACTOR_CREATION,
+    ARGS_OBJECT_INDEX,
+    STREAMING,
+    TASK,
+    ArgRef,
+    TaskOptions,
+    TaskSpec,
+    entry_fields,
+)
+
+if TYPE_CHECKING:
+    from rayr.config import Settings
+
+LOCALITY_MIN_BYTES = 1 << 20  # arguments smaller than this do not move a task
+PUT_INDEX = (0).to_bytes(4, "big")
+# the largest value sent inline: Redis refuses a bulk string over 512 MiB (proto-max-bulk-len),
+# less room for the rest of the command around it
+MAX_INLINE_BYTES = (512 << 20) - (1 << 20)
+
+
+def check_inline_size(size: int, what: str) -> None:
+    """Refuse a value Redis cannot take in one command (only a driver with no node on its host
+    sends values this big inline): Redis would drop the connection mid-command."""
+    if size > MAX_INLINE_BYTES:
+        raise ValueError(
+            f"{what}: {size / 2**20:.1f} MiB cannot travel inline through Redis, which takes "
+            f"at most {MAX_INLINE_BYTES / 2**20:.0f} MiB per value (proto-max-bulk-len). This "
+            "driver runs on a host with no rayr node, so its objects have no object store: "
+            "start a node on this host (`rayr start --address <cluster address>`), or split "
+            "the value into smaller objects."
+        )
+
+
+@dataclass
+class WaitingTask:
+    """A submitted task whose ObjectRef arguments may not all be ready yet."""
+
+    spec: TaskSpec
+    stream: str  # the task stream it goes to; "" for actor calls (they go to a mailbox)
+    missing: set[bytes]
+    cancelled: bool = False
+
+
+class TaskSubmitter:
+    """Submits tasks, actor creations and actor calls for one process.
+
+    Its tables (``dep_waiters``, ``actor_queues``, ``submitted``, ``children``) change only
+    under ``cond``, the core worker's one lock; ``send_lock`` (actor-call order) is taken
+    before ``cond``, never after.
+    """
+
+    def __init__(
+        self,
+        *,
+        gcs: GcsClient,
+        commands: CommandStream,
+        settings: Settings,
+        store: ObjectStoreBackend,
+        job_id: JobID,
+        node_hex: str,
+        worker_hex: str,
+        cond: threading.Condition,
+        ownership: OwnershipTable,
+        lineage: LineageTable,
+        watch: Callable[[set[bytes]], None],
+        current_task_id: Callable[[], bytes | None],
+    ) -> None:
+        self.gcs = gcs
+        self.keys = gcs.keys
+        self.commands = commands
+        self.store = store
+        self.job_id = job_id
+        self.node_hex = node_hex
+        self.worker_hex = worker_hex
+        self.cond = cond
+        self.own = ownership
+        self.lineage = lineage
+        self._watch = watch
+        self._current_task_id = current_task_id
+        self._threshold = settings.inline_threshold
+        self._id_prefix, self._id_counter = os.urandom(8), itertools.count()
+        self._no_args_frame: bytes | None = None
+        self._exported: set[str] = set()
+        self._shapes: set[str] = set()  # task streams this process has announced
+        self._args_sizes: dict[bytes, int] = {}  # large-args object -> bytes, until submitted
+        self.router = Router(gcs)
+        # the runtime env tasks submitted here inherit, and each task env's hash
+        self.envs = EnvResolver(gcs.r, self.keys, settings.runtime_env_max_package_bytes)
+        self.dep_waiters: dict[bytes, list[WaitingTask]] = {}
+        # per actor, this process's calls in submission order; sent head first once ready
+        self.actor_queues: dict[str, deque[WaitingTask]] = {}
+        self.send_lock = threading.Lock()
+        # task id -> (stream, entry id, spec) of submitted, unfinished tasks (to cancel them)
+        self.submitted: dict[bytes, tuple[str, bytes, TaskSpec]] = {}
+        self.children: dict[bytes, list[bytes]] = {}  # running task -> first return of each child
+
+    # ------------------------------------------------------------------ ids
+    def unique_suffix(self) -> bytes:
+        """12 bytes no other process or call produces: a random per-process prefix and a
+        counter (a getrandom call per task costs more than the rest of an id's making)."""
+        n = next(self._id_counter)
+        if n >= 1 << 32:  # the counter ran out: a fresh prefix
+            self._id_prefix, self._id_counter = os.urandom(8), itertools.count(1)
+            n = 0
+        return self._id_prefix + n.to_bytes(4, "big")
+
+    def export_function(self, digest: str, pickled: Callable[[], bytes]) -> str:
+        """The function-table key for this job, exporting the function on first use."""
+        key = self.keys.function(self.job_id.hex(), digest)
+        if key not in self._exported:
+            self.gcs.export_function(self.job_id.hex(), digest, pickled())
+            self._exported.add(key)
+        return key
+
+    # ----------------------------------------------------------- submission
+    def submit(
+        self,
+        function_key: str,
+        function_name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        opts: TaskOptions,
+        *,
+        kind: int = TASK,
+        actor_id: str = "",
+        method: str = "",
+        actor_options: dict[str, Any] | None = None,
+    ) -> list[ObjectRef]:
+        """Queue a task, an actor creation or an actor call; one ref per return value (one
+        hidden ref for num_returns=0)."""
+        stream = shape = ""
+        if kind != ACTOR_CALL:
+            opts, shape, stream, actor_options = self._route(opts, kind, function_name, actor_options)
+        task_id = self.job_id.binary() + self.unique_suffix()
+        frame_bytes, args_object, arg_refs, held = self._pack_arguments(task_id, function_name, args, kwargs)
+        spec = TaskSpec(
+            task_id=task_id,
+            job_hex=self.job_id.hex(),
+            function_key=function_key,
+            function_name=function_name,
+            args=frame_bytes,
+            args_object=args_object,
+            ref_args=tuple(r.binary() for r in arg_refs),
+            dep_records={},
+            num_returns=opts.num_returns,
+            resources=opts.resources,
+            max_retries=opts.max_retries,
+            retry_exceptions=opts.retry_exceptions,
+            owner=self.worker_hex,
+            attempt=0,
+            name=opts.name or function_name,
+            kind=kind,
+            actor_id=actor_id,
+            method=method,
+            actor_options=actor_options,
+        )
+        return_ids = spec.return_ids()
+        parent = self._current_task_id()
+        with self.cond:
+            if parent is not None:
+                self.children.setdefault(parent, []).append(return_ids[0])
+            # a generator's items may arrive at once: accepted from before it is queued
+            self.own.own_returns(return_ids, task_id if opts.num_returns == STREAMING else None)
+            self.lineage.start(spec, held, args_object, shape, opts.strategy)
+        refs = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
+        deps = set(spec.ref_args)
+        if deps:
+            self._watch(deps)
+        with self.cond:
+            waiting = self._wait_for(spec, stream)
+            if kind == ACTOR_CALL:
+                self.actor_queues.setdefault(actor_id, deque()).append(waiting)
+        if kind == ACTOR_CALL:
+            self.flush_actor_queue(actor_id)
+        elif not waiting.missing:
+            self.submit_ready(spec, stream)
+        return refs
+
+    def _wait_for(self, spec: TaskSpec, stream: str) -> WaitingTask:
+        """(Under the lock.) The task, waiting for whichever of its arguments are unresolved."""
+        records = self.own.records
+        waiting = WaitingTask(spec, stream, {d for d in spec.ref_args if d not in records})
+        for dep in waiting.missing:
+            self.dep_waiters.setdefault(dep, []).append(waiting)
+        return waiting
+
+    def resubmit(self, lineage: Lineage, oid: bytes) -> None:
+        """Run a finished task again (lineage reconstruction of ``oid``)."""
+        spec = lineage.spec._replace(attempt=lineage.spec.attempt + 1)
+        try:
+            key, node = self.router.route(lineage.shape, spec.resources, lineage.strategy)
+            stream = self.ensure_stream(key, node, spec.resources, spec.function_name)
+        except Exception as err:  # e.g. hard affinity to the node that died
+            self.gcs.fail_tasks([spec], ObjectLostError(oid.hex(), f"Re-running {spec.name!r} failed: {err}"))
+            return
+        with self.cond:
+            waiting = self._wait_for(spec, stream)
+        if not waiting.missing:
+            self.submit_ready(spec, stream)
+
+    def deps_arrived(self, oid: bytes, ready: list[WaitingTask]) -> None:
+        """(Under the lock.) ``oid``'s record was filed: tasks it completes go to ``ready``."""
+        for waiting in self.dep_waiters.pop(oid, ()):
+            waiting.missing.discard(oid)
+            if not waiting.missing:
+                ready.append(waiting)
+
+    def send_ready(self, ready: list[WaitingTask]) -> None:
+        """Queue tasks whose arguments all arrived (outside the lock)."""
+        for waiting in ready:
+            if waiting.cancelled:
+                continue
+            if waiting.spec.kind == ACTOR_CALL:
+                self.flush_actor_queue(waiting.spec.actor_id)
+            else:
+                self.submit_ready(waiting.spec, waiting.stream)
+
+    def _route(
+        self, opts: TaskOptions, kind: int, function_name: str, actor_options: dict[str, Any] | None
+    ) -> tuple[TaskOptions, str, str, dict[str, Any] | None]:
+        """(options, shape, stream, actor options) of a task or an actor creation: inside a
+        placement group it asks for its bundle's resources, with a runtime env it gets its
+        env's stream, and actor creations get streams of their own (a worker leased to a
+        shape's task stream must never take a creation from it)."""
+        request = in_placement_group(opts.resources, opts.strategy)
+        if request is not opts.resources:
+            opts = replace(opts, resources=request, shape=shape_key(request))
+        shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
+        if opts.runtime_env is not None or self.envs.parent_hash:
+            env = self.envs.hash_for(opts.runtime_env)
+            if env:  # its own stream: only workers started in that env take from it
+                shape += ENV_MARK + env
+                if kind == ACTOR_CREATION:  # restarts find their env here
+                    actor_options = {**(actor_options or {}), "runtime_env": env}
+        key, node = self.router.route(shape, opts.resources, opts.strategy)
+        return opts, shape, self.ensure_stream(key, node, opts.resources, function_name), actor_options
+
+    def _pack_arguments(
+        self, task_id: bytes, function_name: str, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[bytes, bytes | None, list[ObjectRef], list[ObjectRef]]:
+        """(inline args frame, id of a stored args frame, top-level ObjectRef args, every ref
+        the arguments hold: the top-level ones and those nested inside).
+
+        Top-level refs become ArgRef placeholders resolved by the executor; a frame over the
+        inline threshold goes to the node store so large arguments are never copied into Redis.
+        """
+        arg_refs: list[ObjectRef] = []
+
+        def swap(value: Any) -> Any:
+            if type(value) is ObjectRef:
+                arg_refs.append(value)
+                return ArgRef(len(arg_refs) - 1)
+            return value
+
+        if not args and not kwargs:  # a frame the same for every call, made once
+            if self._no_args_frame is None:
+                self._no_args_frame = serialization.serialize(((), {})).to_bytes()
+            return self._no_args_frame, None, [], []
+        call_args = tuple(swap(a) for a in args)
+        call_kwargs = {k: swap(v) for k, v in kwargs.items()}
+        try:
+            frame = serialization.serialize((call_args, call_kwargs))
+        except Exception as err:
+            raise TypeError(serialization.unpicklable_message(function_name, args, kwargs, err)) from err
+        # refs nested in the arguments are held with the top-level ones until the task ends;
+        # the executor registers as their borrower before that
+        held = arg_refs + list(frame.contained_refs)
+        if frame.total_size <= self._threshold:
+            check_inline_size(frame.total_size, f"the arguments of {function_name}()")
+            return frame.to_bytes(), None, arg_refs, held
+        args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
+        self.store.put_bytes(args_object, frame.write_to, frame.total_size)
+        record = rec.stored_record(self.node_hex, frame.total_size)
+        self.commands.send([self.gcs.store_objects_command([(args_object, record, "")])])
+        self._args_sizes[args_object] = frame.total_size
+        return b"", args_object, arg_refs, held
+
+    def flush_actor_queue(self, actor_id: str) -> None:
+        """Send this process's queued calls to an actor, in order, while the head is ready."""
+        with self.send_lock:
+            while True:
+                with self.cond:
+                    queue = self.actor_queues.get(actor_id)
+                    if not queue or queue[0].missing:
+                        return
+                    waiting = queue.popleft()
+                    if not queue:
+                        del self.actor_queues[actor_id]
+                if waiting.cancelled:
+                    continue
+                spec = self._with_inline_deps(waiting.spec)
+                command = self.gcs.submit_actor_call_command(actor_id, spec.encode())
+                self.commands.send([command], self._on_actor_call_queued(spec))
+
+    def _on_actor_call_queued(self, spec: TaskSpec) -> Callable[[list[Any]], None]:
+        def on_reply(replies: list[Any]) -> None:
+            reply = replies[0]
+            if isinstance(reply, Exception):
+                self.gcs.fail_tasks([spec], ActorDiedError(f"Could not call the actor: {reply}"))
+            elif not reply[0]:
+                cause = reply[1].decode(errors="replace")
+                self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {spec.actor_id} is dead: {cause}"))
+            else:
+                self._remember_submitted(spec, self.keys.actor_mailbox(spec.actor_id), reply[1])
+
+        return on_reply
+
+    def _remember_submitted(self, spec: TaskSpec, stream: str, entry_id: bytes) -> None:
+        """Where a task waits, so it can be cancelled; only while it is unfinished."""
+        with self.cond:
+            if spec.return_ids()[0] in self.own.pending:
+                self.submitted[spec.task_id] = (stream, entry_id, spec)
+
+    def _with_inline_deps(self, spec: TaskSpec) -> TaskSpec:
+        """The spec with small resolved dependencies inlined, so the executor need not fetch them."""
+        if not spec.ref_args:
+            return spec
+        inline = {}
+        with self.cond:
+            for dep in spec.ref_args:
+                record = self.own.records.get(dep)
+                if record is not None and record[0] != rec.STORED and len(record) <= self._threshold:
+                    inline[dep] = record
+        return spec._replace(dep_records=inline)
+
+    def _near_large_arguments(self, spec: TaskSpec, stream: str) -> str:
+        """Pull a DEFAULT task toward the node holding most of its large arguments, when that
+        node has room for it now: moving the task is cheaper than moving the bytes."""
+        if not (spec.ref_args or spec.args_object) or spec.kind != TASK:
+            return stream  # the common case, on every submission: nothing large to follow
+        shared = self.keys.shape_stream("")
+        if not stream.startswith(shared):
+            return stream
+        held: dict[str, int] = {}
+        if spec.args_object is not None:  # large arguments passed by value sit in our store
+            held[self.node_hex] = self._args_sizes.pop(spec.args_object, 0)
+        with self.cond:
+            for dep in spec.ref_args:
+                record = self.own.records.get(dep)
+                if record is not None and record[0] == rec.STORED:
+                    node, size = rec.parse_stored(record)
+                    held[node] = held.get(node, 0) + size
+        if not held:
+            return stream
+        node, size = max(held.items(), key=lambda kv: kv[1])
+        if size < LOCALITY_MIN_BYTES:
+            return stream
+        target = next((n for n in self.router.alive_nodes() if n["node_id"] == node), None)
+        if target is None or not res.fits(target["resources_available"], spec.resources):
+            return stream
+        shape = stream[len(shared):]
+        return self.ensure_stream(TARGET_MARK + shape, node, spec.resources, spec.function_name)
+
+    def submit_ready(self, spec: TaskSpec, stream: str) -> None:
+        spec = self._with_inline_deps(spec)
+        stream = self._near_large_arguments(spec, stream)
+        fields = entry_fields(spec.encode(), creation=spec.kind == ACTOR_CREATION)
+        command = ("XADD", stream, "*", *[x for kv in fields.items() for x in kv])
+
+        def on_reply(replies: list[Any]) -> None:
+            if isinstance(replies[0], Exception):
+                self.gcs.fail_tasks([spec], RaySystemError(f"Could not queue the task: {replies[0]}"))
+            else:
+                self._remember_submitted(spec, stream, replies[0])
+
+        self.commands.send([command], on_reply)
+
+    def ensure_stream(self, key: str, node: str, request: dict[str, float], name: str) -> str:
+        """The stream for scheduler ``key`` (targeted at ``node`` if given), announced to the
+        raylets that should read it the first time this process uses it."""
+        stream = self.keys.task_stream(key, node)
+        if stream in self._shapes:
+            return stream
+        self.gcs.ensure_group(stream)
+        if node:
+            added = self.gcs.r.sadd(self.keys.node_shapes(node), key[len(TARGET_MARK):])
+            targets = [node] if added else []
+            nodes = self.router.alive_nodes()
+        else:
+            added = self.gcs.r.sadd(self.keys.shapes, key)
+            nodes = self.gcs.alive_nodes()
+            targets = [n["node_id"] for n in nodes] if added else []
+        if targets:  # new stream: tell the raylets to start reading it now
+            with self.gcs.r.pipeline(transaction=False) as p:
+                for target in targets:
+                    p.xadd(self.keys.node_stream(target), control.Poke().fields())
+                p.execute()
+        if not node and not any(res.fits(n["resources_total"], request) for n in nodes):
+            totals = [n["resources_total"] for n in nodes]
+            warnings.warn(
+                f"Task {name!r} requests {request}, but no node in the cluster has that much "
+                f"(node totals: {totals}). It stays queued until a node that fits joins.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+        self._shapes.add(stream)
+        return stream
+
+    def tasks_done(self, task_ids: list[bytes]) -> None:
+        """(Under the lock.) Finished tasks can no longer be cancelled."""
+        for task_id in task_ids:
+            self.submitted.pop(task_id, None)
+
+    # ---------------------------------------------------------- cancellation
+    def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
+        """Cancel the task that produces ``oid`` (see ``rayr.cancel``)."""
+        task_id = oid[:16]
+        self.commands.flush()  # learn the stream entries of everything submitted so far
+        if oid[16:] == PUT_INDEX:
+            raise TypeError(
+                f"cancel() needs the ref of a task's output; {oid.hex()} was made by put(), "
+                "and no task produces it"
+            )
+        with self.cond:
+            own = self.own
+            if oid not in own.owned and oid not in own.records and task_id not in self.submitted:
+                raise ValueError(
+                    f"cancel(): this process does not own {oid.hex()}; only the process that "
+                    "submitted a task can cancel it"
+                )
+            if oid in own.records and oid not in own.pending:
+                return  # already finished
+            entry = self.submitted.get(task_id)
+            waiting = self._find_waiting(task_id)
+        spec = waiting.spec if waiting is not None else entry[2] if entry is not None else None
+        if spec is not None and spec.kind == ACTOR_CALL and force:
+            raise ValueError("force=True is not supported for actor tasks; use kill() on the actor")
+        error = TaskCancelledError(f"Task {spec.name if spec else task_id.hex()} was cancelled.")
+        if waiting is not None:
+            waiting.cancelled = True
+            self.gcs.fail_tasks([waiting.spec], error)
+            return
+        if entry is None:
+            return
+        stream, entry_id, spec = entry
+        if spec.kind == ACTOR_CALL:
+            status = self.gcs.cancel_actor_call(spec.actor_id, entry_id, task_id.hex())
+        else:
+            flags = ",".join(f for f, on in (("force", force), ("recursive", recursive)) if on)
+            status, _node = self.gcs.cancel_task(stream, entry_id, task_id.hex(), flags)
+        if status == "deleted":  # never reached an executor: resolve it here
+            self.gcs.fail_tasks([spec], error)
+
+    def _find_waiting(self, task_id: bytes) -> WaitingTask | None:
+        for group in (*self.dep_waiters.values(), *self.actor_queues.values()):
+            for waiting in group:
+                if waiting.spec.task_id == task_id and not waiting.cancelled:
+                    return waiting
+        return None
+
+    def cancel_children(self, task_id: bytes) -> None:
+        """Cancel (recursively) the unfinished tasks that task ``task_id`` submitted."""
+        with self.cond:
+            children = [c for c in self.children.get(task_id, []) if c in self.own.pending]
+        for child in children:
+            try:
+                self.cancel(child, force=False, recursive=True)
+            except ValueError:  # an actor call: not force-cancellable, nothing more to do
+                pass
+
+    def forget_children(self, task_id: bytes) -> None:
+        with self.cond:
+            self.children.pop(task_id, None)
