@@ -44,8 +44,8 @@ ASYNC_DEFAULT_CONCURRENCY = 1000
 
 def exit_actor() -> None:
     """End the current actor on purpose: no restart; pending and later calls fail."""
-    core = context.state.core
-    if core is None or core.current_actor_id is None:
+    executor = context.state.executor
+    if executor is None or executor.actor_id is None:
         raise TypeError("exit_actor() can only be called inside an actor method")
     raise ActorExitRequest()
 

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from rayr import serialization
+from rayr import protocol, serialization
 from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connect
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rayr.actor")
 READ_BATCH = 64
+# a sync actor running a batch of calls reads its control stream before the next call once the
+# calls so far took this long, so a cancel of a call queued behind a slow one is not missed
+CONTROL_POLL_S = 0.005
 INCARNATION_CHECK_S = 2.0  # how often an actor checks it is still the actor's live incarnation
 # calls an earlier incarnation took this long ago and still holds are taken over (it is dead,
 # or a zombie that exits within INCARNATION_CHECK_S)
@@ -79,7 +82,7 @@ class ActorRuntime:
     def run(self) -> None:
         if not self._construct():
             return
-        self.core.current_actor_id = self.actor_id
+        self.executor.actor_id = self.actor_id
         threading.Thread(target=self._end_with_the_raylet, name="rayr-raylet-watch", daemon=True).start()
         if self.is_async:
             self._start_loop()
@@ -104,11 +107,11 @@ class ActorRuntime:
         info = self.gcs.actor_info(self.actor_id)
         if info.get("state", "DEAD") == "DEAD":
             # killed before it started: finish the creation task and serve as a plain worker
-            executor.deliver(spec, [rec.value_record(serialization.dumps(None))],
+            executor.results.deliver(spec, [rec.value_record(serialization.dumps(None))],
                              self.creation_stream, self.creation_entry, TASK_GROUP)
-            executor.send(("actor_failed",))
+            executor.send(protocol.ActorFailed())
             return False
-        self.core.current_actor_id = self.actor_id
+        self.executor.actor_id = self.actor_id
         executor.attribute_output(spec.function_name.split(".")[0])  # the class, as Ray prefixes
         self.core.set_current_task(spec.task_id, spec.resources)
         holder: list[Any] = []
@@ -123,8 +126,8 @@ class ActorRuntime:
             text = str(cause) if isinstance(cause, RayTaskError) else repr(cause)
             self._die(f"The actor died because of an error raised in its creation task:\n{text}")
             if not self.restart:
-                executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
-            executor.send(("actor_failed",))
+                executor.results.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
+            executor.send(protocol.ActorFailed())
             return False
         self.instance = holder[0]
         alive = self.gcs.set_actor_state(
@@ -137,16 +140,16 @@ class ActorRuntime:
         )
         if not alive:  # killed while it was being constructed
             if not self.restart:
-                executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
-            executor.send(("actor_failed",))
+                executor.results.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
+            executor.send(protocol.ActorFailed())
             self.core.commands.flush()
             os._exit(0)
         if not self.restart:
-            executor.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
+            executor.results.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
         elif self.creation_stream:  # a restart queued by the monitor: the owner has its result
             self.gcs.r.xack(self.creation_stream, TASK_GROUP, self.creation_entry)
             self.gcs.r.xdel(self.creation_stream, self.creation_entry)
-        executor.send(("actor_ready", self.actor_id))
+        executor.send(protocol.ActorReady(self.actor_id))
         return True
 
     def _die(self, cause: str) -> None:
@@ -190,14 +193,13 @@ class ActorRuntime:
             # a sync actor runs the batch's calls one after another: their results go out
             # together (as a leased worker's do), and before any call blocks
             batch = len(calls) > 1 and self._loop is None and self._pool is None
-            self.executor._batching = batch
-            try:
+            with self.executor.results.batch(batch, extra=(self._read_control(), self._on_control_reply)):
+                polled = time.monotonic()
                 for entry_id, fields in calls:
+                    if batch and time.monotonic() - polled > CONTROL_POLL_S:
+                        self._poll_control(client)  # a cancel of a call queued behind a slow one
+                        polled = time.monotonic()
                     self._dispatch(entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
-            finally:
-                self.executor._batching = False
-                if batch:
-                    self.executor.deliver_undelivered(extra=(self._read_control(), self._on_control_reply))
         # exit_actor() on another thread (an async or threaded actor) ends the process once the
         # calls it took out of the mailbox have their errors; returning would end it first
         self._exited.wait(EXIT_WAIT_S)
@@ -207,7 +209,7 @@ class ActorRuntime:
         for entry_id, fields in entries or []:
             if b"cancel" in fields:
                 task_id = bytes.fromhex(fields[b"cancel"].decode())
-                self.core.cancelled_tasks.add(task_id)
+                self.executor.cancelled_tasks.add(task_id)
                 future = self._async_calls.get(task_id)
                 if future is not None:
                     future.cancel()
@@ -217,13 +219,22 @@ class ActorRuntime:
 
     def _deliver(self, entry_id: bytes, spec: TaskSpec, records: list[bytes]) -> None:
         """Deliver a call's results; a sync actor also picks up cancellations on the way."""
-        if spec.task_id in self.core.cancelled_tasks:
-            self.core.cancelled_tasks.discard(spec.task_id)
+        if spec.task_id in self.executor.cancelled_tasks:
+            self.executor.cancelled_tasks.discard(spec.task_id)
             records = [self.executor.cancelled_record(spec)] * max(spec.num_returns, 1)
-        if self.executor.hold_back(spec, records, self.mailbox, entry_id, ACTOR_GROUP):
+        if self.executor.results.hold_back(spec, records, self.mailbox, entry_id, ACTOR_GROUP):
             return
-        self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP,
-                              extra=(self._read_control(), self._on_control_reply))
+        self.executor.results.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP,
+                                      extra=(self._read_control(), self._on_control_reply))
+
+    def _poll_control(self, client: Any) -> None:
+        """Read what the control stream holds now, without waiting."""
+        try:
+            reply = client.xreadgroup(ACTOR_GROUP, self.consumer, {self.control: ">"}, count=READ_BATCH)
+        except REDIS_DOWN_ERRORS:
+            return  # read with the next batch
+        for _stream, entries in reply or []:
+            self._on_control(entries)
 
     def _read_control(self) -> tuple[Any, ...]:
         return ("XREADGROUP", "GROUP", ACTOR_GROUP, self.consumer, "COUNT", READ_BATCH,
@@ -283,7 +294,7 @@ class ActorRuntime:
             self._dispatch(entry_id, spec)
 
     def _dispatch(self, entry_id: bytes, spec: TaskSpec) -> None:
-        if spec.task_id in self.core.cancelled_tasks:  # cancelled before it started
+        if spec.task_id in self.executor.cancelled_tasks:  # cancelled before it started
             self._deliver(entry_id, spec, [])
             return
         if self._loop is not None:
@@ -351,7 +362,7 @@ class ActorRuntime:
                 return
             except asyncio.CancelledError:
                 records = [self.executor.cancelled_record(spec)] * n
-                self.core.cancelled_tasks.discard(spec.task_id)
+                self.executor.cancelled_tasks.discard(spec.task_id)
             except Exception as err:
                 records = [self.executor.error_record(spec, err)] * n
             await self._loop.run_in_executor(None, self._deliver, entry_id, spec, records)
@@ -359,7 +370,7 @@ class ActorRuntime:
     def _fail(self, entry_id: bytes, spec: TaskSpec, err: BaseException) -> None:
         """Resolve a call's returns to ``err`` and ACK it."""
         records = [rec.error_record(serialization.dumps(err))] * max(spec.num_returns, 1)
-        self.executor.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP)
+        self.executor.results.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP)
 
     async def _stream_async(self, spec: TaskSpec, items: Any) -> bytes:
         """Like TaskExecutor.stream_items, for async (or plain) generators on the event loop."""
@@ -382,7 +393,7 @@ class ActorRuntime:
     def _exit(self, entry_id: bytes, spec: TaskSpec) -> None:
         """exit_actor(): fail this call and everything queued, then end the process."""
         self._exiting.set()
-        self.executor.deliver_undelivered()  # the calls of its batch that ran before this one
+        self.executor.results.flush()  # the calls of its batch that ran before this one
         cause = f"The actor {self.actor_id} exited on purpose (exit_actor() in {spec.function_name}())."
         try:
             self._fail(entry_id, spec, ActorDiedError(cause))

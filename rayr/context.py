@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from rayr.core import CoreWorker
     from rayr.log_stream import LogPrinter
     from rayr.node import LocalCluster
+    from rayr.worker import TaskExecutor
 
 
 class ProcessState:
@@ -21,6 +22,8 @@ class ProcessState:
 
     def __init__(self) -> None:
         self.core: CoreWorker | None = None
+        # a worker's executor: what runs tasks here, and the actor it became (None in a driver)
+        self.executor: TaskExecutor | None = None
         self.cluster: LocalCluster | None = None
         self.log_printer: LogPrinter | None = None
         self.lock = threading.RLock()
@@ -63,12 +66,14 @@ class RuntimeContext:
 
     def get_actor_id(self) -> str | None:
         """Hex id of the actor this code runs in, or None outside actors."""
-        return self._core.current_actor_id
+        executor = state.executor
+        return executor.actor_id if executor is not None else None
 
     def is_canceled(self) -> bool:
         """Whether the running task (or actor call) has been cancelled."""
         task = self._core.current_task_id
-        return task is not None and self._core.is_cancelled(task)
+        executor = state.executor
+        return task is not None and executor is not None and executor.is_cancelled(task)
 
     def get_worker_id(self) -> str:
         return self._core.worker_hex

@@ -1,13 +1,12 @@
 """The worker process: runs the tasks its raylet hands it over a local socket.
 
-Started by the raylet as ``python -m rayr.worker`` (or forked by its zygote). Messages on the
-socket are pickled tuples. The raylet sends ``("tasks", [(stream, entry_id, spec), ...],
-lease)`` (with ``lease`` the worker keeps taking tasks of that stream itself afterwards),
-``("actor", stream, entry_id, spec, restart)`` (become that actor) and ``("exit",)``. The
-worker answers ``("ready", pid)`` once, then ``("done", n)`` after each batch and lease,
-``("blocked", bool)`` around every wait in ``get``, and, as an actor, ``("actor_ready",
-actor_id)`` or ``("actor_failed",)``. Results never pass through the raylet: the worker
-stores them and acknowledges the stream entry in one Redis round trip.
+Started by the raylet as ``python -m rayr.worker`` (or forked by its zygote). The messages on
+the socket are in ``rayr/protocol.py``: the raylet sends ``RunTasks`` (with a lease the worker
+keeps taking tasks of that stream itself afterwards), ``BecomeActor`` and ``Exit``; the worker
+answers ``Ready`` once, then ``Done`` after each batch and lease, ``Blocked`` around every
+wait in ``get``, and, as an actor, ``ActorReady`` or ``ActorFailed``. Results never pass
+through the raylet: the worker stores them and acknowledges the stream entry in one Redis
+round trip (``ResultDelivery``).
 """
 
 from __future__ import annotations
@@ -22,11 +21,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
-from rayr import context, serialization
+from rayr import context, protocol, serialization
 from rayr.config import child_settings
 from rayr.core import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
@@ -49,6 +49,91 @@ LEASE_BATCH = 16
 SHORT_TASK_S = 0.001
 
 
+# a finished task's results, waiting for delivery: (spec, records, stream, entry id, group)
+Delivery = tuple[TaskSpec, list[bytes], str, bytes, str]
+
+
+class ResultDelivery:
+    """Delivers finished tasks' results: one result script, then XACK and XDEL of the entries,
+    on the command stream in that order (so the ACK never lands before the results).
+
+    Inside ``batch()``, results are held back and delivered together when it ends, or
+    earlier by ``flush()`` (before any task of the batch blocks: it may wait for one of them).
+    """
+
+    def __init__(self, core: CoreWorker) -> None:
+        self.core = core
+        self._batching = False
+        self._held: list[Delivery] = []
+        self._lock = threading.Lock()  # the held results (an actor's threads deliver too)
+
+    @contextmanager
+    def batch(self, enabled: bool = True,
+              extra: tuple[Any, Callable[[Any], None]] | None = None) -> Iterator[None]:
+        """Hold results back while the block runs (if ``enabled``), then deliver them with
+        ``extra`` (as for ``deliver``)."""
+        self._batching = enabled
+        try:
+            yield
+        finally:
+            self._batching = False
+            if enabled:
+                self.flush(extra)
+
+    def hold_back(
+        self, spec: TaskSpec, records: list[bytes], stream: str, entry_id: bytes, group: str
+    ) -> bool:
+        """Keep a finished task's results for the batch's one delivery; False outside a batch."""
+        if not self._batching:
+            return False
+        with self._lock:
+            self._held.append((spec, records, stream, entry_id, group))
+        return True
+
+    def flush(self, extra: tuple[Any, Callable[[Any], None]] | None = None) -> None:
+        """Deliver the results held back so far. ``extra`` as for ``deliver``."""
+        with self._lock:
+            held, self._held = self._held, []
+        if held:
+            self._send(held, extra)
+
+    def deliver(
+        self,
+        spec: TaskSpec,
+        records: list[bytes],
+        stream: str,
+        entry_id: bytes,
+        group: str,
+        extra: tuple[Any, Callable[[Any], None]] | None = None,
+    ) -> None:
+        """Store the results, wake the owner and waiters, and ACK the entry, without waiting.
+        ``extra`` adds one more command whose reply it receives."""
+        self._send([(spec, records, stream, entry_id, group)], extra)
+
+    def _send(self, batch: list[Delivery], extra: tuple[Any, Callable[[Any], None]] | None) -> None:
+        """One result script for every result of ``batch``, then one XACK and one XDEL per
+        stream (an entry without a stream, such as an actor restart's, has nothing to ACK)."""
+        items = [
+            (oid, record, spec.owner)
+            for spec, records, _, _, _ in batch
+            for oid, record in zip(spec.return_ids(), records, strict=True)
+        ]
+        commands: list[Any] = [self.core.gcs.store_objects_command(items)]
+        by_stream: dict[tuple[str, str], list[bytes]] = {}
+        for _, _, stream, entry_id, group in batch:
+            if stream:
+                by_stream.setdefault((stream, group), []).append(entry_id)
+        for (stream, group), ids in by_stream.items():
+            commands.append(("XACK", stream, group, *ids))
+            commands.append(("XDEL", stream, *ids))
+        callback = None
+        if extra is not None:
+            command, on_reply = extra
+            commands.append(command)
+            callback = lambda replies: on_reply(replies[-1])  # noqa: E731
+        self.core.commands.send(commands, callback)
+
+
 class TaskExecutor:
     """Loads functions, resolves arguments, runs tasks and delivers their results."""
 
@@ -61,39 +146,49 @@ class TaskExecutor:
         self._send_lock = threading.Lock()
         self.output: OutputCapture | None = None  # set once stdout/stderr are captured
         self._lease_client: Any = None
-        # results of a batch's finished tasks, delivered together (see LEASE_BATCH)
-        self._batching = False
-        self._undelivered: list[tuple[TaskSpec, list[bytes], str, bytes, str]] = []
-        self._undelivered_lock = threading.Lock()
+        self.results = ResultDelivery(core)
+        self.actor_id: str | None = None  # set once this worker became an actor
+        self.cancelled_tasks: set[bytes] = set()  # calls of this actor cancelled while queued/running
 
-    def send(self, msg: tuple) -> None:
+    def send(self, msg: protocol.Message) -> None:
         with self._send_lock:
-            self.conn.send(msg)
+            self.conn.send(protocol.encode(msg))
+
+    def is_cancelled(self, task_id: bytes) -> bool:
+        """Whether the task (or actor call) running here was cancelled."""
+        if task_id in self.cancelled_tasks:
+            return True
+        if self.core.gcs.cancel_flags(task_id.hex()) is None:
+            return False
+        self.cancelled_tasks.add(task_id)  # so the call's result is reported as cancelled
+        return True
 
     def serve(self) -> None:
-        self.send(("ready", os.getpid()))
+        self.send(protocol.Ready(os.getpid()))
         while True:
             self.core.commands.push()  # what we buffered goes out before we wait
             try:
-                msg = self.conn.recv()
+                msg = protocol.decode(self.conn.recv())
             except (EOFError, OSError):
                 return
-            if msg[0] == "exit":
-                return
-            if msg[0] == "actor":
-                from rayr.actor_runtime import ActorRuntime  # only actor workers need it
+            match msg:
+                case protocol.Exit():
+                    return
+                case protocol.BecomeActor(stream, entry_id, spec_bytes, restart):
+                    from rayr.actor_runtime import ActorRuntime  # only actor workers need it
 
-                _, stream, entry_id, spec_bytes, restart = msg
-                ActorRuntime(self, TaskSpec.decode(spec_bytes), stream, entry_id, restart).run()
-                return
-            _, items, lease = msg
-            done = 0
-            for stream, entry_id, spec_bytes in items:
-                self.execute(stream, entry_id, TaskSpec.decode(spec_bytes))
-                done += 1
-            if lease:
-                done += self.run_lease(items[-1][0])
-            self.send(("done", done))
+                    ActorRuntime(self, TaskSpec.decode(spec_bytes), stream, entry_id, restart).run()
+                    return
+                case protocol.RunTasks(items, lease):
+                    done = 0
+                    for stream, entry_id, spec_bytes in items:
+                        self.execute(stream, entry_id, TaskSpec.decode(spec_bytes))
+                        done += 1
+                    if lease:
+                        done += self.run_lease(items[-1][0])
+                    self.send(protocol.Done(done))
+                case _:
+                    raise ValueError(f"a worker cannot take {msg!r} from its raylet")
 
     def run_lease(self, stream: str) -> int:
         """Keep taking tasks of this shape straight from Redis while there are any.
@@ -121,15 +216,11 @@ class TaskExecutor:
             if not entries:
                 return ran
             started = time.perf_counter()
-            self._batching = len(entries) > 1
-            try:
+            with self.results.batch(len(entries) > 1):
                 for entry_id, fields in entries:
                     if fields and SPEC_FIELD in fields:
                         self.execute(stream, entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
                         ran += 1
-            finally:
-                self._batching = False
-                self.deliver_undelivered()
             short = time.perf_counter() - started < SHORT_TASK_S * len(entries)
             count = min(2 * count, LEASE_BATCH) if short else 1
         return ran
@@ -171,26 +262,8 @@ class TaskExecutor:
             records = self.run(spec, None)
         finally:
             self.core.set_current_task(None)
-        if not self.hold_back(spec, records, stream, entry_id, TASK_GROUP):
-            self.deliver(spec, records, stream, entry_id, TASK_GROUP)
-
-    def hold_back(
-        self, spec: TaskSpec, records: list[bytes], stream: str, entry_id: bytes, group: str
-    ) -> bool:
-        """Keep a finished task's results for the batch's one delivery; False outside a batch."""
-        if not self._batching:
-            return False
-        with self._undelivered_lock:
-            self._undelivered.append((spec, records, stream, entry_id, group))
-        return True
-
-    def deliver_undelivered(self, extra: tuple[Any, Callable[[Any], None]] | None = None) -> None:
-        """Deliver the results a batch has held back: before the batch ends, and before any
-        of its tasks blocks (it may be waiting for one of them). ``extra`` as for deliver()."""
-        with self._undelivered_lock:
-            batch, self._undelivered = self._undelivered, []
-        if batch:
-            self._send_deliveries(batch, extra)
+        if not self.results.hold_back(spec, records, stream, entry_id, TASK_GROUP):
+            self.results.deliver(spec, records, stream, entry_id, TASK_GROUP)
 
     def attribute_output(self, name: str) -> None:
         """Prefix what is printed from now on with ``name`` (a task, or an actor's class)."""
@@ -204,49 +277,6 @@ class TaskExecutor:
         if spec.job_hex != self.core.job_id.hex():
             self.core.job_id = JobID(bytes.fromhex(spec.job_hex))
             self.core.namespace = self._job_namespaces[spec.job_hex]
-
-    def deliver(
-        self,
-        spec: TaskSpec,
-        records: list[bytes],
-        stream: str,
-        entry_id: bytes,
-        group: str,
-        extra: tuple[Any, Callable[[Any], None]] | None = None,
-    ) -> None:
-        """Store the results, wake the owner and waiters, and ACK the entry, without waiting.
-
-        The commands go out on the command stream in this order, so the ACK never lands
-        before the results. ``extra`` adds one more command whose reply it receives.
-        """
-        self._send_deliveries([(spec, records, stream, entry_id, group)], extra)
-
-    def _send_deliveries(
-        self,
-        batch: list[tuple[TaskSpec, list[bytes], str, bytes, str]],
-        extra: tuple[Any, Callable[[Any], None]] | None,
-    ) -> None:
-        """One result script for every result of ``batch``, then one XACK and one XDEL per
-        stream (an entry without a stream, such as an actor restart's, has nothing to ACK)."""
-        items = [
-            (oid, record, spec.owner)
-            for spec, records, _, _, _ in batch
-            for oid, record in zip(spec.return_ids(), records, strict=True)
-        ]
-        commands: list[Any] = [self.core.gcs.store_objects_command(items)]
-        by_stream: dict[tuple[str, str], list[bytes]] = {}
-        for _, _, stream, entry_id, group in batch:
-            if stream:
-                by_stream.setdefault((stream, group), []).append(entry_id)
-        for (stream, group), ids in by_stream.items():
-            commands.append(("XACK", stream, group, *ids))
-            commands.append(("XDEL", stream, *ids))
-        callback = None
-        if extra is not None:
-            command, on_reply = extra
-            commands.append(command)
-            callback = lambda replies: on_reply(replies[-1])  # noqa: E731
-        self.core.commands.send(commands, callback)
 
     def run(self, spec: TaskSpec, fn: Any) -> list[bytes]:
         """Run ``fn`` (the spec's function when None) on the spec's arguments; result records.
@@ -435,10 +465,12 @@ def main(argv: list[str] | None = None) -> None:
     executor: TaskExecutor | None = None
 
     def on_blocked(blocked: bool) -> None:
-        if executor is not None and blocked:
-            executor.deliver_undelivered()
-        if executor is not None and core.current_task_id is not None and core.current_actor_id is None:
-            executor.send(("blocked", blocked))
+        if executor is None:
+            return
+        if blocked:
+            executor.results.flush()
+        if core.current_task_id is not None and executor.actor_id is None:
+            executor.send(protocol.Blocked(blocked))
 
     core = CoreWorker(
         gcs=gcs,
@@ -454,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     core.envs.set_parent(opts.runtime_env)  # tasks it submits inherit its env
     context.state.core = core
     executor = TaskExecutor(core, conn, opts.redis_url)
+    context.state.executor = executor
     executor.output = OutputCapture(
         lambda job, payload: gcs.r.publish(gcs.keys.job_logs(job), encode(opts.node_id, payload)),
     )
@@ -465,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         # here: the handler may interrupt this thread inside a lock (Redis's connection pool,
         # a buffered file), and taking it again would deadlock the worker.
         task = core.current_task_id
-        if task is None or core.current_actor_id is not None:
+        if task is None or executor.actor_id is not None:
             return
         try:
             fd = os.open(cancel_file, os.O_RDONLY)
@@ -484,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         executor.serve()
     finally:
-        context.state.core = None
+        context.state.core = context.state.executor = None
         core.shutdown()
 
 

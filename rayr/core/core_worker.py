@@ -78,8 +78,6 @@ class CoreWorker:
         self.worker_hex = worker_hex
         self.namespace = namespace
         self.commands = commands  # hot-path writes that need no immediate reply
-        self.current_actor_id: str | None = None
-        self.cancelled_tasks: set[bytes] = set()  # calls of this actor cancelled while queued/running
         # a driver keeps its job's liveness key fresh, on a connection named after the job:
         # the monitor ends a job whose key lapsed only once that connection is gone too
         self._liveness_ttl = liveness_ttl_s
@@ -120,14 +118,6 @@ class CoreWorker:
 
     def set_current_task(self, task_id: bytes | None, resources: dict[str, float] | None = None) -> None:
         _current_task.set((task_id, resources or {}) if task_id else None)
-
-    def is_cancelled(self, task_id: bytes) -> bool:
-        if task_id in self.cancelled_tasks:
-            return True
-        if self.gcs.cancel_flags(task_id.hex()) is None:
-            return False
-        self.cancelled_tasks.add(task_id)  # so the call's result is reported as cancelled
-        return True
 
     # ------------------------------------------------------------- lifecycle
     def shutdown(self) -> None:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from rayr import protocol
 from rayr import resources as res
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
@@ -502,28 +503,34 @@ class Raylet:
 
     def _on_worker_message(self, handle: WorkerHandle) -> None:
         try:
-            msg = handle.conn.recv()
+            msg = protocol.decode(handle.conn.recv())
         except (EOFError, OSError):
             self._on_worker_exit(handle)
             return
-        kind = msg[0]
-        freed = kind in ("done", "actor_ready", "actor_failed") or (kind == "blocked" and bool(msg[1]))
+        except ValueError as err:  # a bug, not a reason to stop the node
+            log.error("worker %s: %s", handle.worker_id, err)
+            return
+        freed = isinstance(msg, protocol.Done | protocol.ActorReady | protocol.ActorFailed) or (
+            isinstance(msg, protocol.Blocked) and msg.blocked
+        )
         with self._lock:
-            if kind == "ready":
-                handle.ready = True
-                self.sched.on_worker_ready(handle.worker_id, handle.env)
-            elif kind == "done":
-                self.sched.on_task_done(handle.worker_id)
-            elif kind == "blocked":
-                if msg[1]:
+            match msg:
+                case protocol.Ready():
+                    handle.ready = True
+                    self.sched.on_worker_ready(handle.worker_id, handle.env)
+                case protocol.Done():
+                    self.sched.on_task_done(handle.worker_id)
+                case protocol.Blocked(blocked=True):
                     self.sched.on_worker_blocked(handle.worker_id)
-                else:
+                case protocol.Blocked(blocked=False):
                     self.sched.on_worker_unblocked(handle.worker_id)
-            elif kind == "actor_ready":
-                self._actor_of[handle.worker_id] = msg[1]
-                self.sched.on_actor_ready(handle.worker_id)
-            elif kind == "actor_failed":
-                self.sched.on_worker_retiring(handle.worker_id)
+                case protocol.ActorReady(actor_id):
+                    self._actor_of[handle.worker_id] = actor_id
+                    self.sched.on_actor_ready(handle.worker_id)
+                case protocol.ActorFailed():
+                    self.sched.on_worker_retiring(handle.worker_id)
+                case _:
+                    log.error("worker %s sent %r, which a raylet does not take", handle.worker_id, msg)
         if freed:
             self._capacity_freed()
 
@@ -646,10 +653,12 @@ class Raylet:
                 assert handle is not None
                 task = d.task
                 if task.actor:
-                    handle.conn.send(("actor", task.stream, task.entry_id, task.spec, task.restart))
+                    handle.conn.send(protocol.encode(
+                        protocol.BecomeActor(task.stream, task.entry_id, task.spec, task.restart)))
                 else:
                     # a lease: after this task the worker keeps taking the shape's tasks itself
-                    handle.conn.send(("tasks", [(task.stream, task.entry_id, task.spec)], True))
+                    handle.conn.send(protocol.encode(
+                        protocol.RunTasks([(task.stream, task.entry_id, task.spec)], True)))
             except (AssertionError, OSError):
                 if handle is not None:
                     self._on_worker_exit(handle)
@@ -657,7 +666,7 @@ class Raylet:
             retired = self.pool.workers.get(worker_id)
             if retired is not None:
                 try:
-                    retired.conn.send(("exit",))
+                    retired.conn.send(protocol.encode(protocol.Exit()))
                 except OSError:
                     pass
         for env, count in to_start.items():

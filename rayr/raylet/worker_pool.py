@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from rayr import procs
+from rayr import procs, protocol
 from rayr.private_files import open_log
 from rayr.raylet.zygote import ForkedProcess, Zygote
 from rayr.runtime_env.installer import WorkerEnv
@@ -96,7 +96,7 @@ class WorkerPool:
     def stop_all(self, timeout: float = 2.0) -> None:
         for handle in self.workers.values():
             try:
-                handle.conn.send(("exit",))
+                handle.conn.send(protocol.encode(protocol.Exit()))
             except OSError:
                 pass
         procs.stop([h.proc for h in self.workers.values()], timeout=timeout)

@@ -149,6 +149,46 @@ def test_cancel_queued_actor_call_is_not_executed(ray):
     assert rayr.get(w.tags.remote()) == ["first"]
 
 
+@rayr.remote
+class Gated:
+    """Calls that wait for a file, so a test controls which calls the actor reads together."""
+
+    def __init__(self):
+        self.ran = []
+
+    def gated(self, tag, started, gate):
+        open(started, "w").close()
+        _wait_for(gate)
+        self.ran.append(tag)
+        return tag
+
+    def quick(self, tag):
+        self.ran.append(tag)
+        return tag
+
+    def tags(self):
+        return self.ran
+
+
+def test_cancel_of_a_call_read_in_the_same_batch_as_a_slow_one(ray, tmp_path):
+    w = Gated.remote()
+    files = {name: str(tmp_path / name) for name in ("s0", "g0", "s1", "g1")}
+    zero = w.gated.remote("zero", files["s0"], files["g0"])
+    _wait_for(files["s0"])
+    # queued while "zero" runs: the actor reads both at once when it is done
+    first = w.gated.remote("first", files["s1"], files["g1"])
+    second = w.quick.remote("second")
+    rayr.wait([first, second], timeout=0.1)  # sent before the gate opens
+    open(files["g0"], "w").close()
+    _wait_for(files["s1"])
+    rayr.cancel(second)  # taken out of the mailbox already, queued behind "first"
+    open(files["g1"], "w").close()
+    with pytest.raises(TaskCancelledError):
+        rayr.get(second, timeout=20)
+    assert rayr.get([zero, first]) == ["zero", "first"]
+    assert rayr.get(w.tags.remote()) == ["zero", "first"]
+
+
 def test_cancel_running_sync_actor_call_sets_flag(ray):
     w = Worker.remote()
     rayr.get(w.tags.remote())

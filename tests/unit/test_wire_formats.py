@@ -3,8 +3,11 @@ in one place, survive their trip through stream-entry fields."""
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
+from rayr import protocol
 from rayr.gcs import control
 from rayr.task_spec import CREATION_FIELD, RESTART_FIELD, SPEC_FIELD, entry_fields
 
@@ -72,3 +75,28 @@ def test_lua_scripts_spell_no_key_family_of_their_own():
         assert key == keys.prefix + FAMILIES[family] + "ab"
     assert keys.actor_channel == keys.prefix + FAMILIES["actor_events"]
     assert keys.dead_actors == keys.prefix + FAMILIES["dead_actors"]
+
+
+@pytest.mark.parametrize("message", [
+    protocol.RunTasks([("tasks:shape:CPU=1", b"1-0", b"spec")], True),
+    protocol.BecomeActor("tasks:actor:CPU=1", b"2-0", b"spec", False),
+    protocol.Exit(),
+    protocol.Ready(1234),
+    protocol.Done(17),
+    protocol.Blocked(True),
+    protocol.ActorReady("ab" * 16),
+    protocol.ActorFailed(),
+])
+def test_raylet_worker_messages_round_trip_as_plain_tuples(message):
+    wire = protocol.encode(message)
+    assert type(wire) is tuple and wire[0] == protocol.KIND[type(message)]
+    back = protocol.decode(pickle.loads(pickle.dumps(wire)))  # what the socket pair delivers
+    assert back == message and type(back) is type(message)
+
+
+@pytest.mark.parametrize("wire, what", [
+    (("nonsense", 1), "unknown"), (("done",), "malformed"), ((), "unknown"),
+])
+def test_a_bad_raylet_worker_message_is_named(wire, what):
+    with pytest.raises(ValueError, match=what):
+        protocol.decode(wire)
