@@ -22,6 +22,7 @@ from rayr.core import CoreWorker
 from rayr.gcs.client import GcsClient, connect, normalize_address
 from rayr.gcs.command_stream import CommandStream
 from rayr.gcs.jobs import end_job, kill_actor
+from rayr.gcs.rows import NodeInfo
 from rayr.ids import WorkerID
 from rayr.keys import Keys
 from rayr.log_stream import LogPrinter
@@ -261,12 +262,12 @@ def _connect(
                                      settings.runtime_env_max_package_bytes)
     submission_id = env_submission_id()
     hostname = socket.gethostname()
-    local = [n for n in nodes if n.get("hostname") == hostname]
+    local = [n for n in nodes if n.hostname == hostname]
     worker_hex = WorkerID.from_random().hex()
     if local:
-        node = sorted(local, key=lambda n: (n.get("is_head") != "1", n.get("start_time", "")))[0]
-        node_hex = node["node_id"]
-        store = open_backend(node["store_backend"], node["store_namespace"], node.get("store_options") or {})
+        node = sorted(local, key=lambda n: (not n.is_head, n.start_time))[0]
+        node_hex = node.node_id
+        store = open_backend(node.store_backend, node.store_namespace, node.store_options)
     else:
         # A driver on a host with no node: its objects travel inline through Redis, and
         # objects it reads are pulled into its own memory.
@@ -445,10 +446,10 @@ def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(context.require_core())
 
 
-def _sum(nodes: list[dict[str, Any]], field_name: str) -> dict[str, float]:
+def _sum(nodes: list[NodeInfo], field_name: str) -> dict[str, float]:
     total: dict[str, float] = {}
     for node in nodes:
-        for name, amount in node[field_name].items():
+        for name, amount in getattr(node, field_name).items():
             total[name] = total.get(name, 0.0) + float(amount)
     return total
 
@@ -468,21 +469,21 @@ def nodes() -> list[dict[str, Any]]:
     """Every node the cluster has seen, with Ray's key names."""
     out = []
     for node in context.require_core().gcs.list_nodes():
-        alive = node.get("state") == "ALIVE"
+        alive = node.alive
         out.append(
             {
-                "NodeID": node["node_id"],
+                "NodeID": node.node_id,
                 "Alive": alive,
                 "alive": alive,
-                "NodeManagerAddress": node.get("host", ""),
-                "NodeManagerHostname": node.get("hostname", ""),
+                "NodeManagerAddress": node.host,
+                "NodeManagerHostname": node.hostname,
                 "NodeManagerPort": 0,
-                "ObjectStoreSocketName": node.get("store_namespace", ""),
+                "ObjectStoreSocketName": node.store_namespace,
                 "RayletSocketName": "",
-                "NodeName": node.get("host", ""),
-                "Resources": node["resources_total"] if alive else {},
-                "IsHead": node.get("is_head") == "1",
-                "DeathReason": node.get("death_reason", ""),
+                "NodeName": node.host,
+                "Resources": node.resources_total if alive else {},
+                "IsHead": node.is_head,
+                "DeathReason": node.death_reason,
             }
         )
     return out

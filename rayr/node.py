@@ -26,6 +26,7 @@ import redis
 from rayr import procs
 from rayr.config import REDIS_PASSWORD_ENV, Settings, child_env
 from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
+from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
 from rayr.private_files import FILE_MODE, open_log, private_dir
 
@@ -301,7 +302,7 @@ class LocalCluster:
         deadline = time.monotonic() + self.settings.start_timeout_s
         try:
             while True:
-                if any(n["node_id"] == node_id for n in gcs.alive_nodes()):
+                if any(n.node_id == node_id for n in gcs.alive_nodes()):
                     return
                 proc = self.raylets[node_id]
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -335,11 +336,11 @@ class LocalCluster:
         from rayr.object_store.orphans import reclaim_orphans
         from rayr.object_store.registry import open_backend
 
-        node: dict[str, Any] | None = None
+        node: NodeInfo | None = None
         try:
             gcs = self.gcs()
             try:
-                node = next((n for n in gcs.list_nodes() if n["node_id"] == node_id), None)
+                node = next((n for n in gcs.list_nodes() if n.node_id == node_id), None)
             finally:
                 gcs.r.close()
         except redis.RedisError:
@@ -347,7 +348,7 @@ class LocalCluster:
         if node is None:
             return
         try:
-            store = open_backend(node["store_backend"], node["store_namespace"], node["store_options"])
+            store = open_backend(node.store_backend, node.store_namespace, node.store_options)
             store.cleanup()
             reclaim_orphans(store.directories())  # its lock files (and other dead nodes' files)
         except (ValueError, OSError):

@@ -12,6 +12,7 @@ from typing import Any
 
 from rayr import resources as res
 from rayr.gcs.client import GcsClient
+from rayr.gcs.rows import NodeInfo
 from rayr.resources import TARGET_MARK, renamed_request
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -31,11 +32,11 @@ class Router:
 
     def __init__(self, gcs: GcsClient) -> None:
         self.gcs = gcs
-        self._nodes: list[dict[str, Any]] = []
+        self._nodes: list[NodeInfo] = []
         self._fetched = 0.0
         self._spread = itertools.count()
 
-    def alive_nodes(self) -> list[dict[str, Any]]:
+    def alive_nodes(self) -> list[NodeInfo]:
         now = time.monotonic()
         if now - self._fetched > NODE_CACHE_S:
             self._nodes = self.gcs.alive_nodes()
@@ -52,14 +53,14 @@ class Router:
             return shape, ""  # a group's renamed resources exist only on its bundles' nodes
         nodes = self.alive_nodes()
         if strategy == "SPREAD":
-            fitting = sorted(n["node_id"] for n in nodes if res.fits(n["resources_total"], request))
+            fitting = sorted(n.node_id for n in nodes if res.fits(n.resources_total, request))
             if not fitting:
                 return shape, ""  # infeasible everywhere: the shared stream warns and waits
             return TARGET_MARK + shape, fitting[next(self._spread) % len(fitting)]
         if isinstance(strategy, NodeAffinitySchedulingStrategy):
-            node = next((n for n in nodes if n["node_id"] == strategy.node_id), None)
+            node = next((n for n in nodes if n.node_id == strategy.node_id), None)
             if strategy.soft:
-                if node is not None and res.fits(node["resources_available"], request):
+                if node is not None and res.fits(node.resources_available, request):
                     return TARGET_MARK + shape, strategy.node_id
                 return shape, ""
             if node is None:
@@ -67,10 +68,10 @@ class Router:
                     f"NodeAffinitySchedulingStrategy: node {strategy.node_id} is not alive; use "
                     "soft=True to run elsewhere when it is not available"
                 )
-            if not res.fits(node["resources_total"], request):
+            if not res.fits(node.resources_total, request):
                 raise ValueError(
                     f"NodeAffinitySchedulingStrategy: node {strategy.node_id} has "
-                    f"{node['resources_total']}, which can never fit {request}"
+                    f"{node.resources_total}, which can never fit {request}"
                 )
             return TARGET_MARK + shape, strategy.node_id
         raise ValueError(f"unknown scheduling strategy {strategy!r}")

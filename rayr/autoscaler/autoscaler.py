@@ -17,7 +17,8 @@ from rayr.autoscaler.config import ClusterConfig, node_resources
 from rayr.autoscaler.node_provider import NodeProvider, ProviderNode, provider_for
 from rayr.autoscaler.policy import Decision, Limits, NodeState, NodeType, decide
 from rayr.config import Settings
-from rayr.gcs.client import NODE_ALIVE, GcsClient
+from rayr.gcs.client import GcsClient
+from rayr.gcs.rows import NodeInfo
 from rayr.keys import TASK_GROUP
 from rayr.resources import parse_shape
 
@@ -135,7 +136,7 @@ class Autoscaler:
 
     def update(self) -> Decision:
         now = time.time()
-        rayr_nodes = {n["node_id"]: n for n in self.gcs.list_nodes()}
+        rayr_nodes = {n.node_id: n for n in self.gcs.list_nodes()}
         actors = busy_nodes(self.gcs)
         decision_nodes: list[NodeState] = []
         failed: list[tuple[str, str]] = []
@@ -144,8 +145,8 @@ class Autoscaler:
             info = rayr_nodes.get(node.rayr_node_id)
             if node.failed:
                 failed.append((node.provider_id, node.failed))
-            elif info is not None and info.get("state") != NODE_ALIVE:
-                failed.append((node.provider_id, f"node died: {info.get('death_reason') or 'unknown'}"))
+            elif info is not None and not info.alive:
+                failed.append((node.provider_id, f"node died: {info.death_reason or 'unknown'}"))
             elif info is None and now - node.launch_time > LAUNCH_TIMEOUT_S:
                 failed.append((node.provider_id, f"not registered within {LAUNCH_TIMEOUT_S:g}s"))
             elif info is None:
@@ -154,8 +155,8 @@ class Autoscaler:
                 by_rayr_id[node.rayr_node_id] = node
                 decision_nodes.append(self._state(node.provider_id, node.node_type, info, actors, now))
         for info in rayr_nodes.values():
-            if info.get("is_head") == "1" and info.get("state") == NODE_ALIVE:
-                decision_nodes.append(self._state(info["node_id"], self.cfg.head_node_type, info,
+            if info.is_head and info.alive:
+                decision_nodes.append(self._state(info.node_id, self.cfg.head_node_type, info,
                                                   actors, now, head=True))
         raw = self.gcs.r.get(request_key(self.gcs))
         requested = json.loads(raw)["bundles"] if raw else []
@@ -173,11 +174,11 @@ class Autoscaler:
         self._publish(decision, now)
         return decision
 
-    def _state(self, node_id: str, node_type: str, info: dict[str, Any], actors: set[str], now: float,
+    def _state(self, node_id: str, node_type: str, info: NodeInfo, actors: set[str], now: float,
                head: bool = False) -> NodeState:
-        total, available = info["resources_total"], info["resources_available"]
+        total, available = info.resources_total, info.resources_available
         idle = all(abs(float(available.get(k, 0)) - float(v)) < 1e-6 for k, v in total.items())
-        usage = info.get("store_usage") or {}
+        usage = info.store_usage
         holds = bool(usage.get("num_objects") or usage.get("spilled_objects"))
         in_use = holds or node_id in actors
         if idle and not in_use:
@@ -194,7 +195,7 @@ class Autoscaler:
 
     def _publish(self, decision: Decision, now: float) -> None:
         nodes = self.provider.non_terminated_nodes()
-        registered = {n["node_id"] for n in self.gcs.alive_nodes()}
+        registered = {n.node_id for n in self.gcs.alive_nodes()}
         pending = [{"id": n.provider_id, "type": n.node_type}
                    for n in nodes if n.rayr_node_id not in registered and not n.failed]
         self.gcs.r.hset(status_key(self.gcs), mapping={

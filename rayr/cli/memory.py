@@ -16,10 +16,10 @@ def collect(gcs: GcsClient, limit: int = 50) -> dict[str, Any]:
     """Per-node store usage and the largest objects in the object table."""
     nodes = []
     for node in gcs.alive_nodes():
-        usage = node.get("store_usage") or {}
+        usage = node.store_usage
         nodes.append({
-            "node_id": node["node_id"],
-            "backend": node.get("store_backend", ""),
+            "node_id": node.node_id,
+            "backend": node.store_backend,
             "capacity": usage.get("capacity"),
             "used_bytes": usage.get("used_bytes", 0),
             "objects": usage.get("num_objects", 0),

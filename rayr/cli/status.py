@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from rayr.autoscaler.autoscaler import autoscaler_status, render_autoscaler
-from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient
+from rayr.gcs.client import GcsClient
 from rayr.resources import fits, parse_shape
 
 BYTE_RESOURCES = ("memory", "object_store_memory")
@@ -26,22 +26,22 @@ def _bytes(n: float) -> str:
 def collect(gcs: GcsClient) -> dict[str, Any]:
     """The status as data (``--format json`` prints exactly this)."""
     nodes = gcs.list_nodes()
-    alive = [n for n in nodes if n.get("state") == NODE_ALIVE]
+    alive = [n for n in nodes if n.alive]
     # a node stopped on purpose (`rayr stop`, the autoscaler) is not a failure
-    dead = [n for n in nodes if n.get("state") == NODE_DEAD and n.get("death_reason") != "stopped"]
+    dead = [n for n in nodes if not n.alive and n.death_reason != "stopped"]
     total: dict[str, float] = {}
     free: dict[str, float] = {}
     for node in alive:
-        for name, amount in node["resources_total"].items():
+        for name, amount in node.resources_total.items():
             total[name] = total.get(name, 0.0) + float(amount)
-        for name, amount in node["resources_available"].items():
+        for name, amount in node.resources_available.items():
             free[name] = free.get(name, 0.0) + float(amount)
     demands = []
     for shape in sorted(gcs.shapes()):
         queued = int(gcs.r.xlen(gcs.keys.shape_stream(shape)))
         if queued:
             request = parse_shape(shape)
-            feasible = any(fits(n["resources_total"], request) for n in alive)
+            feasible = any(fits(n.resources_total, request) for n in alive)
             demands.append({"resources": request, "count": queued, "feasible": feasible})
     for info in gcs.placement_groups():
         if info.get("state") == "PENDING":
@@ -54,12 +54,10 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
     return {
         "time": time.time(),
         "jobs": running,
-        "active": [{"node_id": n["node_id"], "host": n.get("host"), "is_head": n.get("is_head") == "1"}
-                   for n in alive],
+        "active": [{"node_id": n.node_id, "host": n.host, "is_head": n.is_head} for n in alive],
         "failures": [
-            {"node_id": n["node_id"], "host": n.get("host"), "reason": n.get("death_reason", ""),
-             "time": float(n.get("end_time") or 0)}
-            for n in sorted(dead, key=lambda n: -float(n.get("end_time") or 0))[:RECENT_FAILURES]
+            {"node_id": n.node_id, "host": n.host, "reason": n.death_reason, "time": n.end_time or 0.0}
+            for n in sorted(dead, key=lambda n: -(n.end_time or 0.0))[:RECENT_FAILURES]
         ],
         "total": total,
         "available": free,

@@ -50,6 +50,11 @@ _current_task: contextvars.ContextVar[tuple[bytes, dict[str, float]] | None] = c
 )
 
 
+def _current_task_id() -> bytes | None:
+    current = _current_task.get()
+    return current[0] if current else None
+
+
 class CoreWorker:
     """Per-process object ownership, task submission and retrieval."""
 
@@ -97,8 +102,7 @@ class CoreWorker:
             blocking_redis=blocking_redis, inbox_key=self._inbox_key, on_messages=self._on_messages,
             housekeeping=self._housekeeping, wake_waiters=self._wake_waiters,
         )
-        self.submitter = TaskSubmitter(watch=self._watch, current_task_id=lambda: self.current_task_id,
-                                       **parts)
+        self.submitter = TaskSubmitter(watch=self._watch, current_task_id=_current_task_id, **parts)
         self.objects = ObjectClient(submitter=self.submitter, on_blocked=on_blocked,
                                     redis_down_since=lambda: self._inbox.down_since, **parts)
         self.envs = self.submitter.envs
@@ -108,8 +112,7 @@ class CoreWorker:
     # ------------------------------------------------------- running task
     @property
     def current_task_id(self) -> bytes | None:
-        current = _current_task.get()
-        return current[0] if current else None
+        return _current_task_id()
 
     @property
     def current_resources(self) -> dict[str, float]:
@@ -126,7 +129,7 @@ class CoreWorker:
             return
         self._inbox.stopping = True
         try:
-            self.gcs.r.rpush(self._inbox_key, rec.MSG_STOP)
+            self.gcs.push_inbox(self.worker_hex, rec.MSG_STOP)
         except Exception:  # Redis already gone: the thread ends on its own timeout
             pass
         if self._inbox.join(timeout=5) and self._liveness is not None:
@@ -135,7 +138,7 @@ class CoreWorker:
         self.objects.flush_deletes()
         self.commands.close()
         try:
-            self.gcs.r.delete(self._inbox_key)
+            self.gcs.drop_inbox(self.worker_hex)
         except Exception:
             pass
 
@@ -239,7 +242,7 @@ class CoreWorker:
         resolved: list[tuple[concurrent.futures.Future, bytes, bytes]] = []
         rebuild_requests: list[bytes] = []
         done: list[bytes] = []
-        own = self.ownership
+        own, dep_waiters = self.ownership, self.submitter.dep_waiters
         with self.cond:
             for msg in msgs:
                 parsed = rec.parse_message(msg)
@@ -247,8 +250,11 @@ class CoreWorker:
                     self._on_owner_message(msg, rebuild_requests)
                     continue
                 oid, record = parsed
-                resolved.extend((fut, oid, kept) for fut, kept in own.accept(oid, record))
-                self.submitter.deps_arrived(oid, ready)
+                futures = own.accept(oid, record)
+                if futures:
+                    resolved.extend((fut, oid, kept) for fut, kept in futures)
+                if oid in dep_waiters:
+                    self.submitter.deps_arrived(oid, ready)
                 if oid[16:] == FIRST_RETURN:
                     done.append(oid[:16])
             finished = self._on_tasks_done(done)

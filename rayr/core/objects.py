@@ -218,10 +218,8 @@ class ObjectClient:
         since = self._redis_down_since()
         limit = self.settings.redis_unreachable_timeout_s
         if since is not None and time.monotonic() - since > limit:
-            kwargs = self.gcs.r.connection_pool.connection_kwargs
-            where = f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
             raise RaySystemError(
-                f"Redis at {where} has been unreachable for more than {limit:g}s, so nothing this "
+                f"Redis at {self.gcs.where()} has been unreachable for more than {limit:g}s, so nothing this "
                 "process waits for can arrive. Restart Redis (a cluster started with "
                 "`rayr start --head --redis-persist` resumes where it was), or raise "
                 "redis_unreachable_timeout_s (RAYR_REDIS_UNREACHABLE_TIMEOUT_S) to wait longer."
@@ -334,7 +332,7 @@ class ObjectClient:
                 del self.own.records[oid]
             self.rebuild_acks.discard(oid)
         message = rec.rebuild_request(oid, holder, self.worker_hex)
-        self.gcs.r.rpush(self.keys.inbox(owner), message)
+        self.gcs.push_inbox(owner, message)
         deadline = time.monotonic() + OWNER_ANSWER_S
         with self.cond:
             while oid not in self.rebuild_acks and oid not in self.own.records:
@@ -361,12 +359,12 @@ class ObjectClient:
             error = ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}; it cannot "
                                     f"be rebuilt: {why}.")
             reply = rec.object_message(oid, rec.error_record(serialization.serialize(error).to_bytes()))
-            self.gcs.r.rpush(self.keys.inbox(borrower), reply)
+            self.gcs.push_inbox(borrower, reply)
             return
-        self.gcs.r.rpush(self.keys.inbox(borrower), rec.rebuild_ack(oid))
+        self.gcs.push_inbox(borrower, rec.rebuild_ack(oid))
         (found,) = self.gcs.fetch_or_wait(borrower, [oid.hex()])
         if found is not None and found != record:  # already rebuilt: tell them now
-            self.gcs.r.rpush(self.keys.inbox(borrower), rec.object_message(oid, found))
+            self.gcs.push_inbox(borrower, rec.object_message(oid, found))
 
     def reconstruct(self, oid: bytes, lost_record: bytes) -> str | None:
         """Re-run the finished task that made ``oid`` (and, first, the tasks that made its lost

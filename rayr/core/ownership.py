@@ -159,8 +159,8 @@ class OwnershipTable:
         self.records[oid] = record
         self.owned.add(oid)
 
-    def accept(self, oid: bytes, record: bytes) -> list[tuple[concurrent.futures.Future, bytes]]:
-        """File one arrived record; returns the futures it resolves."""
+    def accept(self, oid: bytes, record: bytes) -> list[tuple[concurrent.futures.Future, bytes]] | None:
+        """File one arrived record; returns the futures it resolves (None: none)."""
         self.watching.discard(oid)
         if oid in self.pending:
             self.pending.discard(oid)
@@ -177,7 +177,7 @@ class OwnershipTable:
         if oid in self.futures and oid in self.records:
             kept = self.records[oid]
             return [(fut, kept) for _, fut in self.futures.pop(oid)]
-        return []
+        return None
 
     def fail_put(self, oid: bytes, record: bytes) -> None:
         """A put's record could not be stored: what it reads becomes ``record`` (an error)."""

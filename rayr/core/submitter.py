@@ -22,7 +22,6 @@ from rayr import serialization
 from rayr.core.lineage import Lineage, LineageTable
 from rayr.core.ownership import OwnershipTable
 from rayr.exceptions import ActorDiedError, ObjectLostError, RaySystemError, TaskCancelledError
-from rayr.gcs import control
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
@@ -381,8 +380,8 @@ class TaskSubmitter:
         node, size = max(held.items(), key=lambda kv: kv[1])
         if size < LOCALITY_MIN_BYTES:
             return stream
-        target = next((n for n in self.router.alive_nodes() if n["node_id"] == node), None)
-        if target is None or not res.fits(target["resources_available"], spec.resources):
+        target = next((n for n in self.router.alive_nodes() if n.node_id == node), None)
+        if target is None or not res.fits(target.resources_available, spec.resources):
             return stream
         shape = stream[len(shared):]
         return self.ensure_stream(TARGET_MARK + shape, node, spec.resources, spec.function_name)
@@ -409,20 +408,17 @@ class TaskSubmitter:
             return stream
         self.gcs.ensure_group(stream)
         if node:
-            added = self.gcs.r.sadd(self.keys.node_shapes(node), key[len(TARGET_MARK):])
+            added = self.gcs.announce_shape(key[len(TARGET_MARK):], node)
             targets = [node] if added else []
             nodes = self.router.alive_nodes()
         else:
-            added = self.gcs.r.sadd(self.keys.shapes, key)
+            added = self.gcs.announce_shape(key)
             nodes = self.gcs.alive_nodes()
-            targets = [n["node_id"] for n in nodes] if added else []
+            targets = [n.node_id for n in nodes] if added else []
         if targets:  # new stream: tell the raylets to start reading it now
-            with self.gcs.r.pipeline(transaction=False) as p:
-                for target in targets:
-                    p.xadd(self.keys.node_stream(target), control.Poke().fields())
-                p.execute()
-        if not node and not any(res.fits(n["resources_total"], request) for n in nodes):
-            totals = [n["resources_total"] for n in nodes]
+            self.gcs.poke(targets)
+        if not node and not any(res.fits(n.resources_total, request) for n in nodes):
+            totals = [n.resources_total for n in nodes]
             warnings.warn(
                 f"Task {name!r} requests {request}, but no node in the cluster has that much "
                 f"(node totals: {totals}). It stays queued until a node that fits joins.",

@@ -16,8 +16,8 @@ from redis.retry import Retry
 
 from rayr import serialization
 from rayr.exceptions import WorkerCrashedError
-from rayr.gcs import records, scripts
-from rayr.gcs.rows import ActorInfo
+from rayr.gcs import control, records, scripts
+from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
 from rayr.task_spec import ACTOR_CREATION, TaskSpec, entry_fields
@@ -25,8 +25,8 @@ from rayr.task_spec import ACTOR_CREATION, TaskSpec, entry_fields
 log = logging.getLogger("rayr.gcs")
 T = TypeVar("T")
 
-NODE_ALIVE = "ALIVE"
-NODE_DEAD = "DEAD"
+NODE_ALIVE = NodeState.ALIVE
+NODE_DEAD = NodeState.DEAD
 
 
 def normalize_address(address: str) -> str:
@@ -121,10 +121,10 @@ class GcsClient:
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
 
     # ---------------------------------------------------------------- nodes
-    def register_node(self, node_hex: str, info: dict[str, Any], ttl_s: float) -> None:
-        fields = {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in info.items()}
+    def register_node(self, node: NodeInfo, ttl_s: float) -> None:
+        node_hex = node.node_id
         with self.r.pipeline() as p:
-            p.hset(self.keys.node(node_hex), mapping=fields)
+            p.hset(self.keys.node(node_hex), mapping=node.to_hash())
             p.sadd(self.keys.nodes, node_hex)
             p.set(self.keys.node_alive(node_hex), b"1", px=int(ttl_s * 1000))
             p.publish(self.keys.node_channel, f"{node_hex}:{NODE_ALIVE}")
@@ -160,8 +160,8 @@ class GcsClient:
             p.publish(self.keys.node_channel, f"{node_hex}:{state}")
             p.execute()
 
-    def list_nodes(self) -> list[dict[str, Any]]:
-        """Every node ever registered, decoded; resources as dicts."""
+    def list_nodes(self) -> list[NodeInfo]:
+        """Every node registered (and not yet trimmed from history), by id."""
         ids = sorted(self.r.smembers(self.keys.nodes))
         if not ids:
             return []
@@ -169,18 +169,10 @@ class GcsClient:
             for node_id in ids:
                 p.hgetall(self.keys.node(node_id.decode()))
             rows = p.execute()
-        nodes = []
-        for raw in rows:
-            if not raw:
-                continue
-            node = {k.decode(): v.decode() for k, v in raw.items()}
-            for field in ("resources_total", "resources_available", "store_options", "store_usage"):
-                node[field] = json.loads(node.get(field) or "{}")
-            nodes.append(node)
-        return nodes
+        return [NodeInfo.from_hash(raw) for raw in rows if raw]
 
-    def alive_nodes(self) -> list[dict[str, Any]]:
-        return [n for n in self.list_nodes() if n.get("state") == NODE_ALIVE]
+    def alive_nodes(self) -> list[NodeInfo]:
+        return [n for n in self.list_nodes() if n.alive]
 
     def node_alive(self, node_hex: str) -> bool:
         return self.r.hget(self.keys.node(node_hex), "state") == NODE_ALIVE.encode()
@@ -293,6 +285,32 @@ class GcsClient:
 
     def shapes(self) -> set[str]:
         return {s.decode() for s in self.r.smembers(self.keys.shapes)}
+
+    def announce_shape(self, key: str, node: str = "") -> bool:
+        """Record scheduler ``key`` among the shapes raylets read (``node``'s own shapes, for a
+        targeted key without its mark); True if it is new."""
+        if node:
+            return bool(self.r.sadd(self.keys.node_shapes(node), key))
+        return bool(self.r.sadd(self.keys.shapes, key))
+
+    def poke(self, node_ids: Iterable[str]) -> None:
+        """Tell these nodes' raylets to look for new task streams now."""
+        with self.r.pipeline(transaction=False) as p:
+            for node_id in node_ids:
+                p.xadd(self.keys.node_stream(node_id), control.Poke().fields())
+            p.execute()
+
+    # ---------------------------------------------------------------- inboxes
+    def push_inbox(self, worker_hex: str, message: bytes) -> None:
+        self.r.rpush(self.keys.inbox(worker_hex), message)
+
+    def drop_inbox(self, worker_hex: str) -> None:
+        self.r.delete(self.keys.inbox(worker_hex))
+
+    def where(self) -> str:
+        """Where this client's Redis is, for error messages."""
+        kwargs = self.r.connection_pool.connection_kwargs
+        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
 
     def retry_or_fail(self, spec: TaskSpec, stream: str, why: str, pipe: Any | None = None) -> bool:
         """A task whose executor died: queue it again on ``stream`` (attempt+1) while

@@ -30,8 +30,8 @@ def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
     already running finish); returns how many were dropped."""
     streams = [gcs.keys.shape_stream(shape) for shape in gcs.shapes()]
     for node in gcs.alive_nodes():
-        for shape in gcs.r.smembers(gcs.keys.node_shapes(node["node_id"])):
-            streams.append(gcs.keys.task_stream("~" + shape.decode(), node["node_id"]))
+        for shape in gcs.r.smembers(gcs.keys.node_shapes(node.node_id)):
+            streams.append(gcs.keys.task_stream("~" + shape.decode(), node.node_id))
     dropped: list[TaskSpec] = []
     for stream in streams:
         try:
@@ -73,7 +73,7 @@ def end_job(gcs: GcsClient, job_hex: str, status: str, why: str) -> None:
             gcs.r.delete(gcs.keys.inbox(driver.decode()))
         with gcs.r.pipeline(transaction=False) as pipe:
             for node in gcs.alive_nodes():
-                pipe.xadd(gcs.keys.node_stream(node["node_id"]), control.JobDone(job_hex).fields())
+                pipe.xadd(gcs.keys.node_stream(node.node_id), control.JobDone(job_hex).fields())
             pipe.execute()
     except redis.RedisError:  # the cluster is going away too
         pass

@@ -20,7 +20,7 @@ import redis
 from rayr.config import Settings, daemon_settings
 from rayr.gcs import control
 from rayr.gcs import records as rec
-from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, connect
+from rayr.gcs.client import NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, connect
 from rayr.gcs.history import trim_history
 from rayr.gcs.jobs import end_job
 from rayr.gcs.placement import place_bundles, ready_object_id
@@ -82,9 +82,9 @@ class Monitor:
         """Mark ALIVE nodes whose liveness key expired as DEAD; returns their ids."""
         died = []
         for node in self.gcs.list_nodes():
-            if node.get("state") != NODE_ALIVE:
+            if not node.alive:
                 continue
-            node_id = node["node_id"]
+            node_id = node.node_id
             if not self.gcs.r.exists(self.gcs.keys.node_alive(node_id)) and not self._redis_just_started():
                 self.gcs.set_node_state(
                     node_id,
@@ -108,12 +108,12 @@ class Monitor:
         returns (requeued, failed)."""
         now = time.monotonic()
         if self._recent_dead is None:  # first round since we started: every dead node once
-            dead = [n["node_id"] for n in self.gcs.list_nodes() if n.get("state") != NODE_ALIVE]
+            dead = [n.node_id for n in self.gcs.list_nodes() if not n.alive]
             self._recent_dead = dict.fromkeys(dead, now)
         for node_id, since in list(self._recent_dead.items()):
             if now - since > DEAD_TARGETS_S:
                 del self._recent_dead[node_id]
-        alive = {n["node_id"] for n in self.gcs.alive_nodes()}
+        alive = {n.node_id for n in self.gcs.alive_nodes()}
         requeued, failed = requeue_tasks(self.gcs, alive, list(self._recent_dead))
         if requeued or failed:
             log.warning("tasks of dead nodes: %d queued again, %d failed", requeued, failed)
@@ -223,10 +223,10 @@ class Monitor:
                 continue
             bundles = json.loads(info["bundles"])
             nodes = self.gcs.alive_nodes()
-            free = {n["node_id"]: n["resources_available"] for n in nodes}
+            free = {n.node_id: n.resources_available for n in nodes}
             plan = place_bundles(bundles, info["strategy"], free)
             if plan is None:
-                totals = {n["node_id"]: n["resources_total"] for n in nodes}
+                totals = {n.node_id: n.resources_total for n in nodes}
                 never = place_bundles(bundles, info["strategy"], totals) is None
                 self.gcs.r.hset(keys.placement_group(pg), "infeasible", int(never))
                 continue

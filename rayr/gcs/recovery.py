@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from rayr.exceptions import ActorDiedError
-from rayr.gcs import control
 from rayr.gcs.client import GcsClient
 from rayr.gcs.rows import ActorState
 from rayr.keys import TASK_GROUP
@@ -32,9 +31,8 @@ def _announce(gcs: GcsClient, shape: str) -> str:
     """The shared stream of ``shape``, made known to every live raylet; returns its name."""
     stream = gcs.keys.shape_stream(shape)
     gcs.ensure_group(stream)
-    if gcs.r.sadd(gcs.keys.shapes, shape):  # new: raylets learn of it through a poke
-        for node in gcs.alive_nodes():
-            gcs.r.xadd(gcs.keys.node_stream(node["node_id"]), control.Poke().fields())
+    if gcs.announce_shape(shape):  # new: raylets learn of it through a poke
+        gcs.poke(n.node_id for n in gcs.alive_nodes())
     return stream
 
 

@@ -35,8 +35,8 @@ from rayr import resources as res
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs import control
-from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect, no_retry, until_reachable
-from rayr.gcs.rows import ActorState
+from rayr.gcs.client import NODE_DEAD, GcsClient, connect, no_retry, until_reachable
+from rayr.gcs.rows import ActorState, NodeInfo
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
 from rayr.object_store.orphans import NamespaceLock, reclaim_orphans, spill_directory, store_directories
@@ -174,22 +174,20 @@ class Raylet:
         self.gcs.ensure_group(node_stream)
         totals = dict(self.sched.total)
         self.gcs.register_node(
-            self.node_id,
-            {
-                "node_id": self.node_id,
-                "state": NODE_ALIVE,
-                "host": self.host,
-                "hostname": socket.gethostname(),
-                "pid": os.getpid(),
-                "is_head": int(self.is_head),
-                "resources_total": totals,
-                "resources_available": totals,
-                "store_backend": self.store_backend,
-                "store_namespace": self.store_namespace,
-                "store_options": self.store_options,
-                "session_dir": self.session_dir,
-                "start_time": time.time(),
-            },
+            NodeInfo(
+                node_id=self.node_id,
+                host=self.host,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                is_head=self.is_head,
+                resources_total=totals,
+                resources_available=totals,
+                store_backend=self.store_backend,
+                store_namespace=self.store_namespace,
+                store_options=self.store_options,
+                session_dir=self.session_dir,
+                start_time=time.time(),
+            ),
             ttl_s=self.settings.node_timeout_s,
         )
         # after registering: a submitter that adds a shape later will poke us

@@ -67,6 +67,6 @@ def job_env(
     if digest and resolved.keys() & {"working_dir", "py_modules", "pip"} and eager_install(resolved):
         with gcs.r.pipeline(transaction=False) as pipe:  # every node installs it now, not on first use
             for node in gcs.alive_nodes():
-                pipe.xadd(gcs.keys.node_stream(node["node_id"]), control.PrepareEnv(digest).fields())
+                pipe.xadd(gcs.keys.node_stream(node.node_id), control.PrepareEnv(digest).fields())
             pipe.execute()
     return digest, resolved

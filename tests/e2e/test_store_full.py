@@ -170,7 +170,7 @@ def kill_node_holding_an_object() -> tuple[str, object]:
     assert any(not n.endswith(".lock") for n in stored), f"no object of {namespace} in /dev/shm"
     from rayr.context import state
 
-    (pid,) = [int(n["pid"]) for n in state.core.gcs.list_nodes() if n["node_id"] == node["NodeID"]]
+    (pid,) = [n.pid for n in state.core.gcs.list_nodes() if n.node_id == node["NodeID"]]
     raylet = psutil.Process(pid)
     family = [raylet, *raylet.children(recursive=True)]  # its zygote and workers die with it
     raylet.send_signal(signal.SIGKILL)

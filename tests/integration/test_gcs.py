@@ -11,6 +11,7 @@ from rayr.config import Settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.gcs.monitor import Monitor
+from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
 
 
@@ -83,16 +84,16 @@ def test_function_export_is_write_once(gcs):
 
 def test_monitor_declares_silent_nodes_dead(gcs):
     settings = Settings(cluster_name="x", node_timeout_s=0.2)
-    gcs.register_node("n1", {"node_id": "n1", "state": NODE_ALIVE, "resources_total": {"CPU": 1}}, 0.2)
-    gcs.register_node("n2", {"node_id": "n2", "state": NODE_ALIVE, "resources_total": {"CPU": 1}}, 30)
+    gcs.register_node(NodeInfo("n1", resources_total={"CPU": 1}), 0.2)
+    gcs.register_node(NodeInfo("n2", resources_total={"CPU": 1}), 30)
     monitor = Monitor(gcs, settings)
     assert monitor.check_nodes() == []
     time.sleep(0.3)
     assert monitor.check_nodes() == ["n1"]
-    states = {n["node_id"]: n["state"] for n in gcs.list_nodes()}
+    states = {n.node_id: n.state for n in gcs.list_nodes()}
     assert states == {"n1": NODE_DEAD, "n2": NODE_ALIVE}
-    assert "heartbeat" in gcs.list_nodes()[0]["death_reason"]
-    assert [n["node_id"] for n in gcs.alive_nodes()] == ["n2"]
+    assert "heartbeat" in gcs.list_nodes()[0].death_reason
+    assert [n.node_id for n in gcs.alive_nodes()] == ["n2"]
 
 
 def test_ensure_group_is_idempotent(gcs):
@@ -117,7 +118,7 @@ def test_history_is_cut_to_its_size_oldest_first(gcs):
         gcs.mark_actor_dead(actor, "gone")
     nodes = [f"{i:032x}" for i in range(3)]
     for node in nodes:
-        gcs.register_node(node, {"hostname": "h"}, ttl_s=10)
+        gcs.register_node(NodeInfo(node, hostname="h"), ttl_s=10)
         gcs.r.sadd(gcs.keys.node_shapes(node), "CPU=1")
         gcs.r.xadd(gcs.keys.task_stream("~CPU=1", node), {b"s": b"x"})
         gcs.set_node_state(node, NODE_DEAD, "test")

@@ -138,7 +138,7 @@ def test_stream_items_arriving_before_any_ref_are_kept_then_freed_unread():
     t = OwnershipTable(US)
     t.own_returns([oid(1)], stream_task=TASK)
     for i in (2, 3, 4):
-        assert t.accept(oid(i), INLINE) == []
+        assert t.accept(oid(i), INLINE) is None
     assert {oid(2), oid(3), oid(4)} <= t.owned and oid(3) in t.records
     t.add_ref(oid(3))  # the consumer took item 3 ...
     t.forget_stream(TASK, first_unread=3)  # ... and then dropped the generator
