@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from rayr.core import CoreWorker
     from rayr.log_stream import LogPrinter
     from rayr.node import LocalCluster
-    from rayr.worker import TaskExecutor
+    from rayr.worker.executor import TaskExecutor
 
 
 class ProcessState:

@@ -157,7 +157,7 @@ def default_resources(
 Daemon = subprocess.Popen | procs.ForkedChild
 
 # where the ``main`` of a daemon started with ``python -m`` lives
-_MAIN_OF = {"rayr.raylet": "rayr.raylet.raylet"}
+_MAIN_OF = {"rayr.raylet": "rayr.raylet.raylet", "rayr.monitor": "rayr.monitor.monitor"}
 
 
 @dataclass
@@ -251,7 +251,7 @@ class LocalCluster:
                     persist=self.redis_persist,
                 )
         self.monitor_proc = self._python(
-            "rayr.gcs.monitor",
+            "rayr.monitor",
             ["--redis-url", self.redis_url, "--settings-json", self.settings.model_dump_json()],
             "monitor.log",
         )

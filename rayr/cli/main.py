@@ -216,7 +216,7 @@ def _role_of(proc: psutil.Process) -> str:
         return "raylet"
     if "redis-server" in cmd:
         return "redis"
-    return "monitor" if "rayr.gcs.monitor" in cmd else "raylet"
+    return "monitor" if "rayr.monitor" in cmd else "raylet"
 
 
 def _recorded_processes(record: dict[str, Any]) -> list[tuple[str, psutil.Process]]:

@@ -145,11 +145,11 @@ def _child(argv: list[str], log_path: str, fd: int, control: socket.socket) -> N
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        from rayr import worker
+        from rayr.worker import executor
 
         argv = [a.replace("{fd}", str(fd)) for a in argv]
         sys.argv = ["rayr.worker", *argv]
-        worker.main(argv)
+        executor.main(argv)
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
 def serve(fd: int) -> None:
     """Fork a worker for each request on the control socket ``fd``, until the raylet goes."""
     # what every worker needs, loaded once here (no threads, no connections)
-    import rayr.actor_runtime  # noqa: F401
-    import rayr.worker  # noqa: F401
+    import rayr.worker.actor_runtime  # noqa: F401
+    import rayr.worker.executor  # noqa: F401
 
     control = socket.socket(fileno=fd)
     control.send(pickle.dumps(("ready",)))

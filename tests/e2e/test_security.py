@@ -209,7 +209,7 @@ def test_password_is_on_no_command_line_nor_printed(started):
             assert password not in cmd, f"the password is on the command line of {proc.pid}: {cmd}"
             seen.append(cmd)
         # every kind of process was looked at
-        for kind in ("redis-server", "rayr.raylet", "rayr.gcs.monitor", "rayr.job_submission.supervisor",
+        for kind in ("redis-server", "rayr.raylet", "rayr.monitor", "rayr.job_submission.supervisor",
                      "--runtime-env", "time.sleep(300)"):
             assert any(kind in cmd for cmd in seen), (kind, seen)
         client.stop_job(sid)

@@ -10,9 +10,9 @@ import pytest
 from rayr.config import Settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
-from rayr.gcs.monitor import Monitor
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
+from rayr.monitor.monitor import Monitor
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_ensure_group_is_idempotent(gcs):
 
 
 def test_history_is_cut_to_its_size_oldest_first(gcs):
-    from rayr.gcs.history import trim_history
+    from rayr.monitor.history import trim_history
 
     jobs = []
     for i in range(3):

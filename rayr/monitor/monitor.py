@@ -21,11 +21,11 @@ from rayr.config import Settings, daemon_settings
 from rayr.gcs import control
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, connect
-from rayr.gcs.history import trim_history
 from rayr.gcs.jobs import end_job
 from rayr.gcs.placement import place_bundles, ready_object_id
-from rayr.gcs.recovery import recover_actors, requeue_tasks
 from rayr.keys import Keys
+from rayr.monitor.history import trim_history
+from rayr.monitor.recovery import recover_actors, requeue_tasks
 from rayr.serialization import dumps
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ class Monitor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="rayr.gcs.monitor")
+    parser = argparse.ArgumentParser(prog="rayr.monitor")
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--settings-json", required=True)
     opts = parser.parse_args(argv)

@@ -175,7 +175,7 @@ class TaskExecutor:
                 case protocol.Exit():
                     return
                 case protocol.BecomeActor(stream, entry_id, spec_bytes, restart):
-                    from rayr.actor_runtime import ActorRuntime  # only actor workers need it
+                    from rayr.worker.actor_runtime import ActorRuntime  # only actor workers need it
 
                     ActorRuntime(self, TaskSpec.decode(spec_bytes), stream, entry_id, restart).run()
                     return

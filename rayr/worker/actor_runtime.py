@@ -32,7 +32,7 @@ from rayr.keys import ACTOR_GROUP, TASK_GROUP
 from rayr.task_spec import SPEC_FIELD, STREAMING, TaskSpec
 
 if TYPE_CHECKING:
-    from rayr.worker import TaskExecutor
+    from rayr.worker.executor import TaskExecutor
 
 log = logging.getLogger("rayr.actor")
 READ_BATCH = 64

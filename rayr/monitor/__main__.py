@@ -1,0 +1,3 @@
+from rayr.monitor.monitor import main
+
+main()

@@ -1,0 +1,3 @@
+from rayr.worker.executor import main
+
+main()
