@@ -24,6 +24,7 @@ from rayr.api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from rayr.exceptions import RuntimeEnvSetupError
@@ -56,6 +57,7 @@ __all__ = [
     "get",
     "get_actor",
     "get_runtime_context",
+    "timeline",
     "init",
     "is_initialized",
     "kill",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import json
 import os
 import socket
 import sys
@@ -328,7 +329,8 @@ def shutdown() -> None:
             printer.stop(drain_s=0.05)
         if core is not None:
             core.shutdown()
-            end_job(core.gcs, core.job_id.hex(), "SUCCEEDED", "its owner (the driver) exited")
+            end_job(core.gcs, core.job_id.hex(), "SUCCEEDED", "its owner (the driver) exited",
+                    core.settings.task_events_retention_s)
             core.store.cleanup(core.job_id.binary())
             core.gcs.r.close()
         if cluster is not None:
@@ -444,6 +446,25 @@ def _make_remote(target: Callable, options: dict[str, Any]) -> RemoteFunction | 
 def get_runtime_context() -> RuntimeContext:
     """Ids of the current node, job, task and worker."""
     return RuntimeContext(context.require_core())
+
+
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """This job's tasks as a Chrome trace (load it in chrome://tracing or ui.perfetto.dev): one
+    slice per task run, a row per worker. Written to ``filename`` if given, else returned.
+    Built from task events, so it shows what reached the GCS by now (events are sent about
+    every ``task_events_flush_s``)."""
+    from rayr.util.state.api import timeline_events
+
+    core = context.require_core()
+    if core.events is not None:
+        core.events.flush()
+    core.commands.flush()  # what this process logged and sent, in Redis before we read
+    events = timeline_events(core.gcs, core.job_id.hex())
+    if filename is None:
+        return events
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None
 
 
 def _sum(nodes: list[NodeInfo], field_name: str) -> dict[str, float]:

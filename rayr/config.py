@@ -58,6 +58,13 @@ class Settings(BaseModel):
     history_max_jobs: int = Field(1000, ge=0)
     history_max_actors: int = Field(10_000, ge=0)
     history_max_nodes: int = Field(1000, ge=0)
+    # task events (rayr.util.state, `rayr list tasks`, timeline): on unless RAYR_TASK_EVENTS=0;
+    # each process sends what it saw every task_events_flush_s; a job's tables keep at most
+    # task_events_max_per_job tasks and go task_events_retention_s after the job ends
+    task_events: bool = True
+    task_events_flush_s: float = Field(0.5, gt=0)
+    task_events_max_per_job: int = Field(100_000, ge=0)
+    task_events_retention_s: float = Field(600.0, ge=0)
     # largest zip of a runtime_env working_dir or py_modules entry (Redis allows 512 MiB)
     runtime_env_max_package_bytes: int = Field(100 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
 

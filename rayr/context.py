@@ -64,6 +64,21 @@ class RuntimeContext:
         task = self._core.current_task_id
         return task.hex() if task else None
 
+    def get_task_name(self) -> str | None:
+        """The running task's name (its function's unless ``.options(name=...)``)."""
+        spec = self._core.current_spec
+        return spec.name if spec is not None else None
+
+    def get_task_function_name(self) -> str | None:
+        """The running task's function, ``module.qualname`` style (``Class.method`` in an actor)."""
+        spec = self._core.current_spec
+        return spec.function_name if spec is not None else None
+
+    def get_actor_name(self) -> str | None:
+        """The name of the actor this code runs in (None outside actors or if it has none)."""
+        executor = state.executor
+        return (executor.actor_name or None) if executor is not None and executor.actor_id else None
+
     def get_actor_id(self) -> str | None:
         """Hex id of the actor this code runs in, or None outside actors."""
         executor = state.executor

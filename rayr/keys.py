@@ -27,6 +27,7 @@ FAMILIES = {
     "job_actors": "job_actors:",
     "actor_events": "actor_events",
     "dead_actors": "dead_actors",
+    "actors": "actors",
 }
 _F = FAMILIES
 
@@ -245,6 +246,25 @@ class Keys:
     @property
     def dead_actors(self) -> str:
         return self.prefix + _F["dead_actors"]
+
+    @property
+    def actors(self) -> str:
+        """Set of every actor id in the actor table (trimmed with it)."""
+        return self.prefix + _F["actors"]
+
+    # -- task events: per job, what owners and executors saw of each task (rayr.util.state)
+    def task_events_owner(self, job_hex: str) -> str:
+        """Hash: task id (16 raw bytes) -> the owner's view (submission, pending states)."""
+        return f"{self.prefix}tev:{job_hex}"
+
+    def task_events_exec(self, job_hex: str) -> str:
+        """Hash: task id (16 raw bytes) -> the executor's view (node, pid, running, end)."""
+        return f"{self.prefix}tex:{job_hex}"
+
+    @property
+    def task_events_dropped(self) -> str:
+        """Hash: job id -> events dropped because the job's tables were full."""
+        return self.prefix + "tev_dropped"
 
     @property
     def dead_nodes(self) -> str:

@@ -8,11 +8,9 @@ import time
 from typing import Any
 
 import click
-import redis
 import yaml
 
-from rayr.cli.common import gcs_for
-from rayr.job_submission import JobStatus, JobSubmissionClient, job_rows
+from rayr.job_submission import JobStatus, JobSubmissionClient
 
 address_option = click.option("--address", help="The cluster's Redis, HOST:PORT (default: RAYR_ADDRESS, "
                                                  "then the cluster `rayr start` recorded on this host).")
@@ -197,30 +195,4 @@ def list_submitted(address: str | None, redis_password: str | None, fmt: str) ->
     rows = [{"submission_id": j.submission_id, "status": j.status.value, "job_id": j.job_id,
              "start": _stamp((j.start_time or 0) / 1000), "entrypoint": j.entrypoint} for j in jobs]
     click.echo(_table(rows, [("submission_id", "SUBMISSION_ID"), ("status", "STATUS"), ("job_id", "JOB_ID"),
-                             ("start", "START"), ("entrypoint", "ENTRYPOINT")]))
-
-
-@click.group("list")
-def list_group() -> None:
-    """List cluster state."""
-
-
-@list_group.command("jobs")
-@address_option
-@password_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def list_jobs(address: str | None, redis_password: str | None, fmt: str) -> None:
-    """Every job: drivers that connected and submitted jobs, running ones included."""
-    gcs = gcs_for(address, redis_password)
-    try:
-        rows = job_rows(gcs)
-    except redis.RedisError as err:
-        click.echo(f"Cannot reach the cluster: {err}", err=True)
-        sys.exit(1)
-    if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        row["start"] = _stamp(row["start_time"])
-    click.echo(_table(rows, [("job_id", "JOB_ID"), ("submission_id", "SUBMISSION_ID"), ("status", "STATUS"),
                              ("start", "START"), ("entrypoint", "ENTRYPOINT")]))

@@ -15,9 +15,10 @@ import redis
 from rayr import procs
 from rayr.cli import launcher
 from rayr.cli import memory as memory_mod
+from rayr.cli import state as state_cli
 from rayr.cli import status as status_mod
 from rayr.cli.common import gcs_for
-from rayr.cli.jobs import job, list_group
+from rayr.cli.jobs import job
 from rayr.config import ConfigError, Settings, load_settings
 from rayr.gcs.client import connect, normalize_address
 from rayr.node import LocalCluster
@@ -299,7 +300,8 @@ for _command in launcher.COMMANDS:  # rayr up / down / exec / submit / get-head-
 
 
 cli.add_command(job)
-cli.add_command(list_group)
+for _command in state_cli.COMMANDS:  # rayr list / summary / get
+    cli.add_command(_command)
 
 if __name__ == "__main__":
     cli()

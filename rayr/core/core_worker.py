@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from rayr.core.events import TaskEvents
 from rayr.core.inbox import InboxReader
 from rayr.core.lineage import ArgHold, LineageTable
 from rayr.core.objects import ObjectClient
@@ -34,7 +35,7 @@ from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
-from rayr.task_spec import TASK, TaskOptions
+from rayr.task_spec import TASK, TaskOptions, TaskSpec
 
 if TYPE_CHECKING:
     import redis
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
 
 FIRST_RETURN = (1).to_bytes(4, "big")
 
-# The task (and its resources) running in this thread or asyncio task of a worker.
-_current_task: contextvars.ContextVar[tuple[bytes, dict[str, float]] | None] = contextvars.ContextVar(
+# The task (its id, resources and spec) running in this thread or asyncio task of a worker.
+_current_task: contextvars.ContextVar[tuple[bytes, dict[str, float], Any] | None] = contextvars.ContextVar(
     "rayr_current_task", default=None
 )
 
@@ -90,6 +91,9 @@ class CoreWorker:
         self._liveness_due = 0.0
         self._inbox_key = self.keys.inbox(worker_hex)
 
+        # what this process sees of tasks, for rayr.util.state (None: task events are off)
+        self.events = TaskEvents(gcs=gcs, commands=commands, settings=settings, node_hex=node_hex,
+                                 worker_hex=worker_hex) if settings.task_events else None
         self.cond = threading.Condition(threading.RLock())
         self.ownership = OwnershipTable(worker_hex)
         self.lineage = LineageTable()
@@ -102,7 +106,8 @@ class CoreWorker:
             blocking_redis=blocking_redis, inbox_key=self._inbox_key, on_messages=self._on_messages,
             housekeeping=self._housekeeping, wake_waiters=self._wake_waiters,
         )
-        self.submitter = TaskSubmitter(watch=self._watch, current_task_id=_current_task_id, **parts)
+        self.submitter = TaskSubmitter(watch=self._watch, current_task_id=_current_task_id,
+                                       events=self.events, **parts)
         self.objects = ObjectClient(submitter=self.submitter, on_blocked=on_blocked,
                                     redis_down_since=lambda: self._inbox.down_since, **parts)
         self.envs = self.submitter.envs
@@ -119,8 +124,15 @@ class CoreWorker:
         current = _current_task.get()
         return current[1] if current else {}
 
-    def set_current_task(self, task_id: bytes | None, resources: dict[str, float] | None = None) -> None:
-        _current_task.set((task_id, resources or {}) if task_id else None)
+    @property
+    def current_spec(self) -> TaskSpec | None:
+        """The spec of the task running here (None in a driver, between tasks)."""
+        current = _current_task.get()
+        return current[2] if current else None
+
+    def set_current_task(self, task_id: bytes | None, resources: dict[str, float] | None = None,
+                         spec: TaskSpec | None = None) -> None:
+        _current_task.set((task_id, resources or {}, spec) if task_id else None)
 
     # ------------------------------------------------------------- lifecycle
     def shutdown(self) -> None:
@@ -136,6 +148,8 @@ class CoreWorker:
             self._liveness.close()
         self.objects.drain_released()
         self.objects.flush_deletes()
+        if self.events is not None:
+            self.events.flush()
         self.commands.close()
         try:
             self.gcs.drop_inbox(self.worker_hex)
@@ -242,7 +256,7 @@ class CoreWorker:
         resolved: list[tuple[concurrent.futures.Future, bytes, bytes]] = []
         rebuild_requests: list[bytes] = []
         done: list[bytes] = []
-        own, dep_waiters = self.ownership, self.submitter.dep_waiters
+        own, dep_waiters, events = self.ownership, self.submitter.dep_waiters, self.events
         with self.cond:
             for msg in msgs:
                 parsed = rec.parse_message(msg)
@@ -257,6 +271,8 @@ class CoreWorker:
                     self.submitter.deps_arrived(oid, ready)
                 if oid[16:] == FIRST_RETURN:
                     done.append(oid[:16])
+                    if events is not None:
+                        events.owner_done(oid[:16], record)
             finished = self._on_tasks_done(done)
             self.cond.notify_all()
         for fut, oid, record in resolved:
@@ -295,6 +311,8 @@ class CoreWorker:
         """Between inbox batches: count down dead refs, send frees, refresh liveness."""
         self.objects.drain_released()
         self.objects.flush_deletes()
+        if self.events is not None:
+            self.events.flush_due()
         self._refresh_liveness()
 
     def _wake_waiters(self) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rayr import resources as res
 from rayr import serialization
+from rayr.core.events import TaskEvents
 from rayr.core.lineage import Lineage, LineageTable
 from rayr.core.ownership import OwnershipTable
 from rayr.exceptions import ActorDiedError, ObjectLostError, RaySystemError, TaskCancelledError
@@ -99,6 +100,7 @@ class TaskSubmitter:
         lineage: LineageTable,
         watch: Callable[[set[bytes]], None],
         current_task_id: Callable[[], bytes | None],
+        events: TaskEvents | None = None,
     ) -> None:
         self.gcs = gcs
         self.keys = gcs.keys
@@ -112,6 +114,7 @@ class TaskSubmitter:
         self.lineage = lineage
         self._watch = watch
         self._current_task_id = current_task_id
+        self.events = events
         self._threshold = settings.inline_threshold
         self._id_prefix, self._id_counter = os.urandom(8), itertools.count()
         self._no_args_frame: bytes | None = None
@@ -205,6 +208,8 @@ class TaskSubmitter:
             waiting = self._wait_for(spec, stream)
             if kind == ACTOR_CALL:
                 self.actor_queues.setdefault(actor_id, deque()).append(waiting)
+        if self.events is not None:
+            self.events.submitted(spec, parent, opts.shape, bool(waiting.missing))
         if kind == ACTOR_CALL:
             self.flush_actor_queue(actor_id)
         elif not waiting.missing:
@@ -245,6 +250,8 @@ class TaskSubmitter:
         for waiting in ready:
             if waiting.cancelled:
                 continue
+            if self.events is not None:
+                self.events.queued(waiting.spec.task_id)
             if waiting.spec.kind == ACTOR_CALL:
                 self.flush_actor_queue(waiting.spec.actor_id)
             else:

@@ -193,7 +193,7 @@ class GcsClient:
         raw = self.r.hgetall(self.keys.job(job_hex))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def finish_job(self, job_hex: str, status: str = "SUCCEEDED") -> None:
+    def finish_job(self, job_hex: str, status: str = "SUCCEEDED", retention_s: float = 600.0) -> None:
         """Mark the job ended and drop its functions and objects from the tables."""
         now = time.time()
         with self.r.pipeline() as p:
@@ -201,6 +201,9 @@ class GcsClient:
             p.zadd(self.keys.ended_jobs, {job_hex: now})
             p.srem(self.keys.running_jobs, job_hex)
             p.delete(self.keys.job_alive(job_hex))
+            # task events stay readable a while after the job (rayr list tasks, timeline)
+            for table in (self.keys.task_events_owner(job_hex), self.keys.task_events_exec(job_hex)):
+                p.pexpire(table, max(1, int(retention_s * 1000)))
             p.execute()
         for pattern in (
             self.keys.objects_of_job(job_hex),
@@ -242,6 +245,14 @@ class GcsClient:
         for oid, record, owner in items:
             args.extend((oid, oid.hex(), record, owner))
         return args
+
+    def task_events_command(
+        self, table: str, job_hex: str, flat: list[Any], cap: int, retention_s: float
+    ) -> tuple[Any, ...]:
+        """RECORD_TASK_EVENTS of ``flat`` (task id, view, task id, view, ...) into ``table``,
+        as one command."""
+        return ("EVAL", scripts.RECORD_TASK_EVENTS, 3, table, self.keys.task_events_dropped,
+                self.keys.job(job_hex), cap, job_hex, int(retention_s * 1000), *flat)
 
     def free_objects_command(self, items: Iterable[tuple[bytes, bool]]) -> tuple[Any, ...]:
         """FREE_OBJECTS for (object id, force) pairs, as one command for a CommandStream."""

@@ -57,7 +57,7 @@ def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
     return len(dropped)
 
 
-def end_job(gcs: GcsClient, job_hex: str, status: str, why: str) -> None:
+def end_job(gcs: GcsClient, job_hex: str, status: str, why: str, retention_s: float = 600.0) -> None:
     """Kill the job's non-detached actors, remove its non-detached placement groups, mark it
     ended, drop its table entries, and have every node free what the job left in its store."""
     try:
@@ -68,7 +68,7 @@ def end_job(gcs: GcsClient, job_hex: str, status: str, why: str) -> None:
             if info["pg_id"].startswith(job_hex) and info.get("detached") != "1":
                 gcs.remove_placement_group(info["pg_id"])
         driver = gcs.r.hget(gcs.keys.job(job_hex), "driver_worker")
-        gcs.finish_job(job_hex, status)
+        gcs.finish_job(job_hex, status, retention_s)
         if driver:  # a driver that died left what was sent to it
             gcs.r.delete(gcs.keys.inbox(driver.decode()))
         with gcs.r.pipeline(transaction=False) as pipe:

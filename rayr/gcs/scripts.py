@@ -103,6 +103,7 @@ redis.call('XGROUP', 'CREATE', prefix .. '<<actor_ctl>>' .. actor, '<<ACTOR_GROU
 if job ~= '' then
   redis.call('SADD', prefix .. '<<job_actors>>' .. job, actor)
 end
+redis.call('SADD', prefix .. '<<actors>>', actor)
 return {1, actor}
 """)
 
@@ -283,4 +284,46 @@ for i = 2, #ARGV, 2 do
   end
 end
 return out
+""")
+
+# Record a batch of task events: each pair is a task id and the whole current view of one
+# side (owner or executor) of that task, which replaces the last one. A job's table takes at
+# most ARGV[1] tasks; views of tasks beyond that are dropped (and counted). Once the job has
+# ended, the table expires after ARGV[3] ms, as its other tables are gone already.
+# KEYS[1]  the job's owner or executor table (hash)
+# KEYS[2]  dropped-events counters (hash: job -> count)
+# KEYS[3]  the job's hash
+# ARGV[1]  the most tasks a job's table holds
+# ARGV[2]  the job id
+# ARGV[3]  retention after the job's end, ms
+# ARGV[4+2k], ARGV[5+2k]  task id, view
+# Returns how many views were dropped.
+RECORD_TASK_EVENTS = _fill("""
+local n = redis.call('HLEN', KEYS[1])
+local cap = tonumber(ARGV[1])
+local batch, dropped = {}, 0
+for i = 4, #ARGV, 2 do
+  if n < cap or redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    batch[#batch + 1] = ARGV[i]
+    batch[#batch + 1] = ARGV[i + 1]
+    n = n + 1
+  else
+    dropped = dropped + 1
+  end
+  if #batch >= 1000 then
+    redis.call('HSET', KEYS[1], unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then
+  redis.call('HSET', KEYS[1], unpack(batch))
+end
+if dropped > 0 then
+  redis.call('HINCRBY', KEYS[2], ARGV[2], dropped)
+end
+local status = redis.call('HGET', KEYS[3], 'status')
+if not status or (status ~= 'RUNNING' and status ~= 'PENDING') then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return dropped
 """)

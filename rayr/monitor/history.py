@@ -40,7 +40,9 @@ def _forget_job(gcs: GcsClient, job_hex: str) -> None:
     keys = gcs.keys
     driver = gcs.r.hget(keys.job(job_hex), "driver_worker")
     with gcs.r.pipeline(transaction=False) as p:
-        p.delete(keys.job(job_hex), keys.job_actors(job_hex))
+        p.delete(keys.job(job_hex), keys.job_actors(job_hex), keys.task_events_owner(job_hex),
+                 keys.task_events_exec(job_hex))
+        p.hdel(keys.task_events_dropped, job_hex)
         if driver:  # results of tasks that ended after their driver may have refilled it
             p.delete(keys.inbox(driver.decode()))
         p.srem(keys.jobs, job_hex)
@@ -48,7 +50,10 @@ def _forget_job(gcs: GcsClient, job_hex: str) -> None:
 
 
 def _forget_actor(gcs: GcsClient, actor_hex: str) -> None:
-    gcs.r.delete(gcs.keys.actor(actor_hex))  # a call through an old handle still fails clearly
+    with gcs.r.pipeline(transaction=False) as p:
+        p.delete(gcs.keys.actor(actor_hex))  # a call through an old handle still fails clearly
+        p.srem(gcs.keys.actors, actor_hex)
+        p.execute()
 
 
 def _forget_node(gcs: GcsClient, node_hex: str) -> None:

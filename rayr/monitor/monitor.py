@@ -194,7 +194,7 @@ class Monitor:
                 self.gcs.r.set(self.gcs.keys.job_alive(job), b"1", px=ttl_ms)
                 continue
             log.warning("job %s: its driver (pid %s) is gone; ending the job", job, info.get("driver_pid"))
-            end_job(self.gcs, job, "FAILED", "its driver died")
+            end_job(self.gcs, job, "FAILED", "its driver died", self.settings.task_events_retention_s)
             ended.append(job)
         return ended
 

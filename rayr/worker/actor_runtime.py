@@ -108,12 +108,13 @@ class ActorRuntime:
         if info.get("state", "DEAD") == "DEAD":
             # killed before it started: finish the creation task and serve as a plain worker
             executor.results.deliver(spec, [rec.value_record(serialization.dumps(None))],
-                             self.creation_stream, self.creation_entry, TASK_GROUP)
+                                     self.creation_stream, self.creation_entry, TASK_GROUP)
             executor.send(protocol.ActorFailed())
             return False
         self.executor.actor_id = self.actor_id
+        self.executor.actor_name = info.get("name", "")
         executor.attribute_output(spec.function_name.split(".")[0])  # the class, as Ray prefixes
-        self.core.set_current_task(spec.task_id, spec.resources)
+        self.core.set_current_task(spec.task_id, spec.resources, spec)
         holder: list[Any] = []
 
         def construct(*args: Any, **kwargs: Any) -> None:
@@ -315,7 +316,7 @@ class ActorRuntime:
             return missing
 
     def _call(self, entry_id: bytes, spec: TaskSpec) -> None:
-        self.core.set_current_task(spec.task_id, spec.resources)
+        self.core.set_current_task(spec.task_id, spec.resources, spec)
         try:
             records = self.executor.run(spec, self._method(spec))
         except ActorExitRequest:
@@ -342,7 +343,9 @@ class ActorRuntime:
     async def _call_async(self, entry_id: bytes, spec: TaskSpec) -> None:
         assert self._semaphore is not None and self._loop is not None
         async with self._semaphore:
-            self.core.set_current_task(spec.task_id, spec.resources)
+            self.core.set_current_task(spec.task_id, spec.resources, spec)
+            if self.core.events is not None:
+                self.core.events.started(spec, time.time())
             fn = self._method(spec)
             n = max(spec.num_returns, 1)
             try:

@@ -86,6 +86,8 @@ class ResultDelivery:
         """Keep a finished task's results for the batch's one delivery; False outside a batch."""
         if not self._batching:
             return False
+        if self.core.events is not None:
+            self.core.events.ended(spec, records)
         with self._lock:
             self._held.append((spec, records, stream, entry_id, group))
         return True
@@ -108,6 +110,8 @@ class ResultDelivery:
     ) -> None:
         """Store the results, wake the owner and waiters, and ACK the entry, without waiting.
         ``extra`` adds one more command whose reply it receives."""
+        if self.core.events is not None:
+            self.core.events.ended(spec, records)
         self._send([(spec, records, stream, entry_id, group)], extra)
 
     def _send(self, batch: list[Delivery], extra: tuple[Any, Callable[[Any], None]] | None) -> None:
@@ -148,6 +152,7 @@ class TaskExecutor:
         self._lease_client: Any = None
         self.results = ResultDelivery(core)
         self.actor_id: str | None = None  # set once this worker became an actor
+        self.actor_name = ""
         self.cancelled_tasks: set[bytes] = set()  # calls of this actor cancelled while queued/running
 
     def send(self, msg: protocol.Message) -> None:
@@ -255,11 +260,12 @@ class TaskExecutor:
 
     # ------------------------------------------------------------------ run
     def execute(self, stream: str, entry_id: bytes, spec: TaskSpec) -> None:
+        received = time.time()
         self.enter_job(spec)
         self.attribute_output(spec.name)
-        self.core.set_current_task(spec.task_id, spec.resources)
+        self.core.set_current_task(spec.task_id, spec.resources, spec)
         try:
-            records = self.run(spec, None)
+            records = self.run(spec, None, received)
         finally:
             self.core.set_current_task(None)
         if not self.results.hold_back(spec, records, stream, entry_id, TASK_GROUP):
@@ -278,12 +284,16 @@ class TaskExecutor:
             self.core.job_id = JobID(bytes.fromhex(spec.job_hex))
             self.core.namespace = self._job_namespaces[spec.job_hex]
 
-    def run(self, spec: TaskSpec, fn: Any) -> list[bytes]:
+    def run(self, spec: TaskSpec, fn: Any, received: float | None = None) -> list[bytes]:
         """Run ``fn`` (the spec's function when None) on the spec's arguments; result records.
 
         A cancellation (KeyboardInterrupt raised by the SIGINT handler) yields
         TaskCancelledError records and, if asked, cancels the tasks this one submitted.
+        ``received``: when the task reached this worker (default: now), for its events.
         """
+        events = self.core.events
+        if events is not None:
+            events.started(spec, received or time.time())
         try:
             return self._run(spec, fn)
         except KeyboardInterrupt:

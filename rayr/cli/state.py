@@ -1,0 +1,159 @@
+"""``rayr list / summary / get``: the state API (``rayr.util.state``) on the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import redis
+import yaml
+
+from rayr.cli.common import gcs_for
+from rayr.util.state import api
+from rayr.util.state.common import RayStateApiException
+
+address_option = click.option("--address", help="The cluster's Redis, HOST:PORT (default: RAYR_ADDRESS, "
+                              "then this host's cluster).")
+password_option = click.option("--redis-password", help="Redis password (default: RAYR_REDIS_PASSWORD, "
+                               "then this host's session file).")
+FORMATS = ["default", "json", "yaml", "table", "text"]  # text: the old name of default
+
+# the columns of each resource's table
+COLUMNS: dict[str, list[str]] = {
+    "tasks": ["task_id", "name", "state", "type", "node_id", "worker_pid", "error_type"],
+    "actors": ["actor_id", "class_name", "state", "name", "node_id", "pid", "num_restarts"],
+    "objects": ["object_id", "object_size", "storage", "reference_type", "node_id"],
+    "nodes": ["node_id", "node_ip", "is_head_node", "state", "node_name"],
+    "jobs": ["job_id", "submission_id", "status", "type", "start_time", "entrypoint"],
+    "placement-groups": ["placement_group_id", "name", "creator_job_id", "state", "strategy"],
+    "workers": ["worker_id", "worker_type", "is_alive", "node_id", "pid", "actor_id"],
+}
+GETTABLE = ["tasks", "actors", "nodes", "placement-groups"]
+
+
+def parse_filters(texts: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """``key=value`` / ``key!=value`` as the API's filter triples."""
+    out = []
+    for text in texts:
+        for predicate in ("!=", "="):
+            key, found, value = text.partition(predicate)
+            if found and key.strip():
+                out.append((key.strip(), predicate, value.strip()))
+                break
+        else:
+            raise click.BadParameter(f"{text!r}: a filter is KEY=VALUE or KEY!=VALUE, e.g. state=RUNNING",
+                                     param_hint="--filter")
+    return out
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float) and value > 1e9:  # a time
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value / 1000))
+    if isinstance(value, int) and value > 10**12:  # a time in ms
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value / 1000))
+    return str(value)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[c.upper() for c in columns]] + [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+    return "\n".join(lines)
+
+
+def _render(rows: list[dict[str, Any]], columns: list[str], fmt: str, detail: bool) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str)
+    if fmt == "yaml" or (fmt == "default" and detail):
+        return yaml.safe_dump(rows, sort_keys=False, default_flow_style=False)
+    return table(rows, columns)
+
+
+def _run(call: Callable[[], Any]) -> Any:
+    """Run a state query; a clear message and exit 1 for what the user can fix."""
+    try:
+        return call()
+    except (ValueError, RayStateApiException) as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(1)
+    except redis.RedisError as err:
+        click.echo(f"Cannot reach the cluster: {err}", err=True)
+        sys.exit(1)
+
+
+@click.command("list")
+@click.argument("resource", type=click.Choice(list(COLUMNS)))
+@address_option
+@password_option
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Keep only rows where KEY equals (=) or differs from (!=) VALUE; repeatable.")
+@click.option("--limit", type=int, default=api.DEFAULT_LIMIT, show_default=True, help="Most rows shown.")
+@click.option("--detail", is_flag=True, help="Every field of each row (yaml by default).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="default", show_default=True)
+def list_command(resource: str, address: str | None, redis_password: str | None, filters: tuple[str, ...],
+                 limit: int, detail: bool, fmt: str) -> None:
+    """List tasks, actors, objects, nodes, jobs, placement groups or workers."""
+    parsed = parse_filters(filters)
+    gcs = gcs_for(address, redis_password)
+    rows = _run(lambda: api.query(gcs, resource, parsed, limit, detail, raise_on_missing_output=False))
+    click.echo(_render([r.asdict() for r in rows], COLUMNS[resource], "default" if fmt == "text" else fmt,
+                       detail))
+
+
+@click.command("summary")
+@click.argument("resource", type=click.Choice(list(api.SUMMARIES)))
+@address_option
+@password_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="default", show_default=True)
+def summary_command(resource: str, address: str | None, redis_password: str | None, fmt: str) -> None:
+    """Counts of tasks (by function), actors (by class) or objects (by job), per state."""
+    gcs = gcs_for(address, redis_password)
+    data = _run(lambda: api.summarize(gcs, resource, raise_on_missing_output=False))
+    if fmt in ("json", "yaml"):
+        click.echo(json.dumps(data, indent=2) if fmt == "json" else yaml.safe_dump(data, sort_keys=False))
+        return
+    entries = list(data["cluster"]["summary"].values())
+    if resource == "objects":
+        rows = [{"job_id": e["job_id"], "objects": e["total_objects"], "bytes": e["total_size_bytes"],
+                 "storage": _counts(e["storage_counts"]), "references": _counts(e["ref_type_counts"])}
+                for e in entries]
+        click.echo(table(rows, ["job_id", "objects", "bytes", "storage", "references"]))
+        return
+    key = "func_or_class_name" if resource == "tasks" else "class_name"
+    rows = [{key: e[key], "total": sum(e["state_counts"].values()), "states": _counts(e["state_counts"])}
+            for e in entries]
+    total = data["cluster"].get(f"total_{resource}", len(rows))
+    click.echo(f"======== {resource} summary: {total} in all ========")
+    click.echo(table(rows, [key, "total", "states"]))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+
+
+@click.command("get")
+@click.argument("resource", type=click.Choice(GETTABLE))
+@click.argument("id")
+@address_option
+@password_option
+@click.option("--format", "fmt", type=click.Choice(["default", "json", "yaml"]), default="default",
+              show_default=True)
+def get_command(resource: str, id: str, address: str | None, redis_password: str | None, fmt: str) -> None:
+    """Every field of one task, actor, node or placement group; exit 1 if there is none."""
+    gcs = gcs_for(address, redis_password)
+    found = _run(lambda: api.get_in(gcs, resource, id))
+    if found is None:
+        click.echo(f"Error: no {resource[:-1].replace('-', ' ')} with id {id!r}", err=True)
+        sys.exit(1)
+    row = found.asdict()
+    click.echo(json.dumps(row, indent=2, default=str) if fmt == "json"
+               else yaml.safe_dump(row, sort_keys=False))
+
+
+COMMANDS = [list_command, summary_command, get_command]
