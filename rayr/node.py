@@ -262,7 +262,27 @@ class LocalCluster:
                  "--session-dir", self.session_dir],
                 "job_supervisor.log",
             )
-        return self.add_node(head=True, **node_kwargs)
+        node_id = self.add_node(head=True, **node_kwargs)
+        if self.supervisor_proc is not None:
+            self.wait_for_supervisor()  # a head that says it started takes jobs
+        return node_id
+
+    def wait_for_supervisor(self) -> None:
+        """Until the job supervisor announces itself (its liveness key)."""
+        proc = self.supervisor_proc
+        assert proc is not None
+        gcs = self.gcs()
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        try:
+            while not gcs.r.exists(gcs.keys.supervisor_alive):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the job supervisor did not start (exit code {proc.returncode}); see "
+                        f"{self.session_dir}/logs/job_supervisor.log:\n" + self.log_tail("job_supervisor.log")
+                    )
+                time.sleep(0.01)
+        finally:
+            gcs.r.close()
 
     def add_node(
         self,

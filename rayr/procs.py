@@ -78,7 +78,9 @@ def spawn(
 
 def stop(procs: Sequence[Any], timeout: float = 5.0) -> None:
     """SIGTERM each process (a ``Popen``, or anything with its poll/send_signal/wait/kill), wait,
-    then SIGKILL whatever is left; reaps them all."""
+    then SIGKILL whatever is left; reaps them all. For our own children only: an unreaped child
+    keeps its pid, so it cannot be mistaken for another process. Processes another invocation
+    started are stopped with stop_all, after recorded_process confirmed who they are."""
     for proc in procs:
         if proc.poll() is None:
             try:
@@ -92,26 +94,6 @@ def stop(procs: Sequence[Any], timeout: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def stop_pid(pid: int, timeout: float = 5.0) -> bool:
-    """Stop a process we started in an earlier invocation (not our child). True if it is gone."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return True
 
 
 # ------------------------------------------------------------------ recorded processes

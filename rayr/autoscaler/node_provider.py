@@ -39,6 +39,9 @@ class ProviderNode:
     launch_time: float
     rayr_node_id: str = ""  # "" until known (ssh: once `rayr start` printed it)
     pid: int = 0  # local provider: the raylet's pid
+    # local provider: when that pid's process started, so a reused pid is never taken for it
+    # (None in records written before rayr kept it: then the node id on its command line)
+    create_time: float | None = None
     host: str = ""  # ssh provider: the host
     failed: str = ""  # why it could not start (then the autoscaler terminates it)
 
@@ -128,7 +131,7 @@ class LocalNodeProvider(NodeProvider):
             proc = self._cluster.raylets[node_id]
             with self._nodes() as nodes:
                 nodes[node_id] = ProviderNode(node_id, node_type, time.time(), rayr_node_id=node_id,
-                                              pid=proc.pid)
+                                              pid=proc.pid, create_time=procs.create_time(proc.pid))
             created.append(node_id)
         return created
 
@@ -140,8 +143,8 @@ class LocalNodeProvider(NodeProvider):
         proc = self._cluster.raylets.pop(provider_id, None)
         if proc is not None:  # our child: stop and reap it
             procs.stop([proc], timeout=10)
-        elif _is_raylet(node.pid, provider_id):
-            procs.stop_pid(node.pid, timeout=10)
+        elif (raylet := _raylet_process(node)) is not None:  # started by an earlier monitor
+            procs.stop_all([raylet], timeout=10)
 
     def _exists(self, node: ProviderNode) -> bool:
         proc = self._cluster.raylets.get(node.provider_id)
@@ -150,16 +153,19 @@ class LocalNodeProvider(NodeProvider):
                 return True
             del self._cluster.raylets[node.provider_id]
             return False
-        return _is_raylet(node.pid, node.provider_id)
+        return _raylet_process(node) is not None
 
 
-def _is_raylet(pid: int, node_id: str) -> bool:
-    """Whether ``pid`` is still the raylet of ``node_id`` (not a recycled pid)."""
+def _raylet_process(node: ProviderNode) -> psutil.Process | None:
+    """The live raylet of ``node``: its recorded pid while that still names the process started
+    for it (the same create time; for an older record, the node id on its command line)."""
+    proc = procs.recorded_process(node.pid, node.create_time)
+    if proc is None or node.create_time is not None:
+        return proc
     try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and node_id in proc.cmdline()
+        return proc if node.provider_id in proc.cmdline() else None
     except psutil.Error:
-        return False
+        return None
 
 
 # ------------------------------------------------------------------------ ssh

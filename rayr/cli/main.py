@@ -12,7 +12,7 @@ import click
 import psutil
 import redis
 
-from rayr import procs
+from rayr import __version__, procs
 from rayr.cli import launcher
 from rayr.cli import memory as memory_mod
 from rayr.cli import state as state_cli
@@ -62,7 +62,8 @@ def _parse_resources(text: str | None) -> dict[str, float] | None:
 
 
 @click.group()
-@click.version_option(package_name="rayr")
+# the version of the code that runs, not of whichever distribution metadata is installed
+@click.version_option(version=__version__, prog_name="rayr")
 def cli() -> None:
     """rayr: the Ray Core programming model on Redis."""
 

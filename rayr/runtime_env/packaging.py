@@ -2,13 +2,14 @@
 
 A ``working_dir`` or ``py_modules`` entry is read on the submitting host, hashed by content,
 zipped with fixed timestamps and uploaded once (``SET NX pkg:<hash>``); the env then names it
-as ``pkg://<hash>``. A resolved env (every path replaced that way) is itself stored once under
-its hash (``renv:<hash>``), which is what tasks carry in their shape and nodes look up.
+as ``pkg://<hash>``. Files matched by ``excludes`` or by a ``.gitignore`` inside the directory
+stay behind (gitignore rules, as Ray applies them). A resolved env (every path replaced that
+way) is itself stored once under its hash (``renv:<hash>``), which is what tasks carry in their
+shape and nodes look up.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import json
@@ -17,43 +18,48 @@ import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+import pathspec
+
 from rayr.runtime_env.validation import PACKAGE_SCHEME, merge
 
 DEFAULT_EXCLUDES = ("__pycache__", ".git", "*.pyc")
+GITIGNORE = ".gitignore"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-def _matches(rel: str, is_dir: bool, patterns: list[str]) -> bool:
-    """gitignore-style: ``name`` matches at any depth, ``/x`` only at the root, ``x/`` only
-    directories, ``a/b*`` against the whole relative path."""
-    base = rel.rsplit("/", 1)[-1]
-    for pattern in patterns:
-        pat = pattern.strip()
-        if not pat:
-            continue
-        if pat.endswith("/"):
-            if not is_dir:
-                continue
-            pat = pat.rstrip("/")
-        if pat.startswith("/"):
-            if fnmatch.fnmatchcase(rel, pat.lstrip("/")):
-                return True
-        elif "/" in pat:
-            if fnmatch.fnmatchcase(rel, pat) or fnmatch.fnmatchcase(rel, pat.replace("**/", "")):
-                return True
-        elif fnmatch.fnmatchcase(base, pat):
-            return True
-    return False
+class _Ignores:
+    """What to leave out of a package, by gitignore rules (``pathspec``), as Ray decides it:
+    ``excludes`` (and the defaults) against paths relative to the package root, and each
+    ``.gitignore`` found on the way against paths relative to its own directory. A path is
+    left out when any of them matches it; nothing below a left-out directory is read."""
+
+    def __init__(self, excludes: list[str]) -> None:
+        # (directory relative to the root, "" or ending in "/"; its rules), outermost first
+        self.rules: list[tuple[str, pathspec.PathSpec]] = [("", pathspec.GitIgnoreSpec.from_lines(excludes))]
+
+    def enter(self, root: str, rel_dir: str) -> None:
+        """Take up the ``.gitignore`` of directory ``rel_dir`` (relative to ``root``), if any."""
+        path = os.path.join(root, rel_dir, GITIGNORE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                self.rules.append((rel_dir, pathspec.GitIgnoreSpec.from_lines(f.read().splitlines())))
+
+    def excluded(self, rel: str, is_dir: bool) -> bool:
+        # a trailing "/" marks a directory, so patterns like "data/" match it and not a file
+        name = rel + "/" if is_dir else rel
+        return any(name.startswith(base) and spec.match_file(name[len(base):]) for base, spec in self.rules)
 
 
 def _walk(root: str, prefix: str, excludes: list[str]) -> Iterator[tuple[str, str]]:
     """(archive name, absolute path) of each file under ``root``, excluded ones skipped."""
+    ignores = _Ignores(excludes)
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
         rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        dirnames[:] = sorted(d for d in dirnames if not _matches(rel_dir + d, True, excludes))
+        ignores.enter(root, rel_dir)
+        dirnames[:] = sorted(d for d in dirnames if not ignores.excluded(rel_dir + d, True))
         for name in sorted(filenames):
-            if not _matches(rel_dir + name, False, excludes):
+            if not ignores.excluded(rel_dir + name, False):
                 yield prefix + rel_dir + name, os.path.join(dirpath, name)
 
 

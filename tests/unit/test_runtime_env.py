@@ -82,6 +82,31 @@ def test_excludes_follow_gitignore_rules(tmp_path):
     assert "app/main.py" in as_module and not any("data" in n for n in as_module)
 
 
+def test_excludes_take_negations_and_double_stars(tmp_path):
+    root = _tree(tmp_path)
+    (root / "sub" / "deep").mkdir()
+    (root / "sub" / "deep" / "keep.log").write_text("kept")
+    (root / "sub" / "deep" / "drop.log").write_text("dropped")
+    names = [n for n, _, _ in packaging.collect(str(root), keep_name=False,
+                                                excludes=["*.log", "!keep.log", "**/x.tmp", "data"])]
+    assert sorted(names) == ["main.py", "sub/deep/keep.log", "sub/top.txt", "top.txt"]
+
+
+def test_gitignore_files_in_the_directory_are_honoured(tmp_path):
+    """Each .gitignore applies below its own directory, beside `excludes`, as in Ray."""
+    root = _tree(tmp_path)
+    (root / ".gitignore").write_text("# build outputs\n*.log\ndata/\n")
+    (root / "sub" / ".gitignore").write_text("/top.txt\n")  # sub/top.txt, not the root's top.txt
+    (root / "other").mkdir()
+    (root / "other" / "x.tmp").write_text("not under sub/")
+    names = [n for n, _, _ in packaging.collect(str(root), keep_name=False, excludes=["sub/*.tmp"])]
+    assert sorted(names) == [".gitignore", "main.py", "other/x.tmp", "sub/.gitignore", "top.txt"]
+    # py_modules: the same rules, relative to the module's directory
+    as_module = [n for n, _, _ in packaging.collect(str(root), keep_name=True, excludes=[])]
+    assert "app/main.py" in as_module and "app/run.log" not in as_module
+    assert not any(n.startswith("app/data/") for n in as_module)
+
+
 def test_package_hash_follows_content_not_timestamps(tmp_path):
     root = _tree(tmp_path)
     files = packaging.collect(str(root), keep_name=False, excludes=[])
