@@ -261,6 +261,10 @@ class Keys:
         """Hash: task id (16 raw bytes) -> the executor's view (node, pid, running, end)."""
         return f"{self.prefix}tex:{job_hex}"
 
+    def log_reply(self, token: str) -> str:
+        """List: a raylet's answer to one log request (expires soon after)."""
+        return f"{self.prefix}logreply:{token}"
+
     @property
     def task_events_dropped(self) -> str:
         """Hash: job id -> events dropped because the job's tables were full."""

@@ -13,6 +13,7 @@ import redis
 import yaml
 
 from rayr.cli.common import gcs_for
+from rayr.gcs import logs
 from rayr.util.state import api
 from rayr.util.state.common import RayStateApiException
 
@@ -157,3 +158,113 @@ def get_command(resource: str, id: str, address: str | None, redis_password: str
 
 
 COMMANDS = [list_command, summary_command, get_command]
+
+
+# ---------------------------------------------------------------------- logs
+def _node_of(gcs: Any, node_id: str | None) -> list[str]:
+    """The alive nodes a log command looks at: ``node_id`` (a prefix will do) or all."""
+    alive = [n.node_id for n in gcs.alive_nodes()]
+    if node_id is None:
+        return alive
+    found = [n for n in alive if n.startswith(node_id)]
+    if len(found) != 1:
+        click.echo(f"Error: {len(found)} alive nodes match --node-id {node_id!r}; alive: {', '.join(alive)}",
+                   err=True)
+        sys.exit(1)
+    return found
+
+
+def _worker_log(gcs: Any, what: str, id: str | None, pid: int | None, node_id: str | None) -> tuple[str, str]:
+    """(node, log file) of the worker that is actor ``id``, ran task ``id``, or has ``pid``."""
+    if what == "actor":
+        row = gcs.actor_info(id)
+        if not row:
+            raise logs.LogError(f"no actor with id {id!r}")
+        if not row.get("worker") or not row.get("node"):
+            state_now = row.get("state", "?")
+            raise logs.LogError(f"actor {id} has not run yet (state {state_now}), so it has no log")
+        return row["node"], f"worker-{row['worker']}.log"
+    if what == "task":
+        task = api.get_in(gcs, "tasks", id or "")
+        if task is None:
+            raise logs.LogError(f"no task with id {id!r} in the task events")
+        if not task.worker_id or not task.node_id:
+            raise logs.LogError(f"task {id} has not run yet (state {task.state}), so it has no log")
+        return task.node_id, f"worker-{task.worker_id}.log"
+    for node in _node_of(gcs, node_id):
+        for entry in logs.list_logs(gcs, node):
+            if entry.get("pid") == pid:
+                return node, entry["name"]
+    raise logs.LogError(f"no worker with pid {pid} on {'node ' + node_id if node_id else 'any alive node'}")
+
+
+def _show(gcs: Any, node: str, name: str, tail: int, follow: bool) -> None:
+    """Print log ``name`` of ``node``: its last ``tail`` lines (all if tail < 0), then, with
+    ``follow``, what is appended until interrupted."""
+    if tail < 0:
+        offset = 0
+        while True:
+            data, offset = logs.read_log(gcs, node, name, offset)
+            click.echo(data.decode(errors="replace"), nl=False)
+            if len(data) < logs.MAX_READ:
+                break
+    else:
+        data, offset = logs.read_log(gcs, node, name, -min(logs.MAX_READ, max(tail, 1) * 512))
+        lines = data.decode(errors="replace").splitlines(keepends=True)
+        click.echo("".join(lines[-tail:] if tail else []), nl=False)
+    while follow:
+        time.sleep(0.5)
+        data, offset = logs.read_log(gcs, node, name, offset)
+        click.echo(data.decode(errors="replace"), nl=False)
+
+
+@click.command("logs")
+@click.argument("what", required=False, type=click.Choice(["worker", "actor", "task", "file"]))
+@click.argument("name", required=False)
+@address_option
+@password_option
+@click.option("--node-id", help="The node to look at (a unique prefix will do); default: every alive node.")
+@click.option("--pid", type=int, help="worker: the worker's process id.")
+@click.option("--id", "id_", help="actor / task: its id.")
+@click.option("--tail", type=int, default=1000, show_default=True, help="Last lines shown; -1 for all.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing what is appended.")
+def logs_command(what: str | None, name: str | None, address: str | None, redis_password: str | None,
+                 node_id: str | None, pid: int | None, id_: str | None, tail: int, follow: bool) -> None:
+    """Log files of the cluster's nodes, read through Redis (so from any machine).
+
+    \b
+    rayr logs                          list every alive node's log files
+    rayr logs worker --pid 1234        the log of the worker with that pid
+    rayr logs actor --id ACTOR_ID      the log of the worker an actor lives in
+    rayr logs task --id TASK_ID        the log of the worker that ran a task
+    rayr logs file NAME --node-id N    one file by name (e.g. raylet-<id>.log)
+    """
+    gcs = gcs_for(address, redis_password)
+    try:
+        if what is None:
+            for node in _node_of(gcs, node_id):
+                click.echo(f"======== node {node} ========")
+                rows = [{"name": e["name"], "size": e["size"], "pid": e.get("pid")}
+                        for e in logs.list_logs(gcs, node)]
+                click.echo(table(rows, ["name", "size", "pid"]))
+            return
+        if what == "file":
+            if not name or not node_id:
+                raise click.UsageError("rayr logs file NAME --node-id NODE (see `rayr logs` for names)")
+            (node,) = _node_of(gcs, node_id)
+            _show(gcs, node, name, tail, follow)
+            return
+        if what == "worker" and pid is None:
+            raise click.UsageError("rayr logs worker --pid PID")
+        if what in ("actor", "task") and not id_:
+            raise click.UsageError(f"rayr logs {what} --id ID")
+        node, file_name = _worker_log(gcs, what, id_, pid, node_id)
+        _show(gcs, node, file_name, tail, follow)
+    except logs.LogError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:  # the end of --follow
+        pass
+
+
+COMMANDS.append(logs_command)

@@ -1,9 +1,10 @@
 """What this process saw of tasks, sent to the GCS in batches (see gcs/task_events.py).
 
-On the hot path an event is one ``list.append`` of a tuple (atomic, no lock, no Redis); the
-inbox thread folds the log into per-task views every ``task_events_flush_s`` and sends them
-as one script call per job and side on the command stream. A view is kept in memory only
-until its task ends. With ``task_events`` off, nothing is logged at all.
+On the hot path an event is one ``deque.append`` of a tuple (atomic, no lock, no Redis), or a
+dict set for a task starting; the inbox thread folds the log into per-task views every
+``task_events_flush_s`` and sends them as one script call per job and side on the command
+stream. What a process remembers of a task goes when the task ends. With ``task_events``
+off, the core worker makes no TaskEvents at all.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ class TaskEvents:
 
     def __init__(self, *, gcs: GcsClient, commands: CommandStream, settings: Settings,
                  node_hex: str, worker_hex: str) -> None:
-        self.enabled = settings.task_events
         self._gcs = gcs
         self._commands = commands
         self._settings = settings
@@ -68,7 +68,7 @@ class TaskEvents:
         # owner: unfinished tasks -> [spec, parent, shape, t_args, t_node, written]
         self._owned: dict[bytes, list[Any]] = {}
         self._changed: set[bytes] = set()  # owned views changed since the last flush
-        # executor: running tasks -> (received, started); a dict set and pop are atomic
+        # executor: running tasks -> (spec, received, started); a dict set and pop are atomic
         self._running: dict[bytes, tuple[TaskSpec, float, float]] = {}
         self._running_written: set[bytes] = set()
         self._heads: dict[tuple[Any, ...], tuple[dict[str, float], bytes]] = {}

@@ -102,7 +102,34 @@ class PrepareEnv:
         return {b"env_prepare": self.digest.encode()}
 
 
-Message = Poke | Kill | Cancel | Pull | ReserveBundles | ReleaseBundles | JobDone | PrepareEnv
+@dataclass(frozen=True)
+class ListLogs:
+    """Answer on the list ``reply`` with this node's log files (JSON: name, size, mtime, and the
+    worker pid where known)."""
+
+    reply: str
+
+    def fields(self) -> dict[bytes, bytes]:
+        return {b"log_list": self.reply.encode()}
+
+
+@dataclass(frozen=True)
+class ReadLog:
+    """Answer on ``reply`` with up to ``limit`` bytes of log file ``name`` from ``offset``
+    (negative: that many bytes before its end)."""
+
+    name: str
+    offset: int
+    limit: int
+    reply: str
+
+    def fields(self) -> dict[bytes, bytes]:
+        return {b"log_read": self.name.encode(), b"offset": str(self.offset).encode(),
+                b"limit": str(self.limit).encode(), b"reply": self.reply.encode()}
+
+
+Message = (Poke | Kill | Cancel | Pull | ReserveBundles | ReleaseBundles | JobDone | PrepareEnv
+           | ListLogs | ReadLog)
 
 
 def _text(fields: dict[bytes, bytes], name: bytes) -> str:
@@ -126,6 +153,9 @@ _PARSERS: dict[bytes, Any] = {
     b"pg_release": lambda f: ReleaseBundles(_text(f, b"pg_release")),
     b"jobdone": lambda f: JobDone(_text(f, b"jobdone")),
     b"env_prepare": lambda f: PrepareEnv(_text(f, b"env_prepare")),
+    b"log_list": lambda f: ListLogs(_text(f, b"log_list")),
+    b"log_read": lambda f: ReadLog(_text(f, b"log_read"), int(f[b"offset"]), int(f[b"limit"]),
+                                   _text(f, b"reply")),
 }
 
 

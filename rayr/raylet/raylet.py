@@ -34,7 +34,7 @@ from rayr import protocol
 from rayr import resources as res
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
-from rayr.gcs import control
+from rayr.gcs import control, logs
 from rayr.gcs.client import NODE_DEAD, GcsClient, connect, no_retry, until_reachable
 from rayr.gcs.rows import ActorState, NodeInfo
 from rayr.keys import TASK_GROUP, Keys
@@ -341,6 +341,8 @@ class Raylet:
             case control.PrepareEnv(digest):  # a job's runtime env, installed before its first task
                 self._env_prepares.put(digest)
                 self.wake()
+            case control.ListLogs() | control.ReadLog():  # `rayr logs`, from any host
+                logs.answer(self.gcs, os.path.join(self.session_dir, "logs"), message, self.pool.pids)
 
     def wake(self) -> None:
         """Have the main loop look at its queues (any thread)."""

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -27,6 +28,9 @@ class WorkerHandle:
     env: str = ""  # runtime env hash ("" for the default env)
 
 
+PIDS_KEPT = 10_000
+
+
 class WorkerPool:
     """Launches ``python -m rayr.worker`` processes bound to this raylet."""
 
@@ -34,6 +38,8 @@ class WorkerPool:
         self._base_args = base_args
         self._log_dir = log_dir
         self.workers: dict[str, WorkerHandle] = {}
+        # worker id -> pid of the workers started lately, gone ones too (`rayr logs worker --pid`)
+        self.pids: OrderedDict[str, int] = OrderedDict()
         # workers of the default env are forked from a zygote (a few ms instead of ~0.25 s)
         self.zygote = Zygote(os.path.join(log_dir, "zygote.log")) if zygote else None
 
@@ -65,6 +71,9 @@ class WorkerPool:
         conn = Connection(ours.detach())
         handle = WorkerHandle(worker_id, proc, conn, env=env)
         self.workers[worker_id] = handle
+        self.pids[worker_id] = proc.pid
+        if len(self.pids) > PIDS_KEPT:
+            self.pids.popitem(last=False)
         return handle
 
     def log_tail(self, worker_id: str, chars: int = 2000) -> str:

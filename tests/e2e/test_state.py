@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -244,6 +245,66 @@ def test_the_cli_lists_summarizes_and_gets(ray, cluster):
     assert bad.returncode == 1 and "valid keys" in bad.stderr
 
 
+@rayr.remote
+class Talker:
+    def say(self, text: str) -> int:
+        print(text, flush=True)
+        return os.getpid()
+
+
+@rayr.remote
+def shout(text: str) -> int:
+    print(text, flush=True)
+    return os.getpid()
+
+
+def test_logs_of_a_worker_an_actor_and_a_task_through_redis(ray, cluster):
+    talker = Talker.remote()
+    actor_pid = rayr.get(talker.say.remote("the actor speaks"))
+    ref = shout.options(name="shouting").remote("the task shouts")
+    task_pid = rayr.get(ref)
+    listing = _cli(cluster, "logs")
+    assert listing.returncode == 0, listing.stderr
+    assert "worker-" in listing.stdout and str(actor_pid) in listing.stdout
+    (actor,) = [a for a in state.list_actors(filters=[("class_name", "=", "Talker")]) if a.pid == actor_pid]
+    by_actor = _cli(cluster, "logs", "actor", "--id", actor.actor_id)
+    assert by_actor.returncode == 0 and "the actor speaks" in by_actor.stdout
+    by_pid = _cli(cluster, "logs", "worker", "--pid", str(task_pid))
+    assert by_pid.returncode == 0 and "the task shouts" in by_pid.stdout
+    wait_for(lambda: tasks_named("shouting", state="FINISHED"), "the task's events")
+    by_task = _cli(cluster, "logs", "task", "--id", ref.task_id().hex(), "--tail", "5")
+    assert by_task.returncode == 0 and "the task shouts" in by_task.stdout
+    missing = _cli(cluster, "logs", "actor", "--id", "00" * 16)
+    assert missing.returncode == 1 and "no actor with id" in missing.stderr
+    node = rayr.get_runtime_context().get_node_id()
+    sneaky = _cli(cluster, "logs", "file", "../../etc/passwd", "--node-id", node)
+    assert sneaky.returncode == 1 and "not a log file name" in sneaky.stderr
+
+
+def test_logs_follow_prints_what_is_appended(ray, cluster):
+    talker = Talker.remote()
+    rayr.get(talker.say.remote("before following"))
+    (actor,) = [a for a in state.list_actors(filters=[("class_name", "=", "Talker"), ("state", "=", "ALIVE")])
+                if "before following" in _cli(cluster, "logs", "actor", "--id", a.actor_id).stdout]
+    env = {**os.environ, "RAYR_ADDRESS": cluster.address, "RAYR_CLUSTER_NAME": cluster.name,
+           "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "rayr.cli.main", "logs", "actor", "--id", actor.actor_id, "--follow"]
+    follower = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(follower.stdout or []), daemon=True)
+    try:
+        reader.start()
+        wait_for(lambda: any("before following" in line for line in seen), "the log so far")
+        rayr.get(talker.say.remote("while following"))
+        wait_for(lambda: any("while following" in line for line in seen), "the appended line")
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+        reader.join(timeout=10)
+        if follower.stdout is not None:
+            follower.stdout.close()
+
+
 def test_with_events_off_nothing_is_recorded(redis_url, monkeypatch):
     rayr.shutdown()  # this module's driver: this test runs its own cluster
     monkeypatch.setenv("RAYR_TASK_EVENTS", "0")
@@ -282,6 +343,23 @@ def test_a_full_table_drops_and_says_so(redis_url, monkeypatch):
         assert len(state.list_tasks(raise_on_missing_output=False, limit=100)) <= 6
         with pytest.raises(RayStateApiException, match="dropped"):
             state.list_tasks()
+    finally:
+        rayr.shutdown()
+        c.shutdown()
+
+
+def test_a_multi_node_cluster_shows_where_each_task_ran(redis_url):
+    rayr.shutdown()
+    c = Cluster(redis_url)
+    try:
+        nodes = [c.add_node(num_cpus=1) for _ in range(3)]
+        rayr.init(address=redis_url, _cluster_name=c.name)
+        refs = [plus_one.options(name="spread_out", scheduling_strategy="SPREAD").remote(i) for i in range(6)]
+        assert rayr.get(refs) == list(range(1, 7))
+        done = wait_for(lambda: len(found := tasks_named("spread_out", state="FINISHED")) == 6 and found,
+                        "six finished tasks")
+        assert len({t.node_id for t in done}) >= 2 and {t.node_id for t in done} <= set(nodes)
+        assert {n.node_id for n in state.list_nodes(filters=[("state", "=", "ALIVE")])} == set(nodes)
     finally:
         rayr.shutdown()
         c.shutdown()

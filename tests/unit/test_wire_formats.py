@@ -22,6 +22,8 @@ from rayr.task_spec import CREATION_FIELD, RESTART_FIELD, SPEC_FIELD, entry_fiel
     control.ReleaseBundles("ef" * 14),
     control.JobDone("00000007"),
     control.PrepareEnv("0123abcd"),
+    control.ListLogs("reply:key"),
+    control.ReadLog("worker-ab.log", -4096, 1 << 20, "reply:key"),
 ])
 def test_round_trip(message):
     # what Redis hands back: the same bytes fields
