@@ -120,11 +120,14 @@ class Monitor:
         return requeued, failed
 
     def _redis_just_started(self) -> bool:
-        """Whether Redis restarted less than a node timeout ago: liveness keys may have lapsed
-        while it was down, and the raylets need one heartbeat to refresh them after it (and
-        may be waiting out a reconnect backoff first)."""
+        """Whether Redis restarted too recently to judge liveness: keys may have lapsed while it
+        was down, and the raylets need one heartbeat to refresh them after it, which may wait
+        out a reconnect backoff first and, on a loaded machine, for a CPU. Two node timeouts
+        (one was seen too short in CI): a restart is rare, and a node that died during the
+        outage is only found a few seconds later."""
         uptime = int(self.gcs.r.info("server").get("uptime_in_seconds", 1 << 30))
-        grace = self.settings.node_timeout_s + self.settings.heartbeat_interval_s + RECONNECT_BACKOFF_MAX_S
+        settings = self.settings
+        grace = 2 * settings.node_timeout_s + settings.heartbeat_interval_s + RECONNECT_BACKOFF_MAX_S
         return uptime < grace
 
     def run(self) -> None:
