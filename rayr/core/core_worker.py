@@ -80,7 +80,6 @@ class CoreWorker:
         self.settings = settings
         self.node_hex = node_hex
         self.store = store
-        self.job_id = job_id
         self.worker_hex = worker_hex
         self.namespace = namespace
         self.commands = commands  # hot-path writes that need no immediate reply
@@ -98,16 +97,16 @@ class CoreWorker:
         self.ownership = OwnershipTable(worker_hex)
         self.lineage = LineageTable()
         parts: dict[str, Any] = dict(
-            gcs=gcs, commands=commands, settings=settings, store=store, job_id=job_id,
-            node_hex=node_hex, worker_hex=worker_hex, cond=self.cond, ownership=self.ownership,
+            gcs=gcs, commands=commands, settings=settings, store=store, node_hex=node_hex,
+            worker_hex=worker_hex, cond=self.cond, ownership=self.ownership,
             lineage=self.lineage,
         )
         self._inbox = InboxReader(
             blocking_redis=blocking_redis, inbox_key=self._inbox_key, on_messages=self._on_messages,
             housekeeping=self._housekeeping, wake_waiters=self._wake_waiters,
         )
-        self.submitter = TaskSubmitter(watch=self._watch, current_task_id=_current_task_id,
-                                       events=self.events, **parts)
+        self.submitter = TaskSubmitter(job_id=job_id, watch=self._watch,
+                                       current_task_id=_current_task_id, events=self.events, **parts)
         self.objects = ObjectClient(submitter=self.submitter, on_blocked=on_blocked,
                                     redis_down_since=lambda: self._inbox.down_since, **parts)
         self.envs = self.submitter.envs
@@ -115,6 +114,16 @@ class CoreWorker:
         self._inbox.start()
 
     # ------------------------------------------------------- running task
+    @property
+    def job_id(self) -> JobID:
+        """The job what this process submits and puts belongs to: a driver's own, a worker's
+        that of the task it runs (``TaskExecutor.enter_job`` sets it)."""
+        return self.submitter.job_id
+
+    @job_id.setter
+    def job_id(self, value: JobID) -> None:
+        self.submitter.job_id = value
+
     @property
     def current_task_id(self) -> bytes | None:
         return _current_task_id()

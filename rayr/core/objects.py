@@ -21,7 +21,6 @@ from rayr.exceptions import GetTimeoutError, ObjectLostError, OwnerDiedError, Ra
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
-from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store import transfer
 from rayr.object_store.base import ObjectStoreBackend
@@ -44,7 +43,6 @@ class ObjectClient:
         commands: CommandStream,
         settings: Settings,
         store: ObjectStoreBackend,
-        job_id: JobID,
         node_hex: str,
         worker_hex: str,
         cond: threading.Condition,
@@ -59,7 +57,6 @@ class ObjectClient:
         self.commands = commands
         self.settings = settings
         self.store = store
-        self.job_id = job_id
         self.node_hex = node_hex
         self.worker_hex = worker_hex
         self.cond = cond
@@ -79,7 +76,8 @@ class ObjectClient:
             frame = serialization.serialize(value)
         except Exception as err:
             raise TypeError(f"put(): could not serialize {type(value).__name__}: {err}") from err
-        oid = self.job_id.binary() + self.submitter.unique_suffix() + PUT_INDEX
+        # the job of the task running here (a worker runs tasks of several jobs)
+        oid = self.submitter.job_id.binary() + self.submitter.unique_suffix() + PUT_INDEX
         record = self.make_record(oid, frame)
         # written on the command stream: any task that later receives the ref is queued
         # on the same connection, after it, so it always finds the record

@@ -106,7 +106,7 @@ class TaskSubmitter:
         self.keys = gcs.keys
         self.commands = commands
         self.store = store
-        self.job_id = job_id
+        self.job_id = job_id  # a worker's changes with the job of the task it runs (facade)
         self.node_hex = node_hex
         self.worker_hex = worker_hex
         self.cond = cond

@@ -324,3 +324,21 @@ def test_runtime_context_inside_task(ray):
     assert task is not None and len(task) == 32
     assert ctx.get_task_id() is None
     assert pid != os.getpid()
+
+
+@rayr.remote
+def job_of_child() -> str:
+    return rayr.get_runtime_context().get_job_id()
+
+
+@rayr.remote
+def parent_in_a_job() -> tuple[str, str, str]:
+    child = job_of_child.remote()
+    put = rayr.put("made in a task")
+    return child.task_id().hex()[:8], put.hex()[:8], rayr.get(child)
+
+
+def test_what_a_task_submits_and_puts_belongs_to_its_job(ray):
+    # a worker runs tasks of several jobs: its children and objects take the running task's
+    job = rayr.get_runtime_context().get_job_id()
+    assert rayr.get(parent_in_a_job.remote()) == (job, job, job)
