@@ -71,6 +71,9 @@ class TaskEvents:
         # executor: running tasks -> (spec, received, started); a dict set and pop are atomic
         self._running: dict[bytes, tuple[TaskSpec, float, float]] = {}
         self._running_written: set[bytes] = set()
+        # executor: finished tasks' views, by job, flat (task id, view, ...): ready to send
+        self._ended: dict[str, list[Any]] = {}
+        self._ended_lock = threading.Lock()  # executor threads append, the flush swaps
         self._heads: dict[tuple[Any, ...], tuple[dict[str, float], bytes]] = {}
 
     # ----------------------------------------------------------- the hot path
@@ -98,11 +101,15 @@ class TaskEvents:
             self._log.append((_EXEC_END, spec.task_id, t_end, spec, (received, running, error)))
             return
         view = tev.encode_exec(self._what(spec), spec.attempt, received, running, t_end, None)
-        self._log.append((_EXEC_END, spec.task_id, t_end, spec, view))
+        with self._ended_lock:
+            flat = self._ended.get(spec.job_hex)
+            if flat is None:
+                flat = self._ended[spec.job_hex] = []
+            flat += (spec.task_id, view)
 
     # ---------------------------------------------------------------- flushing
     def flush_due(self) -> None:
-        if (self._log or self._running) and (
+        if (self._log or self._running or self._ended) and (
             time.monotonic() >= self._due or len(self._log) >= FLUSH_AT
         ):
             self.flush()
@@ -114,32 +121,41 @@ class TaskEvents:
 
     def _flush(self) -> None:
         self._due = time.monotonic() + self._settings.task_events_flush_s
+        with self._ended_lock:
+            exec_args, self._ended = self._ended, {}
         log = self._log
         # what was logged so far; later entries wait for the next flush
         entries = [log.popleft() for _ in range(len(log))]
         # submitted and returned within this batch: the executor's view says it all (see above)
         done = {e[1] for e in entries if e[0] == _OWNER_END and e[3] is None}
         owner_args: dict[str, list[Any]] = {}
-        exec_args: dict[str, list[Any]] = {}
-        job, args = "", []  # the job of the previous view, and its batch: usually all one job
+        owned = self._owned
         for entry in entries:
             kind = entry[0]
-            if kind == _EXEC_END:
-                _, task_id, t_end, spec, view = entry
-                if type(view) is tuple:  # failed: its view is made here, with the error read
-                    received, running, error = view
-                    view = tev.encode_exec(self._what(spec), spec.attempt, received, running, t_end,
-                                           error_summary(error))
-                if spec.job_hex != job:
-                    job, args = spec.job_hex, exec_args.setdefault(spec.job_hex, [])
-                args += (task_id, view)
-                if self._running_written:
-                    self._running_written.discard(task_id)
-            elif not (kind == _SUBMIT and entry[1] in done and entry[4] is None):
-                self._fold_owner(entry, owner_args)
-        # still waiting a flush interval after the last change: the owner says so (a task that
-        # is about to run, as most of a burst are, would only cost a view written twice)
+            if kind == _SUBMIT:
+                if entry[1] in done and entry[4] is None:
+                    continue
+            elif kind == _OWNER_END:
+                if entry[1] not in owned:
+                    continue  # its submission was skipped just above, or came before events
+            elif kind == _EXEC_END:  # a failed task: its view is made here, with the error read
+                _, task_id, t_end, spec, (received, running, error) = entry
+                view = tev.encode_exec(self._what(spec), spec.attempt, received, running, t_end,
+                                       error_summary(error))
+                exec_args.setdefault(spec.job_hex, []).extend((task_id, view))
+                continue
+            self._fold_owner(entry, owner_args)
         settled = time.time() - self._settings.task_events_flush_s
+        self._still_waiting(owner_args, settled)
+        self._still_running(exec_args, settled)
+        commands = self._commands_for(owner_args, self._gcs.keys.task_events_owner)
+        commands += self._commands_for(exec_args, self._gcs.keys.task_events_exec)
+        if commands:
+            self._commands.send(commands)
+
+    def _still_waiting(self, owner_args: dict[str, list[Any]], settled: float) -> None:
+        """Tasks still waiting a flush interval after their last change: the owner says so (a
+        task about to run, as most of a burst are, would only cost a view written twice)."""
         later: set[bytes] = set()
         for task_id in self._changed:
             pending = self._owned.get(task_id)
@@ -152,15 +168,17 @@ class TaskEvents:
             owner_args.setdefault(pending[0].job_hex, []).extend(
                 (task_id, self._owner_value(pending, None, None)))
         self._changed = later
-        for task_id, (spec, received, running) in list(self._running.items()):
+
+    def _still_running(self, exec_args: dict[str, list[Any]], settled: float) -> None:
+        """Tasks running for a flush interval: the executor says so, once."""
+        running_now = dict(self._running)
+        if self._running_written:  # forget the ended ones
+            self._running_written.intersection_update(running_now)
+        for task_id, (spec, received, running) in running_now.items():
             if running < settled and task_id not in self._running_written:
-                self._running_written.add(task_id)  # running for a while: say so, once
+                self._running_written.add(task_id)
                 view = tev.encode_exec(self._what(spec), spec.attempt, received, running, None, None)
                 exec_args.setdefault(spec.job_hex, []).extend((task_id, view))
-        commands = self._commands_for(owner_args, self._gcs.keys.task_events_owner)
-        commands += self._commands_for(exec_args, self._gcs.keys.task_events_exec)
-        if commands:
-            self._commands.send(commands)
 
     def _fold_owner(self, entry: tuple[Any, ...], views: dict[str, list[Any]]) -> None:
         kind, task_id, ts = entry[0], entry[1], entry[2]
