@@ -453,13 +453,10 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
     slice per task run, a row per worker. Written to ``filename`` if given, else returned.
     Built from task events, so it shows what reached the GCS by now (events are sent about
     every ``task_events_flush_s``)."""
-    from rayr.util.state.api import timeline_events
+    from rayr.util.state.api import client_for, timeline_events
 
     core = context.require_core()
-    if core.events is not None:
-        core.events.flush()
-    core.commands.flush()  # what this process logged and sent, in Redis before we read
-    events = timeline_events(core.gcs, core.job_id.hex())
+    events = timeline_events(client_for(None), core.job_id.hex())
     if filename is None:
         return events
     with open(filename, "w") as f:

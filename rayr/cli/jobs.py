@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 import click
 import yaml
 
+from rayr.cli.common import address_option, password_option, stamp, table
 from rayr.job_submission import JobStatus, JobSubmissionClient
-
-address_option = click.option("--address", help="The cluster's Redis, HOST:PORT (default: RAYR_ADDRESS, "
-                                                 "then the cluster `rayr start` recorded on this host).")
-password_option = click.option("--redis-password", help="Redis password (default: RAYR_REDIS_PASSWORD, "
-                                                         "then this host's session file).")
 
 
 def _client(address: str | None, redis_password: str | None) -> JobSubmissionClient:
@@ -171,14 +166,7 @@ def stop(address: str | None, redis_password: str | None, no_wait: bool, submiss
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    cells = [[h for _, h in columns]] + [[str(r.get(k) or "-") for k, _ in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
-
-
-def _stamp(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else "-"
+    return table(rows, columns, lambda value: str(value or "-"))
 
 
 @job.command("list")
@@ -193,6 +181,6 @@ def list_submitted(address: str | None, redis_password: str | None, fmt: str) ->
         click.echo(json.dumps([{**vars(j), "status": j.status.value} for j in jobs], indent=2))
         return
     rows = [{"submission_id": j.submission_id, "status": j.status.value, "job_id": j.job_id,
-             "start": _stamp((j.start_time or 0) / 1000), "entrypoint": j.entrypoint} for j in jobs]
+             "start": stamp((j.start_time or 0) / 1000), "entrypoint": j.entrypoint} for j in jobs]
     click.echo(_table(rows, [("submission_id", "SUBMISSION_ID"), ("status", "STATUS"), ("job_id", "JOB_ID"),
                              ("start", "START"), ("entrypoint", "ENTRYPOINT")]))

@@ -26,15 +26,9 @@ def collect(gcs: GcsClient, limit: int = 50) -> dict[str, Any]:
             "spilled_bytes": usage.get("spilled_bytes", 0),
             "spilled_objects": usage.get("spilled_objects", 0),
         })
-    prefix = gcs.keys.object_key_prefix
-    keys = list(gcs.r.scan_iter(match=prefix + "*", count=1000))
-    objects = []
-    for start in range(0, len(keys), 1000):
-        batch = keys[start : start + 1000]
-        for key, record in zip(batch, gcs.r.mget(batch), strict=True):
-            if not record:
-                continue
-            object_hex = key.decode()[len(prefix):]
+    objects: list[dict[str, Any]] = []
+    for batch in gcs.object_records(batch=1000):
+        for object_hex, record in batch:
             kind = KINDS.get(record[0], "?")
             holder, size = rec.parse_stored(record) if kind == "store" else ("", len(record) - 1)
             objects.append({"object_id": object_hex, "job": object_hex[:8], "kind": kind,

@@ -12,15 +12,12 @@ import click
 import redis
 import yaml
 
-from rayr.cli.common import gcs_for
+from rayr.cli.common import address_option, gcs_for, password_option, stamp
+from rayr.cli.common import table as common_table
 from rayr.gcs import logs
 from rayr.util.state import api
 from rayr.util.state.common import RayStateApiException
 
-address_option = click.option("--address", help="The cluster's Redis, HOST:PORT (default: RAYR_ADDRESS, "
-                              "then this host's cluster).")
-password_option = click.option("--redis-password", help="Redis password (default: RAYR_REDIS_PASSWORD, "
-                               "then this host's session file).")
 FORMATS = ["default", "json", "yaml", "table", "text"]  # text: the old name of default
 
 # the columns of each resource's table
@@ -54,18 +51,14 @@ def parse_filters(texts: tuple[str, ...]) -> list[tuple[str, str, str]]:
 def _cell(value: Any) -> str:
     if value is None or value == "":
         return "-"
-    if isinstance(value, float) and value > 1e9:  # a time
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value / 1000))
     if isinstance(value, int) and value > 10**12:  # a time in ms
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value / 1000))
+        return stamp(value / 1000)
     return str(value)
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[c.upper() for c in columns]] + [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
-    return "\n".join(lines)
+    """A state table: a column per field, headed by its name in capitals."""
+    return common_table(rows, [(c, c.upper()) for c in columns], _cell)
 
 
 def _render(rows: list[dict[str, Any]], columns: list[str], fmt: str, detail: bool) -> str:

@@ -6,7 +6,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -193,7 +193,7 @@ class GcsClient:
         raw = self.r.hgetall(self.keys.job(job_hex))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
-    def finish_job(self, job_hex: str, status: str = "SUCCEEDED", retention_s: float = 600.0) -> None:
+    def finish_job(self, job_hex: str, status: str, retention_s: float) -> None:
         """Mark the job ended and drop its functions and objects from the tables."""
         now = time.time()
         with self.r.pipeline() as p:
@@ -276,6 +276,15 @@ class GcsClient:
     def fetch_or_wait(self, inbox_hex: str, object_hexes: list[str]) -> list[bytes | None]:
         """Records of the objects; those not stored yet will be announced to ``inbox_hex``."""
         return list(self._fetch(args=[self.keys.prefix, inbox_hex, *object_hexes]))
+
+    def object_records(self, batch: int = 500) -> Iterator[list[tuple[str, bytes]]]:
+        """Every (object id hex, record) in the object table, a batch at a time (SCAN + MGET)."""
+        prefix = self.keys.object_key_prefix
+        keys = list(self.r.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(keys), batch):
+            chunk = keys[start:start + batch]
+            yield [(key.decode()[len(prefix):], record)
+                   for key, record in zip(chunk, self.r.mget(chunk), strict=True) if record]
 
     def get_objects(self, object_hexes: list[str]) -> list[bytes | None]:
         return list(self.r.mget([self.keys.object(h) for h in object_hexes]))

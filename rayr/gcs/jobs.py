@@ -57,7 +57,7 @@ def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
     return len(dropped)
 
 
-def end_job(gcs: GcsClient, job_hex: str, status: str, why: str, retention_s: float = 600.0) -> None:
+def end_job(gcs: GcsClient, job_hex: str, status: str, why: str, retention_s: float) -> None:
     """Kill the job's non-detached actors, remove its non-detached placement groups, mark it
     ended, drop its table entries, and have every node free what the job left in its store."""
     try:

@@ -94,10 +94,6 @@ def _decode_exec(view: bytes) -> ExecView:
     return text, attempt, t(sub), t(run), t(end), state, etype, emsg
 
 
-def _float(text: str) -> float | None:
-    return float(text) if text else None
-
-
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1000)
 
@@ -186,7 +182,7 @@ def merge(task_id: bytes, job_hex: str, owner: bytes | None, executed: bytes | N
 
 
 def task_jobs(gcs: GcsClient) -> list[str]:
-    """Jobs that have task tables, known jobs first."""
+    """The jobs in the job table, whose task tables may hold views."""
     return sorted(raw.decode() for raw in gcs.r.smembers(gcs.keys.jobs))
 
 

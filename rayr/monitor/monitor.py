@@ -41,6 +41,11 @@ DEAD_TARGETS_S = 60.0
 log = logging.getLogger("rayr.monitor")
 
 
+def restart_grace_s(settings: Settings) -> float:
+    """How long after Redis starts the monitor judges no liveness (see _redis_just_started)."""
+    return 2 * settings.node_timeout_s + settings.heartbeat_interval_s + RECONNECT_BACKOFF_MAX_S
+
+
 class Monitor:
     """Watches node liveness; more duties (actors, placement, autoscaling) build on it."""
 
@@ -126,9 +131,7 @@ class Monitor:
         (one was seen too short in CI): a restart is rare, and a node that died during the
         outage is only found a few seconds later."""
         uptime = int(self.gcs.r.info("server").get("uptime_in_seconds", 1 << 30))
-        settings = self.settings
-        grace = 2 * settings.node_timeout_s + settings.heartbeat_interval_s + RECONNECT_BACKOFF_MAX_S
-        return uptime < grace
+        return uptime < restart_grace_s(self.settings)
 
     def run(self) -> None:
         last = "$"

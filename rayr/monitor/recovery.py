@@ -82,7 +82,7 @@ def requeue_tasks(gcs: GcsClient, alive: set[str], dead: Iterable[str]) -> tuple
             continue
         for item in summary.get("consumers") or []:
             node = consumer_node(item["name"])
-            if node in alive or gcs.r.hget(gcs.keys.node(node), "state") == b"ALIVE":
+            if node in alive or gcs.node_alive(node):
                 continue  # (the second: a node that joined since ``alive`` was read)
             entries = gcs.r.xpending_range(stream, TASK_GROUP, "-", "+", 10_000, consumername=item["name"])
             why = f"it was running on node {node[:12]}, which died"

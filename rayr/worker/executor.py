@@ -260,7 +260,7 @@ class TaskExecutor:
 
     # ------------------------------------------------------------------ run
     def execute(self, stream: str, entry_id: bytes, spec: TaskSpec) -> None:
-        received = time.time()
+        received = time.time() if self.core.events is not None else None  # for its task events
         self.enter_job(spec)
         self.attribute_output(spec.name)
         self.core.set_current_task(spec.task_id, spec.resources, spec)

@@ -9,10 +9,10 @@ import pytest
 
 from rayr.config import Settings
 from rayr.gcs import records as rec
-from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, connect
+from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
-from rayr.monitor.monitor import Monitor
+from rayr.monitor.monitor import Monitor, restart_grace_s
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_jobs_get_increasing_ids_and_cleanup(gcs):
     assert gcs.get_job(a.hex())["status"] == "RUNNING"
     key = gcs.export_function(a.hex(), "d1", b"fn")
     gcs.store_objects([(a.binary() + bytes(16), rec.value_record(b"x"), "")])
-    gcs.finish_job(a.hex())
+    gcs.finish_job(a.hex(), "SUCCEEDED", retention_s=600)
     assert gcs.get_job(a.hex())["status"] == "SUCCEEDED"
     assert gcs.fetch_function(key) is None
     assert gcs.get_objects([(a.binary() + bytes(16)).hex()]) == [None]
@@ -86,8 +86,7 @@ def test_monitor_declares_silent_nodes_dead(gcs):
     settings = Settings(cluster_name="x", node_timeout_s=0.2)
     # a Redis that just started excuses lapsed liveness keys for a while (see
     # Monitor._redis_just_started): run alone, this test meets a fresh session Redis
-    grace = 2 * settings.node_timeout_s + settings.heartbeat_interval_s + RECONNECT_BACKOFF_MAX_S
-    while int(gcs.r.info("server")["uptime_in_seconds"]) < grace:
+    while int(gcs.r.info("server")["uptime_in_seconds"]) < restart_grace_s(settings):
         time.sleep(0.1)
     gcs.register_node(NodeInfo("n1", resources_total={"CPU": 1}), 0.2)
     gcs.register_node(NodeInfo("n2", resources_total={"CPU": 1}), 30)
@@ -115,7 +114,7 @@ def test_history_is_cut_to_its_size_oldest_first(gcs):
     for i in range(3):
         job = gcs.new_job({"driver_pid": i, "driver_worker": f"drv{i}"}).hex()
         gcs.r.rpush(gcs.keys.inbox(f"drv{i}"), b"a late result")  # what a dead driver left
-        gcs.finish_job(job, "FAILED")
+        gcs.finish_job(job, "FAILED", retention_s=600)
         jobs.append(job)
     actors = [f"{i:032x}" for i in range(3)]
     for actor in actors:

@@ -32,7 +32,9 @@ Filter = tuple[str, str, Any]
 PREDICATES = ("=", "!=")
 
 
-def _gcs(address: str | None) -> GcsClient:
+def client_for(address: str | None) -> GcsClient:
+    """The cluster at ``address``; by default the connected driver's, with what this process
+    did so far already in Redis."""
     core = context.state.core
     if address is None and core is not None:
         # what this process did so far (puts, submissions, its task events) is in Redis first
@@ -163,19 +165,12 @@ def _placement_groups(gcs: GcsClient) -> Iterator[PlacementGroupState]:
 
 
 def _objects(gcs: GcsClient) -> Iterator[ObjectState]:
-    prefix = gcs.keys.object_key_prefix
-    keys = list(gcs.r.scan_iter(match=prefix + "*", count=1000))
-    for start in range(0, len(keys), 500):
-        batch = keys[start:start + 500]
+    for batch in gcs.object_records():
         with gcs.r.pipeline(transaction=False) as p:
-            p.mget(batch)
-            for key in batch:
-                p.smembers(gcs.keys.object_holders(key.decode()[len(prefix):]))
-            records, *holders = p.execute()
-        for key, record, members in zip(batch, records, holders, strict=True):
-            if not record:
-                continue
-            object_hex = key.decode()[len(prefix):]
+            for object_hex, _ in batch:
+                p.smembers(gcs.keys.object_holders(object_hex))
+            holders = p.execute()
+        for (object_hex, record), members in zip(batch, holders, strict=True):
             captured = sorted(m.decode()[2:] for m in members if m.startswith(b"o:"))
             borrowers = len(members) - len(captured)
             node, size = rec.parse_stored(record) if record[0] == rec.STORED else (None, len(record) - 1)
@@ -254,13 +249,8 @@ def _workers(gcs: GcsClient) -> Iterator[WorkerState]:
 
 
 # --------------------------------------------------------------------- lists
-def _task_source(gcs: GcsClient, filters: list[Filter] | None, detail: bool,
-                 raise_on_missing_output: bool) -> Iterable[Any]:
-    return _tasks(gcs, filters, detail, raise_on_missing_output)
-
-
 SOURCES: dict[str, tuple[type, Callable[..., Iterable[Any]]]] = {
-    "tasks": (TaskState, _task_source),
+    "tasks": (TaskState, _tasks),
     "actors": (ActorState, lambda gcs, *_: _actors(gcs)),
     "objects": (ObjectState, lambda gcs, *_: _objects(gcs)),
     "nodes": (NodeState, lambda gcs, *_: _nodes(gcs)),
@@ -283,7 +273,7 @@ def _listing(resource: str, doc: str) -> Callable[..., list[Any]]:
     def list_fn(address: str | None = None, filters: list[Filter] | None = None,
                 limit: int = DEFAULT_LIMIT, timeout: int = 30, detail: bool = False,
                 raise_on_missing_output: bool = True, _explain: bool = False) -> list[Any]:
-        return query(_gcs(address), resource, filters, limit, detail, raise_on_missing_output)
+        return query(client_for(address), resource, filters, limit, detail, raise_on_missing_output)
 
     list_fn.__name__ = list_fn.__qualname__ = "list_" + resource.replace("-", "_")
     list_fn.__doc__ = doc
@@ -327,31 +317,31 @@ def get_in(gcs: GcsClient, resource: str, id: str) -> Any:
 def get_task(id: str, address: str | None = None, timeout: int = 30,
              _explain: bool = False) -> TaskState | None:
     """The task (its latest attempt) with this hex id, or None."""
-    return get_in(_gcs(address), "tasks", id)
+    return get_in(client_for(address), "tasks", id)
 
 
 def get_actor(id: str, address: str | None = None, timeout: int = 30,
               _explain: bool = False) -> ActorState | None:
     """The actor with this hex id, or None."""
-    return get_in(_gcs(address), "actors", id)
+    return get_in(client_for(address), "actors", id)
 
 
 def get_node(id: str, address: str | None = None, timeout: int = 30,
              _explain: bool = False) -> NodeState | None:
     """The node with this id, or None."""
-    return get_in(_gcs(address), "nodes", id)
+    return get_in(client_for(address), "nodes", id)
 
 
 def get_placement_group(id: str, address: str | None = None, timeout: int = 30,
                         _explain: bool = False) -> PlacementGroupState | None:
     """The placement group with this id, or None."""
-    return get_in(_gcs(address), "placement-groups", id)
+    return get_in(client_for(address), "placement-groups", id)
 
 
 def get_objects(id: str, address: str | None = None, timeout: int = 30,
                 _explain: bool = False) -> list[ObjectState]:
     """The object with this id (a list, as Ray's)."""
-    return [o for o in _objects(_gcs(address)) if o.object_id == id]
+    return [o for o in _objects(client_for(address)) if o.object_id == id]
 
 
 # ----------------------------------------------------------------- summaries
@@ -365,19 +355,19 @@ def summarize(gcs: GcsClient, resource: str, raise_on_missing_output: bool = Tru
 def summarize_tasks(address: str | None = None, timeout: int = 30, raise_on_missing_output: bool = True,
                     _explain: bool = False) -> dict[str, Any]:
     """Tasks by function (or actor method): counts per state, as Ray's ``ray summary tasks``."""
-    return _summarize_tasks(_gcs(address), raise_on_missing_output)
+    return _summarize_tasks(client_for(address), raise_on_missing_output)
 
 
 def summarize_actors(address: str | None = None, timeout: int = 30, raise_on_missing_output: bool = True,
                      _explain: bool = False) -> dict[str, Any]:
     """Actors by class: counts per state."""
-    return _summarize_actors(_gcs(address), raise_on_missing_output)
+    return _summarize_actors(client_for(address), raise_on_missing_output)
 
 
 def summarize_objects(address: str | None = None, timeout: int = 30, raise_on_missing_output: bool = True,
                       _explain: bool = False) -> dict[str, Any]:
     """Objects by job: count, bytes, and counts by storage and reference type."""
-    return _summarize_objects(_gcs(address), raise_on_missing_output)
+    return _summarize_objects(client_for(address), raise_on_missing_output)
 
 
 def _summarize_tasks(gcs: GcsClient, raise_on_missing_output: bool) -> dict[str, Any]:
