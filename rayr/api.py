@@ -45,6 +45,11 @@ class RayContext:
 
     address_info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def dashboard_url(self) -> str:
+        """Where the cluster's dashboard is ("" without one), as Ray's ``RayContext``."""
+        return str(self.address_info.get("webui_url", ""))
+
     def __getitem__(self, key: str) -> Any:
         return self.address_info[key]
 
@@ -123,6 +128,8 @@ def init(
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
     include_dashboard: bool | None = None,
+    dashboard_host: str | None = None,
+    dashboard_port: int | None = None,
     logging_level: str | int | None = None,
     runtime_env: dict[str, Any] | None = None,
     _redis_password: str | None = None,
@@ -137,7 +144,10 @@ def init(
     ``address`` may be ``"host:port"``, ``"redis://host:port"`` or ``"auto"``. With
     ``log_to_driver`` (the default) what tasks and actors print appears here, prefixed
     with ``(name pid=..., node=...)``. ``runtime_env`` is the job's: every task and actor of
-    the job runs in it, merged with its own (see ``rayr.runtime_env``).
+    the job runs in it, merged with its own (see ``rayr.runtime_env``). A local cluster
+    serves a dashboard (``include_dashboard``, on by default) on ``dashboard_host``
+    (127.0.0.1) and ``dashboard_port`` (8265, or the next free port); the returned
+    context's ``dashboard_url`` says where.
 
     Raises:
         RuntimeError: already initialized (unless ``ignore_reinit_error``).
@@ -145,7 +155,6 @@ def init(
         ValueError: a bad argument (an unknown runtime_env field, a missing working_dir, ...).
     """
     runtime_env = validate_runtime_env(runtime_env)
-    del include_dashboard  # rayr has no dashboard; accepted so Ray scripts run unchanged
     with state.lock:
         if state.core is not None:
             if ignore_reinit_error:
@@ -164,6 +173,9 @@ def init(
                 "object_spilling_directory": object_spilling_directory,
                 "cluster_name": _cluster_name,
                 "log_level": level,
+                "include_dashboard": include_dashboard,
+                "dashboard_host": dashboard_host,
+                "dashboard_port": dashboard_port,
             }
         )
         if object_store_backend is not None:
@@ -185,6 +197,10 @@ def init(
                 cluster.shutdown()
                 raise
             url = cluster.redis_url
+            if cluster.dashboard_url:
+                # as Ray says it; on stderr, where a script's own output is not
+                print(f"Started a local rayr instance. View the dashboard at {cluster.dashboard_url}",
+                      file=sys.stderr)
         else:
             if num_cpus is not None or num_gpus is not None or resources is not None:
                 raise ValueError(
@@ -229,10 +245,22 @@ def _address_info(core: CoreWorker) -> dict[str, Any]:
     return {
         "address": core.gcs.r.connection_pool.connection_kwargs.get("host", ""),
         "redis_address": _url_of(core),
+        "webui_url": _dashboard_url(core),
         "node_id": core.node_hex,
         "session_dir": cluster.session_dir if cluster else "",
         "job_id": core.job_id.hex(),
     }
+
+
+def _dashboard_url(core: CoreWorker) -> str:
+    """The cluster's dashboard address ("" when it has none)."""
+    try:
+        url = core.gcs.r.hget(core.keys.dashboard, "url")
+    except redis.RedisError:
+        return ""
+    if url is None and state.cluster is not None:  # ours, not listening yet
+        return state.cluster.dashboard_url
+    return url.decode() if url else ""
 
 
 def _url_of(core: CoreWorker) -> str:

@@ -2,9 +2,10 @@
 
 This is the only module that reads ``os.environ`` for rayr settings. Child processes
 receive their settings as JSON on the command line, never by re-reading the environment,
-except the Redis password: command lines are world-readable (``/proc/<pid>/cmdline``), so it
-is left out of the JSON and travels in ``RAYR_REDIS_PASSWORD`` (``/proc/<pid>/environ`` is
-readable by the same user only).
+except secrets: command lines are world-readable (``/proc/<pid>/cmdline``), so the Redis
+password and the dashboard token are left out of the JSON and travel in
+``RAYR_REDIS_PASSWORD`` / ``RAYR_DASHBOARD_TOKEN`` (``/proc/<pid>/environ`` is readable by
+the same user only).
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ class Settings(BaseModel):
     task_events_flush_s: float = Field(0.5, gt=0)
     task_events_max_per_job: int = Field(100_000, ge=0)
     task_events_retention_s: float = Field(600.0, ge=0)
+    # the dashboard (web pages, /api/ and Prometheus /metrics) a head starts; beyond loopback
+    # it requires dashboard_token (generated unless given; never serialized, like the password)
+    include_dashboard: bool = True
+    dashboard_host: str = "127.0.0.1"
+    # None: 8265, or the next free port when another cluster on this host has it
+    dashboard_port: int | None = Field(None, ge=0, le=65535)
+    dashboard_token: str | None = Field(None, exclude=True, repr=False)
+    # a second listener that serves only /metrics (Ray's --metrics-export-port)
+    metrics_export_port: int | None = Field(None, ge=0, le=65535)
+    # how often a process sends its rayr.util.metrics values; how long a gone process's stay
+    metrics_report_interval_s: float = Field(2.0, gt=0)
+    metrics_retention_s: float = Field(600.0, gt=0)
     # largest zip of a runtime_env working_dir or py_modules entry (Redis allows 512 MiB)
     runtime_env_max_package_bytes: int = Field(100 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
 
@@ -143,6 +156,7 @@ def env_test_redis_url() -> str | None:
 
 
 REDIS_PASSWORD_ENV = ENV_PREFIX + "REDIS_PASSWORD"
+DASHBOARD_TOKEN_ENV = ENV_PREFIX + "DASHBOARD_TOKEN"
 
 
 def child_env(password: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -161,6 +175,7 @@ def child_settings(settings_json: str) -> Settings:
     Redis password from the environment (see child_env)."""
     settings = Settings.model_validate_json(settings_json)
     settings.redis_password = os.environ.get(REDIS_PASSWORD_ENV) or None
+    settings.dashboard_token = os.environ.get(DASHBOARD_TOKEN_ENV) or None
     return settings
 
 

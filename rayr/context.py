@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from rayr.core import CoreWorker
     from rayr.log_stream import LogPrinter
     from rayr.node import LocalCluster
+    from rayr.util.metrics import MetricsRecorder
     from rayr.worker.executor import TaskExecutor
 
 
@@ -26,6 +27,8 @@ class ProcessState:
         self.executor: TaskExecutor | None = None
         self.cluster: LocalCluster | None = None
         self.log_printer: LogPrinter | None = None
+        # this process's rayr.util.metrics series (made on the first metric)
+        self.metrics: MetricsRecorder | None = None
         self.lock = threading.RLock()
         # connects a fresh driver on first use (``rayr.init()``); set by the API layer when it
         # is imported, so this module imports nothing above it

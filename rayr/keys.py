@@ -311,3 +311,18 @@ class Keys:
     def supervisor_alive(self) -> str:
         """TTL'd key the job supervisor refreshes while it runs."""
         return self.prefix + "jobsub_supervisor"
+
+    # -- dashboard and metrics
+    @property
+    def dashboard(self) -> str:
+        """Hash the head's dashboard writes when it listens: url, metrics_url, pid, auth."""
+        return self.prefix + "dashboard"
+
+    @property
+    def metrics_index(self) -> str:
+        """Set of the processes that reported rayr.util.metrics values (their ids)."""
+        return self.prefix + "metrics"
+
+    def metrics(self, process: str) -> str:
+        """Hash of one process's metric series (series key -> JSON), expiring after it is gone."""
+        return f"{self.prefix}metrics:{process}"

@@ -1,4 +1,4 @@
-"""Starting a cluster's processes on this host: Redis, the head monitor, raylets.
+"""Starting a cluster's processes on this host: Redis, the head monitor and dashboard, raylets.
 
 Used by ``rayr.init()`` (an embedded cluster whose processes die with the driver), by
 ``rayr start`` (daemons that outlive the command) and by tests (several raylets).
@@ -7,6 +7,7 @@ Used by ``rayr.init()`` (an embedded cluster whose processes die with the driver
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import math
 import os
@@ -24,11 +25,11 @@ import psutil
 import redis
 
 from rayr import procs
-from rayr.config import REDIS_PASSWORD_ENV, Settings, child_env
+from rayr.config import DASHBOARD_TOKEN_ENV, REDIS_PASSWORD_ENV, Settings, child_env
 from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
-from rayr.private_files import FILE_MODE, open_log, private_dir
+from rayr.private_files import FILE_MODE, open_log, private_dir, write_private
 
 
 def find_redis_server() -> str:
@@ -54,6 +55,65 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+DASHBOARD_PORT = 8265  # Ray's
+# ports tried after DASHBOARD_PORT when another cluster on this host holds it
+DASHBOARD_FALLBACK_PORTS = 20
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this host only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def dashboard_socket(host: str, port: int | None) -> socket.socket:
+    """A listening socket on ``host``: on ``port`` exactly, or with ``port=None`` on
+    DASHBOARD_PORT or the next free one (then any free one).
+
+    Raises:
+        OSError: the given port is taken (or the host is not an address of this machine).
+    """
+    if port is not None:
+        try:
+            return _bind(host, port)
+        except OSError as err:
+            raise OSError(err.errno, f"the dashboard cannot listen on {host}:{port} ({err.strerror}); "
+                                     "choose another --dashboard-port, or 0 for any free one") from None
+    for candidate in range(DASHBOARD_PORT, DASHBOARD_PORT + DASHBOARD_FALLBACK_PORTS):
+        try:
+            return _bind(host, candidate)
+        except OSError:
+            continue
+    return _bind(host, 0)
+
+
+def http_url(sock: socket.socket, host: str) -> str:
+    """The address a browser on this host (or, beyond loopback, elsewhere) opens."""
+    port = sock.getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
 
 
 def start_redis(
@@ -157,7 +217,8 @@ def default_resources(
 Daemon = subprocess.Popen | procs.ForkedChild
 
 # where the ``main`` of a daemon started with ``python -m`` lives
-_MAIN_OF = {"rayr.raylet": "rayr.raylet.raylet", "rayr.monitor": "rayr.monitor.monitor"}
+_MAIN_OF = {"rayr.raylet": "rayr.raylet.raylet", "rayr.monitor": "rayr.monitor.monitor",
+            "rayr.dashboard": "rayr.dashboard.server"}
 
 
 @dataclass
@@ -179,6 +240,10 @@ class LocalCluster:
     redis_persist: bool = False  # an append-only file in the session dir
     job_supervisor: bool = False  # run submitted jobs (`rayr job submit`) on this head
     supervisor_proc: Daemon | None = None
+    dashboard_proc: Daemon | None = None
+    dashboard_url: str = ""  # where the pages are ("" without a dashboard)
+    metrics_url: str = ""  # where Prometheus scrapes
+    dashboard_token_file: str = ""  # a generated token's file (a dashboard beyond loopback)
     # fork the daemons from this process (when it has one thread) rather than start new
     # interpreters: an embedded cluster is up in milliseconds and its daemons share our pages
     fork: bool = False
@@ -200,9 +265,12 @@ class LocalCluster:
     def _log(self, name: str) -> IO[bytes]:
         return open_log(os.path.join(self.session_dir, "logs", name))
 
-    def _python(self, module: str, args: list[str], log_name: str) -> Daemon:
-        """Run ``python -m module args`` as a daemon: forked from us when we may, else spawned."""
+    def _python(self, module: str, args: list[str], log_name: str, fds: tuple[int, ...] = (),
+                secrets_env: dict[str, str] | None = None) -> Daemon:
+        """Run ``python -m module args`` as a daemon: forked from us when we may, else spawned.
+        ``fds`` stay open in it; ``secrets_env`` goes into its environment, never its argv."""
         password = self.settings.redis_password
+        extra = secrets_env or {}
         with self._log(log_name) as log:
             if self.fork and procs.can_fork():
                 def run() -> None:
@@ -213,20 +281,22 @@ class LocalCluster:
                         os.environ[REDIS_PASSWORD_ENV] = password
                     else:
                         os.environ.pop(REDIS_PASSWORD_ENV, None)
+                    os.environ.update(extra)
                     main = importlib.import_module(_MAIN_OF.get(module, module)).main
                     main(args)
 
                 return procs.fork_call(
                     "rayr-" + module.rsplit(".", 1)[-1], run, log=log,
                     death_signal=None if self.daemon else signal.SIGTERM,
-                    new_session=self.daemon,
+                    new_session=self.daemon, keep_fds=fds,
                 )
             return procs.spawn(
                 [sys.executable, "-P", "-m", module, *args],
                 log=log,
                 death_signal=None if self.daemon else signal.SIGTERM,
                 new_session=self.daemon,
-                env=child_env(password),
+                env={**child_env(password), **extra},
+                pass_fds=fds,
             )
 
     def start_head(self, **node_kwargs: Any) -> str:
@@ -255,6 +325,8 @@ class LocalCluster:
             ["--redis-url", self.redis_url, "--settings-json", self.settings.model_dump_json()],
             "monitor.log",
         )
+        if self.settings.include_dashboard or self.settings.metrics_export_port is not None:
+            self.start_dashboard()
         if self.job_supervisor:
             self.supervisor_proc = self._python(
                 "rayr.job_submission.supervisor",
@@ -266,6 +338,37 @@ class LocalCluster:
         if self.supervisor_proc is not None:
             self.wait_for_supervisor()  # a head that says it started takes jobs
         return node_id
+
+    def start_dashboard(self) -> None:
+        """The dashboard (and/or the metrics port) on sockets bound here, so a taken port fails
+        now and the URL is known before the server has started. Beyond loopback it requires
+        a token: the one given, else a generated one kept in the session's 0600
+        ``dashboard_token`` file."""
+        s = self.settings
+        host = s.dashboard_host
+        if not is_loopback(host) and s.dashboard_token is None:
+            s.dashboard_token = secrets.token_urlsafe(24)
+            self.dashboard_token_file = os.path.join(self.session_dir, "dashboard_token")
+            write_private(self.dashboard_token_file, s.dashboard_token)
+        socks = []
+        try:
+            args = ["--redis-url", self.redis_url, "--settings-json", s.model_dump_json()]
+            if s.include_dashboard:
+                socks.append(dashboard_socket(host, s.dashboard_port))
+                self.dashboard_url = http_url(socks[-1], host)
+                args += ["--fd", str(socks[-1].fileno()), "--url", self.dashboard_url]
+            if s.metrics_export_port is not None:
+                socks.append(dashboard_socket(host, s.metrics_export_port))
+                self.metrics_url = http_url(socks[-1], host) + "/metrics"
+                args += ["--metrics-fd", str(socks[-1].fileno()), "--metrics-url", self.metrics_url]
+            elif self.dashboard_url:
+                self.metrics_url = self.dashboard_url + "/metrics"
+            token = {DASHBOARD_TOKEN_ENV: s.dashboard_token} if s.dashboard_token else {}
+            self.dashboard_proc = self._python("rayr.dashboard", args, "dashboard.log",
+                                               fds=tuple(sock.fileno() for sock in socks), secrets_env=token)
+        finally:
+            for sock in socks:  # the child has its own copies
+                sock.close()
 
     def wait_for_supervisor(self) -> None:
         """Until the job supervisor announces itself (its liveness key)."""
@@ -384,7 +487,8 @@ class LocalCluster:
         time (a pid alone may name another process by then)."""
         roles: list[tuple[str, Daemon | None]] = [("supervisor", self.supervisor_proc)]
         roles += [("raylet", p) for p in self.raylets.values()]
-        roles += [("monitor", self.monitor_proc), ("redis", self.redis_proc)]
+        roles += [("monitor", self.monitor_proc), ("dashboard", self.dashboard_proc),
+                  ("redis", self.redis_proc)]
         return [{"role": role, "pid": p.pid, "create_time": procs.create_time(p.pid)}
                 for role, p in roles if p is not None]
 
@@ -396,13 +500,13 @@ class LocalCluster:
         stopped = list(self.raylets.items())
         # the monitor stops alongside: it takes up to a quarter second to notice, and what it
         # might do about nodes going away meanwhile does not matter to a cluster being stopped
-        monitor = [self.monitor_proc] if self.monitor_proc is not None else []
+        monitor = [p for p in (self.monitor_proc, self.dashboard_proc) if p is not None]
         procs.stop([proc for _, proc in stopped] + monitor, timeout=10)
         for node_id, proc in stopped:
             if proc.returncode not in (0, -signal.SIGTERM):  # it could not clean up after itself
                 self.clean_store(node_id)
         self.raylets.clear()
         procs.stop([self.redis_proc] if self.redis_proc is not None else [])
-        self.monitor_proc = self.redis_proc = None
+        self.monitor_proc = self.redis_proc = self.dashboard_proc = None
         if remove_session:
             shutil.rmtree(self.session_dir, ignore_errors=True)

@@ -78,6 +78,8 @@ class Cluster:
         self.address = redis_url
         self._own_temp = "temp_dir" not in settings
         temp_dir = settings.pop("temp_dir", None) or tempfile.mkdtemp(prefix="rayr-test-")
+        # a dashboard only where a test looks at it: each costs a process and its imports
+        settings.setdefault("include_dashboard", False)
         self.settings = Settings(cluster_name=self.name, temp_dir=temp_dir, **settings)
         # job_supervisor: the head also runs submitted jobs (JobSubmissionClient)
         self._local = LocalCluster.new_session(self.settings, external_redis_url=redis_url,

@@ -117,6 +117,14 @@ def _joinable(settings: Settings, address: str) -> str:
 @click.option("--temp-dir", help="Where sessions and logs live (default: /tmp/rayr-sessions).")
 @click.option("--redis-persist", is_flag=True,
               help="Head only: Redis keeps an append-only file, so restarting it brings the cluster back.")
+@click.option("--include-dashboard", type=bool, default=True, show_default=True,
+              help="Head only: serve the dashboard (web pages, /api/, Prometheus /metrics).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="Head only: the dashboard's interface; beyond loopback it requires a token.")
+@click.option("--dashboard-port", type=int,
+              help="Head only: the dashboard's port (default: 8265, or the next free one).")
+@click.option("--metrics-export-port", type=int,
+              help="Head only: also serve Prometheus /metrics alone on this port.")
 def start(
     head: bool,
     address: str | None,
@@ -132,6 +140,10 @@ def start(
     object_spilling_directory: str | None,
     temp_dir: str | None,
     redis_persist: bool,
+    include_dashboard: bool,
+    dashboard_host: str,
+    dashboard_port: int | None,
+    metrics_export_port: int | None,
 ) -> None:
     """Start rayr processes on this host (they keep running after this command exits)."""
     if head == bool(address):
@@ -147,6 +159,10 @@ def start(
             "object_store_backend": object_store_backend,
             "object_store_memory": object_store_memory,
             "object_spilling_directory": object_spilling_directory,
+            "include_dashboard": include_dashboard,
+            "dashboard_host": dashboard_host,
+            "dashboard_port": dashboard_port,
+            "metrics_export_port": metrics_export_port,
         })
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
@@ -193,6 +209,7 @@ def start(
         else:
             click.echo("  Redis password: none (--no-redis-password): every local user can run "
                        "code as you through this cluster")
+        _echo_dashboard(cluster)
         click.echo("  Connect:       rayr.init()  (or rayr.init(address='auto'))")
         click.echo("  Submit a job:  rayr job submit --working-dir . -- python script.py")
         click.echo("  Stop:          rayr stop")
@@ -204,10 +221,23 @@ def start(
                        f"again with:\n    {command}")
 
 
+def _echo_dashboard(cluster: LocalCluster) -> None:
+    if cluster.dashboard_url:
+        click.echo(f"  Dashboard:     {cluster.dashboard_url}")
+    if cluster.metrics_url:
+        click.echo(f"  Metrics:       {cluster.metrics_url}  (Prometheus)")
+    token = cluster.settings.dashboard_token
+    if token and cluster.dashboard_token_file:
+        # shown once, here: it was just made, and only whoever started the head needs it
+        click.echo(f"  Dashboard token (also in {cluster.dashboard_token_file}, readable by you only):\n"
+                   f"    {token}\n  Open {cluster.dashboard_url or cluster.metrics_url}/?token=<token> once "
+                   "in a browser, or send 'Authorization: Bearer <token>'")
+
+
 # `rayr stop` stops every record's processes a phase at a time, each phase all at once: raylets
 # (and job supervisors) clear their stores and record their jobs' ends while Redis is up, then
 # the monitors, then Redis
-STOP_PHASES = (("raylet", "supervisor"), ("monitor",), ("redis",))
+STOP_PHASES = (("raylet", "supervisor"), ("monitor", "dashboard"), ("redis",))
 
 
 def _role_of(proc: psutil.Process) -> str:

@@ -51,8 +51,10 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
     from rayr.job_submission import job_rows
 
     running = [r for r in job_rows(gcs) if r["status"] in ("PENDING", "RUNNING")]
+    dashboard = {k.decode(): v.decode() for k, v in gcs.r.hgetall(gcs.keys.dashboard).items()}
     return {
         "time": time.time(),
+        "dashboard": {k: dashboard[k] for k in ("url", "metrics_url", "auth") if k in dashboard},
         "jobs": running,
         "active": [{"node_id": n.node_id, "host": n.host, "is_head": n.is_head} for n in alive],
         "failures": [
@@ -113,4 +115,14 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f" {ids} {job['status']}: {job['entrypoint']}")
     if not data.get("jobs"):
         lines.append(" (no running jobs)")
-    return "\n".join(lines)
+    return "\n".join(lines + _render_dashboard(data.get("dashboard") or {}))
+
+
+def _render_dashboard(dashboard: dict[str, str]) -> list[str]:
+    lines = ["", "Dashboard:"]
+    if not (dashboard.get("url") or dashboard.get("metrics_url")):
+        return [*lines, " (none)"]
+    if dashboard.get("url"):
+        auth = " (token required)" if dashboard.get("auth") == "token" else ""
+        lines.append(f" {dashboard['url']}{auth}")
+    return [*lines, f" metrics: {dashboard.get('metrics_url', '')}"]

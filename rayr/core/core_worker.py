@@ -21,7 +21,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rayr.core.events import TaskEvents
 from rayr.core.inbox import InboxReader
@@ -54,6 +54,14 @@ _current_task: contextvars.ContextVar[tuple[bytes, dict[str, float], Any] | None
 def _current_task_id() -> bytes | None:
     current = _current_task.get()
     return current[0] if current else None
+
+
+class Reporter(Protocol):
+    """Something the core sends to the GCS now and then, and once more at shutdown."""
+
+    def flush_due(self) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class CoreWorker:
@@ -93,6 +101,8 @@ class CoreWorker:
         # what this process sees of tasks, for rayr.util.state (None: task events are off)
         self.events = TaskEvents(gcs=gcs, commands=commands, settings=settings, node_hex=node_hex,
                                  worker_hex=worker_hex) if settings.task_events else None
+        # other periodic reports (rayr.util.metrics), sent between inbox batches and at shutdown
+        self.reporters: list[Reporter] = []
         self.cond = threading.Condition(threading.RLock())
         self.ownership = OwnershipTable(worker_hex)
         self.lineage = LineageTable()
@@ -159,6 +169,8 @@ class CoreWorker:
         self.objects.flush_deletes()
         if self.events is not None:
             self.events.flush()
+        for reporter in list(self.reporters):
+            reporter.flush()
         self.commands.close()
         try:
             self.gcs.drop_inbox(self.worker_hex)
@@ -322,6 +334,8 @@ class CoreWorker:
         self.objects.flush_deletes()
         if self.events is not None:
             self.events.flush_due()
+        for reporter in list(self.reporters):
+            reporter.flush_due()
         self._refresh_liveness()
 
     def _wake_waiters(self) -> None:

@@ -137,12 +137,16 @@ class GcsClient:
         available: dict[str, float],
         load: int,
         store: dict[str, Any] | None = None,
+        host: dict[str, Any] | None = None,
     ) -> bool:
-        """Refresh the node's liveness and load; False (and nothing refreshed) if the cluster
-        has declared the node dead meanwhile: it must not resume, only rejoin as a new node."""
+        """Refresh the node's liveness and load (and its store's and host's use, when given);
+        False (and nothing refreshed) if the cluster has declared the node dead meanwhile: it
+        must not resume, only rejoin as a new node."""
         fields = {"resources_available": json.dumps(available)}
         if store is not None:
             fields["store_usage"] = json.dumps(store)
+        if host is not None:
+            fields["host_usage"] = json.dumps(host)
         reply = self._heartbeat(
             keys=[self.keys.node(node_hex), self.keys.node_alive(node_hex), self.keys.heartbeat_channel],
             args=[int(ttl_s * 1000), f"{node_hex}:{load}", *[x for kv in fields.items() for x in kv]],

@@ -79,6 +79,8 @@ class NodeInfo:
     store_namespace: str = ""
     store_options: dict[str, Any] = field(default_factory=dict)
     store_usage: dict[str, Any] = field(default_factory=dict)  # as of its last heartbeat
+    # the host's CPU and memory use (cpu_percent, mem_total, mem_used), as of its last heartbeat
+    host_usage: dict[str, Any] = field(default_factory=dict)
     session_dir: str = ""
     start_time: float = 0.0
     end_time: float | None = None  # when it was declared dead
@@ -106,6 +108,7 @@ class NodeInfo:
             store_namespace=row.get("store_namespace", ""),
             store_options=_json_dict(row, "store_options"),
             store_usage=_json_dict(row, "store_usage"),
+            host_usage=_json_dict(row, "host_usage"),
             session_dir=row.get("session_dir", ""),
             start_time=float(row.get("start_time") or 0.0),
             end_time=float(end) if end else None,
@@ -121,7 +124,7 @@ class NodeInfo:
             "session_dir": self.session_dir, "start_time": repr(self.start_time),
             "death_reason": self.death_reason,
         }
-        for name in ("resources_total", "resources_available", "store_options", "store_usage"):
+        for name in ("resources_total", "resources_available", "store_options", "store_usage", "host_usage"):
             row[name] = json.dumps(getattr(self, name))
         if self.end_time is not None:
             row["end_time"] = repr(self.end_time)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import psutil
 import redis
 
 from rayr import protocol
@@ -715,11 +716,16 @@ class Raylet:
         with self._lock:
             available = {k: round(v, 6) for k, v in self.sched.available.items()}
             load = len(self.sched.running) + len(self.sched.ready) + len(self.sched.overflow)
-        store = None
+        store = host = None
         if with_store:
             store = dataclasses.asdict(self.store.usage())
+            memory = psutil.virtual_memory()
+            # since the last heartbeat's call (the first says 0)
+            host = {"cpu_percent": psutil.cpu_percent(None), "mem_total": memory.total,
+                    "mem_used": memory.total - memory.available}
         try:
-            alive = self.gcs.heartbeat(self.node_id, self.settings.node_timeout_s, available, load, store)
+            alive = self.gcs.heartbeat(self.node_id, self.settings.node_timeout_s, available, load,
+                                       store, host)
         except redis.RedisError:
             log.exception("heartbeat failed")
             return

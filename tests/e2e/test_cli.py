@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 import redis
 
@@ -23,9 +25,15 @@ def test_start_status_join_stop(sessions):
         started = run_cli("start", "--head", "--port", str(port), "--num-cpus", "1",
                           "--resources", '{"special": 2}', env=env)
         assert f"127.0.0.1:{port}" in started.stdout
+        # the head serves a dashboard (8265, or the next free port) and says where
+        dashboard = re.search(r"Dashboard: +(http://127\.0\.0\.1:\d+)", started.stdout)
+        assert dashboard, started.stdout
+        version = json.loads(urllib.request.urlopen(dashboard[1] + "/api/version", timeout=30).read())
+        assert version["url"] == dashboard[1]
         run_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "2", env=env)
         status = run_cli("status", env=env).stdout
         assert "Active:" in status and status.count(" 1 node_") == 2
+        assert f"Dashboard:\n {dashboard[1]}\n" in status
         assert "0.0/3.0 CPU" in status and "0.0/2.0 special" in status
         data = json.loads(run_cli("status", "--format", "json", env=env).stdout)
         assert data["total"]["CPU"] == 3.0 and len(data["active"]) == 2
@@ -52,8 +60,8 @@ def test_start_status_join_stop(sessions):
                     records.append(json.load(f))
         stopped = run_cli("stop", env=env)
     pids = [pid for r in records for pid in r["pids"]]
-    assert len(pids) == 5  # redis, monitor, job supervisor, two raylets
-    assert "Stopped 5" in stopped.stdout
+    assert len(pids) == 6  # redis, monitor, dashboard, job supervisor, two raylets
+    assert "Stopped 6" in stopped.stdout
     deadline = time.time() + 10
     while any(procs.pid_running(p) for p in pids) and time.time() < deadline:
         time.sleep(0.05)
@@ -140,7 +148,7 @@ def test_three_node_cluster_from_the_cli_runs_a_mixed_workload(sessions, tmp_pat
         assert "mixed-ok" in out.stdout
     finally:
         stopped = run_cli("stop", env=env)
-    assert "Stopped 6" in stopped.stdout  # redis, monitor, job supervisor, three raylets
+    assert "Stopped 7" in stopped.stdout  # redis, monitor, dashboard, job supervisor, three raylets
 
 
 def test_memory_shows_store_use_and_objects(sessions):

@@ -30,7 +30,7 @@ EXPECTED: dict[str, list[str]] = {
                     "shipped files: ['.gitignore', 'helpers.py', 'settings.txt']",
                     "MODE in the job's env: job", "MODE in a task's env: task"],
     "job_submission": ["cluster started", "submitted: rayrsubmit_", "job status: SUCCEEDED",
-                       "job output: hello FROM A JOB", "Stopped 4 rayr process(es)."],
+                       "job output: hello FROM A JOB", "Stopped 5 rayr process(es)."],
     "fault_tolerance": ["finished on a retry after the worker died", "succeeded on attempt 3",
                         "is a RayTaskError: True", "the running call failed:",
                         "actor restarted in a new process: True"],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -71,6 +73,26 @@ def test_embedded_cluster_starts_and_stops_cleanly(temp_dir):
     assert _wait_gone(pids) == []
     assert set(os.listdir("/dev/shm")) - before_shm == set()
     assert not os.path.exists(session_dir)
+
+
+def test_init_starts_a_dashboard_unless_told_not_to(temp_dir, capfd):
+    context = rayr.init(num_cpus=1)
+    try:
+        url = context.dashboard_url
+        assert url.startswith("http://127.0.0.1:")
+        assert f"View the dashboard at {url}" in capfd.readouterr().err
+        assert _get_json(url + "/api/version")["url"] == url
+    finally:
+        rayr.shutdown()
+    context = rayr.init(num_cpus=1, include_dashboard=False)
+    try:
+        assert context.dashboard_url == ""
+        from rayr.context import state
+
+        assert state.cluster is not None and state.cluster.dashboard_proc is None
+        assert "dashboard" not in capfd.readouterr().err
+    finally:
+        rayr.shutdown()
 
 
 def test_second_init_raises_unless_ignored(temp_dir):
@@ -234,3 +256,8 @@ def test_available_resources_reflect_running_tasks(ray):
         time.sleep(0.1)
     assert rayr.available_resources().get("CPU", 0) == 0
     rayr.get(ref)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())

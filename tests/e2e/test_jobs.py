@@ -154,4 +154,4 @@ def test_cli_job_lifecycle_on_a_two_node_cluster(sessions):
         assert bad.returncode != 0 and "'conda'" in bad.stderr
     finally:
         stopped = run_cli("stop", env=env)
-    assert "Stopped 5" in stopped.stdout  # redis, monitor, job supervisor, two raylets
+    assert "Stopped 6" in stopped.stdout  # redis, monitor, dashboard, job supervisor, two raylets

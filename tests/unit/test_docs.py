@@ -100,7 +100,8 @@ def test_every_command_line_in_the_docs_exists(page):
 
 
 def test_the_command_check_catches_a_made_up_flag():
-    assert _check("rayr start --head --dashboard-port 8265")
+    assert _check("rayr start --head --dashboard-colour blue")
+    assert not _check("rayr start --head --dashboard-port 8265")
     assert _check("rayr deploy x.yaml")
     assert not _check("rayr start --head --port=6379 --num-cpus 4")
     assert not _check("rayr job logs -f abc")

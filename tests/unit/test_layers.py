@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # what users import
     ("api", ("rayr", "rayr.api", "rayr.actor", "rayr.remote_function", "rayr.placement_group",
              "rayr.util", "rayr.job_submission", "rayr.autoscaler.sdk", "rayr.testing")),
-    ("cli", ("rayr.cli",)),
+    # tools over a running cluster: the command line and the dashboard
+    ("cli", ("rayr.cli", "rayr.dashboard")),
 ]
 # arrows the ranks allow but the design does not: core and daemons are separate process kinds
 FORBIDDEN = [

@@ -108,13 +108,13 @@ def _embedded(mode: str, tmp_path) -> list[str]:
 def test_an_embedded_cluster_forks_its_daemons_from_the_driver(tmp_path):
     worker, daemons, same_cmdline = _embedded("plain", tmp_path)
     assert worker == "('rayr-worker', 'rayr-zygote')"
-    assert daemons == "['rayr-monitor', 'rayr-raylet']"
-    assert same_cmdline == "[False, True, True]"  # redis-server is started, the rest forked
+    assert daemons == "['rayr-dashboard', 'rayr-monitor', 'rayr-raylet']"
+    assert same_cmdline == "[False, True, True, True]"  # redis-server is started, the rest forked
 
 
 def test_a_driver_with_threads_starts_its_daemons_as_new_interpreters(tmp_path):
     worker, daemons, same_cmdline = _embedded("thread", tmp_path)
     # the raylet itself forks its zygote (it has one thread then), whatever the driver had
     assert worker == "('rayr-worker', 'rayr-zygote')"
-    assert daemons.count("python") == 2 and "rayr-" not in daemons
-    assert same_cmdline == "[False, False, False]"
+    assert daemons.count("python") == 3 and "rayr-" not in daemons
+    assert same_cmdline == "[False, False, False, False]"

@@ -1,0 +1,3 @@
+from rayr.dashboard.server import main
+
+main()
