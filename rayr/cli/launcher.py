@@ -148,6 +148,8 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
         "session_dir": cluster.session_dir,
         # stopped in this order by `down`: the monitor first, so it launches nothing more
         "monitor_pid": cluster.monitor_proc.pid,
+        "dashboard_pid": cluster.dashboard_proc.pid if cluster.dashboard_proc is not None else None,
+        "dashboard_url": cluster.dashboard_url,
         "head_pids": [head.pid],
         "redis_pid": cluster.redis_proc.pid,
         # pid -> create time: `down` signals a pid only while it is still that process
@@ -169,7 +171,8 @@ def _stop_recorded(record: dict[str, Any], pids: list[int]) -> int:
 
 
 def _down_local(cfg: ClusterConfig, settings: Settings, record: dict[str, Any]) -> int:
-    stopped = _stop_recorded(record, [record["monitor_pid"]])  # first: it launches nothing more
+    # first the monitor: it launches nothing more
+    stopped = _stop_recorded(record, [p for p in (record["monitor_pid"], record.get("dashboard_pid")) if p])
     provider = LocalNodeProvider(cfg, state_dir(settings.temp_dir, cfg.cluster_name), settings,
                                  record["redis_url"], record["session_dir"])
     stopped += provider.terminate_all()
@@ -286,6 +289,8 @@ def up(config: str | None, yes: bool, no_restart: bool, print_schema: bool, time
     if alive < want:
         click.echo(f"  Only {alive} of the {want} min_workers nodes joined within {timeout:g}s; "
                    "see `rayr status`.", err=True)
+    if record.get("dashboard_url"):
+        click.echo(f"  Dashboard: {record['dashboard_url']}")
     click.echo(f"  Status:  rayr exec {config} 'rayr status'")
     click.echo(f"  Submit:  rayr submit {config} script.py")
     click.echo(f"  Stop:    rayr down {config}")
