@@ -234,18 +234,23 @@ def browser() -> Iterator[Any]:
 
 def _open(driver: Any, url: str, element: str, text: str) -> str:
     """Open ``url`` and wait until element ``element`` shows ``text``; its whole text."""
-    from selenium.webdriver.common.by import By
-
     driver.get(url)
 
     def shown() -> str | None:
-        try:
-            got = driver.find_element(By.ID, element).text
-        except Exception:  # not rendered yet (or re-rendered under us)
-            return None
+        got = _text(driver, element)
         return got if text in got else None
 
     return _until(shown, f"{text!r} in #{element} of {url}")
+
+
+def _text(driver: Any, element: str) -> str:
+    """The element's text now ("" while it is being re-rendered: pages redraw every 2 s)."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        return str(driver.find_element("id", element).text)
+    except WebDriverException:
+        return ""
 
 
 def _shot(driver: Any, name: str) -> None:
@@ -295,11 +300,11 @@ def test_pages_follow_the_cluster_without_a_reload(busy_cluster, browser):
     url = busy_cluster["url"]
     _open(browser, url + "/#/tasks", "tasks-table", "explode")
     browser.execute_script("window.__still_this_page = 42;")
-    assert "late_arrival" not in browser.find_element("id", "tasks-table").text
+    assert "late_arrival" not in _text(browser, "tasks-table")
     assert rayr.get(late_arrival.remote()) == 1
 
     def finished() -> bool:
-        text = browser.find_element("id", "tasks-table").text
+        text = _text(browser, "tasks-table")
         return any("late_arrival" in line and "FINISHED" in line for line in text.splitlines())
 
     _until(finished, "the finished task to appear on the open page")
@@ -311,5 +316,5 @@ def test_pages_follow_the_cluster_without_a_reload(busy_cluster, browser):
     _open(browser, url + f"/#/logs?node={actor_node}&pid={actor_pid}", "log-text", "greeter says hi")
     greeter = rayr.get_actor("greeter")
     rayr.get(greeter.hello.remote("a later caller"))
-    _until(lambda: "a later caller" in browser.find_element("id", "log-text").text,
+    _until(lambda: "a later caller" in _text(browser, "log-text"),
            "the actor's new log line on the open log page")

@@ -308,9 +308,9 @@ def test_stop_stops_a_cluster_of_three_nodes(sessions):
     for _ in range(2):
         run_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", env=env)
     pids = [p["pid"] for r in _recorded(temp_dir) for p in r["processes"]]
-    assert len(pids) == 6  # job supervisor, monitor, Redis, three raylets
+    assert len(pids) == 7  # job supervisor, monitor, dashboard, Redis, three raylets
     out = run_cli("stop", env=env)
-    assert "Stopped 6" in out.stdout
+    assert "Stopped 7" in out.stdout
     assert not any(procs.pid_running(p) for p in pids)
     with socket.socket() as sock:  # Redis is gone: its port is free
         assert sock.connect_ex(("127.0.0.1", port)) != 0
