@@ -28,10 +28,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import rayr
 from rayr.dashboard import data
+from rayr.dashboard.data import TaskRow
 from rayr.dashboard.metrics import ClusterCollector
 from rayr.gcs.client import GcsClient
 from rayr.gcs.logs import LogError
-from rayr.util.state.common import TaskState
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "rayr_dashboard_token"
@@ -46,10 +46,10 @@ class TaskCache:
     def __init__(self, gcs: GcsClient, ttl: float = TASKS_TTL_S) -> None:
         self.gcs, self.ttl = gcs, ttl
         self._lock = threading.Lock()
-        self._tasks: list[TaskState] = []
+        self._tasks: list[TaskRow] = []
         self._at = -1e9
 
-    def __call__(self) -> list[TaskState]:
+    def __call__(self) -> list[TaskRow]:
         with self._lock:
             if time.monotonic() - self._at > self.ttl:
                 self._tasks = data.all_tasks(self.gcs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from rayr.cli import memory as memory_cli
@@ -16,10 +17,10 @@ from rayr.gcs import task_events as tev
 from rayr.gcs.client import GcsClient
 from rayr.gcs.rows import NodeInfo
 from rayr.util.state import api as state
-from rayr.util.state.common import TaskState
 
 RECENT_FAILED_TASKS = 20
 TASK_ROWS = 500  # the task table shows the newest this many that match
+TIMELINE_SLICES = 3000  # the task stream draws at most this many tasks (the latest to end)
 
 
 def _node_row(n: NodeInfo) -> dict[str, Any]:
@@ -52,10 +53,10 @@ def redis_info(gcs: GcsClient) -> dict[str, Any]:
     }
 
 
-def overview(gcs: GcsClient, tasks: list[TaskState]) -> dict[str, Any]:
+def overview(gcs: GcsClient, tasks: list[TaskRow]) -> dict[str, Any]:
     """The cluster page: nodes, totals, recent failures, counts of actors, jobs and tasks."""
     status = status_cli.collect(gcs)
-    failed = sorted((t for t in tasks if t.state == tev.FAILED), key=lambda t: -(t.end_time_ms or 0))
+    failed = sorted((t for t in tasks if t.state == tev.FAILED), key=lambda t: -(t.end_ms or 0))
     return {
         "time": time.time(),
         "nodes": nodes(gcs),
@@ -63,7 +64,7 @@ def overview(gcs: GcsClient, tasks: list[TaskState]) -> dict[str, Any]:
         "available": status["available"],
         "demands": status["demands"],
         "node_failures": status["failures"],
-        "failed_tasks": [_task_row(t) for t in failed[:RECENT_FAILED_TASKS]],
+        "failed_tasks": [t.asdict() for t in failed[:RECENT_FAILED_TASKS]],
         "actors": dict(Counter(a.state for a in state.query(gcs, "actors", limit=None))),
         "jobs": dict(Counter(j.status for j in state.query(gcs, "jobs", limit=None))),
         "tasks": dict(Counter(t.state for t in tasks)),
@@ -71,61 +72,84 @@ def overview(gcs: GcsClient, tasks: list[TaskState]) -> dict[str, Any]:
     }
 
 
-def all_tasks(gcs: GcsClient) -> list[TaskState]:
-    """Every task the task events still hold (what was dropped is counted, not listed)."""
-    return state.query(gcs, "tasks", limit=None, detail=True, raise_on_missing_output=False)
+@dataclass(slots=True)
+class TaskRow:
+    """What the pages show of one task: ~300 bytes, where a TaskState with its events is
+    several KiB (the dashboard holds every task of the cluster for a second at a time)."""
+
+    task_id: str
+    job_id: str
+    name: str
+    func: str
+    type: str
+    state: str
+    attempt: int
+    actor_id: str | None
+    node_id: str | None
+    worker_pid: int | None
+    error_type: str | None
+    error_message: str | None
+    created_ms: float | None
+    start_ms: float | None  # when it started running (to the microsecond)
+    end_ms: float | None
+
+    def asdict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        end, start = self.end_ms, self.start_ms
+        out["duration_ms"] = round(end - start, 3) if end is not None and start is not None else None
+        return out
 
 
-def _task_row(t: TaskState) -> dict[str, Any]:
-    times = {e["state"]: e["created_ms"] for e in t.events}
-    start = times.get(tev.RUNNING, t.start_time_ms)
-    end = t.end_time_ms
-    return {
-        "task_id": t.task_id, "job_id": t.job_id, "name": t.name, "func": t.func_or_class_name,
-        "type": t.type, "state": t.state, "attempt": t.attempt_number, "actor_id": t.actor_id,
-        "node_id": t.node_id, "worker_pid": t.worker_pid, "error_type": t.error_type,
-        "error_message": t.error_message, "created_ms": t.creation_time_ms, "start_ms": start,
-        "end_ms": end,
-        "duration_ms": round(end - start, 3) if end is not None and start is not None else None,
-    }
+def all_tasks(gcs: GcsClient) -> list[TaskRow]:
+    """Every task the task events still hold (what was dropped is counted, not listed), read
+    one at a time into compact rows; repeated strings (jobs, names, nodes) are shared."""
+    shared: dict[str, str] = {}
+    one = lambda text: shared.setdefault(text, text) if text is not None else None  # noqa: E731
+    rows = []
+    for t in tev.read_tasks(gcs, tev.task_jobs(gcs)):
+        running = next((e["created_ms"] for e in t.events if e["state"] == tev.RUNNING), None)
+        rows.append(TaskRow(
+            t.task_id, one(t.job_id) or "", one(t.name) or "", one(t.func_or_class_name) or "",
+            one(t.type) or "", one(t.state) or "", t.attempt_number, t.actor_id, one(t.node_id),
+            t.worker_pid, t.error_type, t.error_message, t.creation_time_ms,
+            running if running is not None else t.start_time_ms, t.end_time_ms))
+    return rows
 
 
-def task_table(tasks: list[TaskState], job: str = "", state_: str = "", name: str = "",
+def task_table(tasks: list[TaskRow], job: str = "", state_: str = "", name: str = "",
                limit: int = TASK_ROWS) -> dict[str, Any]:
     """Counts by state and by function, and the newest ``limit`` tasks that match the filters
     (``name`` matches a substring of the task's or its function's name)."""
     chosen = [t for t in tasks if (not job or t.job_id == job) and (not state_ or t.state == state_)
-              and (not name or name in t.name or name in t.func_or_class_name)]
+              and (not name or name in t.name or name in t.func)]
     by_func: dict[str, Counter[str]] = {}
     for t in chosen:
-        by_func.setdefault(t.func_or_class_name, Counter())[t.state] += 1
-    chosen.sort(key=lambda t: -(t.creation_time_ms or t.start_time_ms or 0))
+        by_func.setdefault(t.func, Counter())[t.state] += 1
+    chosen.sort(key=lambda t: -(t.created_ms or t.start_ms or 0))
     return {
         "total": len(chosen),
         "states": dict(Counter(t.state for t in chosen)),
         "by_function": {f: dict(c) for f, c in sorted(by_func.items())},
         "jobs": sorted({t.job_id for t in tasks}),
-        "tasks": [_task_row(t) for t in chosen[:limit]],
+        "tasks": [t.asdict() for t in chosen[:limit]],
     }
 
 
-def timeline(tasks: list[TaskState], since_ms: float) -> dict[str, Any]:
-    """Slices of the tasks that ran since ``since_ms``, one lane per worker, for the live
-    task stream (a task still running ends at ``now``)."""
+def timeline(tasks: list[TaskRow], since_ms: float) -> dict[str, Any]:
+    """Slices of the tasks that ran since ``since_ms`` (the latest TIMELINE_SLICES), one lane
+    per worker, for the live task stream (a task still running ends at ``now``)."""
     now = time.time() * 1000
+    ran = [t for t in tasks if t.start_ms is not None and t.worker_pid is not None
+           and (t.end_ms if t.end_ms is not None else now) >= since_ms]
+    ran.sort(key=lambda t: -(t.end_ms if t.end_ms is not None else now))
     lanes: dict[str, list[dict[str, Any]]] = {}
-    for t in tasks:
-        row = _task_row(t)
-        start = row["start_ms"]
-        if start is None or row["worker_pid"] is None:
-            continue
-        end = row["end_ms"] if row["end_ms"] is not None else now
-        if end < since_ms:
-            continue
+    for t in ran[:TIMELINE_SLICES]:
         lane = f"{(t.node_id or '')[:8]} pid {t.worker_pid}"
-        lanes.setdefault(lane, []).append({"name": t.name or t.func_or_class_name, "state": t.state,
-                                           "start": start, "end": end, "task_id": t.task_id})
-    return {"now": now, "since": since_ms, "lanes": dict(sorted(lanes.items()))}
+        lanes.setdefault(lane, []).append({"name": t.name or t.func, "state": t.state, "start": t.start_ms,
+                                           "end": t.end_ms if t.end_ms is not None else now,
+                                           "task_id": t.task_id})
+    return {"now": now, "since": since_ms, "lanes": dict(sorted(lanes.items())),
+            "left_out": max(0, len(ran) - TIMELINE_SLICES)}
 
 
 def jobs(gcs: GcsClient) -> list[dict[str, Any]]:

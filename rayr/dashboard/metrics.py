@@ -17,10 +17,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from rayr.dashboard import data
+from rayr.dashboard.data import TaskRow
 from rayr.gcs.client import GcsClient
 from rayr.gcs.task_events import STATES
 from rayr.util.metrics import COUNTER, GAUGE, HISTOGRAM
-from rayr.util.state.common import TaskState
 
 log = logging.getLogger("rayr.dashboard")
 ACTOR_STATES = ("PENDING", "ALIVE", "RESTARTING", "DEAD")
@@ -34,7 +34,7 @@ class ClusterCollector(Collector):
     """Reads the cluster's state when Prometheus scrapes (nothing is kept between scrapes but
     the dashboard's short-lived task cache)."""
 
-    def __init__(self, gcs: GcsClient, tasks: Callable[[], list[TaskState]]) -> None:
+    def __init__(self, gcs: GcsClient, tasks: Callable[[], list[TaskRow]]) -> None:
         self.gcs = gcs
         self.tasks = tasks
 
