@@ -304,12 +304,14 @@ def test_stop_spares_a_recorded_pid_that_is_another_process_now(sessions):
 def test_stop_stops_a_cluster_of_three_nodes(sessions):
     temp_dir, env = sessions
     port = free_port()
-    run_cli("start", "--head", "--port", str(port), "--num-cpus", "1", env=env)
-    for _ in range(2):
-        run_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", env=env)
-    pids = [p["pid"] for r in _recorded(temp_dir) for p in r["processes"]]
+    try:
+        run_cli("start", "--head", "--port", str(port), "--num-cpus", "1", env=env)
+        for _ in range(2):
+            run_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", env=env)
+        pids = [p["pid"] for r in _recorded(temp_dir) for p in r["processes"]]
+    finally:  # whatever failed above, nothing is left running
+        out = run_cli("stop", env=env)
     assert len(pids) == 7  # job supervisor, monitor, dashboard, Redis, three raylets
-    out = run_cli("stop", env=env)
     assert "Stopped 7" in out.stdout
     assert not any(procs.pid_running(p) for p in pids)
     with socket.socket() as sock:  # Redis is gone: its port is free
