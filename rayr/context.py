@@ -25,6 +25,7 @@ class ProcessState:
         # a worker's executor: what runs tasks here, and the actor it became (None in a driver)
         self.executor: TaskExecutor | None = None
         self.cluster: LocalCluster | None = None
+        self.redis_url = ""  # the connected cluster's address (no password)
         self.log_printer: LogPrinter | None = None
         self.lock = threading.RLock()
         # connects a fresh driver on first use (``rayr.init()``); set by the API layer when it

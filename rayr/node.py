@@ -56,6 +56,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class PortInUseError(RuntimeError):
+    """The port a Redis was to listen on is taken; the message names it and its holder."""
+
+
+def port_holder(bind: str, port: int) -> str | None:
+    """Who listens on ``bind``:``port`` ("pid 123 (redis-server)" where we may see it, else
+    "another process"), or None if the port is free to listen on."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as Redis binds: a port held only by connections in TIME_WAIT counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+            return None
+        except OSError:
+            pass
+    try:
+        for conn in psutil.net_connections("inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
 def start_redis(
     port: int,
     *,
@@ -75,6 +100,9 @@ def start_redis(
     (0600), never on the command line, which every user can read. Redis creates its files
     under umask 077: the append-only file holds every value, task specs included.
     """
+    holder = port_holder(bind, port)
+    if holder is not None:
+        raise PortInUseError(f"port {port} on {bind} is already in use by {holder}")
     cmd = [find_redis_server()]
     if password:
         if workdir is None:
@@ -103,10 +131,15 @@ def start_redis(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client.ping()
+            # the server that answers must be ours: another one may have taken the port meanwhile
+            pid = client.info("server")["process_id"]
             client.close()
+            if pid != proc.pid:
+                procs.stop([proc])
+                raise PortInUseError(f"port {port} on {bind} was taken by another Redis (pid {pid}) "
+                                     "while ours started")
             return proc
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.AuthenticationError, redis.ResponseError):
             if proc.poll() is not None or time.monotonic() > deadline:
                 procs.stop([proc])
                 raise RuntimeError(

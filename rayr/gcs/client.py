@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -16,6 +15,7 @@ from redis.retry import Retry
 
 from rayr import serialization
 from rayr.exceptions import WorkerCrashedError
+from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
@@ -30,28 +30,13 @@ NODE_DEAD = NodeState.DEAD
 
 
 def normalize_address(address: str) -> str:
-    """``host:port`` or ``redis://host:port`` (or ``rediss://``, ``unix://``) as a Redis URL.
+    """``address`` in any accepted form (``host:port``, ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://``; see ``rayr.gcs.address``) as a URL, without any password it held.
 
     Raises:
-        ValueError: the address is not in one of those forms.
+        ValueError: the address is in none of those forms; says what is wrong.
     """
-    text = address.strip()
-    if "://" not in text:
-        text = f"redis://{text}"
-    parsed = urlparse(text)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(
-            f"cluster address {address!r} has scheme {parsed.scheme!r}; "
-            "expected 'host:port', 'redis://host:port', 'rediss://host:port' or 'unix://path'"
-        )
-    if parsed.scheme != "unix":
-        try:
-            port = parsed.port
-        except ValueError:
-            port = None
-        if not parsed.hostname or port is None:
-            raise ValueError(f"cluster address {address!r} must name a host and a port, e.g. 127.0.0.1:6379")
-    return text
+    return address_mod.parse(address).url()
 
 
 def redis_retry() -> Retry:
@@ -99,9 +84,16 @@ CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": None} | (
 
 
 def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:
-    """A Redis client for ``url`` (bytes replies)."""
+    """A Redis client for ``url`` (bytes replies): any address form ``rayr.gcs.address``
+    accepts, Sentinel and TLS included."""
+    client_only = {k: kwargs.pop(k) for k in ("single_connection_client",) if k in kwargs}
     kwargs = {"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs}
-    return redis.Redis.from_url(url, password=password, **kwargs)
+    return redis.Redis(connection_pool=connection_pool(url, password, **kwargs), **client_only)
+
+
+def connection_pool(url: str, password: str | None = None, **kwargs: Any) -> redis.ConnectionPool:
+    """A connection pool for ``url`` with rayr's client options (see ``connect``)."""
+    return address_mod.connection_pool(url, password, **{"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs})
 
 
 class GcsClient:

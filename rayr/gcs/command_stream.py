@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from rayr.gcs.client import CLIENT_OPTIONS, REDIS_DOWN_ERRORS, redis_retry, until_reachable
+from rayr.gcs.client import REDIS_DOWN_ERRORS, connection_pool, until_reachable
 
 _pack_command: Any
 try:  # redis[hiredis] is a dependency; packing with it directly skips redis-py's wrapper
@@ -50,7 +50,7 @@ class CommandStream:
     """Write commands now, read their replies on a background thread."""
 
     def __init__(self, url: str, password: str | None) -> None:
-        pool = redis.ConnectionPool.from_url(url, password=password, retry=redis_retry(), **CLIENT_OPTIONS)
+        pool = connection_pool(url, password)
         self._conn: Any = pool.make_connection()
         self._conn.connect()
         self._lock = threading.Lock()  # one writer at a time keeps commands whole and ordered
