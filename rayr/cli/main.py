@@ -20,6 +20,7 @@ from rayr.cli import status as status_mod
 from rayr.cli.common import address_option, gcs_for, password_option
 from rayr.cli.jobs import job
 from rayr.config import ConfigError, Settings, env_address, load_settings
+from rayr.gcs import address as address_mod
 from rayr.gcs import preflight
 from rayr.gcs.client import connect
 from rayr.gcs.cluster import auth_error, check, resolve
@@ -68,11 +69,15 @@ def cli() -> None:
     """rayr: the Ray Core programming model on Redis."""
 
 
-def _joinable(settings: Settings, address: str, flag: str = "--address") -> str:
-    """The URL (without password) of the Redis at ``address``, once it answered us;
-    ``settings`` get the password that worked. A one-line error if it does not."""
+def _joinable(settings: Settings, address: str, flag: str = "--address",
+              tls: dict[str, str | None] | None = None) -> str:
+    """The URL (without password; with the TLS files in ``tls`` added, so every process
+    started with it gets them) of the Redis at ``address``, once it answered us; ``settings``
+    get the password that worked. A one-line error if it does not."""
     try:
         url, password = resolve(address, settings)
+        if tls and any(tls.values()):
+            url = address_mod.parse(url).with_options(**tls).url()
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint=flag) from None
     settings.redis_password = password
@@ -119,6 +124,12 @@ def _preflight(settings: Settings, url: str) -> None:
 @click.option("--no-redis-password", is_flag=True,
               help="Head only, loopback only: no Redis password. Every local user can then run code "
                    "as you through the cluster's Redis.")
+@click.option("--redis-ca-cert", type=click.Path(exists=True, dir_okay=False),
+              help="TLS (rediss://): the CA certificate that signed the Redis server's.")
+@click.option("--redis-client-cert", type=click.Path(exists=True, dir_okay=False),
+              help="TLS (rediss://): this host's client certificate, for a Redis that requires one.")
+@click.option("--redis-client-key", type=click.Path(exists=True, dir_okay=False),
+              help="TLS (rediss://): the client certificate's private key.")
 @click.option("--cluster-name", help="The cluster's key prefix in Redis (default: RAYR_CLUSTER_NAME, "
                                      "else 'default'); clusters sharing one Redis need distinct names.")
 @click.option("--num-cpus", type=float)
@@ -136,6 +147,8 @@ def start(head: bool, address: str | None, redis_address: str | None, port: int 
           temp_dir: str | None, redis_persist: bool, **node: Any) -> None:
     """Start rayr processes on this host (they keep running after this command exits)."""
     address = address or (None if head else env_address())
+    tls = {"ssl_ca_certs": node.pop("redis_ca_cert"), "ssl_certfile": node.pop("redis_client_cert"),
+           "ssl_keyfile": node.pop("redis_client_key")}
     _check_start_flags(head, address, redis_address, port, bind, no_redis_password, redis_persist)
     try:
         settings = load_settings({
@@ -155,10 +168,16 @@ def start(head: bool, address: str | None, redis_address: str | None, port: int 
     private_dir(settings.temp_dir)
     node["resources"] = _parse_resources(node["resources"])
     if head:
+        if redis_address:
+            redis_address = _joinable(settings, redis_address, "--redis-address", tls)
+        elif any(tls.values()):
+            raise click.UsageError("--redis-ca-cert / --redis-client-cert / --redis-client-key are for a "
+                                   "TLS Redis you run (--redis-address rediss://...); the Redis a head "
+                                   "starts itself listens without TLS.")
         cluster, node_id = _start_head(settings, redis_address, port or 6379, bind, redis_persist, node)
     else:
         assert address is not None
-        url = _joinable(settings, address)
+        url = _joinable(settings, address, tls=tls)
         cluster = LocalCluster.new_session(settings, daemon=True, external_redis_url=url)
         try:
             node_id = cluster.add_node(**node)
@@ -188,9 +207,8 @@ def _check_start_flags(head: bool, address: str | None, redis_address: str | Non
 def _start_head(settings: Settings, redis_address: str | None, port: int, bind: str, redis_persist: bool,
                 node: dict[str, Any]) -> tuple[LocalCluster, str]:
     """The head's processes (and its Redis, without ``redis_address``); recorded in the session file."""
-    url = None
-    if redis_address:
-        url = _joinable(settings, redis_address, "--redis-address")
+    url = redis_address  # checked by _joinable: no password in it
+    if url:
         _preflight(settings, url)
     cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind, job_supervisor=True,
                                        redis_persist=redis_persist, external_redis_url=url)

@@ -75,7 +75,7 @@ class RedisAddress:
     def with_options(self, **options: str | None) -> RedisAddress:
         """A copy with TLS options set (``None`` values are left as they were)."""
         merged = dict(self.options) | {k: v for k, v in options.items() if v is not None}
-        return replace(self, options=_checked_options(merged, self.url()))
+        return replace(self, options=_checked_options(merged, self.url(), self.tls))
 
 
 def parse(address: str) -> RedisAddress:
@@ -100,8 +100,9 @@ def parse(address: str) -> RedisAddress:
         netloc, _, path = rest.partition("/")
     userinfo, _, hostlist = netloc.rpartition("@")
     username, password = _userinfo(userinfo)
+    checked = _checked_options(options, _redacted(address), scheme.startswith("rediss"))
     fields: dict[str, Any] = {"scheme": scheme, "username": username, "password": password,
-                              "options": _checked_options(options, _redacted(address))}
+                              "options": checked}
     if scheme == "unix":
         if not path.startswith("/"):
             raise ValueError(f"Redis address {_redacted(address)!r}: a unix socket needs an absolute "
@@ -152,11 +153,14 @@ def _host_port(item: str) -> tuple[str, int | None]:
     return host, int(port) if port.isdigit() else None
 
 
-def _checked_options(options: dict[str, str], address: str) -> tuple[tuple[str, str], ...]:
+def _checked_options(options: dict[str, str], address: str, tls: bool) -> tuple[tuple[str, str], ...]:
     unknown = sorted(set(options) - set(TLS_OPTIONS))
     if unknown:
         raise ValueError(f"Redis address {address!r}: unknown option(s) {', '.join(unknown)}; "
                          f"the options are db and {', '.join(TLS_OPTIONS)}")
+    if options and not tls:
+        raise ValueError(f"Redis address {address!r}: TLS options ({', '.join(sorted(options))}) need a "
+                         "TLS address: rediss://host:port (or rediss+sentinel://...)")
     reqs = options.get("ssl_cert_reqs")
     if reqs is not None and reqs not in ("required", "optional", "none"):
         raise ValueError(f"Redis address {address!r}: ssl_cert_reqs must be required, optional or none, "
