@@ -18,9 +18,9 @@ from rayr.actor import ActorClass, ActorHandle, handle_from_table
 from rayr.config import Settings, env_address, env_job_runtime_env, env_submission_id, load_settings
 from rayr.context import RuntimeContext, state
 from rayr.core import CoreWorker
+from rayr.gcs import command_stream
 from rayr.gcs.client import GcsClient, connect
 from rayr.gcs.cluster import reachable, resolve
-from rayr.gcs.command_stream import CommandStream
 from rayr.gcs.jobs import end_job, kill_actor
 from rayr.gcs.rows import NodeInfo
 from rayr.ids import WorkerID
@@ -270,7 +270,7 @@ def _connect(
     core = CoreWorker(
         gcs=gcs,
         blocking_redis=connect(url, settings.redis_password),
-        commands=CommandStream(url, settings.redis_password),
+        commands=command_stream.for_cluster(url, settings),
         settings=settings,
         node_hex=node_hex,
         store=store,

@@ -45,6 +45,12 @@ class Settings(BaseModel):
     object_spilling_directory: str | None = None
     heartbeat_interval_s: float = Field(1.0, gt=0)
     node_timeout_s: float = Field(5.0, gt=0)
+    # replicas that must hold a driver's or worker's writes (submissions, puts, results) before
+    # they count as done: WAIT after each write, so a failover cannot lose them (they are
+    # resent). None: 1 for a Sentinel address, else 0 (no WAIT)
+    redis_wait_replicas: int | None = Field(None, ge=0)
+    # how long a WAIT waits for them; past it, writes go unconfirmed for a while (logged)
+    redis_wait_timeout_ms: int = Field(500, gt=0)
     # a get/wait fails (instead of hanging) once Redis has not answered for this long
     redis_unreachable_timeout_s: float = Field(60.0, gt=0)
     # how long init() waits for a started cluster to accept work

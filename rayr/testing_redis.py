@@ -242,9 +242,29 @@ def sentinel_set(binary: str, workdir: str, *, password: str, name: str = "mymas
         for i in range(3):
             sentinels.append(start_server(binary, os.path.join(workdir, f"sentinel{i}"), sentinel=config))
             started.append(sentinels[-1])
+        _wait_discovered(sentinels, name)
         yield SentinelSet(master, replica, sentinels, name)
     finally:
         procs.stop([p.proc for p in reversed(started)])
+
+
+def _wait_discovered(sentinels: list[RedisProcess], name: str, timeout: float = 60.0) -> None:
+    """Until every Sentinel knows the other two and the replica (they find each other through
+    hello messages every 2 s): before that, no quorum could agree that the master is down."""
+    deadline = time.monotonic() + timeout
+    while True:
+        known = []
+        for sentinel in sentinels:
+            client: Any = sentinel.client()
+            try:
+                known.append((len(client.sentinel_sentinels(name)), len(client.sentinel_slaves(name))))
+            finally:
+                client.close()
+        if all(k == (len(sentinels) - 1, 1) for k in known):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Sentinels did not discover each other and the replica: {known}")
+        time.sleep(0.1)
 
 
 def _wait_in_sync(replica: RedisProcess, timeout: float = 30.0) -> None:

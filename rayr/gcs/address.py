@@ -215,11 +215,36 @@ def connection_pool(address: str, password: str | None, **kwargs: Any) -> redis.
         sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")} | tls
         sentinel_kwargs.setdefault("socket_connect_timeout", 2.0)  # a dead Sentinel must not stall us
         manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs)
-        managed = SentinelManagedSSLConnection if parsed.tls else SentinelManagedConnection
+        managed = _FollowingSSLConnection if parsed.tls else _FollowingConnection
         return SentinelConnectionPool(parsed.service, manager, connection_class=managed, **conn, **tls)
     host, port = parsed.hosts[0]
     cls = redis.SSLConnection if parsed.tls else redis.Connection
     return redis.ConnectionPool(connection_class=cls, host=host, port=port, **conn, **tls)
+
+
+class _FollowingConnection(SentinelManagedConnection):
+    """A connection to the master Sentinel names, looked up each time it connects.
+
+    redis-py's own (8.1) looks the master up only in ``connect()``, but ``send_packed_command``
+    reconnects through ``connect_check_health``, which reuses the last address: after a
+    failover such a connection kept dialling the dead master for good.
+    """
+
+    def _connect_retry(self) -> None:
+        if self._sock:
+            return
+        self.connect_check_health(self.connection_pool.check_connection, retry_socket_connect=False)
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+class _FollowingSSLConnection(_FollowingConnection, SentinelManagedSSLConnection):
+    """:class:`_FollowingConnection` over TLS."""
 
 
 def _tls_kwargs(parsed: RedisAddress) -> dict[str, Any]:
