@@ -50,6 +50,33 @@ def find_redis_server() -> str:
     )
 
 
+def node_ip_toward(redis_url: str) -> str:
+    """This host's address on the route to the cluster's Redis: what other nodes and drivers
+    can tell it apart by (``node:<ip>``, ``rayr status``). A Redis on loopback (or a unix
+    socket) means a one-host cluster, unless it listens beyond loopback: then the address of
+    the default route, so a head that others join reports an address they could reach."""
+    from rayr.gcs.address import parse
+
+    parsed = parse(redis_url)
+    target = parsed.hosts[0][0] if parsed.hosts else "127.0.0.1"
+    return _source_ip(target) or "127.0.0.1"
+
+
+def default_route_ip() -> str | None:
+    """The address of the route to the outside world (no packet is sent), or None."""
+    return _source_ip("192.0.2.1")  # TEST-NET-1: routed like any outside address, never reached
+
+
+def _source_ip(target: str) -> str | None:
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((target, 9))  # UDP connect only picks the route
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -215,6 +242,20 @@ class LocalCluster:
     # fork the daemons from this process (when it has one thread) rather than start new
     # interpreters: an embedded cluster is up in milliseconds and its daemons share our pages
     fork: bool = False
+    # the address this host's nodes report (rayr status, node:<ip>); None: see node_ip
+    node_ip_address: str | None = None
+
+    @property
+    def node_ip(self) -> str:
+        """The given address, else this host's on the route to Redis (for a Redis we start
+        beyond loopback, the default route's address)."""
+        if self.node_ip_address:
+            return self.node_ip_address
+        if not self.external_redis_url and self.bind not in ("127.0.0.1", "localhost", "::1"):
+            if self.bind not in ("0.0.0.0", "::"):
+                return self.bind
+            return default_route_ip() or "127.0.0.1"
+        return node_ip_toward(self.redis_url)
 
     @classmethod
     def new_session(cls, settings: Settings, **kwargs: Any) -> LocalCluster:
@@ -329,11 +370,13 @@ class LocalCluster:
     ) -> str:
         """Start one raylet (a node of its own); returns its node id once it is registered."""
         node_id = os.urandom(16).hex()
+        host = self.node_ip
         total = default_resources(
-            num_cpus, num_gpus, resources, object_store_memory or self.settings.object_store_memory
+            num_cpus, num_gpus, resources, object_store_memory or self.settings.object_store_memory, host=host
         )
         args = [
             "--redis-url", self.redis_url,
+            "--host", host,
             "--node-id", node_id,
             "--resources-json", json.dumps(total),
             "--session-dir", self.session_dir,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -130,6 +133,10 @@ def _preflight(settings: Settings, url: str) -> None:
               help="TLS (rediss://): this host's client certificate, for a Redis that requires one.")
 @click.option("--redis-client-key", type=click.Path(exists=True, dir_okay=False),
               help="TLS (rediss://): the client certificate's private key.")
+@click.option("--node-ip-address", help="The address this node reports (rayr status, the node:<ip> "
+                                        "resource); default: this host's on the route to Redis.")
+@click.option("--block", is_flag=True, help="Stay in the foreground and stop this node's processes on "
+                                            "SIGTERM or Ctrl-C (a container's main process).")
 @click.option("--cluster-name", help="The cluster's key prefix in Redis (default: RAYR_CLUSTER_NAME, "
                                      "else 'default'); clusters sharing one Redis need distinct names.")
 @click.option("--num-cpus", type=float)
@@ -144,11 +151,18 @@ def _preflight(settings: Settings, url: str) -> None:
               help="Head only: Redis keeps an append-only file, so restarting it brings the cluster back.")
 def start(head: bool, address: str | None, redis_address: str | None, port: int | None, bind: str,
           redis_password: str | None, no_redis_password: bool, cluster_name: str | None,
-          temp_dir: str | None, redis_persist: bool, **node: Any) -> None:
+          temp_dir: str | None, redis_persist: bool, node_ip_address: str | None, block: bool,
+          **node: Any) -> None:
     """Start rayr processes on this host (they keep running after this command exits)."""
     address = address or (None if head else env_address())
     tls = {"ssl_ca_certs": node.pop("redis_ca_cert"), "ssl_certfile": node.pop("redis_client_cert"),
            "ssl_keyfile": node.pop("redis_client_key")}
+    if node_ip_address is not None:
+        try:
+            node_ip_address = str(ipaddress.ip_address(node_ip_address))
+        except ValueError:
+            raise click.BadParameter(f"{node_ip_address!r} is not an IP address, e.g. 10.0.0.12",
+                                     param_hint="--node-ip-address") from None
     _check_start_flags(head, address, redis_address, port, bind, no_redis_password, redis_persist)
     try:
         settings = load_settings({
@@ -174,20 +188,24 @@ def start(head: bool, address: str | None, redis_address: str | None, port: int 
             raise click.UsageError("--redis-ca-cert / --redis-client-cert / --redis-client-key are for a "
                                    "TLS Redis you run (--redis-address rediss://...); the Redis a head "
                                    "starts itself listens without TLS.")
-        cluster, node_id = _start_head(settings, redis_address, port or 6379, bind, redis_persist, node)
+        cluster, node_id = _start_head(settings, redis_address, port or 6379, bind, redis_persist, node,
+                                       node_ip_address)
     else:
         assert address is not None
         url = _joinable(settings, address, tls=tls)
-        cluster = LocalCluster.new_session(settings, daemon=True, external_redis_url=url)
+        cluster = LocalCluster.new_session(settings, daemon=True, external_redis_url=url,
+                                           node_ip_address=node_ip_address)
         try:
             node_id = cluster.add_node(**node)
         except Exception as err:
             cluster.shutdown()
             raise click.ClickException(f"could not start the node: {err}") from None
-    _record_started(settings, cluster, {"address": cluster.redis_url, "node_id": node_id})
-    click.echo(f"rayr node {node_id} started; cluster address {cluster.redis_url}")
+    record = _record_started(settings, cluster, {"address": cluster.redis_url, "node_id": node_id})
+    click.echo(f"rayr node {node_id} started on {cluster.node_ip}; cluster address {cluster.redis_url}")
     if head:
         _print_head_help(settings, cluster, bind, redis_persist)
+    if block:
+        _block(settings, record, cluster, head)
 
 
 def _check_start_flags(head: bool, address: str | None, redis_address: str | None, port: int | None,
@@ -205,13 +223,14 @@ def _check_start_flags(head: bool, address: str | None, redis_address: str | Non
 
 
 def _start_head(settings: Settings, redis_address: str | None, port: int, bind: str, redis_persist: bool,
-                node: dict[str, Any]) -> tuple[LocalCluster, str]:
+                node: dict[str, Any], node_ip_address: str | None) -> tuple[LocalCluster, str]:
     """The head's processes (and its Redis, without ``redis_address``); recorded in the session file."""
     url = redis_address  # checked by _joinable: no password in it
     if url:
         _preflight(settings, url)
     cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind, job_supervisor=True,
-                                       redis_persist=redis_persist, external_redis_url=url)
+                                       redis_persist=redis_persist, external_redis_url=url,
+                                       node_ip_address=node_ip_address)
     try:
         node_id = cluster.start_head(**node)
     except PortInUseError as err:
@@ -283,12 +302,46 @@ def _recorded_processes(record: dict[str, Any]) -> list[tuple[str, psutil.Proces
     return out
 
 
+def _stop_records(records: list[tuple[str, dict[str, Any]]]) -> int:
+    """Stop the processes the records name (a phase at a time), remove their sessions and
+    the records; how many were running."""
+    import shutil
+
+    running = [entry for _, record in records for entry in _recorded_processes(record)]
+    for roles in STOP_PHASES:
+        procs.stop_all([proc for role, proc in running if role in roles], timeout=10)
+    for path, record in records:
+        shutil.rmtree(record.get("session_dir", ""), ignore_errors=True)
+        os.unlink(path)
+    return len(running)
+
+
+def _block(settings: Settings, record_path: str, cluster: LocalCluster, head: bool) -> None:
+    """Stay in the foreground until SIGTERM or SIGINT (or until this node's raylet exits),
+    then stop what this command started: what a container's main process must do."""
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    raylets = list(cluster.raylets.values())
+    died = False
+    while not stopping.wait(1.0):
+        if any(proc.poll() is not None for proc in raylets):
+            click.echo("rayr: the node's raylet exited; stopping this node", err=True)
+            died = True
+            break
+    with open(record_path) as f:
+        record = json.load(f)
+    stopped = _stop_records([(record_path, record)])
+    if head:
+        remove_session_file(settings, cluster.redis_url)
+    click.echo(f"Stopped {stopped} rayr process(es).")
+    sys.exit(1 if died else 0)
+
+
 @cli.command()
 @click.option("--temp-dir", help="Where sessions live (default: /tmp/rayr-sessions).")
 def stop(temp_dir: str | None) -> None:
     """Stop every rayr process that ``rayr start`` started on this host."""
-    import shutil
-
     settings = load_settings({"temp_dir": temp_dir})
     directory = _started_dir(settings)
     records = []
@@ -300,13 +353,7 @@ def stop(temp_dir: str | None) -> None:
                     records.append((path, json.load(f)))
             except (OSError, ValueError):
                 os.unlink(path)
-    running = [entry for _, record in records for entry in _recorded_processes(record)]
-    for roles in STOP_PHASES:
-        procs.stop_all([proc for role, proc in running if role in roles], timeout=10)
-    for path, record in records:
-        shutil.rmtree(record.get("session_dir", ""), ignore_errors=True)
-        os.unlink(path)
-    stopped = len(running)
+    stopped = _stop_records(records)
     remove_session_file(settings)
     from rayr.object_store.orphans import reclaim_orphans, store_directories
 
