@@ -172,25 +172,29 @@ def start_redis(
         new_session=daemon,
         umask=0o077,
     )
-    client = redis.Redis(host="127.0.0.1" if bind in ("0.0.0.0", "::") else bind, port=port,
-                         password=password, **CLIENT_OPTIONS)
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+    _wait_until_ours(proc, redis.Redis(host=host, port=port, password=password, **CLIENT_OPTIONS),
+                     f"port {port} on {bind}", timeout)
+    return proc
+
+
+def _wait_until_ours(proc: subprocess.Popen, client: redis.Redis, where: str, timeout: float) -> None:
+    """Until the server at ``where`` answers and is ``proc`` (another one may have taken the
+    port meanwhile: then PortInUseError); RuntimeError if it exits or stays silent."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            # the server that answers must be ours: another one may have taken the port meanwhile
             pid = client.info("server")["process_id"]
             client.close()
             if pid != proc.pid:
                 procs.stop([proc])
-                raise PortInUseError(f"port {port} on {bind} was taken by another Redis (pid {pid}) "
-                                     "while ours started")
-            return proc
+                raise PortInUseError(f"{where} was taken by another Redis (pid {pid}) while ours started")
+            return
         except (redis.ConnectionError, redis.AuthenticationError, redis.ResponseError):
             if proc.poll() is not None or time.monotonic() > deadline:
                 procs.stop([proc])
-                raise RuntimeError(
-                    f"redis-server on port {port} did not start (exit code {proc.returncode})"
-                ) from None
+                raise RuntimeError(f"the Redis server on {where} did not start (exit code "
+                                   f"{proc.returncode})") from None
             time.sleep(0.002)
 
 
