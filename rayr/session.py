@@ -2,7 +2,7 @@
 start`` (or ``rayr up``) started here, password included, so they need not be told.
 
 One JSON file, ``<temp_dir>/rayr_current_cluster`` (0600): ``address``, ``password``,
-``session_dir``. Read by ``init()``, the CLI and the job client; written and removed by the
+``session_dir``, ``cluster_name``. Read by ``init()``, the CLI and the job client; written and removed by the
 commands that start and stop clusters.
 """
 
@@ -36,7 +36,16 @@ def read_session_file(settings: Settings) -> dict[str, Any] | None:
 def write_session_file(settings: Settings, address: str, password: str | None, session_dir: str) -> None:
     """Record the cluster at ``address`` as this host's (0600: it holds the password)."""
     write_private(session_file_path(settings),
-                  json.dumps({"address": address, "password": password, "session_dir": session_dir}))
+                  json.dumps({"address": address, "password": password, "session_dir": session_dir,
+                              "cluster_name": settings.cluster_name}))
+
+
+def adopt_recorded_name(settings: Settings, recorded: dict[str, Any]) -> None:
+    """Use the cluster name the session file records, unless one was set (``RAYR_CLUSTER_NAME``,
+    an argument): a head started with ``--cluster-name`` is found under its own keys."""
+    name = recorded.get("cluster_name")
+    if name and "cluster_name" not in settings.model_fields_set:
+        settings.cluster_name = name
 
 
 def remove_session_file(settings: Settings, address: str | None = None) -> None:
@@ -51,18 +60,31 @@ def remove_session_file(settings: Settings, address: str | None = None) -> None:
         pass
 
 
+def recorded_for(settings: Settings, url: str) -> dict[str, Any] | None:
+    """The session file's record if the cluster at ``url`` is the one it records (the same
+    address, or the same port on this host), else None."""
+    recorded = read_session_file(settings)
+    if not recorded:
+        return None
+    if recorded.get("address") == url:
+        return recorded
+    mine, theirs = urlsplit(recorded.get("address", "")), urlsplit(url)
+    try:
+        same_port = mine.port == theirs.port and mine.scheme == theirs.scheme
+    except ValueError:  # several hosts (Sentinel): only the exact address matches
+        return None
+    if not same_port or not (mine.hostname == theirs.hostname or
+                             _is_this_host(mine.hostname) and _is_this_host(theirs.hostname)):
+        return None
+    return recorded
+
+
 def recorded_password(settings: Settings, url: str) -> str | None:
     """The Redis password the session file records, if the cluster at ``url`` is the one it
-    records (same port on this host): so clients of the user who started it need not be told.
+    records (see recorded_for): so clients of the user who started it need not be told.
     Never sent to another server: AUTH would hand it over."""
-    recorded = read_session_file(settings)
-    if not recorded or not recorded.get("password"):
-        return None
-    mine, theirs = urlsplit(recorded["address"]), urlsplit(url)
-    if mine.port != theirs.port or not (mine.hostname == theirs.hostname or
-                                         _is_this_host(mine.hostname) and _is_this_host(theirs.hostname)):
-        return None
-    return str(recorded["password"])
+    recorded = recorded_for(settings, url)
+    return str(recorded["password"]) if recorded and recorded.get("password") else None
 
 
 def _is_this_host(host: str | None) -> bool:

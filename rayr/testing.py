@@ -107,7 +107,7 @@ class Cluster:
 
     def shutdown(self) -> None:
         self._local.shutdown()
-        client = connect(self.address)
+        client = connect(self.address, self.settings.redis_password)
         try:
             keys = list(client.scan_iter(match=f"rayr:{{{self.name}}}:*", count=1000))
             for i in range(0, len(keys), 1000):

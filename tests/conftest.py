@@ -14,7 +14,7 @@ from rayr.testing import Cluster, redis_server
 
 
 def rayr_processes() -> list[psutil.Process]:
-    """rayr and redis processes that descend from this test process."""
+    """rayr and Redis (or Valkey) processes that descend from this test process."""
     me = psutil.Process()
     out = []
     for proc in me.children(recursive=True):
@@ -24,7 +24,7 @@ def rayr_processes() -> list[psutil.Process]:
         except psutil.Error:
             continue
         # daemons forked from a driver keep its command line but are named rayr-*
-        if "rayr" in cmd or "redis-server" in cmd or name.startswith("rayr-"):
+        if "rayr" in cmd or "redis-server" in cmd or "valkey-server" in cmd or name.startswith("rayr-"):
             out.append(proc)
     return out
 

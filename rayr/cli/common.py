@@ -9,13 +9,47 @@ from typing import Any
 
 import click
 
+from rayr.config import ConfigError, read_password_file
 from rayr.gcs.client import GcsClient
 from rayr.gcs.cluster import cluster_client
 
-address_option = click.option("--address", help="The cluster's Redis, HOST:PORT (default: RAYR_ADDRESS, "
-                                                 "then the cluster `rayr start` recorded on this host).")
-password_option = click.option("--redis-password", help="Redis password (default: RAYR_REDIS_PASSWORD, "
-                                                         "then this host's session file).")
+address_option = click.option(
+    "--address", help="The cluster's Redis: HOST:PORT, redis[s]://[user@]host:port[/db] or "
+                      "redis+sentinel://h1:26379,h2:26379/master (default: RAYR_ADDRESS, then the "
+                      "cluster `rayr start` recorded on this host).")
+
+PASSWORD_VISIBLE = ("rayr: warning: --redis-password is visible to every user of this host (ps, "
+                    "/proc); prefer RAYR_REDIS_PASSWORD or --redis-password-file")
+
+
+def _remember_password_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta["rayr.redis_password_file"] = value
+
+
+def _password(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """The password given by flag (with a warning: command lines are public) or by file."""
+    if value:
+        click.echo(PASSWORD_VISIBLE, err=True)
+        return value
+    path = ctx.meta.get("rayr.redis_password_file")
+    if not path:
+        return None  # the settings then take RAYR_REDIS_PASSWORD(_FILE) or the session file's
+    try:
+        return read_password_file(path)
+    except ConfigError as err:
+        raise click.BadParameter(str(err), param_hint="--redis-password-file") from None
+
+
+def password_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--redis-password`` and ``--redis-password-file``, both arriving as ``redis_password``."""
+    command = click.option(
+        "--redis-password", callback=_password,
+        help="Redis password (default: RAYR_REDIS_PASSWORD, RAYR_REDIS_PASSWORD_FILE, then this "
+             "host's session file). Every user can read a command line: prefer those.")(command)
+    return click.option(
+        "--redis-password-file", is_eager=True, expose_value=False, callback=_remember_password_file,
+        type=click.Path(dir_okay=False),
+        help="A file (mode 0600) whose first line is the Redis password.")(command)
 
 
 def stamp(seconds: float) -> str:

@@ -8,14 +8,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from rayr import serialization
 from rayr.exceptions import WorkerCrashedError
+from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
@@ -30,28 +31,13 @@ NODE_DEAD = NodeState.DEAD
 
 
 def normalize_address(address: str) -> str:
-    """``host:port`` or ``redis://host:port`` (or ``rediss://``, ``unix://``) as a Redis URL.
+    """``address`` in any accepted form (``host:port``, ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://``; see ``rayr.gcs.address``) as a URL, without any password it held.
 
     Raises:
-        ValueError: the address is not in one of those forms.
+        ValueError: the address is in none of those forms; says what is wrong.
     """
-    text = address.strip()
-    if "://" not in text:
-        text = f"redis://{text}"
-    parsed = urlparse(text)
-    if parsed.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(
-            f"cluster address {address!r} has scheme {parsed.scheme!r}; "
-            "expected 'host:port', 'redis://host:port', 'rediss://host:port' or 'unix://path'"
-        )
-    if parsed.scheme != "unix":
-        try:
-            port = parsed.port
-        except ValueError:
-            port = None
-        if not parsed.hostname or port is None:
-            raise ValueError(f"cluster address {address!r} must name a host and a port, e.g. 127.0.0.1:6379")
-    return text
+    return address_mod.parse(address).url()
 
 
 def redis_retry() -> Retry:
@@ -70,6 +56,8 @@ def no_retry() -> Retry:
 REDIS_DOWN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 RECONNECT_S = 60.0  # how long work that must not be dropped waits for Redis to come back
 RECONNECT_BACKOFF_MAX_S = 1.0  # the longest pause between two tries while Redis is away
+WAIT_TIMEOUT_MS = 500  # how long a registration waits for the replicas to hold it (durable)
+DEGRADED_S = 5.0  # after they did not, registrations go unconfirmed this long
 
 
 def until_reachable(fn: Callable[[], T], what: str, timeout: float = RECONNECT_S) -> T:
@@ -99,9 +87,16 @@ CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": None} | (
 
 
 def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:
-    """A Redis client for ``url`` (bytes replies)."""
+    """A Redis client for ``url`` (bytes replies): any address form ``rayr.gcs.address``
+    accepts, Sentinel and TLS included."""
+    client_only = {k: kwargs.pop(k) for k in ("single_connection_client",) if k in kwargs}
     kwargs = {"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs}
-    return redis.Redis.from_url(url, password=password, **kwargs)
+    return redis.Redis(connection_pool=connection_pool(url, password, **kwargs), **client_only)
+
+
+def connection_pool(url: str, password: str | None = None, **kwargs: Any) -> redis.ConnectionPool:
+    """A connection pool for ``url`` with rayr's client options (see ``connect``)."""
+    return address_mod.connection_pool(url, password, **{"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs})
 
 
 class GcsClient:
@@ -111,6 +106,10 @@ class GcsClient:
         # Any: redis-py's stubs type replies as bytes | str, but we never decode responses
         self.r: Any = client
         self.keys = keys
+        # a Sentinel-managed master has a replica a failover promotes: registrations nobody
+        # would make again wait until it holds them (see durable)
+        self.wait_replicas = 1 if isinstance(client.connection_pool, SentinelConnectionPool) else 0
+        self._degraded_until = 0.0
         self._store = client.register_script(scripts.STORE_OBJECTS)
         self._fetch = client.register_script(scripts.FETCH_OR_WAIT)
         self._register_actor = client.register_script(scripts.REGISTER_ACTOR)
@@ -119,6 +118,21 @@ class GcsClient:
         self._cancel_task = client.register_script(scripts.CANCEL_TASK)
         self._cancel_actor_call = client.register_script(scripts.CANCEL_ACTOR_CALL)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
+
+    def durable(self) -> None:
+        """Wait (WAIT, up to WAIT_TIMEOUT_MS) until the replicas hold this connection's writes.
+
+        For the writes their writer would never make again if a failover lost them (a node's,
+        a job's, an actor's or a placement group's registration, an exported function, an
+        announced stream); a no-op without replicas to wait for, and for DEGRADED_S after a
+        WAIT they did not answer in time (none attached, e.g. just after a failover)."""
+        if not self.wait_replicas or time.monotonic() < self._degraded_until:
+            return
+        acked = self.r.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        if int(acked) < self.wait_replicas:
+            self._degraded_until = time.monotonic() + DEGRADED_S
+            log.warning("Redis replicas did not acknowledge a registration within %d ms; a failover "
+                        "now could lose it", WAIT_TIMEOUT_MS)
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node: NodeInfo, ttl_s: float) -> None:
@@ -129,6 +143,7 @@ class GcsClient:
             p.set(self.keys.node_alive(node_hex), b"1", px=int(ttl_s * 1000))
             p.publish(self.keys.node_channel, f"{node_hex}:{NODE_ALIVE}")
             p.execute()
+        self.durable()
 
     def heartbeat(
         self,
@@ -191,6 +206,7 @@ class GcsClient:
             p.sadd(self.keys.jobs, job_id.hex())
             p.sadd(self.keys.running_jobs, job_id.hex())
             p.execute()
+        self.durable()
         return job_id
 
     def get_job(self, job_hex: str) -> dict[str, str]:
@@ -228,6 +244,7 @@ class GcsClient:
     def export_function(self, job_hex: str, digest: str, data: bytes) -> str:
         key = self.keys.function(job_hex, digest)
         self.r.set(key, data, nx=True)
+        self.durable()
         return key
 
     def fetch_function(self, key: str) -> bytes | None:
@@ -303,6 +320,7 @@ class GcsClient:
         """Create the raylets' consumer group on ``stream`` (and the stream) if missing."""
         try:
             self.r.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
+            self.durable()
         except redis.ResponseError as err:
             if "BUSYGROUP" not in str(err):
                 raise
@@ -313,9 +331,9 @@ class GcsClient:
     def announce_shape(self, key: str, node: str = "") -> bool:
         """Record scheduler ``key`` among the shapes raylets read (``node``'s own shapes, for a
         targeted key without its mark); True if it is new."""
-        if node:
-            return bool(self.r.sadd(self.keys.node_shapes(node), key))
-        return bool(self.r.sadd(self.keys.shapes, key))
+        added = bool(self.r.sadd(self.keys.node_shapes(node) if node else self.keys.shapes, key))
+        self.durable()
+        return added
 
     def poke(self, node_ids: Iterable[str]) -> None:
         """Tell these nodes' raylets to look for new task streams now."""
@@ -371,6 +389,7 @@ class GcsClient:
         for key, value in fields.items():
             args.extend((key, value if isinstance(value, bytes) else str(value)))
         created, which = self._register_actor(args=args)
+        self.durable()
         return bool(created), which.decode()
 
     def actor_info(self, actor_hex: str) -> dict[str, Any]:
@@ -392,7 +411,9 @@ class GcsClient:
         args: list[Any] = [self.keys.actor_channel, f"{actor_hex}:{state}", "state", state]
         for key, value in fields.items():
             args.extend((key, value if isinstance(value, bytes) else str(value)))
-        return bool(self._update_live_actor(keys=[self.keys.actor(actor_hex)], args=args))
+        updated = bool(self._update_live_actor(keys=[self.keys.actor(actor_hex)], args=args))
+        self.durable()
+        return updated
 
     def mark_actor_dead(self, actor_hex: str, cause: str) -> list[TaskSpec]:
         """Mark the actor DEAD; returns the calls left in its mailbox (never to run)."""
@@ -460,6 +481,7 @@ class GcsClient:
             p.rpush(self.keys.pending_placement_groups, pg_hex)
             p.xadd(self.keys.monitor_stream, {b"pg": pg_hex.encode()}, maxlen=1000, approximate=True)
             p.execute()
+        self.durable()
         return True
 
     def remove_placement_group(self, pg_hex: str) -> None:

@@ -13,6 +13,13 @@ buffered rather than written: the burst goes out in one write when BURST_MAX com
 gathered, when anyone waits on this process's results (``push``, from ``get``/``wait``), or
 at most FLUSH_AFTER_S later (a flusher thread, woken once per burst). Isolated sends, such as
 a synchronous ``get(f.remote())``, are written at once.
+
+With ``wait_replicas`` (a Redis with replicas, e.g. behind Sentinel) every write ends with
+``WAIT wait_replicas timeout``, and the batches it covers count as answered (their callbacks
+run, they leave the resend list) only once WAIT says the replicas have them: a batch the
+master acknowledged but a failover lost is resent like one never answered. While replicas
+do not acknowledge within the timeout (none attached, e.g. just after a failover) the stream
+stops waiting for them for DEGRADED_S at a time, and says so in the log.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from typing import Any
 
 import redis
 
-from rayr.gcs.client import CLIENT_OPTIONS, REDIS_DOWN_ERRORS, redis_retry, until_reachable
+from rayr.config import Settings
+from rayr.gcs.client import REDIS_DOWN_ERRORS, connection_pool, until_reachable
 
 _pack_command: Any
 try:  # redis[hiredis] is a dependency; packing with it directly skips redis-py's wrapper
@@ -44,13 +52,34 @@ BURST_GAP_S = 0.0002
 BURST_MAX = 256
 FLUSH_AFTER_S = 0.001
 POISON_AFTER = 3  # a batch that breaks the connection this many times in a row is failed
+DEGRADED_S = 5.0  # after a WAIT timed out, writes go unconfirmed this long before WAIT is tried again
+_WAIT_MARK: Any = object()  # the callback slot of a WAIT entry in _waiting
+
+
+def replicas_to_wait(url: str, settings: Settings) -> int:
+    """How many replicas a command stream to ``url`` waits for: the setting, else 1 for a
+    Sentinel address (its master has a replica to fail over to), else 0."""
+    if settings.redis_wait_replicas is not None:
+        return settings.redis_wait_replicas
+    return 1 if url.startswith(("redis+sentinel://", "rediss+sentinel://")) else 0
+
+
+def for_cluster(url: str, settings: Settings) -> CommandStream:
+    """The command stream of a driver or worker of the cluster at ``url``."""
+    return CommandStream(url, settings.redis_password, replicas_to_wait(url, settings),
+                         settings.redis_wait_timeout_ms)
 
 
 class CommandStream:
     """Write commands now, read their replies on a background thread."""
 
-    def __init__(self, url: str, password: str | None) -> None:
-        pool = redis.ConnectionPool.from_url(url, password=password, retry=redis_retry(), **CLIENT_OPTIONS)
+    def __init__(self, url: str, password: str | None, wait_replicas: int = 0,
+                 wait_timeout_ms: int = 500) -> None:
+        pool = connection_pool(url, password)
+        self._wait = [b"WAIT", str(wait_replicas).encode(), str(wait_timeout_ms).encode()]
+        self._wait_replicas = wait_replicas
+        self._degraded_until = 0.0  # no WAIT before this time: the replicas did not answer
+        self._last_wait_seq = -1  # the position in the send order of the last WAIT written
         self._conn: Any = pool.make_connection()
         self._conn.connect()
         self._lock = threading.Lock()  # one writer at a time keeps commands whole and ordered
@@ -106,7 +135,16 @@ class CommandStream:
             self._write(packed)
 
     def _write(self, packed: list[bytes]) -> None:
-        """Write ``packed`` (under _lock); ``self._out`` is written and emptied with it."""
+        """Write ``packed`` (under _lock); ``self._out`` is written and emptied with it. The
+        batches in ``packed`` are the last ones in ``_waiting``, so a WAIT appended there
+        follows exactly them."""
+        if self._wait_replicas and time.monotonic() >= self._degraded_until:
+            wait = self._pack([self._wait])
+            with self._cond:
+                self._waiting.append((1, _WAIT_MARK, wait))
+                self._last_wait_seq = self._sent
+                self._sent += 1
+            packed = packed + wait
         try:
             self._conn.send_packed_command(packed, check_health=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -143,13 +181,16 @@ class CommandStream:
     def _read_replies(self) -> None:
         last_head: object = None  # the batch at the head when the connection last broke
         broke_on_head = 0  # how many times in a row the connection broke with it at the head
+        # batches whose replies are read but which wait for the WAIT written after them (they
+        # stay at the head of _waiting, so a broken connection resends them)
+        held: list[tuple[Callback | None, list[Any]]] = []
         while True:
             with self._cond:
-                while not self._waiting and not self._closed:
+                while len(self._waiting) <= len(held) and not self._closed:
                     self._cond.wait(0.5)
-                if self._closed and not self._waiting:
+                if self._closed and len(self._waiting) <= len(held):
                     return
-                count, callback, _ = self._waiting[0]
+                count, callback, _ = self._waiting[len(held)]
             replies: list[Any] = []
             try:
                 for _ in range(count):
@@ -158,22 +199,46 @@ class CommandStream:
                     except redis.ResponseError as err:  # an error reply, already consumed
                         replies.append(err)
             except _READ_ERRORS as err:
-                head = self._waiting[0]
+                head = self._waiting[len(held)]
                 broke_on_head = broke_on_head + 1 if head is last_head else 1
                 last_head = head
                 if broke_on_head >= POISON_AFTER and not self._closed:
                     # the same batch broke the connection again and again (e.g. a value Redis
-                    # refuses to parse): fail it rather than resend it forever
+                    # refuses to parse): fail it rather than resend it forever (the batches
+                    # before it were answered, if not confirmed: they are done too)
                     log.error("a batch of %d Redis commands broke the connection %d times; "
                               "failing it: %s", count, broke_on_head, err)
-                    self._finish_batch(callback, [redis.ConnectionError(
+                    for held_callback, held_replies in held:
+                        self._finish_batch(held_callback, held_replies)
+                    self._finish_batch(None if callback is _WAIT_MARK else callback, [redis.ConnectionError(
                         f"Redis dropped the connection on this command {broke_on_head} times: {err}"
                     )] * count)
+                held = []  # unconfirmed: resent with everything else
                 if self._closed or not self._reconnect():
                     self._give_up()
                     return
                 continue
+            if callback is _WAIT_MARK:
+                self._confirmed(held, replies[0])
+                held = []
+            elif self._last_wait_seq > self._done + len(held):  # a WAIT written after it confirms it
+                held.append((callback, replies))
+            else:
+                self._finish_batch(callback, replies)
+
+    def _confirmed(self, held: list[tuple[Callback | None, list[Any]]], acked: Any) -> None:
+        """A WAIT answered: the batches before it are done (replicated unless it timed out)."""
+        if isinstance(acked, int) and acked < self._wait_replicas:
+            self._degraded_until = time.monotonic() + DEGRADED_S
+            log.warning("Redis replicas acknowledged %s of %d writes' copies within the timeout; writes "
+                        "go unconfirmed for %.0f s (a failover now could lose them)",
+                        acked, self._wait_replicas, DEGRADED_S)
+        for callback, replies in held:
             self._finish_batch(callback, replies)
+        with self._cond:
+            self._waiting.popleft()  # the WAIT itself
+            self._done += 1
+            self._cond.notify_all()
 
     def _finish_batch(self, callback: Callback | None, replies: list[Any]) -> None:
         """Hand the head batch its replies and take it off the unanswered list."""
@@ -228,11 +293,27 @@ class CommandStream:
         self._conn.disconnect()
         self._conn.connect()
         with self._cond:
+            self._one_wait_at_the_end()
             unanswered = [packed for _, _, packed in self._waiting]
         for packed in unanswered:
             self._conn.send_packed_command(packed, check_health=False)
         log.warning("command connection to Redis is back; %d batches resent", len(unanswered))
         return True
+
+    def _one_wait_at_the_end(self) -> None:
+        """Before a resend (under _cond): one WAIT after all the batches instead of one per
+        earlier write. A new master often has no replica yet, and each WAIT would then block
+        the connection for the whole timeout."""
+        kept = deque(entry for entry in self._waiting if entry[1] is not _WAIT_MARK)
+        dropped = len(self._waiting) - len(kept)
+        if not dropped:
+            return
+        # the dropped WAITs count as answered: positions (_done + index) only move later
+        self._waiting, self._done = kept, self._done + dropped
+        if kept and time.monotonic() >= self._degraded_until:
+            self._last_wait_seq = self._done + len(kept)
+            kept.append((1, _WAIT_MARK, self._pack([self._wait])))
+            self._sent += 1
 
     def close(self) -> None:
         self.flush(timeout=2.0)

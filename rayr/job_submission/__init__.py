@@ -22,10 +22,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
-from rayr.config import env_address, load_settings
-from rayr.gcs.client import GcsClient, connect, normalize_address
+from rayr.config import load_settings
+from rayr.gcs.client import GcsClient, connect
 from rayr.job_submission.status import JobStatus, now_ms
 from rayr.keys import Keys
 from rayr.runtime_env import packaging
@@ -97,32 +95,19 @@ class JobSubmissionClient:
         settings = load_settings(
             {"redis_password": redis_password, "cluster_name": cluster_name, "temp_dir": temp_dir}
         )
-        from rayr.session import read_session_file, recorded_password
+        from rayr.gcs.cluster import check, resolve_default
 
-        address = address or env_address()
-        password = settings.redis_password
-        if address is None or address == "auto":
-
-            recorded = read_session_file(settings)
-            if recorded is None:
-                raise ConnectionError(
-                    "No cluster address: pass one (HOST:PORT), set RAYR_ADDRESS, or start a cluster "
-                    "on this host with `rayr start --head`."
-                )
-            address = recorded["address"]
-        self.address = normalize_address(address)
-        password = password or recorded_password(settings, self.address)
+        self.address, password = resolve_default(settings, address)
         self._settings = settings
         client = connect(self.address, password, socket_connect_timeout=3)
         self._gcs = GcsClient(client, Keys(settings.cluster_name))
         self._r: Any = self._gcs.r
         self._keys = self._gcs.keys
         try:
-            self._r.ping()
-        except redis.AuthenticationError as err:
-            raise ConnectionError(f"The cluster at {self.address} refused the password: {err}") from None
-        except redis.RedisError as err:
-            raise ConnectionError(f"Cannot reach a rayr cluster at {self.address}: {err}") from None
+            check(client, self.address, password)
+        except ConnectionError:
+            client.close()
+            raise
 
     def close(self) -> None:
         self._r.close()

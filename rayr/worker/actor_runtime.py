@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ INCARNATION_CHECK_S = 2.0  # how often an actor checks it is still the actor's l
 # calls an earlier incarnation took this long ago and still holds are taken over (it is dead,
 # or a zombie that exits within INCARNATION_CHECK_S)
 STRAGGLER_IDLE_MS = 3000
+STARTED_KEPT = 100_000  # calls an actor remembers having started (16-byte ids: ~10 MB at most)
 EXIT_WAIT_S = 30.0  # how long the serve loop waits for exit_actor() to finish on another thread
 
 
@@ -69,6 +71,10 @@ class ActorRuntime:
         # each incarnation reads as a consumer of its own, so what an earlier one took and
         # never finished is told apart from what this one is running (see _take_over)
         self.consumer = f"actor-{self.core.worker_hex}"
+        # the calls this incarnation has started (bounded): a failover may lose our read of a
+        # call (replication is asynchronous) and hand it to us again; it must not run twice
+        self._started: set[bytes] = set()
+        self._started_order: deque[bytes] = deque()
         # calls running on the event loop, by task id, so a cancellation can reach them
         self._async_calls: dict[bytes, Any] = {}
         self.instance: Any = None
@@ -294,7 +300,23 @@ class ActorRuntime:
                 continue
             self._dispatch(entry_id, spec)
 
+    def _first_time(self, task_id: bytes) -> bool:
+        """Whether this incarnation has not started the call yet (and remember it has now).
+        Its result was delivered through the command stream, which resends what a failover
+        lost, so a call read again is simply skipped."""
+        if task_id in self._started:
+            log.warning("actor %s: a call read again after a failover is skipped (it ran already)",
+                        self.actor_id)
+            return False
+        self._started.add(task_id)
+        self._started_order.append(task_id)
+        if len(self._started_order) > STARTED_KEPT:
+            self._started.discard(self._started_order.popleft())
+        return True
+
     def _dispatch(self, entry_id: bytes, spec: TaskSpec) -> None:
+        if not self._first_time(spec.task_id):
+            return
         if spec.task_id in self.executor.cancelled_tasks:  # cancelled before it started
             self._deliver(entry_id, spec, [])
             return

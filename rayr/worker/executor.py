@@ -30,9 +30,9 @@ from rayr import context, protocol, serialization
 from rayr.config import child_settings
 from rayr.core import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
+from rayr.gcs import command_stream
 from rayr.gcs import records as rec
 from rayr.gcs.client import RECONNECT_S, REDIS_DOWN_ERRORS, GcsClient, connect, no_retry, until_reachable
-from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
 from rayr.log_stream import OutputCapture, encode
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     core = CoreWorker(
         gcs=gcs,
         blocking_redis=blocking,
-        commands=CommandStream(opts.redis_url, settings.redis_password),
+        commands=command_stream.for_cluster(opts.redis_url, settings),
         settings=settings,
         node_hex=opts.node_id,
         store=store,

@@ -60,9 +60,9 @@ def test_generated_password_is_required_and_kept_private(open_head, tmp_path):
 def test_node_with_a_wrong_password_fails_fast(open_head, tmp_path):
     port, _password, _temp_dir, env = open_head
     out = run_cli("start", "--address", f"127.0.0.1:{port}", "--redis-password", "bad", env=env)
-    assert out.returncode != 0 and "wrong --redis-password" in out.stderr
+    assert out.returncode != 0 and "refused the Redis password given" in out.stderr
     out = run_cli("start", "--address", f"127.0.0.1:{port}", env={**env, "RAYR_REDIS_PASSWORD": "bad"})
-    assert out.returncode != 0 and "wrong --redis-password" in out.stderr
+    assert out.returncode != 0 and "refused the Redis password given" in out.stderr
     # without the session file that records the head, as on another host
     out = run_cli("start", "--address", f"127.0.0.1:{port}", env={**env, "RAYR_TEMP_DIR": str(tmp_path)})
-    assert out.returncode != 0 and "needs --redis-password" in out.stderr
+    assert out.returncode != 0 and "requires a Redis password: set RAYR_REDIS_PASSWORD" in out.stderr

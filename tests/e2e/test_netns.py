@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -92,4 +93,64 @@ def test_node_in_another_network_namespace(netns, tmp_path, monkeypatch):
         finally:
             rayr.shutdown()
     finally:
+        subprocess.run([*cli, "stop"], capture_output=True, env=env, timeout=120)
+
+
+def test_nodes_report_their_own_addresses_and_a_blocking_node_stops_on_sigterm(netns, tmp_path, monkeypatch):
+    """Two nodes in separate namespaces: the head (--node-ip-address given) and a node whose
+    address is found from its route to Redis, started with --block as a container's main
+    process is; SIGTERM stops it."""
+    name, head_ip = netns
+    node_ip = head_ip[:-1] + "2"
+    temp_dir = str(tmp_path / "rayr-sessions")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAYR_ADDRESS", "RAYR_REDIS_PASSWORD")}
+    env["RAYR_TEMP_DIR"] = temp_dir
+    monkeypatch.setenv("RAYR_TEMP_DIR", temp_dir)
+    port = free_port()
+    cli = [sys.executable, "-m", "rayr.cli.main"]
+    blocking = None
+    try:
+        args = ["start", "--head", "--bind", "0.0.0.0", "--port", str(port), "--num-cpus", "1"]
+        head = subprocess.run([*cli, *args,
+                               "--node-ip-address", head_ip], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert head.returncode == 0, head.stderr
+        assert f"started on {head_ip}" in head.stdout
+        password = read_session_file(load_settings())["password"]
+        blocking = subprocess.Popen(
+            ["ip", "netns", "exec", name, *cli, "start", "--address", f"{head_ip}:{port}", "--num-cpus", "1",
+             "--block", "--temp-dir", str(tmp_path / "ns-sessions")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "RAYR_REDIS_PASSWORD": password})
+        rayr.init(address=f"127.0.0.1:{port}", _redis_password=password)
+        try:
+            deadline = time.monotonic() + 120
+            while len([n for n in rayr.nodes() if n["Alive"]]) < 2:
+                assert blocking.poll() is None, blocking.communicate()
+                assert time.monotonic() < deadline, "the namespace's node did not join"
+                time.sleep(0.1)
+            hosts = {n["NodeManagerAddress"]: n["NodeID"] for n in rayr.nodes() if n["Alive"]}
+            assert set(hosts) == {head_ip, node_ip}, hosts
+
+            @rayr.remote
+            def where():
+                return rayr.get_runtime_context().get_node_id()
+
+            # node:<ip> reaches the node by its address, as in Ray
+            there = where.options(resources={f"node:{node_ip}": 0.01}).remote()
+            assert rayr.get(there, timeout=60) == hosts[node_ip]
+            blocking.send_signal(signal.SIGTERM)
+            out, err = blocking.communicate(timeout=120)
+            assert blocking.returncode == 0, out + err
+            assert "Stopped 1 rayr process(es)" in out
+            deadline = time.monotonic() + 60
+            while any(n["NodeID"] == hosts[node_ip] and n["Alive"] for n in rayr.nodes()):
+                assert time.monotonic() < deadline, "the stopped node is still alive"
+                time.sleep(0.1)
+        finally:
+            rayr.shutdown()
+    finally:
+        if blocking is not None and blocking.poll() is None:
+            blocking.kill()
+            blocking.wait()
         subprocess.run([*cli, "stop"], capture_output=True, env=env, timeout=120)

@@ -209,7 +209,8 @@ def test_password_is_on_no_command_line_nor_printed(started):
             assert password not in cmd, f"the password is on the command line of {proc.pid}: {cmd}"
             seen.append(cmd)
         # every kind of process was looked at
-        for kind in ("redis-server", "rayr.raylet", "rayr.monitor", "rayr.job_submission.supervisor",
+        assert any("redis-server" in cmd or "valkey-server" in cmd for cmd in seen), seen
+        for kind in ("rayr.raylet", "rayr.monitor", "rayr.job_submission.supervisor",
                      "--runtime-env", "time.sleep(300)"):
             assert any(kind in cmd for cmd in seen), (kind, seen)
         client.stop_job(sid)

@@ -90,7 +90,7 @@ def f():
     return psutil.Process().name(), psutil.Process(os.getppid()).name()
 print(rayr.get(f.remote()))
 me = psutil.Process()
-print(sorted(p.name() for p in me.children() if p.name() != "redis-server"))
+print(sorted(p.name() for p in me.children() if p.name() not in ("redis-server", "valkey-server")))
 print(sorted(" ".join(p.cmdline()) == " ".join(me.cmdline()) for p in me.children()))
 rayr.shutdown()
 """

@@ -1,0 +1,259 @@
+"""Redis addresses: parsing, the password kept out of them, and the connection pools they name.
+
+Accepted forms (everywhere an address is: ``--address``, ``--redis-address``, ``RAYR_ADDRESS``,
+``init(address=)``)::
+
+    host:port                                          plain TCP
+    redis://[[user]:pass@]host:port[/db][?tls options]   plain TCP
+    rediss://[[user]:pass@]host:port[/db][?tls options]  TLS
+    unix:///path/to/redis.sock[?db=N]
+    redis+sentinel://[[user]:pass@]h1:26379,h2:26379/mymaster[/db]     the master Sentinel names
+    rediss+sentinel://...                                             the same over TLS
+
+A password in the URL is taken out of it at once (:func:`split_password`): rayr passes
+addresses on command lines, which every user can read, and prints them; the password travels
+in ``RAYR_REDIS_PASSWORD`` instead. TLS options are query parameters, so the address alone says
+how to reach Redis: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (paths),
+``ssl_cert_reqs`` (``required``, ``optional``, ``none``) and ``ssl_check_hostname``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+import redis
+from redis.sentinel import (
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
+FORMS = ("'host:port', 'redis://[user:pass@]host:port[/db]', 'rediss://...' (TLS), 'unix:///path', "
+         "or 'redis+sentinel://h1:26379,h2:26379/mymaster[/db]'")
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """A parsed address: where Redis is and how to talk to it (see the module docstring)."""
+
+    scheme: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    path: str = ""  # unix sockets
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    service: str = ""  # the Sentinel master name
+    options: tuple[tuple[str, str], ...] = ()  # TLS query options, in a stable order
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss")
+
+    @property
+    def sentinel(self) -> bool:
+        return self.scheme.endswith("+sentinel")
+
+    def url(self) -> str:
+        """The address as a URL with no password in it (safe to print and pass on)."""
+        user = f"{quote(self.username, safe='')}@" if self.username else ""
+        query = f"?{urlencode(self.options, safe='/')}" if self.options else ""
+        if self.scheme == "unix":
+            db = {"db": str(self.db)} if self.db else {}
+            query = f"?{urlencode(dict(self.options) | db, safe='/')}" if self.options or db else ""
+            return f"unix://{user}{self.path}{query}"
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
+        path = f"/{self.service}" if self.sentinel else ""
+        if self.db:
+            path += f"/{self.db}"
+        return f"{self.scheme}://{user}{hosts}{path}{query}"
+
+    def with_options(self, **options: str | None) -> RedisAddress:
+        """A copy with TLS options set (``None`` values are left as they were)."""
+        merged = dict(self.options) | {k: v for k, v in options.items() if v is not None}
+        return replace(self, options=_checked_options(merged, self.url(), self.tls))
+
+
+def parse(address: str) -> RedisAddress:
+    """Parse ``address`` (any accepted form).
+
+    Raises:
+        ValueError: the address is in none of the accepted forms; says which part is wrong.
+    """
+    text = address.strip()
+    if "://" not in text:
+        text = f"redis://{text}"
+    scheme, rest = text.split("://", 1)
+    if scheme not in SCHEMES:
+        raise ValueError(f"Redis address {_redacted(address)!r} has scheme {scheme!r}; expected {FORMS}")
+    rest, _, query = rest.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    db_text = options.pop("db", None)
+    if scheme == "unix":  # unix://[user:pass@]/path: the path starts at its first "/"
+        netloc, at, path = rest.partition("@") if "@" in rest else ("", "", rest)
+        netloc += at
+    else:
+        netloc, _, path = rest.partition("/")
+    userinfo, _, hostlist = netloc.rpartition("@")
+    username, password = _userinfo(userinfo)
+    checked = _checked_options(options, _redacted(address), scheme.startswith("rediss"))
+    fields: dict[str, Any] = {"scheme": scheme, "username": username, "password": password,
+                              "options": checked}
+    if scheme == "unix":
+        if not path.startswith("/"):
+            raise ValueError(f"Redis address {_redacted(address)!r}: a unix socket needs an absolute "
+                             "path, e.g. unix:///run/redis/redis.sock")
+        fields["path"] = path
+    else:
+        fields["hosts"] = _hosts(hostlist, address, several=scheme.endswith("+sentinel"))
+        parts = [p for p in path.split("/") if p]
+        if scheme.endswith("+sentinel"):
+            if not parts:
+                raise ValueError(f"Redis address {_redacted(address)!r} names no Sentinel master: "
+                                 "expected redis+sentinel://h1:26379,h2:26379/mymaster")
+            fields["service"] = parts.pop(0)
+        if len(parts) > 1:
+            raise ValueError(f"Redis address {_redacted(address)!r}: unexpected path {path!r}")
+        db_text = parts[0] if parts else db_text
+    if db_text is not None:
+        if not db_text.isdigit():
+            raise ValueError(f"Redis address {_redacted(address)!r}: the database must be a number "
+                             f"like /0 or /3, got {db_text!r}")
+        fields["db"] = int(db_text)
+    return RedisAddress(**fields)
+
+
+def _userinfo(userinfo: str) -> tuple[str | None, str | None]:
+    if not userinfo:
+        return None, None
+    user, colon, password = userinfo.partition(":")
+    return unquote(user) or None, unquote(password) if colon and password else None
+
+
+def _hosts(text: str, address: str, *, several: bool) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in text.split(",") if several else [text]:
+        host, port = _host_port(item)
+        if not host or port is None:
+            raise ValueError(f"Redis address {_redacted(address)!r} must name a host and a port, "
+                             "e.g. 127.0.0.1:6379")
+        out.append((host, port))
+    return tuple(out)
+
+
+def _host_port(item: str) -> tuple[str, int | None]:
+    if item.startswith("["):  # [IPv6]:port
+        host, _, port = item[1:].partition("]:")
+    else:
+        host, _, port = item.rpartition(":")
+    return host, int(port) if port.isdigit() else None
+
+
+def _checked_options(options: dict[str, str], address: str, tls: bool) -> tuple[tuple[str, str], ...]:
+    unknown = sorted(set(options) - set(TLS_OPTIONS))
+    if unknown:
+        raise ValueError(f"Redis address {address!r}: unknown option(s) {', '.join(unknown)}; "
+                         f"the options are db and {', '.join(TLS_OPTIONS)}")
+    if options and not tls:
+        raise ValueError(f"Redis address {address!r}: TLS options ({', '.join(sorted(options))}) need a "
+                         "TLS address: rediss://host:port (or rediss+sentinel://...)")
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in ("required", "optional", "none"):
+        raise ValueError(f"Redis address {address!r}: ssl_cert_reqs must be required, optional or none, "
+                         f"got {reqs!r}")
+    return tuple(sorted(options.items()))
+
+
+def _redacted(address: str) -> str:
+    """``address`` with any password replaced, for error messages."""
+    head, sep, rest = address.partition("://")
+    if not sep:
+        head, rest = "", address
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{head}{sep}{userinfo}{at}{hosts}{slash}{tail}"
+
+
+def split_password(address: str) -> tuple[str, str | None]:
+    """``(url without password, the password it held or None)``.
+
+    Raises:
+        ValueError: not an accepted address (see :func:`parse`).
+    """
+    parsed = parse(address)
+    return parsed.url(), parsed.password
+
+
+def redacted(address: str) -> str:
+    """An address fit to print: a URL, password replaced; unparseable text redacted by shape."""
+    try:
+        parsed = parse(address)
+    except ValueError:
+        return _redacted(address)
+    return parsed.url() if parsed.password is None else _redacted(address)
+
+
+def connection_pool(address: str, password: str | None, **kwargs: Any) -> redis.ConnectionPool:
+    """A connection pool for ``address``: plain, TLS, unix, or the master Sentinel names (whose
+    connections ask the Sentinels for the master each time they connect, so a client follows a
+    failover by reconnecting). ``password`` (else the URL's) authenticates to Redis, with the
+    URL's username for an ACL user; Sentinels are asked without credentials."""
+    parsed = parse(address)
+    conn: dict[str, Any] = {"db": parsed.db, "username": parsed.username,
+                            "password": password if password is not None else parsed.password, **kwargs}
+    tls = _tls_kwargs(parsed)
+    if parsed.scheme == "unix":
+        unix = redis.UnixDomainSocketConnection
+        return redis.ConnectionPool(connection_class=unix, path=parsed.path, **conn)
+    if parsed.sentinel:
+        sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")} | tls
+        sentinel_kwargs.setdefault("socket_connect_timeout", 2.0)  # a dead Sentinel must not stall us
+        manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs)
+        managed = _FollowingSSLConnection if parsed.tls else _FollowingConnection
+        return SentinelConnectionPool(parsed.service, manager, connection_class=managed, **conn, **tls)
+    host, port = parsed.hosts[0]
+    cls = redis.SSLConnection if parsed.tls else redis.Connection
+    return redis.ConnectionPool(connection_class=cls, host=host, port=port, **conn, **tls)
+
+
+class _FollowingConnection(SentinelManagedConnection):
+    """A connection to the master Sentinel names, looked up each time it connects.
+
+    redis-py's own (8.1) looks the master up only in ``connect()``, but ``send_packed_command``
+    reconnects through ``connect_check_health``, which reuses the last address: after a
+    failover such a connection kept dialling the dead master for good.
+    """
+
+    def _connect_retry(self) -> None:
+        if self._sock:
+            return
+        self.connect_check_health(self.connection_pool.check_connection, retry_socket_connect=False)
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        if self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+class _FollowingSSLConnection(_FollowingConnection, SentinelManagedSSLConnection):
+    """:class:`_FollowingConnection` over TLS."""
+
+
+def _tls_kwargs(parsed: RedisAddress) -> dict[str, Any]:
+    if not parsed.tls:
+        return {}
+    out: dict[str, Any] = {}
+    for name, value in parsed.options:
+        if name == "ssl_check_hostname":
+            out[name] = value.lower() in ("1", "true", "yes")
+        else:
+            out[name] = value
+    return out

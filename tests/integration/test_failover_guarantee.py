@@ -1,0 +1,84 @@
+"""The guarantee across a Sentinel failover, made deterministic: the replica's link is cut
+before a write, so the master acknowledges a write the replica never gets, and then dies.
+With WAIT (rayr's default behind Sentinel) the command stream resends the unconfirmed batch to
+the promoted replica; without it the write is lost, as Redis's asynchronous replication allows."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from rayr.gcs.command_stream import CommandStream
+from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
+
+PASSWORD = "guarantee-pw"
+
+
+@pytest.fixture
+def sentinels() -> Iterator[SentinelSet]:
+    binary, why = server_binary()
+    if binary is None:
+        pytest.skip(why)
+    workdir = tempfile.mkdtemp(prefix="rayr-guarantee-")
+    try:
+        with sentinel_set(binary, workdir, password=PASSWORD) as found:
+            yield found
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _cut_replication(sentinels: SentinelSet) -> None:
+    """The replica stops receiving the master's writes (and cannot reconnect: wrong masterauth)."""
+    replica, master = sentinels.replica.client(), sentinels.master.client()
+    try:
+        replica.config_set("masterauth", "not-the-password")
+        master.client_kill_filter(_type="replica")
+        deadline = time.monotonic() + 30
+        while replica.info("replication").get("master_link_status") == "up":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        replica.close()
+        master.close()
+
+
+@pytest.mark.parametrize("wait_replicas", [1, 0])
+def test_a_write_acknowledged_but_not_replicated_is_resent_only_with_wait(sentinels, wait_replicas):
+    stream = CommandStream(sentinels.url, PASSWORD, wait_replicas=wait_replicas, wait_timeout_ms=60_000)
+    try:
+        stream.send([("SET", "before", "1")])
+        assert stream.flush(timeout=30)  # replicated while the link was up
+        _cut_replication(sentinels)
+        stream.send([("RPUSH", "lost-or-not", "x")])
+        master = sentinels.master.client()
+        deadline = time.monotonic() + 30
+        while not master.exists("lost-or-not"):  # the master has it...
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        master.close()
+        # ... and with WAIT the stream does not count it done: no replica confirmed it
+        assert stream.flush(timeout=2) == (not wait_replicas)
+        sentinels.master.kill()
+        deadline = time.monotonic() + 60
+        while sentinels.current_master() != ("127.0.0.1", sentinels.replica.port):
+            assert time.monotonic() < deadline, "the Sentinels did not promote the replica"
+            time.sleep(0.05)
+        promoted = sentinels.replica.client()
+        try:
+            assert promoted.get("before") == b"1"
+            if wait_replicas:  # resent by the stream once it reached the new master
+                deadline = time.monotonic() + 60
+                while promoted.lrange("lost-or-not", 0, -1) != [b"x"]:
+                    assert time.monotonic() < deadline, "the unconfirmed write was not resent"
+                    time.sleep(0.05)
+            else:  # answered by the old master, gone with it: what WAIT prevents
+                time.sleep(3)  # time the stream would have had to resend it
+                assert not promoted.exists("lost-or-not")
+        finally:
+            promoted.close()
+    finally:
+        stream.close()
