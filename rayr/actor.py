@@ -21,7 +21,7 @@ from rayr.resources import shape_key
 from rayr.routing import in_placement_group
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.streaming import ObjectRefGenerator
-from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, STREAMING, TaskOptions
+from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, READY_METHOD, STREAMING, TaskOptions
 
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": None,
@@ -123,8 +123,8 @@ def validate_actor_options(options: dict[str, Any], is_async: bool) -> dict[str,
 
 
 def _methods_of(cls: type) -> dict[str, Any]:
-    """Public callable attributes of the class -> their num_returns."""
-    out = {}
+    """Public callable attributes of the class -> their num_returns (and ``__ray_ready__``)."""
+    out: dict[str, Any] = {READY_METHOD: 1}
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") or not callable(member) or inspect.isclass(member):
             continue

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -388,15 +389,17 @@ def put(value: Any) -> ObjectRef:
 
 
 def wait(
-    object_refs: list[ObjectRef],
+    object_refs: list[Any],
     *,
     num_returns: int = 1,
     timeout: float | None = None,
     fetch_local: bool = True,
-) -> tuple[list[ObjectRef], list[ObjectRef]]:
+) -> tuple[list[Any], list[Any]]:
     """Split refs into (ready, not ready) once ``num_returns`` are ready or time runs out.
 
-    Both lists keep the input order; ``ready`` holds at most ``num_returns`` refs.
+    Both lists keep the input order; ``ready`` holds at most ``num_returns`` refs. A
+    streaming generator (``ObjectRefGenerator``) in the list is ready when ``next()`` on it
+    would not block: its next item is ready, or it has ended.
     """
     del fetch_local  # values are read where they live; nothing to prefetch yet
     if isinstance(object_refs, ObjectRef):
@@ -405,7 +408,7 @@ def wait(
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     _check_timeout(timeout)
     for ref in object_refs:
-        if not isinstance(ref, ObjectRef):
+        if not isinstance(ref, ObjectRef | ObjectRefGenerator):
             raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(ref).__name__}")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns!r}; it must be >= 1.")
@@ -418,6 +421,8 @@ def wait(
             f"num_returns ({num_returns}) cannot be greater than the number of objects "
             f"provided to wait() ({len(object_refs)})."
         )
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+        return _wait_with_generators(object_refs, num_returns, timeout)
     oids = [r.binary() for r in object_refs]
     ready_ids = context.require_core().wait_ready(oids, num_returns, timeout)
     ready: list[ObjectRef] = []
@@ -427,6 +432,32 @@ def wait(
             ready.append(ref)
         else:
             not_ready.append(ref)
+    return ready, not_ready
+
+
+def _wait_with_generators(entries: list[Any], num_returns: int,
+                          timeout: float | None) -> tuple[list[Any], list[Any]]:
+    """wait() over refs and generators: an entry is ready once any of its probe ids is (a
+    generator has two), so readiness is gathered one wake-up at a time."""
+    core = context.require_core()
+    probes = [[e.binary()] if isinstance(e, ObjectRef) else e._probe_ids() for e in entries]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: set[bytes] = set()
+    while True:
+        done = [any(i in seen for i in ids) for ids in probes]
+        waiting = [i for ids, d in zip(probes, done, strict=True) if not d for i in ids]
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if sum(done) >= num_returns or not waiting:
+            break
+        got = core.wait_ready(waiting, 1, left)
+        seen |= set(got)
+        if not got or left == 0.0:
+            done = [any(i in seen for i in ids) for ids in probes]
+            break
+    ready: list[Any] = []
+    not_ready: list[Any] = []
+    for entry, d in zip(entries, done, strict=True):
+        (ready if d and len(ready) < num_returns else not_ready).append(entry)
     return ready, not_ready
 
 

@@ -51,6 +51,13 @@ class ObjectRefGenerator:
         """A ref that resolves (to the item count) when the generator task has finished."""
         return self._end
 
+    def _probe_ids(self) -> list[bytes]:
+        """Ids one of which is ready exactly when ``next()`` would not block: the next item's,
+        and the end's (the item count, or the task's error)."""
+        if self._total is not None and self._next >= self._total:
+            return [self._end.binary()]
+        return [self._item_id(self._next), self._end.binary()]
+
     def _item_id(self, index: int) -> bytes:
         return self._task + (STREAM_FIRST_ITEM + index).to_bytes(4, "big")
 

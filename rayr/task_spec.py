@@ -11,6 +11,9 @@ import pickle
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+# every actor answers it, as in Ray: True once the actor is up (``handle.__ray_ready__.remote()``)
+READY_METHOD = "__ray_ready__"
+
 ARGS_OBJECT_INDEX = 0xFFFFFFFF  # return index of the stored object holding large arguments
 
 TASK = 0

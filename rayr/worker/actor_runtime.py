@@ -30,7 +30,7 @@ from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connect
 from rayr.keys import ACTOR_GROUP, TASK_GROUP
-from rayr.task_spec import SPEC_FIELD, STREAMING, TaskSpec
+from rayr.task_spec import READY_METHOD, SPEC_FIELD, STREAMING, TaskSpec
 
 if TYPE_CHECKING:
     from rayr.worker.executor import TaskExecutor
@@ -46,6 +46,10 @@ INCARNATION_CHECK_S = 2.0  # how often an actor checks it is still the actor's l
 STRAGGLER_IDLE_MS = 3000
 STARTED_KEPT = 100_000  # calls an actor remembers having started (16-byte ids: ~10 MB at most)
 EXIT_WAIT_S = 30.0  # how long the serve loop waits for exit_actor() to finish on another thread
+
+
+def _ready() -> bool:
+    return True
 
 
 class ActorRuntime:
@@ -330,6 +334,8 @@ class ActorRuntime:
             self._call(entry_id, spec)
 
     def _method(self, spec: TaskSpec) -> Any:
+        if spec.method == READY_METHOD and not hasattr(self.instance, READY_METHOD):
+            return _ready
         try:
             return getattr(self.instance, spec.method)
         except AttributeError:

@@ -454,3 +454,31 @@ def test_a_leased_batch_task_waiting_on_its_batch_mates_does_not_deadlock(ray):
         refs = [short.remote(i) for i in range(50)]
         sums = [gather.remote([refs]) for _ in range(4)]
         assert rayr.get(sums, timeout=60) == [sum(range(50))] * 4
+
+
+def test_every_actor_answers_ray_ready(ray):
+    @rayr.remote
+    class Plain:
+        def __init__(self):
+            time.sleep(0.2)
+
+    @rayr.remote
+    class Async:
+        async def go(self):
+            return 1
+
+    @rayr.remote
+    class Own:
+        def __ray_ready__(self):  # a class's own method of that name wins
+            return "mine"
+
+    assert rayr.get(Plain.remote().__ray_ready__.remote()) is True
+    assert rayr.get(Async.remote().__ray_ready__.remote()) is True
+    assert rayr.get(Own.remote().__ray_ready__.remote()) == "mine"
+
+
+def test_ray_raylet_import_paths():
+    from rayr._raylet import ObjectRef, ObjectRefGenerator, StreamingObjectRefGenerator
+
+    assert ObjectRef is rayr.ObjectRef and ObjectRefGenerator is rayr.ObjectRefGenerator
+    assert StreamingObjectRefGenerator is ObjectRefGenerator

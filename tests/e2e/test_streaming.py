@@ -119,3 +119,25 @@ def test_cancel_a_generator(ray):
     with pytest.raises(rayr.exceptions.TaskCancelledError):
         for ref in gen:
             rayr.get(ref)
+
+
+def test_wait_takes_generators_ready_when_next_would_not_block(ray):
+    @rayr.remote
+    def gated(delay):
+        time.sleep(delay)
+        yield "a"
+        time.sleep(delay)
+
+    gen = gated.remote(1.0)
+    other = rayr.put(1)
+    ready, not_ready = rayr.wait([gen], timeout=0.1)
+    assert ready == [] and not_ready == [gen]  # its first item is a second away
+    ready, not_ready = rayr.wait([gen, other], num_returns=2, timeout=30)
+    assert ready == [gen, other] and not_ready == []
+    assert rayr.get(next(gen)) == "a"
+    ready, _ = rayr.wait([gen], timeout=30)  # ready again once it has ended
+    assert ready == [gen]
+    with pytest.raises(StopIteration):
+        next(gen)
+    ready, _ = rayr.wait([gen], timeout=0)  # an exhausted generator stays ready
+    assert ready == [gen]
