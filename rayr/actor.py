@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import warnings
 from typing import Any
 
 from rayr import context
@@ -15,6 +16,7 @@ from rayr.remote_function import (
     check_strategy,
     default_num_returns,
     parse_num_returns,
+    retry_exceptions_spec,
     validate_task_options,
 )
 from rayr.resources import shape_key
@@ -35,10 +37,17 @@ DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "max_restarts": 0,
     "max_task_retries": 0,
     "max_concurrency": None,
+    # name -> threads (sync actors) or concurrent calls (async actors) of that group
+    "concurrency_groups": None,
     "scheduling_strategy": "DEFAULT",
     "runtime_env": None,
 }
-METHOD_OPTIONS = ("num_returns", "name")
+METHOD_OPTIONS = ("num_returns", "name", "max_task_retries", "retry_exceptions")
+# @method options Ray has that mean nothing here: accepted with a warning saying why
+NO_EFFECT = {
+    "enable_task_events": "task events are on or off per process here (RAYR_TASK_EVENTS)",
+    "tensor_transport": "objects travel through the object store and Redis only",
+}
 ASYNC_DEFAULT_CONCURRENCY = 1000
 
 
@@ -50,15 +59,37 @@ def exit_actor() -> None:
     raise ActorExitRequest()
 
 
-def method(*, num_returns: int = 1, **unknown: Any) -> Any:
-    """Decorate an actor method with options: ``@rayr.method(num_returns=2)``."""
+def method(*, num_returns: Any = 1, concurrency_group: str | None = None,
+           max_task_retries: int | None = None, retry_exceptions: Any = None, **others: Any) -> Any:
+    """Decorate an actor method with options, as Ray's ``@ray.method``: ``num_returns``, the
+    ``concurrency_group`` it runs in, its own ``max_task_retries`` and ``retry_exceptions``.
+    ``enable_task_events`` and ``tensor_transport`` are accepted with a warning (no effect).
+
+    Raises:
+        ValueError: an unknown option or a bad value.
+    """
+    unknown = sorted(set(others) - set(NO_EFFECT))
     if unknown:
-        raise ValueError(
-            f"Invalid option(s) {sorted(unknown)} for @method; valid options: num_returns"
-        )
+        raise ValueError(f"Invalid option(s) {unknown} for @method; valid options: num_returns, "
+                         f"concurrency_group, max_task_retries, retry_exceptions, {', '.join(NO_EFFECT)}")
+    for name in others:
+        warnings.warn(f"@method({name}=...) has no effect in rayr: {NO_EFFECT[name]}", UserWarning,
+                      stacklevel=2)
+    parse_num_returns(num_returns)
+    if concurrency_group is not None and (not isinstance(concurrency_group, str) or not concurrency_group):
+        raise ValueError(f"concurrency_group must be a group's name, got {concurrency_group!r}")
+    if max_task_retries is not None and (isinstance(max_task_retries, bool)
+                                         or not isinstance(max_task_retries, int) or max_task_retries < -1):
+        raise ValueError(f"max_task_retries must be an int >= -1, got {max_task_retries!r}")
+    options: dict[str, Any] = {"concurrency_group": concurrency_group, "max_task_retries": max_task_retries}
+    if retry_exceptions is not None:
+        spec = retry_exceptions_spec(retry_exceptions)
+        # kept in the actor table as JSON: a list of classes travels pickled, in hex
+        options["retry_exceptions"] = spec if isinstance(spec, bool) else spec.hex()
 
     def mark(fn: Any) -> Any:
         fn.__rayr_num_returns__ = num_returns
+        fn.__rayr_method_options__ = {k: v for k, v in options.items() if v is not None}
         return fn
 
     return mark
@@ -128,8 +159,35 @@ def _methods_of(cls: type) -> dict[str, Any]:
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") or not callable(member) or inspect.isclass(member):
             continue
-        out[name] = getattr(member, "__rayr_num_returns__", default_num_returns(member))
+        num_returns = getattr(member, "__rayr_num_returns__", default_num_returns(member))
+        options = getattr(member, "__rayr_method_options__", None)
+        out[name] = {"num_returns": num_returns, **options} if options else num_returns
     return out
+
+
+def _method_options(entry: Any) -> dict[str, Any]:
+    """A method's options from the methods table (an int there is just its num_returns)."""
+    return dict(entry) if isinstance(entry, dict) else {"num_returns": entry}
+
+
+def _check_groups(groups: Any, methods: dict[str, Any], class_name: str) -> dict[str, int]:
+    """The actor's concurrency groups, checked against what its methods name.
+
+    Raises:
+        ValueError: a malformed group, or a method naming a group the actor does not have.
+    """
+    groups = groups or {}
+    if not isinstance(groups, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in groups.items()):
+        raise ValueError(f"concurrency_groups must map group names to concurrency >= 1, e.g. "
+                         f"{{'io': 2, 'compute': 4}}; got {groups!r}")
+    for name, entry in methods.items():
+        group = _method_options(entry).get("concurrency_group")
+        if group is not None and group not in groups:
+            raise ValueError(f"{class_name}.{name} runs in concurrency group {group!r}, which the actor does "
+                             f"not define; its concurrency_groups: {sorted(groups) or 'none'}")
+    return dict(groups)
 
 
 def _is_async_class(cls: type) -> bool:
@@ -228,6 +286,7 @@ class ActorClass:
                     opts["lifetime_resources"], opts["scheduling_strategy"]
                 ),
                 "max_concurrency": opts["max_concurrency"],
+                "concurrency_groups": _check_groups(opts["concurrency_groups"], self._methods, self.__name__),
                 "max_task_retries": opts["max_task_retries"],
                 "is_async": self._is_async,
             },
@@ -263,7 +322,7 @@ class ActorHandle:
             raise AttributeError(
                 f"'{self.__dict__.get('_class_name', 'Actor')}' actor has no method {name!r}"
             )
-        return ActorMethod(self, name, {"num_returns": methods[name]})
+        return ActorMethod(self, name, _method_options(methods[name]))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id})"
@@ -300,17 +359,21 @@ class ActorMethod:
             raise ValueError(
                 f"Invalid option(s) {unknown} for an actor method; valid options: {METHOD_OPTIONS}"
             )
+        if "retry_exceptions" in options:
+            spec = retry_exceptions_spec(options["retry_exceptions"])
+            options["retry_exceptions"] = spec if isinstance(spec, bool) else spec.hex()
         return ActorMethod(self._handle, self._name, {**self._options, **options})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         core = context.require_core()
         num_returns = self._num_returns
+        retry = self._options.get("retry_exceptions", False)
         opts = TaskOptions(
             resources={},
             shape="",
             num_returns=num_returns,
-            max_retries=self._handle._max_task_retries,
-            retry_exceptions=False,
+            max_retries=self._options.get("max_task_retries", self._handle._max_task_retries),
+            retry_exceptions=retry if isinstance(retry, bool) else bytes.fromhex(retry),
             name=self._options.get("name") or f"{self._handle._class_name}.{self._name}",
         )
         refs: list[ObjectRef] = core.submit_task(

@@ -32,6 +32,21 @@ DEFAULT_TASK_OPTIONS: dict[str, Any] = {
 SCHEDULING_STRATEGIES = ("DEFAULT", "SPREAD")
 
 
+def retry_exceptions_spec(retry: Any) -> bool | bytes:
+    """The spec form of ``retry_exceptions``: a bool, or the pickled list of classes.
+
+    Raises:
+        ValueError: neither a bool nor a list of exception classes.
+    """
+    if isinstance(retry, bool):
+        return retry
+    if isinstance(retry, list | tuple) and all(isinstance(c, type) and issubclass(c, BaseException)
+                                              for c in retry):
+        return serialization.pickle_code(list(retry))
+    raise ValueError(f"option 'retry_exceptions' must be a bool or a list of exception classes, "
+                     f"got {retry!r}")
+
+
 def _number(name: str, value: Any, minimum: float = 0) -> float:
     # the range test also refuses NaN, which compares false with everything
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
@@ -103,18 +118,7 @@ def validate_task_options(options: dict[str, Any]) -> TaskOptions:
         raise ValueError(
             f"option 'max_retries' must be an int >= -1 (-1 retries forever), got {max_retries!r}"
         )
-    retry = opts["retry_exceptions"]
-    retry_spec: bool | bytes
-    if isinstance(retry, bool):
-        retry_spec = retry
-    elif isinstance(retry, list | tuple) and all(
-        isinstance(c, type) and issubclass(c, BaseException) for c in retry
-    ):
-        retry_spec = serialization.pickle_code(list(retry))
-    else:
-        raise ValueError(
-            f"option 'retry_exceptions' must be a bool or a list of exception classes, got {retry!r}"
-        )
+    retry_spec = retry_exceptions_spec(opts["retry_exceptions"])
     strategy = check_strategy(opts["scheduling_strategy"])
     if not isinstance(opts["name"], str):
         raise ValueError(f"option 'name' must be a string, got {opts['name']!r}")

@@ -3,7 +3,9 @@
 The actor reads its calls straight from Redis (``XREADGROUP`` on its mailbox), with no
 raylet hop per call. A normal actor runs calls one at a time in stream order, so calls from
 one caller run in submission order; ``max_concurrency > 1`` runs them on a thread pool, and
-an actor with ``async def`` methods interleaves them on one event loop.
+an actor with ``async def`` methods interleaves them on one event loop. ``concurrency_groups``
+give the methods that name a group (``@method(concurrency_group=...)``) a pool or a limit of
+their own.
 
 Calls stay in the mailbox's pending list until their results are stored, so a restarted
 actor finds the calls its previous incarnation had read (each incarnation reads as its own
@@ -68,6 +70,9 @@ class ActorRuntime:
         self.restart = restart
         options = spec.actor_options or {}
         self.max_concurrency = int(options.get("max_concurrency", 1))
+        # Ray's concurrency groups: each its own threads (or its own limit on the event loop);
+        # a method names its group with @method(concurrency_group=...), the rest share the default
+        self.concurrency_groups: dict[str, int] = dict(options.get("concurrency_groups") or {})
         self.max_task_retries = int(options.get("max_task_retries", 0))
         self.is_async = bool(options.get("is_async", False))
         self.mailbox = self.gcs.keys.actor_mailbox(self.actor_id)
@@ -87,6 +92,8 @@ class ActorRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._group_pools: dict[str, ThreadPoolExecutor] = {}
+        self._group_semaphores: dict[str, asyncio.Semaphore] = {}
 
     # ------------------------------------------------------------- creation
     def run(self) -> None:
@@ -96,8 +103,12 @@ class ActorRuntime:
         threading.Thread(target=self._end_with_the_raylet, name="rayr-raylet-watch", daemon=True).start()
         if self.is_async:
             self._start_loop()
-        elif self.max_concurrency > 1:
+        elif self.max_concurrency > 1 or self.concurrency_groups:
+            # with groups even a one-thread default runs off the read loop, so other groups'
+            # calls are taken while one of the default group runs
             self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rayr-actor")
+            self._group_pools = {name: ThreadPoolExecutor(size, thread_name_prefix=f"rayr-actor-{name}")
+                                 for name, size in self.concurrency_groups.items()}
         self._serve()
 
     def _end_with_the_raylet(self) -> None:
@@ -329,9 +340,16 @@ class ActorRuntime:
             self._async_calls[spec.task_id] = future
             future.add_done_callback(lambda _: self._async_calls.pop(spec.task_id, None))
         elif self._pool is not None:
-            self._pool.submit(self._call, entry_id, spec)
+            self._group_pools.get(self._group_of(spec), self._pool).submit(self._call, entry_id, spec)
         else:
             self._call(entry_id, spec)
+
+    def _group_of(self, spec: TaskSpec) -> str:
+        """The concurrency group the called method names ("" for the default group)."""
+        if not self.concurrency_groups:
+            return ""
+        fn = getattr(type(self.instance), spec.method, None)
+        return str(getattr(fn, "__rayr_method_options__", {}).get("concurrency_group") or "")
 
     def _method(self, spec: TaskSpec) -> Any:
         if spec.method == READY_METHOD and not hasattr(self.instance, READY_METHOD):
@@ -362,6 +380,8 @@ class ActorRuntime:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
+            self._group_semaphores = {name: asyncio.Semaphore(size)
+                                      for name, size in self.concurrency_groups.items()}
             ready.set()
             self._loop.run_forever()
 
@@ -370,7 +390,7 @@ class ActorRuntime:
 
     async def _call_async(self, entry_id: bytes, spec: TaskSpec) -> None:
         assert self._semaphore is not None and self._loop is not None
-        async with self._semaphore:
+        async with self._group_semaphores.get(self._group_of(spec), self._semaphore):
             self.core.set_current_task(spec.task_id, spec.resources, spec)
             if self.core.events is not None:
                 self.core.events.started(spec, time.time())

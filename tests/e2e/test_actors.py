@@ -482,3 +482,123 @@ def test_ray_raylet_import_paths():
 
     assert ObjectRef is rayr.ObjectRef and ObjectRefGenerator is rayr.ObjectRefGenerator
     assert StreamingObjectRefGenerator is ObjectRefGenerator
+
+
+def test_concurrency_groups_limit_each_group_on_its_own(ray):
+    @rayr.remote(concurrency_groups={"io": 2})
+    class Gate:
+        def __init__(self):
+            self.lock = threading.Lock()
+            self.gate = threading.Event()
+            self.active = self.peak = 0
+
+        @rayr.method(concurrency_group="io")
+        def enter(self):
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            self.gate.wait(60)
+            with self.lock:
+                self.active -= 1
+            return "out"
+
+        def now(self):  # the default group: runs while the io group is full
+            return self.active
+
+        def release(self):
+            self.gate.set()
+
+        def peak_seen(self):
+            return self.peak
+
+    gate = Gate.remote()
+    calls = [gate.enter.remote() for _ in range(4)]
+    deadline = time.time() + 60
+    while rayr.get(gate.now.remote()) < 2:
+        assert time.time() < deadline, "the io group never ran two calls at once"
+        time.sleep(0.05)
+    assert rayr.get(gate.now.remote()) == 2  # two of four: the group's size
+    rayr.get(gate.release.remote())
+    assert rayr.get(calls) == ["out"] * 4
+    assert rayr.get(gate.peak_seen.remote()) == 2
+
+
+def test_async_concurrency_groups(ray):
+    @rayr.remote(concurrency_groups={"io": 1, "compute": 3})
+    class AsyncGate:
+        def __init__(self):
+            self.gate = asyncio.Event()
+            self.active = {"io": 0, "compute": 0}
+            self.peak = {"io": 0, "compute": 0}
+
+        async def _enter(self, group):
+            self.active[group] += 1
+            self.peak[group] = max(self.peak[group], self.active[group])
+            await self.gate.wait()
+            self.active[group] -= 1
+
+        @rayr.method(concurrency_group="io")
+        async def io(self):
+            await self._enter("io")
+
+        @rayr.method(concurrency_group="compute")
+        async def compute(self):
+            await self._enter("compute")
+
+        async def now(self):
+            return dict(self.active)
+
+        async def release(self):
+            self.gate.set()
+            return dict(self.peak)
+
+    actor = AsyncGate.remote()
+    calls = [actor.io.remote() for _ in range(3)] + [actor.compute.remote() for _ in range(5)]
+    deadline = time.time() + 60
+    while rayr.get(actor.now.remote()) != {"io": 1, "compute": 3}:
+        assert time.time() < deadline, rayr.get(actor.now.remote())
+        time.sleep(0.05)
+    assert rayr.get(actor.release.remote()) == {"io": 1, "compute": 3}
+    rayr.get(calls)
+
+
+def test_a_group_the_actor_lacks_and_bad_method_options_are_refused(ray):
+    @rayr.remote
+    class NoGroups:
+        @rayr.method(concurrency_group="io")
+        def f(self):
+            return 1
+
+    with pytest.raises(ValueError, match="concurrency group 'io', which the actor does not define"):
+        NoGroups.remote()
+    with pytest.raises(ValueError, match="concurrency_groups must map"):
+        NoGroups.options(concurrency_groups={"io": 0}).remote()
+    with pytest.raises(ValueError, match="Invalid option"):
+        rayr.method(colour="blue")
+    with pytest.warns(UserWarning, match="tensor_transport=...\\) has no effect"):
+        rayr.method(tensor_transport="nccl")
+
+
+def test_method_retry_options(ray):
+    @rayr.remote
+    class Flaky:
+        def __init__(self):
+            self.calls = 0
+
+        @rayr.method(max_task_retries=2, retry_exceptions=[ValueError])
+        def shaky(self):
+            self.calls += 1
+            if self.calls < 3:
+                raise ValueError("not yet")
+            return self.calls
+
+        def plain(self):
+            raise ValueError("never retried")
+
+    flaky = Flaky.remote()
+    assert rayr.get(flaky.shaky.remote()) == 3
+    with pytest.raises(ValueError, match="never retried"):
+        rayr.get(flaky.plain.remote())
+    # the same at call time
+    with pytest.raises(ValueError, match="never retried"):
+        rayr.get(flaky.plain.options(max_task_retries=3, retry_exceptions=[KeyError]).remote())
