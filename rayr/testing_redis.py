@@ -196,6 +196,7 @@ class SentinelSet:
     replica: RedisProcess
     sentinels: list[RedisProcess]
     name: str
+    password: str  # the master's and the replica's
 
     @property
     def url(self) -> str:
@@ -243,7 +244,7 @@ def sentinel_set(binary: str, workdir: str, *, password: str, name: str = "mymas
             sentinels.append(start_server(binary, os.path.join(workdir, f"sentinel{i}"), sentinel=config))
             started.append(sentinels[-1])
         _wait_discovered(sentinels, name)
-        yield SentinelSet(master, replica, sentinels, name)
+        yield SentinelSet(master, replica, sentinels, name, password)
     finally:
         procs.stop([p.proc for p in reversed(started)])
 
