@@ -146,10 +146,8 @@ def own_redis(tmp_path):
 
 def test_a_redis_outage_longer_than_the_node_timeout_ends_no_job(own_redis):
     url, stop, start = own_redis
-    # a node timeout with room for a loaded machine's reconnects (2.5 s once missed it in a
-    # clean-clone CI run: the raylet did not reconnect within the restart grace); the outage
-    # lasts three of them
-    cluster = Cluster(url, node_timeout_s=4.0, heartbeat_interval_s=0.3)
+    # a node timeout with room for a loaded machine's reconnects; the outage lasts three of them
+    cluster = Cluster(url, node_timeout_s=2.5, heartbeat_interval_s=0.3)
     try:
         cluster.add_node(num_cpus=2)
         rayr.init(address=url, _cluster_name=cluster.name)
@@ -169,7 +167,7 @@ def test_a_redis_outage_longer_than_the_node_timeout_ends_no_job(own_redis):
         kept = rayr.put("my object")
         queued = [later.remote(i) for i in range(100)]
         stop()
-        time.sleep(12.0)  # three node timeouts
+        time.sleep(7.5)  # three node timeouts
         start()
         assert rayr.get(queued, timeout=90) == list(range(100))
         assert rayr.get(keeper.value.remote(), timeout=60) == "alive"
