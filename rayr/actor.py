@@ -83,7 +83,9 @@ def method(*, num_returns: Any = 1, concurrency_group: str | None = None,
         raise ValueError(f"max_task_retries must be an int >= -1, got {max_task_retries!r}")
     options: dict[str, Any] = {"concurrency_group": concurrency_group, "max_task_retries": max_task_retries}
     if retry_exceptions is not None:
-        options["retry_exceptions"] = _retry_as_json(retry_exceptions)
+        spec = retry_exceptions_spec(retry_exceptions)
+        # kept in the actor table as JSON: a list of classes travels pickled, in hex
+        options["retry_exceptions"] = spec if isinstance(spec, bool) else spec.hex()
 
     def mark(fn: Any) -> Any:
         fn.__rayr_num_returns__ = num_returns
@@ -91,13 +93,6 @@ def method(*, num_returns: Any = 1, concurrency_group: str | None = None,
         return fn
 
     return mark
-
-
-def _retry_as_json(retry: Any) -> bool | str:
-    """``retry_exceptions`` as a method's options keep it (in the actor table, as JSON): a
-    bool, or the pickled list of classes in hex (see ActorMethod.remote)."""
-    spec = retry_exceptions_spec(retry)
-    return spec if isinstance(spec, bool) else spec.hex()
 
 
 def _int_option(options: dict[str, Any], name: str, minimum: int) -> int:
@@ -365,7 +360,8 @@ class ActorMethod:
                 f"Invalid option(s) {unknown} for an actor method; valid options: {METHOD_OPTIONS}"
             )
         if "retry_exceptions" in options:
-            options["retry_exceptions"] = _retry_as_json(options["retry_exceptions"])
+            spec = retry_exceptions_spec(options["retry_exceptions"])
+            options["retry_exceptions"] = spec if isinstance(spec, bool) else spec.hex()
         return ActorMethod(self._handle, self._name, {**self._options, **options})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:

@@ -407,13 +407,9 @@ def wait(
     if not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs).__name__}")
     _check_timeout(timeout)
-    generators = False
     for ref in object_refs:
-        if not isinstance(ref, ObjectRef):
-            if not isinstance(ref, ObjectRefGenerator):
-                raise TypeError("wait() expected a list of ObjectRef, got list containing "
-                                f"{type(ref).__name__}")
-            generators = True
+        if not isinstance(ref, ObjectRef | ObjectRefGenerator):
+            raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(ref).__name__}")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns!r}; it must be >= 1.")
     if not object_refs:
@@ -425,7 +421,7 @@ def wait(
             f"num_returns ({num_returns}) cannot be greater than the number of objects "
             f"provided to wait() ({len(object_refs)})."
         )
-    if generators:
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
         return _wait_with_generators(object_refs, num_returns, timeout)
     oids = [r.binary() for r in object_refs]
     ready_ids = context.require_core().wait_ready(oids, num_returns, timeout)

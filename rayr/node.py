@@ -458,10 +458,9 @@ class LocalCluster:
             if s.metrics_export_port is not None:
                 socks.append(dashboard_socket(host, s.metrics_export_port))
                 self.metrics_url = http_url(socks[-1], host) + "/metrics"
-                args += ["--metrics-fd", str(socks[-1].fileno())]
+                args += ["--metrics-fd", str(socks[-1].fileno()), "--metrics-url", self.metrics_url]
             else:
                 self.metrics_url = self.dashboard_url + "/metrics"
-            args += ["--metrics-url", self.metrics_url]
             token = {DASHBOARD_TOKEN_ENV: s.dashboard_token} if s.dashboard_token else {}
             self.dashboard_proc = self._python("rayr.dashboard", args, "dashboard.log",
                                                fds=tuple(sock.fileno() for sock in socks), secrets_env=token)

@@ -196,7 +196,6 @@ class SentinelSet:
     replica: RedisProcess
     sentinels: list[RedisProcess]
     name: str
-    password: str  # the master's and the replica's
 
     @property
     def url(self) -> str:
@@ -244,7 +243,7 @@ def sentinel_set(binary: str, workdir: str, *, password: str, name: str = "mymas
             sentinels.append(start_server(binary, os.path.join(workdir, f"sentinel{i}"), sentinel=config))
             started.append(sentinels[-1])
         _wait_discovered(sentinels, name)
-        yield SentinelSet(master, replica, sentinels, name, password)
+        yield SentinelSet(master, replica, sentinels, name)
     finally:
         procs.stop([p.proc for p in reversed(started)])
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 
 import psutil
@@ -13,7 +11,6 @@ import pytest
 import rayr
 from rayr.object_store.orphans import LOCK_SUFFIX, SHM_DIRECTORY, orphaned_namespaces
 from rayr.testing import Cluster, redis_server
-from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
 
 
 def rayr_processes() -> list[psutil.Process]:
@@ -110,18 +107,3 @@ def tmpfs_ok() -> None:
     reason = tmpfs_unavailable()
     if reason:
         pytest.skip(reason)
-
-
-@pytest.fixture
-def sentinels() -> Iterator[SentinelSet]:
-    """A Sentinel set of its own (master, replica, three Sentinels) with a password; skips,
-    saying why, where no server can run one."""
-    binary, why = server_binary()
-    if binary is None:
-        pytest.skip(why)
-    workdir = tempfile.mkdtemp(prefix="rayr-sentinel-")
-    try:
-        with sentinel_set(binary, workdir, password="sentinel-test-pw") as found:
-            yield found
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)

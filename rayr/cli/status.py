@@ -8,7 +8,6 @@ from typing import Any
 
 from rayr.autoscaler.autoscaler import autoscaler_status, render_autoscaler
 from rayr.gcs.client import GcsClient
-from rayr.gcs.rows import NodeInfo
 from rayr.resources import fits, parse_shape
 
 BYTE_RESOURCES = ("memory", "object_store_memory")
@@ -24,10 +23,9 @@ def _bytes(n: float) -> str:
     return f"{value}B"
 
 
-def collect(gcs: GcsClient, nodes: list[NodeInfo] | None = None) -> dict[str, Any]:
-    """The status as data (``--format json`` prints exactly this); ``nodes``: the node
-    table, when the caller has just read it."""
-    nodes = gcs.list_nodes() if nodes is None else nodes
+def collect(gcs: GcsClient) -> dict[str, Any]:
+    """The status as data (``--format json`` prints exactly this)."""
+    nodes = gcs.list_nodes()
     alive = [n for n in nodes if n.alive]
     # a node stopped on purpose (`rayr stop`, the autoscaler) is not a failure
     dead = [n for n in nodes if not n.alive and n.death_reason != "stopped"]

@@ -119,15 +119,12 @@ def _required(request: Request, name: str) -> str:
     return value
 
 
-def build_apps(gcs: GcsClient, token: str | None, info: dict[str, Any]) -> tuple[Starlette, Starlette]:
-    """The application over the cluster ``gcs`` reaches (``info`` is what /api/version says),
-    and what ``--metrics-export-port`` serves: its ``/metrics`` alone. Both read through one
-    task cache and one registry."""
+def build_app(gcs: GcsClient, token: str | None, info: dict[str, Any]) -> Starlette:
+    """The application over the cluster ``gcs`` reaches; ``info`` is what /api/version says."""
     tasks = TaskCache(gcs)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(gcs, tasks))
     q = lambda request, name: request.query_params.get(name, "")  # noqa: E731
-    auth = [Middleware(TokenAuth, token=token)]
 
     def metrics(request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -155,5 +152,15 @@ def build_apps(gcs: GcsClient, token: str | None, info: dict[str, Any]) -> tuple
     routes = [Route("/", index), Route("/metrics", metrics),
               *(Route(path, _json(fn)) for path, fn in api.items()),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return (Starlette(routes=routes, middleware=auth),
-            Starlette(routes=[Route("/metrics", metrics)], middleware=auth))
+    return Starlette(routes=routes, middleware=[Middleware(TokenAuth, token=token)])
+
+
+def metrics_only_app(gcs: GcsClient, token: str | None) -> Starlette:
+    """What ``--metrics-export-port`` serves: ``/metrics`` alone."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(gcs, TaskCache(gcs)))
+
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", metrics)], middleware=[Middleware(TokenAuth, token=token)])

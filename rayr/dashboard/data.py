@@ -34,10 +34,9 @@ def _node_row(n: NodeInfo) -> dict[str, Any]:
     }
 
 
-def nodes(gcs: GcsClient, infos: list[NodeInfo] | None = None) -> list[dict[str, Any]]:
-    """Every node the cluster has seen (``infos``, if just read): alive ones first, then the
-    dead, newest first."""
-    rows = [_node_row(n) for n in (gcs.list_nodes() if infos is None else infos)]
+def nodes(gcs: GcsClient) -> list[dict[str, Any]]:
+    """Every node the cluster has seen: alive ones first, then the dead, newest first."""
+    rows = [_node_row(n) for n in gcs.list_nodes()]
     return sorted(rows, key=lambda r: (r["state"] != "ALIVE", -(r["end_time"] or r["start_time"] or 0)))
 
 
@@ -56,12 +55,11 @@ def redis_info(gcs: GcsClient) -> dict[str, Any]:
 
 def overview(gcs: GcsClient, tasks: list[TaskRow]) -> dict[str, Any]:
     """The cluster page: nodes, totals, recent failures, counts of actors, jobs and tasks."""
-    infos = gcs.list_nodes()
-    status = status_cli.collect(gcs, infos)
+    status = status_cli.collect(gcs)
     failed = sorted((t for t in tasks if t.state == tev.FAILED), key=lambda t: -(t.end_ms or 0))
     return {
         "time": time.time(),
-        "nodes": nodes(gcs, infos),
+        "nodes": nodes(gcs),
         "total": status["total"],
         "available": status["available"],
         "demands": status["demands"],

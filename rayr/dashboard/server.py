@@ -46,9 +46,9 @@ def _serve(gcs: GcsClient, token: str | None, info: dict[str, Any], sockets: lis
            metrics_port: int | None) -> None:
     import uvicorn
 
-    from rayr.dashboard.app import build_apps
+    from rayr.dashboard.app import build_app, metrics_only_app
 
-    app = ByPort(*build_apps(gcs, token, info), metrics_port)
+    app = ByPort(build_app(gcs, token, info), metrics_only_app(gcs, token), metrics_port)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=sockets)
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, help="the listening socket of the pages, /api/ and /metrics")
     parser.add_argument("--url", default="", help="the address the pages are opened at")
     parser.add_argument("--metrics-fd", type=int, help="a second socket that serves /metrics only")
-    parser.add_argument("--metrics-url", required=True, help="the address Prometheus scrapes")
+    parser.add_argument("--metrics-url", default="")
     opts = parser.parse_args(argv)
     settings = daemon_settings(opts.settings_json)
     gcs = GcsClient(connect(opts.redis_url, settings.redis_password), Keys(settings.cluster_name))
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         sockets.append(socket.socket(fileno=opts.metrics_fd))
         metrics_port = sockets[-1].getsockname()[1]
     info: dict[str, Any] = {"cluster": settings.cluster_name, "url": opts.url,
-                            "metrics_url": opts.metrics_url}
+                            "metrics_url": opts.metrics_url or (opts.url + "/metrics")}
     # uvicorn stops on SIGTERM, then raises it again for the handler it found: ours ends the
     # process through the cleanup below instead of dying at once
     signal.signal(signal.SIGTERM, _exit)

@@ -165,16 +165,13 @@ class Metric:
         Raises:
             ValueError: a key that is not one of the metric's tag keys.
         """
-        self._check_tags(default_tags)
-        self._default_tags = dict(default_tags)
-        return self
-
-    def _check_tags(self, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
+        for key, value in default_tags.items():
             if key not in self._tag_keys:
                 raise ValueError(f"Unrecognized tag key {key!r}; this metric's tag keys are {self._tag_keys}")
             if not isinstance(value, str):
                 raise TypeError(f"Tag values must be str; got {value!r} for {key!r}")
+        self._default_tags = dict(default_tags)
+        return self
 
     @property
     def info(self) -> dict[str, Any]:
@@ -184,7 +181,11 @@ class Metric:
 
     def _tags(self, tags: dict[str, str] | None) -> Tags:
         final = {**self._default_tags, **(tags or {})}
-        self._check_tags(final)
+        for key, value in final.items():
+            if key not in self._tag_keys:
+                raise ValueError(f"Unrecognized tag key {key!r}; this metric's tag keys are {self._tag_keys}")
+            if not isinstance(value, str):
+                raise TypeError(f"Tag values must be str; got {value!r} for {key!r}")
         missing = [k for k in self._tag_keys if k not in final]
         if missing:
             raise ValueError(f"Missing value for tag key(s) {missing} of metric {self._name!r}: pass them "

@@ -6,13 +6,33 @@ answer, and the head's monitor and the CLI work on the new master."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+
+import pytest
 
 import rayr
 from rayr.testing import Cluster, run_cli
+from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
 from rayr.util.placement_group import placement_group, remove_placement_group
 
+PASSWORD = "sentinel-test-pw"
 TASKS, ACTORS, CALLS = 2000, 10, 20
+
+
+@pytest.fixture
+def sentinels() -> Iterator[SentinelSet]:
+    binary, why = server_binary()
+    if binary is None:
+        pytest.skip(why)
+    workdir = tempfile.mkdtemp(prefix="rayr-sentinel-")
+    try:
+        with sentinel_set(binary, workdir, password=PASSWORD) as found:
+            yield found
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @rayr.remote(max_retries=3)
@@ -32,11 +52,11 @@ class Counter:
 
 
 def test_the_workload_survives_the_master_failing_over(sentinels, tmp_path):
-    cluster = Cluster(sentinels.url, redis_password=sentinels.password)
+    cluster = Cluster(sentinels.url, redis_password=PASSWORD)
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=2)
-        rayr.init(address=sentinels.url, _redis_password=sentinels.password, _cluster_name=cluster.name,
+        rayr.init(address=sentinels.url, _redis_password=PASSWORD, _cluster_name=cluster.name,
                   log_to_driver=False)
         actors = [Counter.remote() for _ in range(ACTORS)]
         assert rayr.get([a.add.remote(0) for a in actors], timeout=120) == [0] * ACTORS
@@ -59,7 +79,7 @@ def test_the_workload_survives_the_master_failing_over(sentinels, tmp_path):
         # the CLI reaches the cluster through the Sentinels as well
         env = {k: v for k, v in os.environ.items() if k != "RAYR_ADDRESS"}
         out = run_cli("status", "--address", sentinels.url, env={
-            **env, "RAYR_TEMP_DIR": str(tmp_path), "RAYR_REDIS_PASSWORD": sentinels.password,
+            **env, "RAYR_TEMP_DIR": str(tmp_path), "RAYR_REDIS_PASSWORD": PASSWORD,
             "RAYR_CLUSTER_NAME": cluster.name})
         assert out.stdout.count(" 1 node_") == 2
     finally:

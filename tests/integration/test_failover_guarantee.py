@@ -5,12 +5,30 @@ the promoted replica; without it the write is lost, as Redis's asynchronous repl
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from rayr.gcs.command_stream import CommandStream
-from rayr.testing_redis import SentinelSet
+from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
+
+PASSWORD = "guarantee-pw"
+
+
+@pytest.fixture
+def sentinels() -> Iterator[SentinelSet]:
+    binary, why = server_binary()
+    if binary is None:
+        pytest.skip(why)
+    workdir = tempfile.mkdtemp(prefix="rayr-guarantee-")
+    try:
+        with sentinel_set(binary, workdir, password=PASSWORD) as found:
+            yield found
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _cut_replication(sentinels: SentinelSet) -> None:
@@ -30,8 +48,7 @@ def _cut_replication(sentinels: SentinelSet) -> None:
 
 @pytest.mark.parametrize("wait_replicas", [1, 0])
 def test_a_write_acknowledged_but_not_replicated_is_resent_only_with_wait(sentinels, wait_replicas):
-    stream = CommandStream(sentinels.url, sentinels.password, wait_replicas=wait_replicas,
-                           wait_timeout_ms=60_000)
+    stream = CommandStream(sentinels.url, PASSWORD, wait_replicas=wait_replicas, wait_timeout_ms=60_000)
     try:
         stream.send([("SET", "before", "1")])
         assert stream.flush(timeout=30)  # replicated while the link was up
