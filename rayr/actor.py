@@ -28,6 +28,7 @@ from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, READY_METHOD, STREAMING, 
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": None,
     "num_gpus": None,
+    "accelerator_type": None,
     "memory": None,
     "resources": None,
     "name": None,
@@ -124,9 +125,11 @@ def validate_actor_options(options: dict[str, Any], is_async: bool) -> dict[str,
             "num_gpus": opts["num_gpus"],
             "memory": opts["memory"],
             "resources": opts["resources"],
+            "accelerator_type": opts["accelerator_type"],
         }
     ).resources
-    placement = lifetime if explicit else {"CPU": 1.0}
+    # an accelerator type alone still places the actor on a node of that type
+    placement = lifetime if explicit else {"CPU": 1.0, **lifetime}
     for name in ("name", "namespace"):
         if opts[name] is not None and (not isinstance(opts[name], str) or not opts[name]):
             raise ValueError(f"actor option {name!r} must be a non-empty string, got {opts[name]!r}")

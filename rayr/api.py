@@ -210,6 +210,7 @@ def init(
 
 
 state.auto_init = init  # a fresh driver connects on its first use, as in Ray
+state.actor_handle = handle_from_table
 
 
 def _level_name(level: int) -> str:
@@ -484,6 +485,13 @@ def _make_remote(target: Callable, options: dict[str, Any]) -> RemoteFunction | 
 def get_runtime_context() -> RuntimeContext:
     """Ids of the current node, job, task and worker."""
     return RuntimeContext(context.require_core())
+
+
+def get_gpu_ids() -> list[int] | list[str]:
+    """The GPU ids given to the running task or actor (what its ``CUDA_VISIBLE_DEVICES``
+    lists): ints, or strings when the node took its ids from ``CUDA_VISIBLE_DEVICES``; []
+    in a driver and in tasks that asked for no GPU."""
+    return list(context.state.gpu_ids)  # type: ignore[return-value]
 
 
 def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:

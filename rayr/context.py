@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,14 @@ class ProcessState:
         self.log_printer: LogPrinter | None = None
         # this process's rayr.util.metrics series (made on the first metric)
         self.metrics: MetricsRecorder | None = None
+        # the GPU ids this worker sees (ints, or the node's CUDA_VISIBLE_DEVICES strings)
+        self.gpu_ids: list[int] | list[str] = []
         self.lock = threading.RLock()
         # connects a fresh driver on first use (``rayr.init()``); set by the API layer when it
         # is imported, so this module imports nothing above it
         self.auto_init: Callable[[], object] | None = None
+        # a handle to the actor with this hex id (set by the API layer, like auto_init)
+        self.actor_handle: Callable[[str], object] | None = None
 
 
 state = ProcessState()
@@ -120,3 +125,42 @@ class RuntimeContext:
 
     def get_assigned_resources(self) -> dict[str, float]:
         return dict(self._core.current_resources)
+
+    def get_placement_group_id(self) -> str | None:
+        """Hex id of the placement group the running task or actor is in, or None."""
+        return self._core.submitter.current_group()[0] or None
+
+    @property
+    def should_capture_child_tasks_in_placement_group(self) -> bool:
+        """Whether what the running task or actor starts runs in its placement group."""
+        return self._core.submitter.current_group()[1]
+
+    @property
+    def current_actor(self) -> Any:
+        """A handle to the actor this code runs in.
+
+        Raises:
+            RuntimeError: called outside an actor.
+        """
+        actor_id = self.get_actor_id()
+        if actor_id is None or state.actor_handle is None:
+            raise RuntimeError("current_actor is only available inside an actor's methods")
+        return state.actor_handle(actor_id)
+
+    def was_current_actor_reconstructed(self) -> bool:
+        """Whether this actor runs again after its process or node died (restarts > 0)."""
+        executor = state.executor
+        return bool(executor is not None and executor.actor_id and executor.actor_restarted)
+
+    @property
+    def gcs_address(self) -> str:
+        """The cluster's Redis address (without its password)."""
+        return state.redis_url
+
+    def get_runtime_env_string(self) -> str:
+        """The runtime env this code runs in, as JSON."""
+        return json.dumps(self.runtime_env)
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        """The accelerator ids this worker was given, as strings: ``{"GPU": [...]}``."""
+        return {"GPU": [str(i) for i in state.gpu_ids]}

@@ -25,7 +25,7 @@ from typing import IO, Any
 import psutil
 import redis
 
-from rayr import procs
+from rayr import accelerators, procs
 from rayr.config import DASHBOARD_TOKEN_ENV, REDIS_PASSWORD_ENV, Settings, child_env, load_settings
 from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
 from rayr.gcs.rows import NodeInfo
@@ -276,7 +276,8 @@ def default_resources(
     object_store_memory: int | None = None,
     host: str = "127.0.0.1",
 ) -> dict[str, float]:
-    """A node's resources as Ray names them, with Ray's defaults for what is not given."""
+    """A node's resources as Ray names them, with Ray's defaults for what is not given (GPUs:
+those of this host, see :mod:`rayr.accelerators`)."""
     named = [("num_cpus", num_cpus), ("num_gpus", num_gpus), ("object_store_memory", object_store_memory)]
     named += [(f"resources[{k!r}]", v) for k, v in (resources or {}).items()]
     for name, value in named:
@@ -286,8 +287,13 @@ def default_resources(
         if resources and key in resources:
             raise ValueError(f"use num_{key.lower()}s= instead of resources={{'{key}': ...}}")
     out: dict[str, float] = {"CPU": float(os.cpu_count() or 1 if num_cpus is None else num_cpus)}
+    detected, gpu_type = accelerators.detect()
+    if num_gpus is None:
+        num_gpus = detected
     if num_gpus:
         out["GPU"] = float(num_gpus)
+        if gpu_type:
+            out[accelerators.TYPE_PREFIX + gpu_type] = 1.0
     available = psutil.virtual_memory().available
     store = object_store_memory or int(available * 0.3)  # Ray's default: 30% of free memory
     out["object_store_memory"] = float(store)

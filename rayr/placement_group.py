@@ -129,6 +129,17 @@ def get_placement_group(name: str, namespace: str | None = None) -> PlacementGro
     return PlacementGroup(info["pg_id"], json.loads(info["bundles"]))
 
 
+def get_current_placement_group() -> PlacementGroup | None:
+    """The placement group the running task or actor was scheduled in; None in a driver and
+    outside groups."""
+    core = context.state.core
+    group = core.submitter.current_group()[0] if core is not None else ""
+    if not group:
+        return None
+    info = core.gcs.placement_group_info(group) if core is not None else {}
+    return PlacementGroup(group, json.loads(info.get("bundles", "[]")))
+
+
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict[str, Any]:
     """State of one group, or of all groups by id (Ray's ``placement_group_table``)."""
     gcs = context.require_core().gcs

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rayr import context, serialization
+from rayr.accelerators import TYPE_PREFIX
 from rayr.object_ref import ObjectRef
 from rayr.resources import shape_key
 from rayr.runtime_env.validation import validate as validate_runtime_env
@@ -28,8 +29,10 @@ DEFAULT_TASK_OPTIONS: dict[str, Any] = {
     "name": "",
     "scheduling_strategy": "DEFAULT",
     "runtime_env": None,
+    "accelerator_type": None,
 }
 SCHEDULING_STRATEGIES = ("DEFAULT", "SPREAD")
+ACCELERATOR_TYPE_ASK = 0.001
 
 
 def retry_exceptions_spec(retry: Any) -> bool | bytes:
@@ -81,24 +84,16 @@ def default_num_returns(fn: Any) -> Any:
     return "streaming" if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn) else 1
 
 
-def validate_task_options(options: dict[str, Any]) -> TaskOptions:
-    """Check every option once, when the function or ``.options()`` is defined.
-
-    Raises:
-        ValueError: an unknown option or a bad value; the message names it and what is valid.
-    """
-    unknown = sorted(set(options) - set(DEFAULT_TASK_OPTIONS))
-    if unknown:
-        raise ValueError(
-            f"Invalid option(s) {', '.join(map(repr, unknown))} for a remote function. "
-            f"Valid options: {', '.join(DEFAULT_TASK_OPTIONS)}."
-        )
-    opts = {**DEFAULT_TASK_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
+def _resource_request(opts: dict[str, Any]) -> dict[str, float]:
+    """The resources a task with these (completed) options asks for."""
     request: dict[str, float] = {}
     for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
         amount = _number(option, opts[option])
         if amount:
             request[resource] = amount
+    if request.get("GPU", 0) > 1 and not request["GPU"].is_integer():
+        raise ValueError(f"option 'num_gpus' above 1 must be a whole number (a task gets whole GPUs, "
+                         f"or a share of one), got {opts['num_gpus']!r}")
     custom = opts["resources"] or {}
     if not isinstance(custom, dict):
         raise ValueError(f"option 'resources' must be a dict of name -> amount, got {custom!r}")
@@ -112,6 +107,30 @@ def validate_task_options(options: dict[str, Any]) -> TaskOptions:
             raise ValueError(f"resource names must be non-empty strings without ',' or '=', got {name!r}")
         if _number(f"resources[{name!r}]", amount):
             request[name] = float(amount)
+    if opts["accelerator_type"] is not None:
+        kind = opts["accelerator_type"]
+        if not isinstance(kind, str) or not kind or "," in kind or "=" in kind:
+            raise ValueError(f"option 'accelerator_type' must be a type name such as 'A100' "
+                             f"(see rayr.util.accelerators), got {kind!r}")
+        # as in Ray: a sliver of the resource every node of that GPU type has
+        request[TYPE_PREFIX + kind] = ACCELERATOR_TYPE_ASK
+    return request
+
+
+def validate_task_options(options: dict[str, Any]) -> TaskOptions:
+    """Check every option once, when the function or ``.options()`` is defined.
+
+    Raises:
+        ValueError: an unknown option or a bad value; the message names it and what is valid.
+    """
+    unknown = sorted(set(options) - set(DEFAULT_TASK_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Invalid option(s) {', '.join(map(repr, unknown))} for a remote function. "
+            f"Valid options: {', '.join(DEFAULT_TASK_OPTIONS)}."
+        )
+    opts = {**DEFAULT_TASK_OPTIONS, **{k: v for k, v in options.items() if v is not None}}
+    request = _resource_request(opts)
     num_returns = parse_num_returns(opts["num_returns"])
     max_retries = opts["max_retries"]
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:

@@ -21,7 +21,7 @@ NODE_CACHE_S = 1.0  # how stale the node list may be when routing
 
 def in_placement_group(request: dict[str, float], strategy: Any) -> dict[str, float]:
     """The resources a task asks for: inside a placement group, its bundle's renamed ones."""
-    if isinstance(strategy, PlacementGroupSchedulingStrategy):
+    if isinstance(strategy, PlacementGroupSchedulingStrategy) and strategy.placement_group is not None:
         pg = strategy.placement_group
         return renamed_request(request, pg.id, strategy.placement_group_bundle_index)
     return request

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True)
@@ -28,13 +28,17 @@ class NodeAffinitySchedulingStrategy:
 @dataclass(frozen=True)
 class PlacementGroupSchedulingStrategy:
     """Run in a placement group's reserved resources: in bundle ``placement_group_bundle_index``,
-    or in any of its bundles with -1 (the default)."""
+    or in any of its bundles with -1 (the default). With ``placement_group_capture_child_tasks``
+    the tasks and actors it starts (with no strategy of their own) run in the group too;
+    ``placement_group=None`` runs outside any group, even under a capturing parent."""
 
     placement_group: Any
     placement_group_bundle_index: int = -1
     placement_group_capture_child_tasks: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.placement_group is None:
+            return
         pg_hex = getattr(self.placement_group, "id", None)
         if not isinstance(pg_hex, str):
             raise ValueError(
@@ -46,6 +50,13 @@ class PlacementGroupSchedulingStrategy:
             raise ValueError(
                 f"placement_group_bundle_index must be -1 or in [0, {count}), got {index!r}"
             )
+
+
+class GroupRef(NamedTuple):
+    """The group a captured child runs in, known by id alone (the parent's spec names it)."""
+
+    id: str
+    bundle_specs: tuple = ()
 
 
 __all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

@@ -95,6 +95,8 @@ class TaskSpec(NamedTuple):
     method: str = ""  # ACTOR_CALL: the method's name
     # ACTOR_CREATION: resources held while alive, restart and concurrency settings
     actor_options: dict[str, Any] | None = None
+    placement_group: str = ""  # hex of the group it runs in
+    capture_children: bool = False  # the tasks it starts run in that group too
 
     def return_ids(self) -> list[bytes]:
         # num_returns=0 still reports completion through one id; a stream reports its count there

@@ -56,6 +56,11 @@ def _current_task_id() -> bytes | None:
     return current[0] if current else None
 
 
+def _current_spec() -> TaskSpec | None:
+    current = _current_task.get()
+    return current[2] if current else None
+
+
 class Reporter(Protocol):
     """Something the core sends to the GCS now and then, and once more at shutdown."""
 
@@ -116,7 +121,8 @@ class CoreWorker:
             housekeeping=self._housekeeping, wake_waiters=self._wake_waiters,
         )
         self.submitter = TaskSubmitter(job_id=job_id, watch=self._watch,
-                                       current_task_id=_current_task_id, events=self.events, **parts)
+                                       current_task_id=_current_task_id, current_spec=_current_spec,
+                                       events=self.events, **parts)
         self.objects = ObjectClient(submitter=self.submitter, on_blocked=on_blocked,
                                     redis_down_since=lambda: self._inbox.down_since, **parts)
         self.envs = self.submitter.envs

@@ -32,6 +32,7 @@ from rayr.object_store.base import ObjectStoreBackend
 from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.routing import Router, in_placement_group
 from rayr.runtime_env.resolver import EnvResolver
+from rayr.scheduling_strategies import GroupRef, PlacementGroupSchedulingStrategy
 from rayr.task_spec import (
     ACTOR_CALL,
     ACTOR_CREATION,
@@ -100,6 +101,7 @@ class TaskSubmitter:
         lineage: LineageTable,
         watch: Callable[[set[bytes]], None],
         current_task_id: Callable[[], bytes | None],
+        current_spec: Callable[[], TaskSpec | None] = lambda: None,
         events: TaskEvents | None = None,
     ) -> None:
         self.gcs = gcs
@@ -114,6 +116,9 @@ class TaskSubmitter:
         self.lineage = lineage
         self._watch = watch
         self._current_task_id = current_task_id
+        self._current_spec = current_spec
+        # in an actor's worker: (group, capture) of its creation, which its calls' tasks follow
+        self.actor_group: tuple[str, bool] | None = None
         self.events = events
         self._threshold = settings.inline_threshold
         self._id_prefix, self._id_counter = os.urandom(8), itertools.count()
@@ -167,7 +172,12 @@ class TaskSubmitter:
         """Queue a task, an actor creation or an actor call; one ref per return value (one
         hidden ref for num_returns=0)."""
         stream = shape = ""
+        group, capture = "", False
         if kind != ACTOR_CALL:
+            opts = self._captured(opts)
+            if isinstance(opts.strategy, PlacementGroupSchedulingStrategy) and opts.strategy.placement_group:
+                group = opts.strategy.placement_group.id
+                capture = bool(opts.strategy.placement_group_capture_child_tasks)
             opts, shape, stream, actor_options = self._route(opts, kind, function_name, actor_options)
         task_id = self.job_id.binary() + self.unique_suffix()
         frame_bytes, args_object, arg_refs, held = self._pack_arguments(task_id, function_name, args, kwargs)
@@ -191,6 +201,8 @@ class TaskSubmitter:
             actor_id=actor_id,
             method=method,
             actor_options=actor_options,
+            placement_group=group,
+            capture_children=capture,
         )
         return_ids = spec.return_ids()
         parent = self._current_task_id()
@@ -256,6 +268,24 @@ class TaskSubmitter:
                 self.flush_actor_queue(waiting.spec.actor_id)
             else:
                 self.submit_ready(waiting.spec, waiting.stream)
+
+    def current_group(self) -> tuple[str, bool]:
+        """(hex of the placement group the running task or actor is in, or "", whether what it
+        starts is captured into that group)."""
+        if self.actor_group is not None:
+            return self.actor_group
+        spec = self._current_spec()
+        return (spec.placement_group, spec.capture_children) if spec is not None else ("", False)
+
+    def _captured(self, opts: TaskOptions) -> TaskOptions:
+        """A task with no strategy of its own, started by one whose group captures its
+        children, runs in any bundle of that group (and captures its own children), as in Ray."""
+        if opts.strategy not in (None, "DEFAULT"):
+            return opts
+        group, capture = self.current_group()
+        if not (group and capture):
+            return opts
+        return replace(opts, strategy=PlacementGroupSchedulingStrategy(GroupRef(group), -1, True))
 
     def _route(
         self, opts: TaskOptions, kind: int, function_name: str, actor_options: dict[str, Any] | None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from rayr.exceptions import ActorDiedError, RuntimeEnvSetupError
 from rayr.keys import TASK_GROUP
+from rayr.raylet.scheduler import split_kind
 from rayr.runtime_env.manager import EnvManager
 from rayr.task_spec import TaskSpec
 
@@ -22,24 +23,26 @@ class EnvWorkers:
         self.raylet = raylet
         self.manager = EnvManager(raylet.gcs.r, raylet.keys, raylet.session_dir, raylet.settings.temp_dir,
                                   raylet.wake)
-        self._waiting: dict[str, int] = {}  # env -> workers to start once it is set up
+        self._waiting: dict[str, int] = {}  # worker kind -> workers to start once its env is set up
 
-    def start_worker(self, env: str) -> None:
-        """Start a worker in ``env`` now, or once its setup (begun here if need be) is done."""
+    def start_worker(self, kind: str) -> None:
+        """Start a worker of ``kind`` (an env, maybe GPU ids) now, or once its env's setup
+        (begun here if need be) is done."""
         raylet = self.raylet
+        env = split_kind(kind)[0]
         with raylet._lock:
-            raylet.sched.on_worker_started(env)
+            raylet.sched.on_worker_started(kind)
         ready = self.manager.ready(env)
         if ready is not None:
-            raylet.spawn_worker(env, ready)
+            raylet.spawn_worker(kind, ready)
             return
         failure = self.manager.failure(env)
         if failure is not None:
             with raylet._lock:
-                raylet.sched.on_worker_failed_to_start(env)
+                raylet.sched.on_worker_failed_to_start(kind)
             self.fail_queued(env, failure)
             return
-        self._waiting[env] = self._waiting.get(env, 0) + 1
+        self._waiting[kind] = self._waiting.get(kind, 0) + 1
         self.manager.start(env)
 
     def prepare(self, env: str) -> None:
@@ -49,14 +52,17 @@ class EnvWorkers:
     def on_wake(self) -> None:
         """Act on setups that ended: start the workers that waited, or fail the tasks."""
         for env, worker_env, error in self.manager.finished():
-            count = self._waiting.pop(env, 0)
+            kinds = {kind: self._waiting.pop(kind) for kind in list(self._waiting)
+                     if split_kind(kind)[0] == env}
             if worker_env is not None:
-                for _ in range(count):
-                    self.raylet.spawn_worker(env, worker_env)
+                for kind, count in kinds.items():
+                    for _ in range(count):
+                        self.raylet.spawn_worker(kind, worker_env)
                 continue
             with self.raylet._lock:
-                for _ in range(count):
-                    self.raylet.sched.on_worker_failed_to_start(env)
+                for kind, count in kinds.items():
+                    for _ in range(count):
+                        self.raylet.sched.on_worker_failed_to_start(kind)
             self.fail_queued(env, error)
 
     def worker_failed(self, env: str, error: str) -> None:

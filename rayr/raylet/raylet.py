@@ -33,6 +33,7 @@ import redis
 
 from rayr import protocol
 from rayr import resources as res
+from rayr.accelerators import node_gpu_ids
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs import control, logs
@@ -44,7 +45,7 @@ from rayr.object_store.orphans import NamespaceLock, reclaim_orphans, spill_dire
 from rayr.object_store.registry import open_backend
 from rayr.private_files import private_dir
 from rayr.raylet.env_workers import EnvWorkers
-from rayr.raylet.scheduler import QueuedTask, Scheduler
+from rayr.raylet.scheduler import QueuedTask, Scheduler, split_kind
 from rayr.raylet.worker_pool import WorkerHandle, WorkerPool
 from rayr.resources import TARGET_MARK
 from rayr.runtime_env.installer import WorkerEnv
@@ -92,6 +93,7 @@ class Raylet:
             max_workers=max(4, int(cpus * settings.max_workers_per_cpu)),
             min_pool=max(1, int(cpus)),
             prefetch=0,  # leased workers pull the next task themselves
+            gpu_ids=node_gpu_ids(resources.get("GPU", 0.0))[0],
         )
         self._lock = threading.Lock()  # guards self.sched (main + reader threads)
         self._capacity = threading.Event()  # set when resources free up, wakes the reader
@@ -552,8 +554,9 @@ class Raylet:
             else:
                 self.sched.on_worker_failed_to_start(handle.env)
                 task = None
-        if not handle.ready and handle.env:  # it could not even start in its env: say why
-            self.envs.worker_failed(handle.env, f"its worker exited with code {handle.proc.returncode} "
+        env = split_kind(handle.env)[0]
+        if not handle.ready and env:  # it could not even start in its env: say why
+            self.envs.worker_failed(env, f"its worker exited with code {handle.proc.returncode} "
                                     f"before starting:\n{self.pool.log_tail(handle.worker_id)}")
         code = handle.proc.returncode
         if task is not None:
@@ -670,27 +673,29 @@ class Raylet:
                     retired.conn.send(protocol.encode(protocol.Exit()))
                 except OSError:
                     pass
-        for env, count in to_start.items():
+        for kind, count in to_start.items():
             for _ in range(count):
-                if env:
-                    self.envs.start_worker(env)
+                if split_kind(kind)[0]:
+                    self.envs.start_worker(kind)
                 else:
-                    self._start_worker()
+                    self._start_worker(kind)
         self._reap_slow_starters()
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, kind: str = "") -> None:
         with self._lock:
-            self.sched.on_worker_started()
-        self.spawn_worker("", None)
+            self.sched.on_worker_started(kind)
+        self.spawn_worker(kind, None)
 
-    def spawn_worker(self, env: str, worker_env: WorkerEnv | None) -> None:
-        """Launch a worker the scheduler was told about (``on_worker_started``)."""
+    def spawn_worker(self, kind: str, worker_env: WorkerEnv | None) -> None:
+        """Launch a worker of ``kind`` (see ``worker_kind``) the scheduler was told about
+        (``on_worker_started``)."""
         try:
-            handle = self.pool.start(env, worker_env)
+            handle = self.pool.start(kind, worker_env)
         except OSError as err:  # e.g. a runtime env's interpreter that cannot run
-            log.error("could not start a worker (env %r): %s", env, err)
+            log.error("could not start a worker (kind %r): %s", kind, err)
             with self._lock:
-                self.sched.on_worker_failed_to_start(env)
+                self.sched.on_worker_failed_to_start(kind)
+            env = split_kind(kind)[0]
             if env:
                 self.envs.worker_failed(env, f"could not start a worker: {err}")
             return

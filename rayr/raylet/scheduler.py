@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rayr import resources as res
+from rayr.accelerators import gpu_amount, only_gpus, without_gpus
 from rayr.resources import BUNDLE, BUNDLE_MARKER_TOTAL, bundle_resource_names
 
 READ_CAP = 64  # most tasks pulled from one stream at once
@@ -36,6 +37,24 @@ class QueuedTask:
     lifetime: dict[str, float] = field(default_factory=dict)  # actor: resources held while alive
     restart: bool = False
     env: str = ""  # runtime env hash; only a worker started in that env may run it
+    devices: str = ""  # GPU ids it was given when reserved, e.g. "0,1"
+    gpu_share: float = 0.0  # how much of each of those it holds (1 for whole GPUs)
+
+    @property
+    def kind(self) -> str:
+        """The workers that may run it: of its env, seeing exactly its GPUs."""
+        return worker_kind(self.env, self.devices)
+
+
+def worker_kind(env: str, devices: str) -> str:
+    """A worker's kind: its runtime env hash, and the GPU ids it sees if any (``<env>#<ids>``)."""
+    return f"{env}#{devices}" if devices else env
+
+
+def split_kind(kind: str) -> tuple[str, str]:
+    """(runtime env hash, GPU ids) of a worker kind."""
+    env, _, devices = kind.partition("#")
+    return env, devices
 
 
 @dataclass
@@ -67,15 +86,20 @@ class Scheduler:
     # running workers blocked in get(): their resources are released meanwhile
     blocked: set[str] = field(default_factory=set)
     starting: int = 0  # workers launched but not yet ready (of every env)
-    env_starting: dict[str, int] = field(default_factory=dict)  # of those, per runtime env
-    worker_env: dict[str, str] = field(default_factory=dict)  # ready worker -> its env (not "")
+    env_starting: dict[str, int] = field(default_factory=dict)  # of those, per kind (not "")
+    worker_env: dict[str, str] = field(default_factory=dict)  # ready worker -> its kind (not "")
     live: set[str] = field(default_factory=set)  # ready pool workers (not actors)
     # worker -> resources its actor holds; actor workers leave the pool for good
     actors: dict[str, dict[str, float]] = field(default_factory=dict)
     min_pool: int = 1  # idle-or-busy pool workers kept around (prestarted)
+    gpu_ids: list[str] = field(default_factory=list)  # the node's GPU ids, handed out whole or shared
     # tasks read beyond what fits now, so a finishing worker gets its next task without a
     # Redis round trip; small, because what this node holds other nodes cannot take
     prefetch: int = 0
+    # GPU id -> the share of it given out (tasks, actors, a placement group's tasks alike;
+    # `available` already keeps their sum within the node's GPUs)
+    gpu_used: dict[str, float] = field(default_factory=dict)
+    actor_tasks: dict[str, QueuedTask] = field(default_factory=dict)  # actor worker -> its creation
 
     def __post_init__(self) -> None:
         if not self.available:
@@ -211,21 +235,27 @@ class Scheduler:
         task = self.running.get(worker)
         if task is not None and worker not in self.blocked:
             self.blocked.add(worker)
-            res.add(self.available, task.request)
+            # its CPUs go back meanwhile, not its GPUs: the process keeps its devices
+            res.add(self.available, without_gpus(task.request))
             self._reserve()
 
     def on_worker_unblocked(self, worker: str) -> None:
         task = self.running.get(worker)
         if task is not None and worker in self.blocked:
             self.blocked.discard(worker)
-            res.subtract(self.available, task.request)
+            res.subtract(self.available, without_gpus(task.request))
 
     def on_actor_ready(self, worker: str) -> None:
         """The creation task became a live actor: trade placement for lifetime resources."""
         task = self.running.pop(worker, None)
         if task is None:
             return
+        held = task.devices if gpu_amount(task.lifetime) > 0 else ""
+        task.devices = ""  # the actor keeps the GPUs it was placed with for its life
         self._release(worker, task)
+        if held:
+            task.devices = held
+            self.actor_tasks[worker] = task
         res.subtract(self.available, task.lifetime)
         self.actors[worker] = task.lifetime
         self.live.discard(worker)
@@ -234,6 +264,9 @@ class Scheduler:
 
     def on_actor_died(self, worker: str) -> None:
         res.add(self.available, self.actors.pop(worker, {}))
+        creation = self.actor_tasks.pop(worker, None)
+        if creation is not None:
+            self._free_devices(creation)
         self._reserve()
 
     def on_worker_retiring(self, worker: str) -> None:
@@ -264,6 +297,7 @@ class Scheduler:
             if match(task):
                 self.ready.remove(task)
                 res.add(self.available, task.request)
+                self._free_devices(task)
                 self._reserve()
                 return task
         for task in self.overflow:
@@ -279,6 +313,7 @@ class Scheduler:
             self.ready = deque(t for t in self.ready if t.env != env)
             for task in taken:
                 res.add(self.available, task.request)
+                self._free_devices(task)
         later = [t for t in self.overflow if t.env == env]
         if later:
             self.overflow = deque(t for t in self.overflow if t.env != env)
@@ -292,7 +327,7 @@ class Scheduler:
         waiting: deque[QueuedTask] = deque()
         while self.ready and self.idle:
             task = self.ready.popleft()
-            worker = self._idle_worker(task.env)
+            worker = self._idle_worker(task.kind)
             if worker is None:  # none of its env is idle: it keeps its place
                 waiting.append(task)
                 continue
@@ -304,7 +339,7 @@ class Scheduler:
         return out
 
     def _idle_worker(self, env: str) -> str | None:
-        """The most recently idle worker of ``env`` (the longest idle are the ones to retire)."""
+        """The most recently idle worker of kind ``env`` (the longest idle are the ones to retire)."""
         worker = None
         if not self.worker_env:  # the common case: every worker is a default one
             worker = self.idle.pop() if not env and self.idle else None
@@ -344,7 +379,7 @@ class Scheduler:
         """
         need: dict[str, int] = {}
         for task in self.ready:
-            need[task.env] = need.get(task.env, 0) + 1
+            need[task.kind] = need.get(task.kind, 0) + 1
         idle: dict[str, int] = {}
         for worker in self.idle:
             env = self.worker_env.get(worker, "")
@@ -384,12 +419,61 @@ class Scheduler:
     # -------------------------------------------------------------- internal
     def _release(self, worker: str, task: QueuedTask) -> None:
         if worker in self.blocked:
-            self.blocked.discard(worker)  # its resources were already given back
+            self.blocked.discard(worker)  # its resources but GPUs were already given back
+            res.add(self.available, only_gpus(task.request))
         else:
             res.add(self.available, task.request)
+        self._free_devices(task)
 
     def _reserve(self) -> None:
         while self.overflow and res.fits(self.available, self.overflow[0].request):
-            task = self.overflow.popleft()
+            task = self.overflow[0]
+            if self.gpu_ids and not self._give_devices(task):
+                break  # enough GPU in sum, but no id has the share it needs: it waits
+            self.overflow.popleft()
             res.subtract(self.available, task.request)
             self.ready.append(task)
+
+    # ------------------------------------------------------------------ GPUs
+    def _give_devices(self, task: QueuedTask) -> bool:
+        """Pick GPU ids for a task that asks for GPUs, as Ray does: whole GPUs for amounts of
+        one or more, a share of one GPU (packed onto the fullest that fits) below one. Ids an
+        idle worker of the task's env already sees come first, so its process is reused."""
+        amount = gpu_amount(task.request)
+        if amount <= 0:
+            return True
+        env = task.env
+        kinds = (split_kind(self.worker_env.get(worker, "")) for worker in self.idle)
+        reusable = {gpu for kind_env, devices in kinds if kind_env == env and devices
+                    for gpu in devices.split(",")}
+
+        def order(gpu: str) -> tuple[bool, int]:
+            return (gpu not in reusable, self.gpu_ids.index(gpu))
+
+        if amount >= 1:
+            free = sorted((g for g in self.gpu_ids if self.gpu_used.get(g, 0.0) < 1e-9), key=order)
+            whole = round(amount)
+            if len(free) < whole:
+                return False
+            picked, share = sorted(free[:whole], key=self.gpu_ids.index), 1.0
+        else:
+            fitting = [g for g in self.gpu_ids if self.gpu_used.get(g, 0.0) + amount <= 1 + 1e-9]
+            if not fitting:
+                return False
+            best = min(fitting, key=lambda g: (-self.gpu_used.get(g, 0.0), *order(g)))
+            picked, share = [best], amount
+        for gpu in picked:
+            self.gpu_used[gpu] = self.gpu_used.get(gpu, 0.0) + share
+        task.devices, task.gpu_share = ",".join(picked), share
+        return True
+
+    def _free_devices(self, task: QueuedTask) -> None:
+        if not task.devices:
+            return
+        for gpu in task.devices.split(","):
+            left = self.gpu_used.get(gpu, 0.0) - task.gpu_share
+            if left > 1e-9:
+                self.gpu_used[gpu] = left
+            else:
+                self.gpu_used.pop(gpu, None)
+        task.devices, task.gpu_share = "", 0.0

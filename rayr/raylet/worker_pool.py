@@ -14,6 +14,7 @@ from multiprocessing.connection import Connection
 
 from rayr import procs, protocol
 from rayr.private_files import open_log
+from rayr.raylet.scheduler import split_kind
 from rayr.raylet.zygote import ForkedProcess, Zygote
 from rayr.runtime_env.installer import WorkerEnv
 
@@ -25,7 +26,7 @@ class WorkerHandle:
     conn: Connection
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
-    env: str = ""  # runtime env hash ("" for the default env)
+    env: str = ""  # its kind: runtime env hash ("" for the default env) and GPU ids it sees
 
 
 PIDS_KEPT = 10_000
@@ -43,11 +44,15 @@ class WorkerPool:
         # workers of the default env are forked from a zygote (a few ms instead of ~0.25 s)
         self.zygote = Zygote(os.path.join(log_dir, "zygote.log")) if zygote else None
 
-    def start(self, env: str = "", worker_env: WorkerEnv | None = None) -> WorkerHandle:
-        """Launch a worker; in a runtime env, with its interpreter, variables and directory."""
+    def start(self, kind: str = "", worker_env: WorkerEnv | None = None) -> WorkerHandle:
+        """Launch a worker of ``kind``: in a runtime env, with its interpreter, variables and
+        directory; seeing the GPU ids the kind names."""
         worker_id = os.urandom(12).hex()
         python = worker_env.python if worker_env is not None else sys.executable
+        env, devices = split_kind(kind)
         extra = ["--runtime-env", env] if env else []
+        if devices:
+            extra += ["--gpu-ids", devices]
         log_path = os.path.join(self._log_dir, f"worker-{worker_id}.log")
         args = ["--worker-id", worker_id, "--cancel-file", self.cancel_file(worker_id),
                 *self._base_args, *extra]
@@ -69,7 +74,7 @@ class WorkerPool:
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        handle = WorkerHandle(worker_id, proc, conn, env=env)
+        handle = WorkerHandle(worker_id, proc, conn, env=kind)
         self.workers[worker_id] = handle
         self.pids[worker_id] = proc.pid
         if len(self.pids) > PIDS_KEPT:

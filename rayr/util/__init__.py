@@ -14,6 +14,7 @@ from rayr.util.actor_pool import ActorPool
 # as in Ray, the functions shadow the submodule's name (``ray.util.placement_group(...)``)
 from rayr.util.placement_group import (
     PlacementGroup,
+    get_current_placement_group,
     get_placement_group,
     placement_group,
     placement_group_table,
@@ -42,7 +43,7 @@ def progress(refs: Iterable[ObjectRef], **options: Any) -> Iterator[ObjectRef]:
 def __getattr__(name: str) -> ModuleType:
     # ``ray.util.queue.Queue`` and ``ray.util.multiprocessing.Pool`` work as attribute paths
     # after ``import rayr as ray``, without importing those modules for every program
-    if name in ("queue", "multiprocessing", "scheduling_strategies"):
+    if name in ("queue", "multiprocessing", "scheduling_strategies", "accelerators"):
         return importlib.import_module(f"rayr.util.{name}")
     raise AttributeError(f"module 'rayr.util' has no attribute {name!r}")
 
@@ -50,6 +51,7 @@ def __getattr__(name: str) -> ModuleType:
 __all__ = [
     "ActorPool",
     "PlacementGroup",
+    "get_current_placement_group",
     "get_placement_group",
     "list_named_actors",
     "placement_group",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rayr.placement_group import (
     PlacementGroup,
+    get_current_placement_group,
     get_placement_group,
     placement_group,
     placement_group_table,
@@ -12,6 +13,7 @@ from rayr.placement_group import (
 
 __all__ = [
     "PlacementGroup",
+    "get_current_placement_group",
     "get_placement_group",
     "placement_group",
     "placement_group_table",

@@ -134,6 +134,9 @@ class ActorRuntime:
             return False
         self.executor.actor_id = self.actor_id
         self.executor.actor_name = info.get("name", "")
+        self.executor.actor_restarted = int(info.get("restarts", 0) or 0) > 0
+        # what its methods start follows the group it was created in
+        self.core.submitter.actor_group = (spec.placement_group, spec.capture_children)
         executor.attribute_output(spec.function_name.split(".")[0])  # the class, as Ray prefixes
         self.core.set_current_task(spec.task_id, spec.resources, spec)
         holder: list[Any] = []

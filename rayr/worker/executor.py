@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
-from rayr import context, protocol, serialization
+from rayr import accelerators, context, protocol, serialization
 from rayr.config import child_settings
 from rayr.core import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
@@ -153,6 +153,7 @@ class TaskExecutor:
         self.results = ResultDelivery(core)
         self.actor_id: str | None = None  # set once this worker became an actor
         self.actor_name = ""
+        self.actor_restarted = False  # this actor runs again after its process or node died
         self.cancelled_tasks: set[bytes] = set()  # calls of this actor cancelled while queued/running
 
     def send(self, msg: protocol.Message) -> None:
@@ -465,7 +466,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings-json", required=True)
     parser.add_argument("--cancel-file", required=True, help="where the raylet names a task to cancel")
     parser.add_argument("--runtime-env", default="", help="hash of the runtime env this worker runs in")
+    parser.add_argument("--gpu-ids", default="", help="the GPU ids this worker's tasks were given")
     opts = parser.parse_args(argv)
+    if opts.gpu_ids:
+        # ids the node took from CUDA_VISIBLE_DEVICES are reported as strings, as in Ray
+        named = accelerators.VISIBLE_DEVICES in os.environ
+        ids = opts.gpu_ids.split(",")
+        context.state.gpu_ids = ids if named else [int(i) for i in ids]
+        os.environ[accelerators.VISIBLE_DEVICES] = opts.gpu_ids  # before any task imports CUDA
     settings = child_settings(opts.settings_json)  # the password comes in the environment
     conn = Connection(opts.fd)
     client = connect(opts.redis_url, settings.redis_password)
@@ -495,6 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     core.envs.set_parent(opts.runtime_env)  # tasks it submits inherit its env
     context.state.core = core
+    context.state.redis_url = opts.redis_url  # the password comes in the environment, not here
     executor = TaskExecutor(core, conn, opts.redis_url)
     context.state.executor = executor
     executor.output = OutputCapture(

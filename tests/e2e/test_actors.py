@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -368,6 +369,37 @@ def test_runtime_context_actor_id(ray):
     c = Counter.remote()
     assert rayr.get(c.actor_id.remote()) == c._actor_id
     assert rayr.get_runtime_context().get_actor_id() is None
+
+
+def test_runtime_context_fields_ray_has(ray, tmp_path):
+    marker = tmp_path / "crashed-once"
+
+    @rayr.remote(max_restarts=1, max_task_retries=1, runtime_env={"env_vars": {"RAYR_T": "1"}})
+    class Probe:
+        def me(self):
+            return rayr.get_runtime_context().current_actor
+
+        def crash_once(self):
+            if not marker.exists():
+                marker.touch()
+                os._exit(1)
+            ctx = rayr.get_runtime_context()
+            return (ctx.was_current_actor_reconstructed(), ctx.gcs_address,
+                    json.loads(ctx.get_runtime_env_string()))
+
+        def rebuilt(self):
+            return rayr.get_runtime_context().was_current_actor_reconstructed()
+
+    p = Probe.remote()
+    assert rayr.get(p.rebuilt.remote()) is False
+    handle = rayr.get(p.me.remote())
+    assert handle._actor_id == p._actor_id and rayr.get(handle.rebuilt.remote()) is False
+    rebuilt, gcs_address, env = rayr.get(p.crash_once.remote(), timeout=60)
+    assert rebuilt is True
+    assert gcs_address == rayr.get_runtime_context().gcs_address != ""
+    assert env["env_vars"] == {"RAYR_T": "1"}
+    with pytest.raises(RuntimeError, match="inside an actor"):
+        _ = rayr.get_runtime_context().current_actor
 
 
 DRIVER = textwrap.dedent(

@@ -131,3 +131,65 @@ def test_names_and_bad_input(two_nodes):
     with pytest.raises(ValueError, match="bundle_index"):
         PlacementGroupSchedulingStrategy(pg, 5)
     assert rayr.util.placement_group is placement_group
+
+
+@rayr.remote(num_cpus=1)
+def child_info(depth):
+    from rayr.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    below = rayr.get(child_info.remote(depth - 1)) if depth else None
+    return pg, rayr.get_runtime_context().get_placement_group_id(), below
+
+
+def test_children_are_captured_into_a_group_that_holds_every_cpu(two_nodes):
+    # the group holds all four CPUs: a child scheduled outside it could never run
+    pg = placement_group([{"CPU": 2}, {"CPU": 2}], strategy="SPREAD")
+    assert pg.wait(30)
+    try:
+        assert _free_cpus(0.0) == 0.0
+        captured = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+        ref = child_info.options(scheduling_strategy=captured).remote(2)
+        ready, _ = rayr.wait([ref], timeout=120)
+        assert ready, "a child of a captured task never ran inside the group"
+        level = rayr.get(ref)
+        for _ in range(3):  # the task, its child and grandchild: all in the group
+            seen_pg, seen_id, below = level
+            assert seen_pg == pg and seen_id == pg.id and seen_pg.bundle_count == 2
+            level = below
+        assert level is None
+
+        @rayr.remote(num_cpus=0)
+        def outside():
+            return rayr.get(child_info.options(num_cpus=0).remote(0))
+
+        # without capture the child is in no group (0 CPUs, so it fits outside the group)
+        plain = PlacementGroupSchedulingStrategy(pg)
+        seen_pg, seen_id, _ = rayr.get(outside.options(scheduling_strategy=plain).remote())
+        assert seen_pg is None and seen_id is None
+        assert rayr.util.get_current_placement_group() is None  # the driver is in none
+    finally:
+        remove_placement_group(pg)
+
+
+def test_an_actor_captures_what_its_methods_start(two_nodes):
+    pg = placement_group([{"CPU": 2}, {"CPU": 2}], strategy="SPREAD")
+    assert pg.wait(30)
+    try:
+        @rayr.remote(num_cpus=1)
+        class Parent:
+            def spawn(self):
+                return rayr.get(child_info.remote(0))
+
+            def group(self):
+                ctx = rayr.get_runtime_context()
+                return ctx.get_placement_group_id(), ctx.should_capture_child_tasks_in_placement_group
+
+        parent = Parent.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            pg, placement_group_capture_child_tasks=True)).remote()
+        assert rayr.get(parent.group.remote()) == (pg.id, True)
+        seen_pg, _, _ = rayr.get(parent.spawn.remote(), timeout=120)
+        assert seen_pg == pg
+        rayr.kill(parent)
+    finally:
+        remove_placement_group(pg)
