@@ -91,6 +91,11 @@ class ObjectLostError(RayError):
         self.object_hex = object_hex
         self.detail = detail
 
+    @property
+    def object_ref_hex(self) -> str:
+        """Ray's name for the lost object's id."""
+        return self.object_hex
+
     def __str__(self) -> str:
         return f"Object {self.object_hex} is lost. {self.detail}".strip()
 
@@ -116,11 +121,23 @@ class OutOfMemoryError(RayError):
 
 
 class TaskCancelledError(RayError):
-    """The task was cancelled."""
+    """The task was cancelled. A task (or async actor call) interrupted while running raises
+    it as a RayTaskError too, as Ray does; one cancelled before it ran raises it alone."""
+
+    def __init__(self, message: str = "", task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id  # hex of the cancelled task, when known
 
 
 class RayActorError(RayError):
-    """An actor died or cannot be reached."""
+    """An actor died or cannot be reached; ``actor_id`` (hex) names it when known."""
+
+    def __init__(self, message: str = "", actor_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error_msg = message
+        self.actor_id = actor_id
+        self.actor_init_failed = False
+        self.preempted = False
 
 
 class ActorDiedError(RayActorError):

@@ -368,10 +368,12 @@ class TaskSubmitter:
         def on_reply(replies: list[Any]) -> None:
             reply = replies[0]
             if isinstance(reply, Exception):
-                self.gcs.fail_tasks([spec], ActorDiedError(f"Could not call the actor: {reply}"))
+                self.gcs.fail_tasks([spec], ActorDiedError(f"Could not call the actor: {reply}",
+                                                          spec.actor_id))
             elif not reply[0]:
                 cause = reply[1].decode(errors="replace")
-                self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {spec.actor_id} is dead: {cause}"))
+                self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {spec.actor_id} is dead: {cause}",
+                                                          spec.actor_id))
             else:
                 self._remember_submitted(spec, self.keys.actor_mailbox(spec.actor_id), reply[1])
 

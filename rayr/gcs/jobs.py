@@ -19,7 +19,7 @@ def kill_actor(gcs: GcsClient, actor_id: str, why: str, no_restart: bool) -> Non
         return
     if no_restart:
         cause = f"The actor {actor_id} ({info.get('class_name')}) was killed: {why}."
-        gcs.fail_tasks(gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
+        gcs.fail_tasks(gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause, actor_id))
     node = info.get("node")
     if node:
         gcs.r.xadd(gcs.keys.node_stream(node), control.Kill(actor_id).fields())

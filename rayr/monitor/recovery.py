@@ -123,7 +123,7 @@ def recover_actors(gcs: GcsClient, node_id: str) -> tuple[int, int]:
             continue
         cause = (f"The actor {actor_id} ({info.class_name}) died with its node "
                  f"{node_id[:12]}, and it has no restarts left (max_restarts={info.max_restarts}).")
-        gcs.fail_tasks(gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
+        gcs.fail_tasks(gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause, actor_id))
         dead += 1
     return restarted, dead
 

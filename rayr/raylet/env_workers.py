@@ -90,7 +90,7 @@ class EnvWorkers:
         with gcs.r.pipeline(transaction=False) as pipe:
             if task.actor:
                 cause = f"The actor {task.actor} died: {err}"
-                gcs.fail_tasks(gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause))
+                gcs.fail_tasks(gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause, task.actor))
             if not task.restart:
                 gcs.fail_tasks([spec], err, pipe)
             if task.stream:

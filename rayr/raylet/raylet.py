@@ -608,7 +608,7 @@ class Raylet:
             f"The actor {actor_id} ({info.class_name}) died: {why}, and it has no restarts "
             f"left (max_restarts={info.max_restarts})."
         )
-        self.gcs.fail_tasks(self.gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause))
+        self.gcs.fail_tasks(self.gcs.mark_actor_dead(actor_id, cause), ActorDiedError(cause, actor_id))
 
     def _task_crashed(self, task: QueuedTask, why: str) -> None:
         if task.actor:
@@ -637,11 +637,11 @@ class Raylet:
                 self.sched.on_tasks([dataclasses.replace(task)])
             return
         cause = f"The actor {task.actor} died while being constructed: {why}."
-        self.gcs.fail_tasks(self.gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause))
+        self.gcs.fail_tasks(self.gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause, task.actor))
         spec = TaskSpec.decode(task.spec)
         with self.gcs.r.pipeline(transaction=False) as pipe:
             if not task.restart:
-                self.gcs.fail_tasks([spec], ActorDiedError(cause), pipe)
+                self.gcs.fail_tasks([spec], ActorDiedError(cause, task.actor), pipe)
             if task.stream:
                 pipe.xack(task.stream, TASK_GROUP, task.entry_id)
                 pipe.xdel(task.stream, task.entry_id)

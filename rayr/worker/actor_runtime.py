@@ -180,7 +180,7 @@ class ActorRuntime:
     def _die(self, cause: str) -> None:
         """Mark the actor DEAD and fail every call left in its mailbox."""
         specs = self.gcs.mark_actor_dead(self.actor_id, cause)
-        self.gcs.fail_tasks(specs, ActorDiedError(cause))
+        self.gcs.fail_tasks(specs, ActorDiedError(cause, self.actor_id))
 
     # -------------------------------------------------------------- serving
     def _serve(self) -> None:
@@ -246,7 +246,8 @@ class ActorRuntime:
         """Deliver a call's results; a sync actor also picks up cancellations on the way."""
         if spec.task_id in self.executor.cancelled_tasks:
             self.executor.cancelled_tasks.discard(spec.task_id)
-            records = [self.executor.cancelled_record(spec)] * max(spec.num_returns, 1)
+            # records: it ran (and was told while running); none: cancelled before it started
+            records = [self.executor.cancelled_record(spec, ran=bool(records))] * max(spec.num_returns, 1)
         if self.executor.results.hold_back(spec, records, self.mailbox, entry_id, ACTOR_GROUP):
             return
         self.executor.results.deliver(spec, records, self.mailbox, entry_id, ACTOR_GROUP,
@@ -268,7 +269,9 @@ class ActorRuntime:
     def _on_control_reply(self, reply: Any) -> None:
         if isinstance(reply, Exception) or not reply:
             return
-        for _stream, raw in reply:  # raw RESP: fields come as a flat list
+        # a raw reply: RESP3 (redis-py's default) answers XREADGROUP with a map, RESP2 with
+        # [stream, entries] pairs; fields come as a flat list either way
+        for _stream, raw in reply.items() if isinstance(reply, dict) else reply:
             self._on_control([(eid, dict(zip(f[::2], f[1::2], strict=False))) for eid, f in raw])
 
     def _check_incarnation(self, client: Any) -> None:
@@ -312,7 +315,7 @@ class ActorRuntime:
             if maybe_running and self.max_task_retries != -1 and retries_used >= self.max_task_retries:
                 err = ActorDiedError(
                     f"The actor {self.actor_id} died while running {spec.function_name}() and "
-                    f"max_task_retries={self.max_task_retries} allows no more retries."
+                    f"max_task_retries={self.max_task_retries} allows no more retries.", self.actor_id
                 )
                 self._fail(entry_id, spec, err)
                 continue
@@ -415,7 +418,7 @@ class ActorRuntime:
                 await self._loop.run_in_executor(None, self._exit, entry_id, spec)
                 return
             except asyncio.CancelledError:
-                records = [self.executor.cancelled_record(spec)] * n
+                records = [self.executor.cancelled_record(spec, ran=True)] * n
                 self.executor.cancelled_tasks.discard(spec.task_id)
             except Exception as err:
                 records = [self.executor.error_record(spec, err)] * n
@@ -450,7 +453,7 @@ class ActorRuntime:
         self.executor.results.flush()  # the calls of its batch that ran before this one
         cause = f"The actor {self.actor_id} exited on purpose (exit_actor() in {spec.function_name}())."
         try:
-            self._fail(entry_id, spec, ActorDiedError(cause))
+            self._fail(entry_id, spec, ActorDiedError(cause, self.actor_id))
             self._die(cause)
             self.core.commands.flush()
         finally:

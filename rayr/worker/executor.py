@@ -155,6 +155,12 @@ class TaskExecutor:
         self.actor_name = ""
         self.actor_restarted = False  # this actor runs again after its process or node died
         self.cancelled_tasks: set[bytes] = set()  # calls of this actor cancelled while queued/running
+        # Task cancels by SIGINT (plain tasks): the handler interrupts only the task named in
+        # `interruptible` (set inside run()'s try, so the KeyboardInterrupt is always caught
+        # there); a cancel that arrives before its task starts (it was on its way to us) is
+        # kept in `cancel_before_start` and honoured when the task does start.
+        self.interruptible: str | None = None
+        self.cancel_before_start: str | None = None
 
     def send(self, msg: protocol.Message) -> None:
         with self._send_lock:
@@ -296,20 +302,34 @@ class TaskExecutor:
         if events is not None:
             events.started(spec, received or time.time())
         try:
+            if self.actor_id is None:
+                self.interruptible = task_hex = spec.task_id.hex()
+                if self.cancel_before_start == task_hex:
+                    raise KeyboardInterrupt
             return self._run(spec, fn)
         except KeyboardInterrupt:
+            self.interruptible = None
             flags = self.core.gcs.cancel_flags(spec.task_id.hex()) or ""
             if "recursive" in flags:
                 self.core.cancel_children(spec.task_id)
-            return [self.cancelled_record(spec)] * max(spec.num_returns, 1)
+            ran = self.cancel_before_start != spec.task_id.hex()
+            return [self.cancelled_record(spec, ran)] * max(spec.num_returns, 1)
         finally:
+            self.interruptible = None
             self.core.forget_children(spec.task_id)
             if self.core.store is not None:
                 self.core.store.trim_mappings()
 
-    def cancelled_record(self, spec: TaskSpec) -> bytes:
-        err = TaskCancelledError(f"Task {spec.name} ({spec.task_id.hex()}) was cancelled.")
-        return rec.error_record(serialization.dumps(err))
+    def cancelled_record(self, spec: TaskSpec, ran: bool = False) -> bytes:
+        """The record of a cancelled task: TaskCancelledError, and, as in Ray, a RayTaskError
+        too (both classes at once) when it was interrupted while running."""
+        err = TaskCancelledError(f"Task {spec.name} ({spec.task_id.hex()}) was cancelled.",
+                                 task_id=spec.task_id.hex())
+        if not ran:
+            return rec.error_record(serialization.dumps(err))
+        wrapped = RayTaskError(spec.function_name, f"{type(err).__name__}: {err}", err, os.getpid(),
+                               self.core.node_hex)
+        return rec.error_record(serialization.dumps(wrapped))
 
     def _run(self, spec: TaskSpec, fn: Any) -> list[bytes]:
         n = max(spec.num_returns, 1)
@@ -516,8 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         # signal (the task already ended, or it was another) is ignored. Only raw os calls
         # here: the handler may interrupt this thread inside a lock (Redis's connection pool,
         # a buffered file), and taking it again would deadlock the worker.
-        task = core.current_task_id
-        if task is None or executor.actor_id is not None:
+        if executor.actor_id is not None:
             return
         try:
             fd = os.open(cancel_file, os.O_RDONLY)
@@ -527,8 +546,9 @@ def main(argv: list[str] | None = None) -> None:
                 os.close(fd)
         except OSError:
             return
-        if wanted == task.hex():
+        if wanted == executor.interruptible:
             raise KeyboardInterrupt
+        executor.cancel_before_start = wanted  # not started yet, or already finished
 
     cancel_file = opts.cancel_file
 

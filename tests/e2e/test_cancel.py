@@ -9,7 +9,7 @@ import time
 import pytest
 
 import rayr
-from rayr.exceptions import TaskCancelledError
+from rayr.exceptions import RayTaskError, TaskCancelledError
 
 
 @rayr.remote
@@ -33,8 +33,9 @@ def test_cancel_queued_task_never_runs(ray, tmp_path):
     marker = tmp_path / "queued-ran"
     queued = sleeper.options(num_cpus=2).remote(0, str(marker))
     rayr.cancel(queued)
-    with pytest.raises(TaskCancelledError):
+    with pytest.raises(TaskCancelledError) as caught:
         rayr.get(queued, timeout=20)
+    assert not isinstance(caught.value, RayTaskError)  # it never ran: Ray raises it alone
     rayr.get(blockers)
     time.sleep(0.3)
     assert not marker.exists(), "a cancelled queued task ran anyway"
@@ -60,10 +61,24 @@ def test_cancel_running_task_interrupts_it(ray, tmp_path):
     _wait_for(marker)
     start = time.monotonic()
     rayr.cancel(ref)
-    with pytest.raises(TaskCancelledError):
+    with pytest.raises(TaskCancelledError) as caught:
         rayr.get(ref, timeout=20)
     assert time.monotonic() - start < 10
+    # interrupted while running: a RayTaskError too, as in Ray, naming the task
+    assert isinstance(caught.value, RayTaskError) and caught.value.task_id == ref.task_id().hex()
     assert rayr.get(sleeper.remote(0)) == 0  # the worker survived and serves on
+
+
+def test_a_task_cancelled_as_soon_as_it_is_submitted_is_cancelled(ray):
+    # the cancel may find the task queued, on its way to a worker, just handed to one that
+    # has not started it yet (the cancel used to be lost there, and the task ran its full
+    # 60 s), or running: in every case get() raises TaskCancelledError at once
+    for _ in range(5):
+        ref = sleeper.remote(60)
+        rayr.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            rayr.get(ref, timeout=30)
+    assert rayr.get(sleeper.remote(0), timeout=30) == 0
 
 
 def test_force_cancel_kills_the_worker_and_is_not_retried(ray, tmp_path):
@@ -214,8 +229,10 @@ def test_cancel_running_async_actor_call(ray):
     ref = a.nap.remote()
     time.sleep(0.3)
     rayr.cancel(ref)
-    with pytest.raises(TaskCancelledError):
+    # as in Ray: caught as RayTaskError (it was running) and as TaskCancelledError
+    with pytest.raises(RayTaskError) as caught:
         rayr.get(ref, timeout=10)
+    assert isinstance(caught.value, TaskCancelledError)
     assert rayr.get(a.ping.remote()) == "pong"
 
 
@@ -225,3 +242,38 @@ def test_force_cancel_of_actor_call_is_refused(ray):
     with pytest.raises(ValueError, match="force"):
         rayr.cancel(ref, force=True)
     assert rayr.get(ref) == "x"
+
+
+def test_a_cancel_read_with_a_delivery_reaches_the_actor(redis_url):
+    """A sync actor reads its control stream along with each delivery, through the command
+    stream, whose raw replies are RESP3 maps under redis-py 8: the cancel must be seen."""
+    from rayr.gcs.client import GcsClient, connect
+    from rayr.gcs.command_stream import CommandStream
+    from rayr.keys import ACTOR_GROUP, Keys
+    from rayr.worker.actor_runtime import ActorRuntime
+
+    gcs = GcsClient(connect(redis_url), Keys(f"ctl-{os.urandom(4).hex()}"))
+    control = gcs.keys.actor_control("ab" * 16)
+    gcs.r.xgroup_create(control, ACTOR_GROUP, id="0", mkstream=True)
+    task_id = os.urandom(16)
+    gcs.r.xadd(control, {b"cancel": task_id.hex().encode()})
+
+    class Executor:
+        cancelled_tasks: set[bytes] = set()
+
+    runtime = ActorRuntime.__new__(ActorRuntime)
+    runtime.gcs, runtime.control, runtime.consumer = gcs, control, "c"
+    runtime.executor, runtime._async_calls = Executor(), {}
+    commands = CommandStream(redis_url, None)
+    replies: list = []
+    try:
+        commands.send([runtime._read_control()], replies.extend)
+        commands.flush(timeout=10)
+        deadline = time.monotonic() + 10
+        while not replies and time.monotonic() < deadline:
+            time.sleep(0.01)
+        runtime._on_control_reply(replies[0])
+    finally:
+        commands.close()
+        gcs.r.delete(control)
+    assert Executor.cancelled_tasks == {task_id}
