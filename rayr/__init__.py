@@ -38,8 +38,8 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> ModuleType:
     # ``ray.util.ActorPool`` works after ``import rayr as ray``; the helpers in rayr.util are
     # built on this package's API, so it loads them on first use rather than importing them
-    if name == "util":
-        return importlib.import_module("rayr.util")
+    if name in ("util", "experimental"):
+        return importlib.import_module(f"rayr.{name}")
     raise AttributeError(f"module 'rayr' has no attribute {name!r}")
 
 
@@ -55,6 +55,7 @@ __all__ = [
     "cancel",
     "cluster_resources",
     "exceptions",
+    "experimental",
     "get",
     "get_actor",
     "get_gpu_ids",

@@ -21,6 +21,7 @@ from rayr.actor import ActorClass, ActorHandle, handle_from_table
 from rayr.config import Settings, env_address, env_job_runtime_env, env_submission_id, load_settings
 from rayr.context import RuntimeContext, state
 from rayr.core import CoreWorker
+from rayr.experimental import tqdm_ray
 from rayr.gcs import command_stream
 from rayr.gcs.client import GcsClient, connect
 from rayr.gcs.cluster import reachable, resolve
@@ -203,7 +204,8 @@ def init(
             core = state.core
             pubsub = core.gcs.r.pubsub()
             pubsub.subscribe(core.keys.job_logs(core.job_id.hex()))
-            state.log_printer = LogPrinter(pubsub)
+            # worker bars (rayr.experimental.tqdm_ray) arrive on the same channel
+            state.log_printer = LogPrinter(pubsub, bars=tqdm_ray.instance())
             state.log_printer.start()
         _register_atexit()
         return RayContext(_address_info(state.core))
@@ -336,6 +338,7 @@ def shutdown() -> None:
         state.log_printer = None
         if printer is not None:
             printer.stop(drain_s=0.05)
+        tqdm_ray.close_driver_bars()  # no state arrives now: the bars left show their last
         if core is not None:
             core.shutdown()
             end_job(core.gcs, core.job_id.hex(), "SUCCEEDED", "its owner (the driver) exited",

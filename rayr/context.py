@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rayr.core import CoreWorker
+    from rayr.experimental.tqdm_ray import BarHub
     from rayr.log_stream import LogPrinter
     from rayr.node import LocalCluster
     from rayr.util.metrics import MetricsRecorder
@@ -29,6 +30,8 @@ class ProcessState:
         self.cluster: LocalCluster | None = None
         self.redis_url = ""  # the connected cluster's address (no password)
         self.log_printer: LogPrinter | None = None
+        # rayr.experimental.tqdm_ray's bars: a driver's drawing, any process's late flushes
+        self.bars: BarHub | None = None
         # this process's rayr.util.metrics series (made on the first metric)
         self.metrics: MetricsRecorder | None = None
         # the GPU ids this worker sees (ints, or the node's CUDA_VISIBLE_DEVICES strings)

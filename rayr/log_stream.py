@@ -5,16 +5,23 @@ everything to the worker's log file (so nothing is lost, C-level output included
 publishes whole lines on the job's log channel. A driver started with ``log_to_driver``
 subscribes to its job's channel and prints each line with a Ray-style prefix. Pub/sub is
 at-most-once, which suits logs: the log files keep the full record.
+
+The same channel carries progress-bar states (``rayr.experimental.tqdm_ray``): a message with
+``bars`` instead of ``lines``, published by the bar itself rather than printed, so bar states
+never reach the log file, never splice into a half-printed line, and survive a task that
+redirects ``sys.stdout``. The driver's printer hands them to a ``BarSink`` that draws them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TextIO
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, Protocol, TextIO
 
 import redis
 
@@ -32,6 +39,21 @@ class OutputCapture:
         self._log_fd = os.dup(1)  # the worker's log file, as the raylet opened it
         self._threads: list[threading.Thread] = []
         self._source: tuple[str, str] = ("", "")
+
+    @property
+    def source(self) -> tuple[str, str]:
+        """(job hex, name) that output is attributed to now; ("", "") before the first task."""
+        return self._source
+
+    def publish_bars(self, source: tuple[str, str], states: list[dict[str, Any]]) -> None:
+        """Publish progress-bar states on ``source``'s job channel (dropped if Redis is down)."""
+        job, name = source
+        if not (job and states):
+            return
+        try:
+            self._publish(job, {"pid": os.getpid(), "name": name, "bars": states})
+        except Exception:  # a bar is a view, not a record: a lost state is redrawn by the next
+            pass
 
     def set_source(self, job_hex: str, name: str) -> None:
         """Attribute output from now on to ``name`` in job ``job_hex``."""
@@ -101,20 +123,45 @@ def encode(node_hex: str, payload: dict[str, Any]) -> str:
     return json.dumps({**payload, "node": node_hex})
 
 
-def format_lines(message: bytes | str) -> tuple[bool, str]:
-    """(is stderr, text to print) for one published batch, each line prefixed Ray's way."""
+class Batch(NamedTuple):
+    """One published message, as the driver reads it."""
+
+    source: str  # "(name pid=..., node=...)": who printed it
+    is_err: bool
+    lines: list[str]
+    bars: list[dict[str, Any]]  # progress-bar states (rayr.experimental.tqdm_ray wire form)
+
+    def text(self) -> str:
+        """The lines, each prefixed with the source, ready to write at once."""
+        return "".join(f"{self.source} {line}\n" for line in self.lines)
+
+
+def parse(message: bytes | str) -> Batch:
+    """Read one published message; ValueError or KeyError if it is not one."""
     data = json.loads(message)
-    prefix = f"({data.get('name') or 'worker'} pid={data['pid']}, node={data['node'][:6]}) "
-    return bool(data.get("err")), "".join(prefix + line + "\n" for line in data["lines"])
+    source = f"({data.get('name') or 'worker'} pid={data['pid']}, node={data['node'][:6]})"
+    return Batch(source, bool(data.get("err")), list(data.get("lines", ())), list(data.get("bars", ())))
+
+
+class BarSink(Protocol):
+    """Where the driver's printer sends progress-bar states (the driver's bar manager)."""
+
+    def apply(self, source: str, states: list[dict[str, Any]]) -> None:
+        """Draw these states of bars from ``source``."""
+
+    def suspended(self) -> AbstractContextManager[None]:
+        """Bars cleared from the terminal while ordinary output is written, redrawn after."""
 
 
 class LogPrinter:
     """Driver side: prints the job's worker output as it arrives, whole lines only."""
 
-    def __init__(self, pubsub: Any, out: TextIO | None = None, err: TextIO | None = None) -> None:
+    def __init__(self, pubsub: Any, out: TextIO | None = None, err: TextIO | None = None,
+                 bars: BarSink | None = None) -> None:
         self._pubsub = pubsub
         self._out = out
         self._err = err
+        self._bars = bars  # draws the progress-bar states; without one they are dropped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rayr-log-printer", daemon=True)
 
@@ -132,12 +179,23 @@ class LogPrinter:
             if msg is None or msg.get("type") != "message":
                 continue
             try:
-                is_err, text = format_lines(msg["data"])
-            except (ValueError, KeyError):
+                batch = parse(msg["data"])
+            except (ValueError, KeyError, TypeError):
                 continue
-            stream = (self._err or sys.stderr) if is_err else (self._out or sys.stdout)
+            if batch.bars and self._bars is not None:
+                try:
+                    self._bars.apply(batch.source, batch.bars)
+                except (OSError, ValueError):  # the terminal went away: worker lines still print
+                    pass
+            if batch.lines:
+                self._write(batch)
+
+    def _write(self, batch: Batch) -> None:
+        stream = (self._err or sys.stderr) if batch.is_err else (self._out or sys.stdout)
+        # bars step aside while lines are written, so a line never lands inside a bar
+        with self._bars.suspended() if self._bars is not None else contextlib.nullcontext():
             try:
-                stream.write(text)  # one write per batch: lines never interleave mid-line
+                stream.write(batch.text())  # one write per batch: lines never interleave mid-line
                 stream.flush()
             except (OSError, ValueError):
                 pass
