@@ -29,6 +29,7 @@ from rayr.api import (
     wait,
 )
 from rayr.exceptions import RuntimeEnvSetupError
+from rayr.log_config import LoggingConfig
 from rayr.object_ref import ObjectRef
 from rayr.streaming import ObjectRefGenerator
 
@@ -46,6 +47,7 @@ def __getattr__(name: str) -> ModuleType:
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "LoggingConfig",
     "ObjectRef",
     "ObjectRefGenerator",
     "RuntimeEnvSetupError",

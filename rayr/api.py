@@ -5,18 +5,20 @@ from __future__ import annotations
 import atexit
 import inspect
 import json
+import logging
 import os
 import socket
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from rayr import context
+from rayr import context, log_config
 from rayr.actor import ActorClass, ActorHandle, handle_from_table
 from rayr.config import Settings, env_address, env_job_runtime_env, env_submission_id, load_settings
 from rayr.context import RuntimeContext, state
@@ -29,6 +31,7 @@ from rayr.gcs.jobs import end_job, kill_actor
 from rayr.gcs.rows import NodeInfo
 from rayr.ids import WorkerID
 from rayr.keys import Keys
+from rayr.log_config import LoggingConfig
 from rayr.log_stream import LogPrinter
 from rayr.node import LocalCluster
 from rayr.object_ref import ObjectRef
@@ -109,7 +112,12 @@ def init(
     dashboard_host: str | None = None,
     dashboard_port: int | None = None,
     logging_level: str | int | None = None,
+    logging_format: str | None = None,
+    logging_config: LoggingConfig | None = None,
+    configure_logging: bool = True,
     runtime_env: dict[str, Any] | None = None,
+    local_mode: bool = False,
+    _system_config: dict[str, Any] | None = None,
     _redis_password: str | None = None,
     _temp_dir: str | None = None,
     _cluster_name: str | None = None,
@@ -125,7 +133,11 @@ def init(
     the job runs in it, merged with its own (see ``rayr.runtime_env``). A local cluster
     serves a dashboard (``include_dashboard``, on by default) on ``dashboard_host``
     (127.0.0.1) and ``dashboard_port`` (8265, or the next free port); the returned
-    context's ``dashboard_url`` says where.
+    context's ``dashboard_url`` says where. ``configure_logging`` (on) gives the driver's
+    ``rayr`` logger a handler when ``logging_level`` or ``logging_format`` is given;
+    ``logging_config`` (a :class:`LoggingConfig`) formats the root logger of the driver and of
+    the job's workers. ``_system_config`` is Ray's internal tuning: rayr has its own settings
+    (``rayr.config``), so it is accepted with a warning naming what was ignored.
 
     Raises:
         RuntimeError: already initialized (unless ``ignore_reinit_error``).
@@ -133,6 +145,7 @@ def init(
         ValueError: a bad argument (an unknown runtime_env field, a missing working_dir, ...).
     """
     runtime_env = validate_runtime_env(runtime_env)
+    _check_ray_options(logging_config, _system_config)
     with state.lock:
         if state.core is not None:
             if ignore_reinit_error:
@@ -193,13 +206,15 @@ def init(
                     "`rayr start --head`, or call init() with no address to start a local one."
                 )
         try:
-            state.core = _connect(url, settings, namespace, runtime_env)
+            state.core = _connect(url, settings, namespace, runtime_env,
+                                  logging_config.to_json() if logging_config is not None else "")
         except BaseException:
             if cluster is not None:
                 cluster.shutdown()
             raise
         state.cluster = cluster
         state.redis_url = url
+        _configure_driver_logging(configure_logging, level, logging_format, logging_config, state.core)
         if log_to_driver:
             core = state.core
             pubsub = core.gcs.r.pubsub()
@@ -262,8 +277,52 @@ def _driver_sys_path() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _check_ray_options(logging_config: Any, system_config: Any) -> None:
+    if logging_config is not None and not isinstance(logging_config, LoggingConfig):
+        raise TypeError(f"logging_config must be a rayr.LoggingConfig, got {type(logging_config).__name__}")
+    if system_config:
+        if not isinstance(system_config, dict):
+            raise TypeError(f"_system_config must be a dict, got {type(system_config).__name__}")
+        _warn_once("_system_config", f"init(_system_config=...) is Ray's internal tuning and has no "
+                   f"effect in rayr (ignored: {', '.join(map(str, system_config))}); rayr's own "
+                   "settings are in rayr.config.Settings (RAYR_* environment variables)")
+
+
+DRIVER_LOG_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"
+
+
+def _configure_driver_logging(configure: bool, level: str | None, fmt: str | None,
+                              config: LoggingConfig | None, core: CoreWorker) -> None:
+    """Ray's ``configure_logging``: the driver's ``rayr`` logger prints at ``level`` in
+    ``fmt`` (only when either is given, so a plain ``init()`` changes nothing); a
+    ``LoggingConfig`` formats the root logger."""
+    if config is not None:
+        log_config.apply(config.to_json(), lambda: {
+            "job_id": core.job_id.hex(), "worker_id": core.worker_hex, "node_id": core.node_hex})
+    if not configure or (level is None and fmt is None):
+        return
+    logger = logging.getLogger("rayr")
+    handler = next((h for h in logger.handlers if getattr(h, "_rayr_driver", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler._rayr_driver = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter(fmt or DRIVER_LOG_FORMAT))
+    logger.setLevel(level or "INFO")
+
+
 def _connect(
-    url: str, settings: Settings, namespace: str | None, runtime_env: dict[str, Any] | None
+    url: str, settings: Settings, namespace: str | None, runtime_env: dict[str, Any] | None,
+    logging_config: str = "",
 ) -> CoreWorker:
     keys = Keys(settings.cluster_name)
     gcs = GcsClient(connect(url, settings.redis_password), keys)
@@ -297,6 +356,7 @@ def _connect(
             "sys_path": _driver_sys_path(),
             "runtime_env": env,
             "submission_id": submission_id or "",
+            "logging_config": logging_config,
         }
     )
     if submission_id:  # `rayr job submit` started us: link the submission to this job

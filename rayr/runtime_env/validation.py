@@ -3,11 +3,28 @@ beyond reading a requirements file named by ``pip``."""
 
 from __future__ import annotations
 
+import base64
+import importlib
 import os
+import pickle
+import sys
 import types
 from typing import Any
 
-VALID_FIELDS = ("env_vars", "working_dir", "py_modules", "pip", "config", "excludes")
+VALID_FIELDS = ("env_vars", "working_dir", "py_modules", "pip", "config", "excludes",
+                "worker_process_setup_hook")
+# Ray's fields that need what rayr does not run: refused, saying why
+UNSUPPORTED_FIELDS = {
+    "conda": "rayr installs packages with pip into a virtualenv per requirement set (use 'pip')",
+    "uv": "rayr installs packages with pip into a virtualenv per requirement set (use 'pip')",
+    "container": "rayr runs workers as processes on the node, not in containers (run the whole "
+                 "node in a container instead: see the Dockerfile)",
+    "image_uri": "rayr runs workers as processes on the node, not in containers (run the whole "
+                 "node in a container instead: see the Dockerfile)",
+    "nsight": "rayr does not start workers under the Nsight profiler",
+    "java_jars": "rayr runs Python workers only",
+}
+HOOK_PICKLE = "pickle:"  # a setup hook given as a callable travels pickled, base64-encoded
 CONFIG_FIELDS = ("setup_timeout_seconds", "eager_install")
 DEFAULT_SETUP_TIMEOUT_S = 600
 PACKAGE_SCHEME = "pkg://"  # a working_dir or py_modules entry already uploaded to the cluster
@@ -30,6 +47,10 @@ def validate(runtime_env: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(runtime_env, dict):
         raise ValueError(f"runtime_env must be a dict, got {type(runtime_env).__name__}")
+    unsupported = sorted(str(k) for k in runtime_env if k in UNSUPPORTED_FIELDS)
+    if unsupported:
+        raise ValueError("; ".join(f"runtime_env field {name!r} is not supported: {UNSUPPORTED_FIELDS[name]}"
+                                   for name in unsupported))
     unknown = sorted(str(k) for k in runtime_env if k not in VALID_FIELDS)
     if unknown:
         raise ValueError(
@@ -130,6 +151,45 @@ def _config(value: Any) -> dict[str, Any]:
     return out
 
 
+def _setup_hook(value: Any) -> str:
+    """``module.function`` as given, or a callable pickled (``pickle:<base64>``): what each
+    worker process of the env calls once, before its first task."""
+    if callable(value):
+        return HOOK_PICKLE + base64.b64encode(_pickle_by_value(value)).decode()
+    if isinstance(value, str) and (value.startswith(HOOK_PICKLE) or (
+            "." in value and all(part.isidentifier() for part in value.split(".")))):
+        return value
+    raise ValueError("runtime_env 'worker_process_setup_hook' must be a callable or a "
+                     f"'module.function' name, got {value!r}")
+
+
+def _pickle_by_value(fn: Any) -> bytes:
+    """The hook pickled with its module's code, not a reference to it: a worker runs it when
+    it starts, before it has joined any job, so the driver's modules are not importable yet."""
+    import cloudpickle
+
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    by_value = module is not None and getattr(module, "__file__", None) is not None and \
+        module.__name__ not in sys.stdlib_module_names and "site-packages" not in module.__file__
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps(fn, protocol=5)
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def run_setup_hook(hook: str) -> None:
+    """Call a worker process setup hook (in the worker, before its first task)."""
+    if hook.startswith(HOOK_PICKLE):
+        fn = pickle.loads(base64.b64decode(hook[len(HOOK_PICKLE):]))  # cloudpickle's output
+    else:
+        module, _, name = hook.rpartition(".")
+        fn = getattr(importlib.import_module(module), name)
+    fn()
+
+
 def _excludes(value: Any) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
         raise ValueError(f"runtime_env 'excludes' must be a list of patterns, got {value!r}")
@@ -143,6 +203,7 @@ _CHECKS = {
     "pip": _pip,
     "config": _config,
     "excludes": _excludes,
+    "worker_process_setup_hook": _setup_hook,
 }
 
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
-from rayr import accelerators, context, protocol, serialization
+from rayr import accelerators, context, log_config, protocol, serialization
 from rayr.config import child_settings
 from rayr.core import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
@@ -38,6 +38,7 @@ from rayr.keys import TASK_GROUP, Keys
 from rayr.log_stream import OutputCapture, encode
 from rayr.object_ref import ObjectRef
 from rayr.object_store.registry import open_backend
+from rayr.runtime_env.validation import run_setup_hook
 from rayr.task_spec import SPEC_FIELD, STREAM_FIRST_ITEM, STREAMING, ArgRef, TaskSpec
 
 LEASE_IDLE_MS = 2  # a leased worker gives its resources back after this long without work
@@ -147,6 +148,7 @@ class TaskExecutor:
         self.redis_url = redis_url
         self._functions: dict[str, Any] = {}
         self._job_namespaces: dict[str, str] = {}
+        self._job_logging: dict[str, str] = {}  # job -> its LoggingConfig (JSON) or ""
         self._send_lock = threading.Lock()
         self.output: OutputCapture | None = None  # set once stdout/stderr are captured
         self._lease_client: Any = None
@@ -290,6 +292,8 @@ class TaskExecutor:
         if spec.job_hex != self.core.job_id.hex():
             self.core.job_id = JobID(bytes.fromhex(spec.job_hex))
             self.core.namespace = self._job_namespaces[spec.job_hex]
+            if self._job_logging.get(spec.job_hex) or log_config.installed():
+                log_config.apply(self._job_logging.get(spec.job_hex), self._log_context)
 
     def run(self, spec: TaskSpec, fn: Any, received: float | None = None) -> list[bytes]:
         """Run ``fn`` (the spec's function when None) on the spec's arguments; result records.
@@ -379,6 +383,13 @@ class TaskExecutor:
             self._functions[spec.function_key] = fn
         return fn
 
+    def _log_context(self) -> dict[str, str | None]:
+        """Who a log record comes from (a job's LoggingConfig shows it)."""
+        task = self.core.current_task_id
+        return {"job_id": self.core.job_id.hex(), "worker_id": self.core.worker_hex,
+                "node_id": self.core.node_hex, "actor_id": self.actor_id,
+                "task_id": task.hex() if task else None}
+
     def _join_job(self, job_hex: str) -> None:
         """Make the driver's import paths importable here, as Ray does for a job's workers."""
         info = until_reachable(lambda: self.core.gcs.get_job(job_hex), "joining a task's job")
@@ -386,6 +397,7 @@ class TaskExecutor:
             if path not in sys.path and os.path.isdir(path):
                 sys.path.insert(1, path)
         self._job_namespaces[job_hex] = info.get("namespace", "")
+        self._job_logging[job_hex] = info.get("logging_config", "")
 
     def arguments(self, spec: TaskSpec) -> tuple[tuple, dict, bytes | None]:
         """(args, kwargs, None), or ((), {}, error record) when a dependency failed."""
@@ -522,6 +534,16 @@ def main(argv: list[str] | None = None) -> None:
         on_blocked=on_blocked,
     )
     core.envs.set_parent(opts.runtime_env)  # tasks it submits inherit its env
+    hook = core.envs.parent().get("worker_process_setup_hook") if opts.runtime_env else None
+    if hook:
+        try:
+            run_setup_hook(hook)
+        except BaseException:  # the raylet fails the env's tasks with this log's tail
+            traceback.print_exc()
+            print(f"The runtime env's worker_process_setup_hook {hook[:60]!r} failed; this worker "
+                  "exits before taking any task.", file=sys.stderr, flush=True)
+            core.shutdown()
+            sys.exit(1)
     context.state.core = core
     context.state.redis_url = opts.redis_url  # the password comes in the environment, not here
     executor = TaskExecutor(core, conn, opts.redis_url)

@@ -261,3 +261,40 @@ def test_available_resources_reflect_running_tasks(ray):
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
+
+
+LOGGING_DRIVER = """
+import json, logging, sys, warnings
+import rayr
+warnings.simplefilter("always")
+rayr.init(num_cpus=1, include_dashboard=False, logging_config=rayr.LoggingConfig(encoding="JSON"),
+          logging_level="DEBUG", logging_format="driver-format %(levelname)s %(message)s",
+          _system_config={"object_timeout_milliseconds": 100})
+
+@rayr.remote
+def work():
+    logging.getLogger("app").info("hello from a task")
+    return rayr.get_runtime_context().get_task_id()
+
+task_id = rayr.get(work.remote())
+logging.getLogger("rayr.test").debug("driver debug line")
+print("TASK", task_id, flush=True)
+rayr.shutdown()
+"""
+
+
+def test_logging_options_reach_driver_and_workers(temp_dir):
+    env = {**os.environ, "RAYR_TEMP_DIR": str(temp_dir)}
+    out = subprocess.run([sys.executable, "-c", LOGGING_DRIVER], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    task_id = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("TASK"))
+    both = out.stdout + out.stderr
+    # the worker's root logger writes one JSON object per record, naming the task
+    records = [json.loads(line[line.index("{"):]) for line in both.splitlines()
+               if "hello from a task" in line and "{" in line]
+    assert records and records[0]["message"] == "hello from a task"
+    assert records[0]["task_id"] == task_id and records[0]["levelname"] == "INFO"
+    # the driver's rayr logger uses logging_format at logging_level
+    assert "driver-format DEBUG driver debug line" in out.stderr
+    assert "_system_config" in out.stderr and "object_timeout_milliseconds" in out.stderr

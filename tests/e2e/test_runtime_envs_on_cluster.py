@@ -148,8 +148,8 @@ def test_bad_envs_are_refused_before_submission(env_cluster, tmp_path):
     missing = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match=f"'working_dir': the path {missing} does not exist"):
         probe.options(runtime_env={"working_dir": missing}).remote()
-    with pytest.raises(ValueError, match="Unknown runtime_env field.*'image_uri'"):
-        probe.options(runtime_env={"image_uri": "x"})
+    with pytest.raises(ValueError, match="Unknown runtime_env field.*'imag_uri'"):
+        probe.options(runtime_env={"imag_uri": "x"})
 
 
 JOB_ENV_DRIVER = """
@@ -175,3 +175,49 @@ def test_job_level_env_merges_with_task_env(env_cluster, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[-2:] == ["('job', 'job', None)", "('job', 'task', 'b')"]
+
+
+def _mark_process_hooked():
+    import builtins
+
+    builtins._rayr_test_hooked = os.getpid()  # what the worker's tasks see
+
+
+@rayr.remote
+def hooked_pid():
+    import builtins
+
+    return os.getpid(), getattr(builtins, "_rayr_test_hooked", None)
+
+
+def test_worker_process_setup_hook_runs_once_per_worker_before_its_tasks(env_cluster, tmp_path):
+    env = {"worker_process_setup_hook": _mark_process_hooked}
+    results = rayr.get([hooked_pid.options(runtime_env=env).remote() for _ in range(4)])
+    assert all(pid == hooked for pid, hooked in results)  # the hook ran in that very process
+    assert rayr.get(hooked_pid.remote())[1] is None  # default workers never ran it
+    # a module.function name, from a module the env ships
+    (tmp_path / "hook_mod_rt.py").write_text(
+        "import builtins, os\ndef setup():\n    builtins._rayr_test_hooked = -os.getpid()\n")
+    named = {"worker_process_setup_hook": "hook_mod_rt.setup",
+             "py_modules": [str(tmp_path / "hook_mod_rt.py")]}
+    pid, hooked = rayr.get(hooked_pid.options(runtime_env=named).remote())
+    assert hooked == -pid
+
+
+def _failing_hook():
+    raise RuntimeError("the setup hook broke")
+
+
+def test_a_failing_setup_hook_fails_the_envs_tasks_with_its_error(env_cluster):
+    env = {"worker_process_setup_hook": _failing_hook}
+    with pytest.raises(RuntimeEnvSetupError, match="the setup hook broke"):
+        rayr.get(hooked_pid.options(runtime_env=env).remote(), timeout=120)
+    assert rayr.get(hooked_pid.remote(), timeout=60)[1] is None  # other work goes on
+
+
+def test_fields_rayr_cannot_run_are_refused_saying_why(env_cluster):
+    for field_name, why in (("container", "containers"), ("nsight", "Nsight"), ("conda", "pip")):
+        with pytest.raises(ValueError, match=f"'{field_name}' is not supported: .*{why}"):
+            probe.options(runtime_env={field_name: {}}).remote()
+    with pytest.raises(ValueError, match="worker_process_setup_hook"):
+        probe.options(runtime_env={"worker_process_setup_hook": 3}).remote()

@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # vocabulary every process shares; imports nothing of rayr above it
     ("common", ("rayr.config", "rayr.accelerators", "rayr.exceptions", "rayr.ids", "rayr.keys",
                 "rayr.resources", "rayr.task_spec", "rayr.serialization", "rayr.scheduling_strategies",
-                "rayr.private_files", "rayr.procs", "rayr.session", "rayr.log_stream", "rayr.protocol")),
+                "rayr.private_files", "rayr.procs", "rayr.session", "rayr.log_stream", "rayr.protocol",
+                "rayr.log_config")),
     # the GCS tables, object stores, runtime envs, starting cluster processes
     ("services", ("rayr.gcs", "rayr.object_store", "rayr.backends", "rayr.runtime_env", "rayr.node",
                   "rayr.job_submission.status")),
