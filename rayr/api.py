@@ -138,6 +138,8 @@ def init(
     ``logging_config`` (a :class:`LoggingConfig`) formats the root logger of the driver and of
     the job's workers. ``_system_config`` is Ray's internal tuning: rayr has its own settings
     (``rayr.config``), so it is accepted with a warning naming what was ignored.
+    ``local_mode=True`` (a testing aid) runs every task and actor in this process, when it is
+    submitted, with the same serialization as on a worker (see ``rayr.worker.local_mode``).
 
     Raises:
         RuntimeError: already initialized (unless ``ignore_reinit_error``).
@@ -145,7 +147,7 @@ def init(
         ValueError: a bad argument (an unknown runtime_env field, a missing working_dir, ...).
     """
     runtime_env = validate_runtime_env(runtime_env)
-    _check_ray_options(logging_config, _system_config)
+    _check_ray_options(logging_config, _system_config, local_mode, address)
     with state.lock:
         if state.core is not None:
             if ignore_reinit_error:
@@ -173,7 +175,7 @@ def init(
             from rayr.object_store.registry import get_backend_class
 
             get_backend_class(object_store_backend)  # unknown name: ValueError now, not in a child
-        url, password = _resolve_address(address, settings)
+        url, password = _resolve_address(address, settings) if not local_mode else (None, None)
         cluster = None
         if url is None:
             cluster = LocalCluster.new_session(settings, fork=True)
@@ -214,7 +216,8 @@ def init(
             raise
         state.cluster = cluster
         state.redis_url = url
-        _configure_driver_logging(configure_logging, level, logging_format, logging_config, state.core)
+        _configure_driver(state.core, url, local_mode, configure_logging, level, logging_format,
+                          logging_config)
         if log_to_driver:
             core = state.core
             pubsub = core.gcs.r.pubsub()
@@ -286,7 +289,11 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _check_ray_options(logging_config: Any, system_config: Any) -> None:
+def _check_ray_options(logging_config: Any, system_config: Any, local_mode: bool,
+                       address: str | None) -> None:
+    if local_mode and address is not None:
+        raise ValueError("local_mode=True runs tasks in this process on an embedded cluster; it "
+                         f"cannot join the cluster at {address!r}")
     if logging_config is not None and not isinstance(logging_config, LoggingConfig):
         raise TypeError(f"logging_config must be a rayr.LoggingConfig, got {type(logging_config).__name__}")
     if system_config:
@@ -300,11 +307,15 @@ def _check_ray_options(logging_config: Any, system_config: Any) -> None:
 DRIVER_LOG_FORMAT = "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"
 
 
-def _configure_driver_logging(configure: bool, level: str | None, fmt: str | None,
-                              config: LoggingConfig | None, core: CoreWorker) -> None:
-    """Ray's ``configure_logging``: the driver's ``rayr`` logger prints at ``level`` in
-    ``fmt`` (only when either is given, so a plain ``init()`` changes nothing); a
-    ``LoggingConfig`` formats the root logger."""
+def _configure_driver(core: CoreWorker, url: str, local_mode: bool, configure: bool, level: str | None,
+                      fmt: str | None, config: LoggingConfig | None) -> None:
+    """Local mode's in-process runner; Ray's ``configure_logging``: the driver's ``rayr``
+    logger prints at ``level`` in ``fmt`` (only when either is given, so a plain ``init()``
+    changes nothing); a ``LoggingConfig`` formats the root logger."""
+    if local_mode:
+        from rayr.worker.local_mode import LocalRunner
+
+        core.submitter.local = LocalRunner(core, url).run
     if config is not None:
         log_config.apply(config.to_json(), lambda: {
             "job_id": core.job_id.hex(), "worker_id": core.worker_hex, "node_id": core.node_hex})
@@ -400,6 +411,10 @@ def shutdown() -> None:
             printer.stop(drain_s=0.05)
         tqdm_ray.close_driver_bars()  # no state arrives now: the bars left show their last
         if core is not None:
+            runner = getattr(core.submitter.local, "__self__", None)  # local mode's
+            if runner is not None:
+                core.submitter.local = None
+                runner.close()
             core.shutdown()
             end_job(core.gcs, core.job_id.hex(), "SUCCEEDED", "its owner (the driver) exited",
                     core.settings.task_events_retention_s)

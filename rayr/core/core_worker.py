@@ -275,6 +275,10 @@ class CoreWorker:
         self.objects.watch(oids)
 
     # ----------------------------------------------------------------- inbox
+    def file_messages(self, msgs: list[bytes]) -> None:
+        """Take inbox messages handed over in this process (local mode's results)."""
+        self._on_messages(msgs)
+
     def _on_messages(self, msgs: list[bytes]) -> None:
         """A batch from the inbox: file records, then (outside the lock) resolve futures,
         queue tasks whose arguments arrived, drop finished tasks' argument objects and serve

@@ -119,6 +119,8 @@ class TaskSubmitter:
         self._current_spec = current_spec
         # in an actor's worker: (group, capture) of its creation, which its calls' tasks follow
         self.actor_group: tuple[str, bool] | None = None
+        # init(local_mode=True): runs each ready task and actor call in this process instead
+        self.local: Callable[[TaskSpec], None] | None = None
         self.events = events
         self._threshold = settings.inline_threshold
         self._id_prefix, self._id_counter = os.urandom(8), itertools.count()
@@ -132,7 +134,7 @@ class TaskSubmitter:
         self.dep_waiters: dict[bytes, list[WaitingTask]] = {}
         # per actor, this process's calls in submission order; sent head first once ready
         self.actor_queues: dict[str, deque[WaitingTask]] = {}
-        self.send_lock = threading.Lock()
+        self.send_lock = threading.RLock()  # reentrant: a local-mode actor call may call actors
         # task id -> (stream, entry id, spec) of submitted, unfinished tasks (to cancel them)
         self.submitted: dict[bytes, tuple[str, bytes, TaskSpec]] = {}
         self.children: dict[bytes, list[bytes]] = {}  # running task -> first return of each child
@@ -361,6 +363,9 @@ class TaskSubmitter:
                 if waiting.cancelled:
                     continue
                 spec = self._with_inline_deps(waiting.spec)
+                if self.local is not None:
+                    self.local(spec)
+                    continue
                 command = self.gcs.submit_actor_call_command(actor_id, spec.encode())
                 self.commands.send([command], self._on_actor_call_queued(spec))
 
@@ -427,6 +432,9 @@ class TaskSubmitter:
 
     def submit_ready(self, spec: TaskSpec, stream: str) -> None:
         spec = self._with_inline_deps(spec)
+        if self.local is not None:
+            self.local(spec)
+            return
         stream = self._near_large_arguments(spec, stream)
         fields = entry_fields(spec.encode(), creation=spec.kind == ACTOR_CREATION)
         command = ("XADD", stream, "*", *[x for kv in fields.items() for x in kv])

@@ -169,8 +169,9 @@ def _pickle_by_value(fn: Any) -> bytes:
     import cloudpickle
 
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    by_value = module is not None and getattr(module, "__file__", None) is not None and \
-        module.__name__ not in sys.stdlib_module_names and "site-packages" not in module.__file__
+    path = getattr(module, "__file__", None) or ""
+    by_value = module is not None and bool(path) and module.__name__ not in sys.stdlib_module_names \
+        and "site-packages" not in path
     if by_value:
         cloudpickle.register_pickle_by_value(module)
     try:
