@@ -6,11 +6,18 @@ Enable it in the mypy config (``plugins = ["rayr.mypy_plugin"]``). It
   ``handle.method.remote(...)`` against the function, ``__init__`` or method, where each
   parameter of type ``T`` also takes an ``ObjectRef[T]`` (the task receives its value);
   ``ParamSpec`` cannot say that, so without the plugin ``.remote()`` takes any arguments;
+- types ``@rayr.remote`` functions from their definition: a generator function streams
+  whatever its annotation says, and a generic one (``def f(x: T) -> T``) stays generic
+  (the overloads alone read it as a generator of ``Never``);
 - gives a class decorated with ``@rayr.remote`` its ``remote`` and ``options`` (mypy ignores
   what a class decorator returns, so it would otherwise still be the plain class);
 - types ``handle.method`` on an ``ActorHandle[Cls]`` from ``Cls.method``: ``.remote()``
   returns an ``ObjectRef`` of what it returns (awaited, for ``async def``), or an
   ``ObjectRefGenerator`` for a generator; a method the class lacks is an error.
+
+Not checked: ``.options()`` values' effect on what ``.remote()`` returns (``num_returns``
+other than 1 makes it ``Any``), overloaded methods and constructors, methods of generic
+actor classes (their type variables become ``Any``).
 
 Only mypy imports this module; rayr never does at run time.
 """
@@ -23,7 +30,14 @@ from functools import partial
 from mypy.errorcodes import ATTR_DEFINED
 from mypy.maptype import map_instance_to_supertype
 from mypy.nodes import ARG_STAR, ARG_STAR2, Argument, Decorator, FuncDef, TypeInfo, Var
-from mypy.plugin import AttributeContext, ClassDefContext, MethodSigContext, Plugin
+from mypy.plugin import (
+    AttributeContext,
+    ClassDefContext,
+    FunctionContext,
+    MethodContext,
+    MethodSigContext,
+    Plugin,
+)
 from mypy.plugins.common import add_method_to_class
 from mypy.subtypes import find_member
 from mypy.typeops import type_object_type
@@ -46,6 +60,8 @@ ACTOR_CLASS = "rayr.actor.ActorClass"
 ACTOR_HANDLE = "rayr.actor.ActorHandle"
 ACTOR_METHOD = "rayr.actor.ActorMethod"
 REMOTE = "rayr.api.remote"
+REMOTE_DECORATOR = "rayr.api.RemoteDecorator.__call__"  # what @remote(...options) returns
+REMOTE_FUNCTION = "rayr.remote_function.RemoteFunction"
 READY_METHOD = "__ray_ready__"  # every actor has it (rayr.task_spec.READY_METHOD)
 METADATA = "rayr"  # TypeInfo.metadata key marking a class decorated with @rayr.remote
 ITEM_TYPES = ("typing.Iterator", "typing.AsyncIterator")
@@ -58,7 +74,7 @@ class RayrPlugin(Plugin):
         return _add_actor_methods if fullname == REMOTE else None
 
     def get_method_signature_hook(self, fullname: str) -> Callable[[MethodSigContext], FunctionLike] | None:
-        if fullname in (f"{ACTOR_METHOD}.remote", "rayr.remote_function.RemoteFunction.remote"):
+        if fullname in (f"{ACTOR_METHOD}.remote", f"{REMOTE_FUNCTION}.remote"):
             return partial(_call_signature, self)
         if fullname == f"{ACTOR_CLASS}.remote":
             return partial(_class_signature, self)
@@ -69,6 +85,12 @@ class RayrPlugin(Plugin):
                 info = node.node
                 return partial(_constructor_signature, self, info=info)
         return None
+
+    def get_function_hook(self, fullname: str) -> Callable[[FunctionContext], Type] | None:
+        return partial(_remote_function, self) if fullname == REMOTE else None
+
+    def get_method_hook(self, fullname: str) -> Callable[[MethodContext], Type] | None:
+        return partial(_remote_function, self) if fullname == REMOTE_DECORATOR else None
 
     def get_attribute_hook(self, fullname: str) -> Callable[[AttributeContext], Type] | None:
         if fullname.startswith(ACTOR_HANDLE + "."):
@@ -99,6 +121,19 @@ def _add_actor_methods(ctx: ClassDefContext) -> bool:
             add_method_to_class(ctx.api, ctx.cls, name, star if name == "remote" else star[1:],
                                 ctx.api.named_type(returns, [cls_type]), is_classmethod=True)
     return True
+
+
+def _remote_function(plugin: Plugin, ctx: FunctionContext | MethodContext) -> Type:
+    """``remote(f)``: ``RemoteFunction[<f's parameters>, Out]``, read from f's definition."""
+    default = get_proper_type(ctx.default_return_type)
+    if not (isinstance(default, Instance) and default.type.fullname == REMOTE_FUNCTION
+            and ctx.arg_types and ctx.arg_types[0]):
+        return ctx.default_return_type
+    fn = get_proper_type(ctx.arg_types[0][0])
+    if not isinstance(fn, CallableType) or not isinstance(fn.definition, FuncDef):
+        return ctx.default_return_type
+    params = Parameters(fn.arg_types, fn.arg_kinds, fn.arg_names, variables=fn.variables)
+    return _instance(plugin, REMOTE_FUNCTION, [params, _output(plugin, fn.definition, fn.ret_type, False)])
 
 
 def _widened(plugin: Plugin, ctx: MethodSigContext, params: Parameters | CallableType) -> CallableType:
@@ -153,24 +188,22 @@ def _actor_method(plugin: Plugin, ctx: AttributeContext, name: str) -> Type:
     if not isinstance(cls, Instance) or name == READY_METHOD:
         return ctx.default_attr_type
     symbol = cls.type.get(name)
-    if symbol is None or name.startswith("__"):
+    method = get_proper_type(find_member(name, cls, cls)) if symbol is not None else None
+    # as at run time (actor._methods_of): the class's callable attributes, but dunders
+    if method is None or name.startswith("__") or not isinstance(method, FunctionLike | AnyType):
         ctx.api.fail(f'Actor "{cls.type.name}" has no method "{name}"', ctx.context, code=ATTR_DEFINED)
         return ctx.default_attr_type
-    method = get_proper_type(_bound_method(ctx, cls, name))
     if not isinstance(method, CallableType):
         return ctx.default_attr_type  # Any (e.g. @rayr.method(num_returns=2)), or overloaded
     params = Parameters(method.arg_types, method.arg_kinds, method.arg_names, variables=method.variables)
-    return _instance(plugin, ACTOR_METHOD, [params, _output(plugin, ctx, symbol.node, method.ret_type)])
+    node = symbol.node if symbol is not None else None
+    return _instance(plugin, ACTOR_METHOD, [params, _output(plugin, node, method.ret_type, True)])
 
 
-def _bound_method(ctx: AttributeContext, cls: Instance, name: str) -> Type:
-    """The type of ``instance.name`` (self bound), as mypy reads it."""
-    return find_member(name, cls, cls) or AnyType(TypeOfAny.special_form)
-
-
-def _output(plugin: Plugin, ctx: AttributeContext, node: object, returns: Type) -> Type:
-    """What ``.remote()`` of a method returning ``returns`` gives back: as at run time, a
-    generator function streams (whatever its annotation), and a coroutine is awaited."""
+def _output(plugin: Plugin, node: object, returns: Type, awaited: bool) -> Type:
+    """What ``.remote()`` of a function (``node``) returning ``returns`` gives back: as at
+    run time, a generator function streams (whatever its annotation), and an ``async def``
+    is awaited where it runs (``awaited``: in an actor; a task is not)."""
     func = node.func if isinstance(node, Decorator) else node
     proper = get_proper_type(returns)
     if isinstance(func, FuncDef) and (func.is_generator or func.is_async_generator):
@@ -180,7 +213,7 @@ def _output(plugin: Plugin, ctx: AttributeContext, node: object, returns: Type) 
             if base is not None:
                 item = map_instance_to_supertype(proper, base).args[0]
         return _instance(plugin, GENERATOR, [item])
-    if (isinstance(func, FuncDef) and func.is_coroutine and isinstance(proper, Instance)
+    if (awaited and isinstance(func, FuncDef) and func.is_coroutine and isinstance(proper, Instance)
             and proper.type.fullname == "typing.Coroutine"):
         returns = proper.args[-1]
     return _instance(plugin, OBJECT_REF, [returns])

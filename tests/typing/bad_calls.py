@@ -27,6 +27,10 @@ class Counter:
         self.value += by
         return self.value
 
+    @property
+    def doubled(self) -> int:
+        return 2 * self.value
+
 
 def calls() -> None:
     text: str = rayr.get(square.remote(2))  # E: assignment
@@ -37,5 +41,7 @@ def calls() -> None:
     counter = Counter.remote("0")  # E[plugin]: arg-type  # E[plain]: attr-defined
     counter.incr.remote("1")  # E[plugin]: arg-type
     counter.decr.remote(1)  # E[plugin]: attr-defined
+    counter.doubled.remote()  # E[plugin]: attr-defined
+    counter.incr.remote(1).incr()  # E[plugin]: attr-defined
     total: str = rayr.get(counter.incr.remote(1))  # E[plugin]: assignment
     del text, total

@@ -57,7 +57,7 @@ def _marked(name: str, run: str) -> set[tuple[str, int, str]]:
 
 
 def test_mypy_with_the_plugin(tmp_path):
-    errors = _mypy(ROOT / "pyproject.toml", ["ok_tasks.py", "ok_actors.py", "bad_calls.py"], tmp_path)
+    errors = _mypy(ROOT / "pyproject.toml", ["ok_tasks.py", "ok_plugin.py", "bad_calls.py"], tmp_path)
     assert errors == _marked("bad_calls.py", "plugin")
 
 

@@ -1,4 +1,5 @@
-"""Actors with rayr's mypy plugin: ``@rayr.remote`` classes and typed method calls.
+"""What rayr's mypy plugin adds: ``@rayr.remote`` classes, typed actor method calls, generic
+and unannotated functions.
 
 Checked by mypy (with ``plugins = ["rayr.mypy_plugin"]``, as in pyproject.toml) in
 tests/unit/test_typing.py, never run.
@@ -7,10 +8,12 @@ tests/unit/test_typing.py, never run.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, assert_type
+from typing import Any, TypeVar, assert_type
 
 import rayr
 from rayr import ActorClass, ActorHandle, ObjectRef, ObjectRefGenerator
+
+T = TypeVar("T")
 
 
 @rayr.remote
@@ -80,3 +83,21 @@ def undecorated() -> None:
     found = rayr.get_actor("c")
     assert_type(found, ActorHandle[Any])
     assert_type(found.anything.remote(1), Any)
+
+
+@rayr.remote(max_retries=1)
+def first(items: list[T]) -> T:
+    return items[0]
+
+
+@rayr.remote
+def unannotated(n, step=1):
+    yield from range(0, n, step)
+
+
+def functions() -> None:
+    # a generic function stays generic (the overloads alone would read it as a generator)
+    assert_type(first.remote(["a"]), ObjectRef[str])
+    assert_type(rayr.get(first.remote([1.5])), float)
+    # a generator function streams, annotated or not
+    assert_type(unannotated.remote(3, step=2), ObjectRefGenerator[Any])
