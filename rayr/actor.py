@@ -6,12 +6,15 @@ import inspect
 import json
 import os
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from rayr import context
 from rayr.exceptions import ActorExitRequest
 from rayr.object_ref import ObjectRef
 from rayr.remote_function import (
+    Out,
+    P,
     _Exported,
     check_strategy,
     default_num_returns,
@@ -51,6 +54,9 @@ NO_EFFECT = {
 }
 ASYNC_DEFAULT_CONCURRENCY = 1000
 
+T = TypeVar("T")  # the actor's class
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 def exit_actor() -> None:
     """End the current actor on purpose: no restart; pending and later calls fail."""
@@ -60,6 +66,20 @@ def exit_actor() -> None:
     raise ActorExitRequest()
 
 
+@overload
+def method(*, num_returns: Literal[1, "streaming"] = 1, concurrency_group: str | None = None,
+           max_task_retries: int | None = None, retry_exceptions: Any = None,
+           **others: Any) -> Callable[[F], F]: ...
+
+
+@overload
+def method(*, num_returns: int | str, concurrency_group: str | None = None,
+           max_task_retries: int | None = None, retry_exceptions: Any = None,
+           **others: Any) -> Callable[[Callable[..., Any]], Any]: ...
+
+
+# For type checkers a method keeps its signature unless ``num_returns`` makes ``.remote()``
+# return a list or None: then it is Any, rather than typed as returning one ref.
 def method(*, num_returns: Any = 1, concurrency_group: str | None = None,
            max_task_retries: int | None = None, retry_exceptions: Any = None, **others: Any) -> Any:
     """Decorate an actor method with options, as Ray's ``@ray.method``: ``num_returns``, the
@@ -200,10 +220,15 @@ def _is_async_class(cls: type) -> bool:
     )
 
 
-class ActorClass:
-    """A class made remote: ``Cls.remote(...)`` creates an actor and returns its handle."""
+class ActorClass(Generic[T]):
+    """A class made remote: ``Cls.remote(...)`` creates an actor and returns its handle.
 
-    def __init__(self, cls: type, options: dict[str, Any], _exported: _Exported | None = None):
+    For type checkers ``rayr.remote(Cls)`` is an ``ActorClass[Cls]`` and ``.remote()`` an
+    ``ActorHandle[Cls]``. mypy ignores what a class decorator returns, so ``@rayr.remote``
+    on a class needs rayr's mypy plugin (``rayr.mypy_plugin``) for ``Cls.remote()``.
+    """
+
+    def __init__(self, cls: type[T], options: dict[str, Any], _exported: _Exported | None = None):
         self._cls = cls
         self._options = dict(options)
         self._is_async = _is_async_class(cls)
@@ -223,11 +248,11 @@ class ActorClass:
     def __reduce__(self) -> tuple[Any, ...]:
         return (ActorClass, (self._cls, self._options))
 
-    def options(self, **options: Any) -> ActorClass:
+    def options(self, **options: Any) -> ActorClass[T]:
         """A copy with some options changed."""
         return ActorClass(self._cls, {**self._options, **options}, self._exported)
 
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[T]:
         """Create the actor; returns its handle at once (construction happens remotely)."""
         core = context.require_core()
         opts = self._validated
@@ -297,7 +322,7 @@ class ActorClass:
         return ActorHandle(actor_hex, self.__name__, self._methods, opts["max_task_retries"])
 
 
-def handle_from_table(actor_hex: str) -> ActorHandle:
+def handle_from_table(actor_hex: str) -> ActorHandle[Any]:
     """A handle for an existing actor, from the actor table."""
     info = context.require_core().gcs.actor_info(actor_hex)
     if not info:
@@ -310,8 +335,14 @@ def handle_from_table(actor_hex: str) -> ActorHandle:
     )
 
 
-class ActorHandle:
-    """A reference to an actor: ``handle.method.remote(...)`` calls it. Picklable."""
+class ActorHandle(Generic[T]):
+    """A reference to an actor: ``handle.method.remote(...)`` calls it. Picklable.
+
+    ``ActorHandle[Cls]`` (for type checkers) is a handle of an actor of class ``Cls``. Its
+    methods are found at run time, so without rayr's mypy plugin ``handle.m`` is an
+    ``ActorMethod`` returning ``Any``; with it, ``handle.m.remote(...)`` is checked against
+    ``Cls.m`` and is an ``ObjectRef`` of what ``m`` returns.
+    """
 
     def __init__(self, actor_id: str, class_name: str, methods: dict[str, Any], max_task_retries: int):
         self._actor_id = actor_id
@@ -319,7 +350,7 @@ class ActorHandle:
         self._methods = methods
         self._max_task_retries = max_task_retries
 
-    def __getattr__(self, name: str) -> ActorMethod:
+    def __getattr__(self, name: str) -> ActorMethod[..., Any]:
         methods = self.__dict__.get("_methods")
         if methods is None or name not in methods:
             raise AttributeError(
@@ -340,10 +371,14 @@ class ActorHandle:
         return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._max_task_retries))
 
 
-class ActorMethod:
-    """``handle.method``: call with ``.remote(...)``; ``.options(num_returns=...)`` first."""
+class ActorMethod(Generic[P, Out]):
+    """``handle.method``: call with ``.remote(...)``; ``.options(num_returns=...)`` first.
 
-    def __init__(self, handle: ActorHandle, name: str, options: dict[str, Any]):
+    ``P`` and ``Out`` are as in ``RemoteFunction``: the method's parameters (without
+    ``self``) and what ``.remote()`` returns; rayr's mypy plugin fills them in.
+    """
+
+    def __init__(self, handle: ActorHandle[Any], name: str, options: dict[str, Any]):
         self._handle = handle
         self._name = name
         self._options = options
@@ -356,7 +391,15 @@ class ActorMethod:
             f"'{self._handle._class_name}.{self._name}.remote()'."
         )
 
-    def options(self, **options: Any) -> ActorMethod:
+    @overload
+    def options(self, *, num_returns: int | str, **options: Any) -> ActorMethod[P, Any]: ...
+
+    @overload
+    def options(self, **options: Any) -> ActorMethod[P, Out]: ...
+
+    def options(self, **options: Any) -> ActorMethod[P, Any]:
+        """A copy with some of ``METHOD_OPTIONS`` changed. (A ``num_returns`` here changes
+        what ``.remote()`` returns, so type checkers see it as ``Any``.)"""
         unknown = sorted(set(options) - set(METHOD_OPTIONS))
         if unknown:
             raise ValueError(
@@ -367,7 +410,8 @@ class ActorMethod:
             options["retry_exceptions"] = spec if isinstance(spec, bool) else spec.hex()
         return ActorMethod(self._handle, self._name, {**self._options, **options})
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def remote(self, *args: Any, **kwargs: Any) -> Out:
+        """Call the method; returns as ``RemoteFunction.remote`` does."""
         core = context.require_core()
         num_returns = self._num_returns
         retry = self._options.get("retry_exceptions", False)
@@ -379,7 +423,7 @@ class ActorMethod:
             retry_exceptions=retry if isinstance(retry, bool) else bytes.fromhex(retry),
             name=self._options.get("name") or f"{self._handle._class_name}.{self._name}",
         )
-        refs: list[ObjectRef] = core.submit_task(
+        refs: list[ObjectRef[Any]] = core.submit_task(
             "",
             f"{self._handle._class_name}.{self._name}",
             args,
@@ -389,10 +433,11 @@ class ActorMethod:
             actor_id=self._handle._actor_id,
             method=self._name,
         )
+        out: Any = refs  # Out is what the options say: a ref, None, a generator or a list
         if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        if num_returns == STREAMING:
-            return ObjectRefGenerator(refs[0])
-        return refs
+            out = refs[0]
+        elif num_returns == 0:
+            out = None
+        elif num_returns == STREAMING:
+            out = ObjectRefGenerator(refs[0])
+        return out

@@ -12,9 +12,9 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol, TypedDict, TypeVar, Unpack, overload
 
 import redis
 
@@ -36,13 +36,17 @@ from rayr.log_stream import LogPrinter
 from rayr.node import LocalCluster
 from rayr.object_ref import ObjectRef
 from rayr.object_store.registry import open_backend
-from rayr.remote_function import RemoteFunction
+from rayr.remote_function import P, RemoteFunction
 from rayr.runtime_env import resolver
 from rayr.runtime_env.validation import validate as validate_runtime_env
+from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from rayr.session import adopt_recorded_name, read_session_file, session_file_path
 from rayr.streaming import ObjectRefGenerator
 
 REMOTE_DRIVER_INLINE = 1 << 62  # a driver without a node keeps every object inline
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass
@@ -434,7 +438,15 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"'timeout' must be None or a non-negative number of seconds, got {timeout!r}")
 
 
-def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = None) -> Any:
+@overload
+def get(object_refs: ObjectRef[R], *, timeout: float | None = None) -> R: ...
+
+
+@overload
+def get(object_refs: list[ObjectRef[R]], *, timeout: float | None = None) -> list[R]: ...
+
+
+def get(object_refs: ObjectRef[Any] | list[ObjectRef[Any]], *, timeout: float | None = None) -> Any:
     """The value of a ref, or the values of a list of refs, waiting as needed.
 
     Raises:
@@ -457,7 +469,7 @@ def get(object_refs: ObjectRef | list[ObjectRef], *, timeout: float | None = Non
     return context.require_core().get(object_refs, timeout)
 
 
-def put(value: Any) -> ObjectRef:
+def put(value: R) -> ObjectRef[R]:
     """Store ``value`` in the cluster; returns its ref."""
     if isinstance(value, ObjectRef):
         raise TypeError(
@@ -465,6 +477,26 @@ def put(value: Any) -> ObjectRef:
             "wrap it in a list: put([ref])."
         )
     return context.require_core().put(value)
+
+
+@overload
+def wait(
+    object_refs: list[ObjectRef[R]], *, num_returns: int = 1, timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef[R]], list[ObjectRef[R]]]: ...
+
+
+@overload
+def wait(
+    object_refs: list[ObjectRefGenerator[R]], *, num_returns: int = 1, timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRefGenerator[R]], list[ObjectRefGenerator[R]]]: ...
+
+
+@overload
+def wait(
+    object_refs: list[Any], *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True,
+) -> tuple[list[Any], list[Any]]: ...
 
 
 def wait(
@@ -504,8 +536,8 @@ def wait(
         return _wait_with_generators(object_refs, num_returns, timeout)
     oids = [r.binary() for r in object_refs]
     ready_ids = context.require_core().wait_ready(oids, num_returns, timeout)
-    ready: list[ObjectRef] = []
-    not_ready: list[ObjectRef] = []
+    ready: list[ObjectRef[Any]] = []
+    not_ready: list[ObjectRef[Any]] = []
     for ref in object_refs:
         if ref.binary() in ready_ids and len(ready) < num_returns:
             ready.append(ref)
@@ -540,6 +572,85 @@ def _wait_with_generators(entries: list[Any], num_returns: int,
     return ready, not_ready
 
 
+class RemoteOptions(TypedDict, total=False):
+    """The options of ``@remote(...)`` but ``num_returns``, for type checkers: those of tasks
+    (``remote_function.DEFAULT_TASK_OPTIONS``) and of actors (``actor.DEFAULT_ACTOR_OPTIONS``)."""
+
+    num_cpus: float | None
+    num_gpus: float | None
+    accelerator_type: str | None
+    memory: float | None
+    resources: dict[str, float] | None
+    max_retries: int | None
+    retry_exceptions: bool | list[type[BaseException]] | None
+    name: str | None
+    scheduling_strategy: (Literal["DEFAULT", "SPREAD"] | NodeAffinitySchedulingStrategy
+                          | PlacementGroupSchedulingStrategy | None)
+    runtime_env: dict[str, Any] | None
+    namespace: str | None
+    lifetime: Literal["detached", "non_detached"] | None
+    get_if_exists: bool | None
+    max_restarts: int | None
+    max_task_retries: int | None
+    max_concurrency: int | None
+    concurrency_groups: dict[str, int] | None
+
+
+class RemoteDecorator(Protocol):
+    """What ``@remote(...)`` with options returns: ``@remote`` itself, for type checkers."""
+
+    @overload
+    def __call__(self, target: type[T], /) -> ActorClass[T]: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, target: Callable[P, Iterator[R]], /
+    ) -> RemoteFunction[P, ObjectRefGenerator[R]]: ...
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, target: Callable[P, AsyncIterator[R]], /
+    ) -> RemoteFunction[P, ObjectRefGenerator[R]]: ...
+
+    @overload
+    def __call__(self, target: Callable[P, R], /) -> RemoteFunction[P, ObjectRef[R]]: ...
+
+
+# Type checkers see what .remote() returns: ObjectRef[R] for a function returning R,
+# ObjectRefGenerator[T] for a generator of T, ActorClass[C] for a class C. Options are
+# checked by name and type; a num_returns other than 1 makes .remote() return a list or
+# None, so the result is then Any. The overloads only exist for type checkers: at run time
+# the plain function below is all there is.
+@overload
+def remote(target: type[T], /) -> ActorClass[T]: ...  # type: ignore[overload-overlap]
+
+
+@overload
+def remote(  # type: ignore[overload-overlap]
+    target: Callable[P, Iterator[R]], /
+) -> RemoteFunction[P, ObjectRefGenerator[R]]: ...
+
+
+@overload
+def remote(  # type: ignore[overload-overlap]
+    target: Callable[P, AsyncIterator[R]], /
+) -> RemoteFunction[P, ObjectRefGenerator[R]]: ...
+
+
+@overload
+def remote(target: Callable[P, R], /) -> RemoteFunction[P, ObjectRef[R]]: ...
+
+
+@overload
+def remote(
+    *, num_returns: Literal[1, "streaming"] | None = None, **options: Unpack[RemoteOptions]
+) -> RemoteDecorator: ...
+
+
+@overload
+def remote(*, num_returns: int | str, **options: Unpack[RemoteOptions]) -> Callable[[Any], Any]: ...
+
+
 def remote(*args: Any, **kwargs: Any) -> Any:
     """Make a function a remote function: ``@remote`` or ``@remote(num_cpus=..., ...)``."""
     if len(args) == 1 and not kwargs and callable(args[0]):
@@ -552,7 +663,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
     return lambda target: _make_remote(target, kwargs)
 
 
-def _make_remote(target: Callable, options: dict[str, Any]) -> RemoteFunction | ActorClass:
+def _make_remote(target: Callable, options: dict[str, Any]) -> RemoteFunction[..., Any] | ActorClass[Any]:
     if inspect.isclass(target):
         return ActorClass(target, options)
     if not callable(target):
@@ -644,7 +755,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     kill_actor(context.require_core().gcs, actor._actor_id, "rayr.kill() was called", no_restart)
 
 
-def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle[Any]:
     """The handle of the live actor called ``name`` in ``namespace`` (default: this job's).
 
     Raises:
@@ -663,7 +774,8 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     return handle_from_table(actor_id)
 
 
-def cancel(ref: ObjectRef | ObjectRefGenerator, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(ref: ObjectRef[Any] | ObjectRefGenerator[Any], *, force: bool = False,
+           recursive: bool = True) -> None:
     """Cancel the task that produces ``ref``; ``get`` on it then raises TaskCancelledError.
 
     A queued task never runs. A running task gets KeyboardInterrupt raised in it, or with

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any
+from collections.abc import Generator
+from typing import Any, Generic, TypeVar
 
 from rayr import context
 from rayr.serialization import note_serialized_ref
 
+# the value's type; covariant, since a ref is read-only: an ObjectRef[bool] is an ObjectRef[int]
+T_co = TypeVar("T_co", covariant=True)
 
-class ObjectRef:
+
+class ObjectRef(Generic[T_co]):
     """A reference to a (possibly future) object in the cluster.
+
+    ``ObjectRef[T]`` is the ref of a value of type ``T`` (``f.remote()`` of a function
+    returning ``T``; ``rayr.get`` of it is a ``T``). The parameter is for type checkers only:
+    ``Generic`` adds no per-instance state (its ``__slots__`` is empty).
 
     Refs are counted per process: creating one registers it with the process's core
     worker. Pickling a ref (nested in an argument, inside another object) marks it as
@@ -64,17 +72,17 @@ class ObjectRef:
             core.mark_shared(self._id)
         return (_rebuild, (self._id, self._owner))
 
-    def future(self) -> concurrent.futures.Future:
+    def future(self) -> concurrent.futures.Future[T_co]:
         """A concurrent.futures.Future resolved with the object's value (or error)."""
         return context.require_core().future_of(self)
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, T_co]:
         return asyncio.wrap_future(self.future()).__await__()
 
 
-def _rebuild(object_id: bytes, owner: str) -> ObjectRef:
+def _rebuild(object_id: bytes, owner: str) -> ObjectRef[Any]:
     """Unpickle a ref: counted here, and registered as borrowed if another process owns it."""
-    ref = ObjectRef(object_id, owner)
+    ref: ObjectRef[Any] = ObjectRef(object_id, owner)
     core = context.state.core
     if core is not None:
         core.on_deserialized(object_id, owner)

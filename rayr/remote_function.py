@@ -7,7 +7,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from rayr import context, serialization
 from rayr.accelerators import TYPE_PREFIX
@@ -33,6 +33,11 @@ DEFAULT_TASK_OPTIONS: dict[str, Any] = {
 }
 SCHEDULING_STRATEGIES = ("DEFAULT", "SPREAD")
 ACCELERATOR_TYPE_ASK = 0.001
+
+# For type checkers: a remote function's parameters, and what its ``.remote()`` returns
+# (``ObjectRef[R]`` of a function returning ``R``, ``ObjectRefGenerator[T]`` of a generator)
+P = ParamSpec("P")
+Out = TypeVar("Out", covariant=True)
 
 
 def retry_exceptions_spec(retry: Any) -> bool | bytes:
@@ -170,10 +175,16 @@ class _Exported:
         return self.data
 
 
-class RemoteFunction:
-    """A function that runs as a task: call ``f.remote(...)``, not ``f(...)``."""
+class RemoteFunction(Generic[P, Out]):
+    """A function that runs as a task: call ``f.remote(...)``, not ``f(...)``.
 
-    def __init__(self, fn: Callable, options: dict[str, Any], _exported: _Exported | None = None):
+    For type checkers ``@rayr.remote`` turns ``def f(x: int) -> str`` into a
+    ``RemoteFunction[[int], ObjectRef[str]]``: ``P`` is the function's parameters and ``Out``
+    what ``.remote()`` returns. Arguments are checked against ``P`` by rayr's mypy plugin
+    (``rayr.mypy_plugin``), which also accepts an ``ObjectRef[T]`` where ``T`` is expected.
+    """
+
+    def __init__(self, fn: Callable[P, Any], options: dict[str, Any], _exported: _Exported | None = None):
         self._function = fn
         self._options = dict(options)
         self._options.setdefault("num_returns", default_num_returns(fn))
@@ -193,23 +204,31 @@ class RemoteFunction:
     def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteFunction, (self._function, self._options))
 
-    def options(self, **options: Any) -> RemoteFunction:
-        """A copy with some options changed; the original keeps its own."""
+    @overload
+    def options(self, *, num_returns: int | str, **options: Any) -> RemoteFunction[P, Any]: ...
+
+    @overload
+    def options(self, **options: Any) -> RemoteFunction[P, Out]: ...
+
+    def options(self, **options: Any) -> RemoteFunction[P, Any]:
+        """A copy with some options changed; the original keeps its own. (A ``num_returns``
+        here changes what ``.remote()`` returns, so type checkers see it as ``Any``.)"""
         return RemoteFunction(self._function, {**self._options, **options}, self._exported)
 
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
+    def remote(self, *args: Any, **kwargs: Any) -> Out:
         """Submit a task; returns an ObjectRef, a list of them, None for num_returns=0, or an
         ObjectRefGenerator for a streaming (generator) task."""
         core = context.require_core()
         exported = self._exported
         exported.pickled()
         key = core.export_function(exported.digest, exported.pickled)
-        refs: list[ObjectRef] = core.submit_task(key, self._name, args, kwargs, self._task_options)
+        refs: list[ObjectRef[Any]] = core.submit_task(key, self._name, args, kwargs, self._task_options)
         n = self._task_options.num_returns
+        out: Any = refs  # Out is what the options say: a ref, None, a generator or a list
         if n == 1:
-            return refs[0]
-        if n == 0:
-            return None
-        if n == STREAMING:
-            return ObjectRefGenerator(refs[0])
-        return refs
+            out = refs[0]
+        elif n == 0:
+            out = None
+        elif n == STREAMING:
+            out = ObjectRefGenerator(refs[0])
+        return out

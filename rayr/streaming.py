@@ -8,46 +8,53 @@ raised by the generator becomes one last item whose ``get`` raises it, as in Ray
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Generic, TypeVar
 
 from rayr import context
 from rayr.gcs import records as rec
 from rayr.object_ref import ObjectRef
 from rayr.task_spec import STREAM_FIRST_ITEM
 
+T_co = TypeVar("T_co", covariant=True)
 
-class ObjectRefGenerator:
-    """What ``f.remote()`` returns for a generator task: yields one ObjectRef per item."""
 
-    def __init__(self, end_ref: ObjectRef) -> None:
+class ObjectRefGenerator(Generic[T_co]):
+    """What ``f.remote()`` returns for a generator task: yields one ObjectRef per item.
+
+    ``ObjectRefGenerator[T]`` (for type checkers) yields ``ObjectRef[T]``: a function
+    annotated ``-> Iterator[T]`` or ``-> Generator[T, ...]`` streams refs of ``T``.
+    """
+
+    def __init__(self, end_ref: ObjectRef[Any]) -> None:
         self._end = end_ref
         self._task = end_ref.binary()[:16]
         self._owner = end_ref.owner_address()
         self._next = 0
         self._total: int | None = None
 
-    def __iter__(self) -> ObjectRefGenerator:
+    def __iter__(self) -> ObjectRefGenerator[T_co]:
         return self
 
-    def __next__(self) -> ObjectRef:
+    def __next__(self) -> ObjectRef[T_co]:
         ref = self._next_ref(None)
         if ref is None:
             raise StopIteration
         return ref
 
-    def __aiter__(self) -> ObjectRefGenerator:
+    def __aiter__(self) -> ObjectRefGenerator[T_co]:
         return self
 
-    async def __anext__(self) -> ObjectRef:
+    async def __anext__(self) -> ObjectRef[T_co]:
         ref = await asyncio.get_running_loop().run_in_executor(None, self._next_ref, None)
         if ref is None:
             raise StopAsyncIteration
         return ref
 
-    def next_ready(self, timeout: float | None) -> ObjectRef | None:
+    def next_ready(self, timeout: float | None) -> ObjectRef[T_co] | None:
         """The next item's ref within ``timeout`` seconds (TimeoutError if none), or None at the end."""
         return self._next_ref(timeout, raise_timeout=True)
 
-    def completed(self) -> ObjectRef:
+    def completed(self) -> ObjectRef[Any]:
         """A ref that resolves (to the item count) when the generator task has finished."""
         return self._end
 
@@ -61,7 +68,7 @@ class ObjectRefGenerator:
     def _item_id(self, index: int) -> bytes:
         return self._task + (STREAM_FIRST_ITEM + index).to_bytes(4, "big")
 
-    def _next_ref(self, timeout: float | None, raise_timeout: bool = False) -> ObjectRef | None:
+    def _next_ref(self, timeout: float | None, raise_timeout: bool = False) -> ObjectRef[T_co] | None:
         core = context.require_core()
         end = self._end.binary()
         while True:

@@ -214,7 +214,7 @@ class TaskSubmitter:
             # a generator's items may arrive at once: accepted from before it is queued
             self.own.own_returns(return_ids, task_id if opts.num_returns == STREAMING else None)
             self.lineage.start(spec, held, args_object, shape, opts.strategy)
-        refs = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
+        refs: list[ObjectRef[Any]] = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
         deps = set(spec.ref_args)
         if deps:
             self._watch(deps)

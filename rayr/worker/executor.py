@@ -413,7 +413,7 @@ class TaskExecutor:
             return call_args, call_kwargs, None
         values: list[Any] = []
         missing = [o for o in spec.ref_args if o not in spec.dep_records]
-        held = [ObjectRef(o) for o in missing]  # keep them counted while we read them
+        held: list[ObjectRef[Any]] = [ObjectRef(o) for o in missing]  # keep them counted while we read them
         if missing:
             core.wait_ready(missing, len(set(missing)), None)
         for oid in spec.ref_args:

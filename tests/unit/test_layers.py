@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("daemons", ("rayr.raylet", "rayr.monitor", "rayr.job_submission.supervisor", "rayr.autoscaler")),
     # what users import
     ("api", ("rayr", "rayr._raylet", "rayr.api", "rayr.actor", "rayr.remote_function", "rayr.placement_group",
-             "rayr.util", "rayr.experimental", "rayr.job_submission", "rayr.autoscaler.sdk", "rayr.testing")),
+             "rayr.util", "rayr.experimental", "rayr.job_submission", "rayr.autoscaler.sdk", "rayr.testing",
+             "rayr.mypy_plugin")),
     # tools over a running cluster: the command line and the dashboard
     ("cli", ("rayr.cli", "rayr.dashboard")),
 ]
