@@ -15,7 +15,9 @@ from rayr.runtime_env import RuntimeEnv, merge, packaging, validate
 
 
 def test_unknown_field_is_named_with_the_valid_ones():
-    with pytest.raises(ValueError, match="'conda'.*Valid fields: env_vars, working_dir, py_modules, pip"):
+    with pytest.raises(ValueError, match="'condaa'.*Valid fields: env_vars, working_dir, py_modules, pip"):
+        validate({"condaa": "env.yaml"})
+    with pytest.raises(ValueError, match="'conda' is not supported: .*pip"):  # Ray's, with the reason
         validate({"conda": "env.yaml"})
     with pytest.raises(ValueError, match="'workdir'"):
         validate_task_options({"runtime_env": {"workdir": "."}})
