@@ -31,7 +31,7 @@ from rayr.api import (
 from rayr.exceptions import RuntimeEnvSetupError
 from rayr.log_config import LoggingConfig
 from rayr.object_ref import ObjectRef
-from rayr.streaming import ObjectRefGenerator
+from rayr.streaming import DynamicObjectRefGenerator, ObjectRefGenerator
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,7 @@ __all__ = [
     "ActorHandle",
     "LoggingConfig",
     "ObjectRef",
+    "DynamicObjectRefGenerator",
     "ObjectRefGenerator",
     "RuntimeEnvSetupError",
     "__version__",

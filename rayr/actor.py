@@ -26,7 +26,7 @@ from rayr.resources import shape_key
 from rayr.routing import in_placement_group
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.streaming import ObjectRefGenerator
-from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, READY_METHOD, STREAMING, TaskOptions
+from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, DYNAMIC, READY_METHOD, STREAMING, TaskOptions
 
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": None,
@@ -434,7 +434,7 @@ class ActorMethod(Generic[P, Out]):
             method=self._name,
         )
         out: Any = refs  # Out is what the options say: a ref, None, a generator or a list
-        if num_returns == 1:
+        if num_returns in (1, DYNAMIC):
             out = refs[0]
         elif num_returns == 0:
             out = None

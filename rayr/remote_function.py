@@ -16,7 +16,7 @@ from rayr.resources import shape_key
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from rayr.streaming import ObjectRefGenerator
-from rayr.task_spec import STREAMING, TaskOptions
+from rayr.task_spec import DYNAMIC, STREAMING, TaskOptions
 
 DEFAULT_TASK_OPTIONS: dict[str, Any] = {
     "num_cpus": 1,
@@ -76,11 +76,13 @@ def check_strategy(strategy: Any) -> Any:
 
 
 def parse_num_returns(value: Any) -> int:
-    """An int >= 0, or "streaming" (returned as STREAMING)."""
+    """An int >= 0, "streaming" (returned as STREAMING) or "dynamic" (DYNAMIC)."""
     if value == "streaming":
         return STREAMING
+    if value == "dynamic":
+        return DYNAMIC
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"option 'num_returns' must be an int >= 0 or 'streaming', got {value!r}")
+        raise ValueError(f"option 'num_returns' must be an int >= 0, 'streaming' or 'dynamic', got {value!r}")
     return value
 
 
@@ -225,7 +227,7 @@ class RemoteFunction(Generic[P, Out]):
         refs: list[ObjectRef[Any]] = core.submit_task(key, self._name, args, kwargs, self._task_options)
         n = self._task_options.num_returns
         out: Any = refs  # Out is what the options say: a ref, None, a generator or a list
-        if n == 1:
+        if n in (1, DYNAMIC):
             out = refs[0]
         elif n == 0:
             out = None

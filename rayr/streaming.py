@@ -8,6 +8,7 @@ raised by the generator becomes one last item whose ``get`` raises it, as in Ray
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from rayr import context
@@ -16,6 +17,23 @@ from rayr.object_ref import ObjectRef
 from rayr.task_spec import STREAM_FIRST_ITEM
 
 T_co = TypeVar("T_co", covariant=True)
+
+
+class DynamicObjectRefGenerator(Generic[T_co]):
+    """What ``get`` returns for a ``num_returns="dynamic"`` task: the refs of the items its
+    generator yielded, in order (Ray's older form of generator tasks; it keeps them alive)."""
+
+    def __init__(self, refs: list[ObjectRef[T_co]]) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Iterator[ObjectRef[T_co]]:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
 
 class ObjectRefGenerator(Generic[T_co]):

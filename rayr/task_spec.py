@@ -22,6 +22,9 @@ ACTOR_CALL = 2
 
 STREAMING = -1  # num_returns of a generator task: items arrive one by one
 STREAM_FIRST_ITEM = 2  # return index of a stream's first item; index 1 reports the item count
+# num_returns="dynamic" (Ray's older generators): items are stored as a stream's, then return 1
+# holds a DynamicObjectRefGenerator of refs to them, once the generator is exhausted
+DYNAMIC = -2
 
 
 class ArgRef:

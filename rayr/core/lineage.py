@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rayr.task_spec import ACTOR_CREATION, STREAMING, TASK, TaskSpec
+from rayr.task_spec import ACTOR_CREATION, DYNAMIC, STREAMING, TASK, TaskSpec
 
 # the refs a task's arguments hold (kept alive until it ends), and its stored arguments object
 ArgHold = tuple[list[Any], bytes | None]
@@ -47,7 +47,7 @@ class LineageTable:
             self.creation_args.append((held, args_object))
             return
         self.inflight[spec.task_id] = (held, args_object)
-        if spec.kind == TASK and spec.max_retries != 0 and spec.num_returns != STREAMING:
+        if spec.kind == TASK and spec.max_retries != 0 and spec.num_returns not in (STREAMING, DYNAMIC):
             self.running[spec.task_id] = Lineage(spec, shape, strategy, held, args_object)
 
     def finish(self, task_ids: list[bytes], keeps: Any) -> list[ArgHold]:

@@ -37,6 +37,7 @@ from rayr.task_spec import (
     ACTOR_CALL,
     ACTOR_CREATION,
     ARGS_OBJECT_INDEX,
+    DYNAMIC,
     STREAMING,
     TASK,
     ArgRef,
@@ -212,7 +213,7 @@ class TaskSubmitter:
             if parent is not None:
                 self.children.setdefault(parent, []).append(return_ids[0])
             # a generator's items may arrive at once: accepted from before it is queued
-            self.own.own_returns(return_ids, task_id if opts.num_returns == STREAMING else None)
+            self.own.own_returns(return_ids, task_id if opts.num_returns in (STREAMING, DYNAMIC) else None)
             self.lineage.start(spec, held, args_object, shape, opts.strategy)
         refs: list[ObjectRef[Any]] = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
         deps = set(spec.ref_args)

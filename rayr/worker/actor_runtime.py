@@ -32,7 +32,7 @@ from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connect
 from rayr.keys import ACTOR_GROUP, TASK_GROUP
-from rayr.task_spec import READY_METHOD, SPEC_FIELD, STREAMING, TaskSpec
+from rayr.task_spec import DYNAMIC, READY_METHOD, SPEC_FIELD, STREAMING, TaskSpec
 
 if TYPE_CHECKING:
     from rayr.worker.executor import TaskExecutor
@@ -410,6 +410,9 @@ class ActorRuntime:
                     result = fn(*args, **kwargs)
                     if spec.num_returns == STREAMING:
                         records = [await self._stream_async(spec, result)]
+                    elif spec.num_returns == DYNAMIC:
+                        records = [await self._loop.run_in_executor(None, self.executor.dynamic_items, spec,
+                                                                    result)]
                     else:
                         if inspect.isawaitable(result):
                             result = await result

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
@@ -39,7 +39,8 @@ from rayr.log_stream import OutputCapture, encode
 from rayr.object_ref import ObjectRef
 from rayr.object_store.registry import open_backend
 from rayr.runtime_env.validation import run_setup_hook
-from rayr.task_spec import SPEC_FIELD, STREAM_FIRST_ITEM, STREAMING, ArgRef, TaskSpec
+from rayr.streaming import DynamicObjectRefGenerator
+from rayr.task_spec import DYNAMIC, SPEC_FIELD, STREAM_FIRST_ITEM, STREAMING, ArgRef, TaskSpec
 
 LEASE_IDLE_MS = 2  # a leased worker gives its resources back after this long without work
 # A leased worker reads up to this many tasks at once while its tasks stay short (under
@@ -351,6 +352,8 @@ class TaskExecutor:
                 result = fn(*args, **kwargs)
                 if spec.num_returns == STREAMING:
                     return [self.stream_items(spec, result)]
+                if spec.num_returns == DYNAMIC:
+                    return [self.dynamic_items(spec, result)]
                 return self.result_records(spec, result)
             except Exception as err:
                 if self._should_retry(spec, err, attempts):
@@ -443,6 +446,25 @@ class TaskExecutor:
             self.store_item(spec, count, None, self.error_record(spec, err))
             count += 1
         return rec.value_record(serialization.dumps(count))
+
+    def dynamic_items(self, spec: TaskSpec, items: Any) -> bytes:
+        """``num_returns="dynamic"``: store each item as the generator yields it (a stream's
+        item, owned by the caller), then return 1's record: a DynamicObjectRefGenerator that
+        holds refs to them all, so they live as long as it does. An exception from the
+        generator fails return 1 (the items stored so far are freed with the job)."""
+        if not inspect.isgenerator(items) and not isinstance(items, Iterable):
+            raise TypeError(f"{spec.function_name} has num_returns='dynamic' but returned "
+                            f"{type(items).__name__}, not a generator or iterable")
+        count = 0
+        for value in items:
+            self.store_item(spec, count, value)
+            count += 1
+        first = spec.task_id
+        refs: list[ObjectRef[Any]] = [
+            ObjectRef(first + (STREAM_FIRST_ITEM + i).to_bytes(4, "big"), spec.owner) for i in range(count)
+        ]
+        frame = serialization.serialize(DynamicObjectRefGenerator(refs))
+        return self.core.make_record(spec.return_ids()[0], frame, spec.owner)
 
     def store_item(self, spec: TaskSpec, index: int, value: Any, record: bytes | None = None) -> None:
         """Store one streamed item and announce it to the owner."""

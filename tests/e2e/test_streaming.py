@@ -141,3 +141,38 @@ def test_wait_takes_generators_ready_when_next_would_not_block(ray):
         next(gen)
     ready, _ = rayr.wait([gen], timeout=0)  # an exhausted generator stays ready
     assert ready == [gen]
+
+
+@rayr.remote(num_returns="dynamic")
+def dynamic_squares(n):
+    for i in range(n):
+        yield i * i
+
+
+@rayr.remote(num_returns="dynamic")
+def dynamic_fails(n):
+    yield from range(n)
+    raise ValueError("the generator broke")
+
+
+@rayr.remote
+def total(generator):
+    return sum(rayr.get(list(generator)))
+
+
+def test_dynamic_num_returns_gives_a_ref_to_a_generator_of_refs(ray):
+    from rayr import DynamicObjectRefGenerator
+    from rayr._raylet import DynamicObjectRefGenerator as FromRaylet
+
+    ref = dynamic_squares.remote(5)
+    assert isinstance(ref, rayr.ObjectRef)
+    generator = rayr.get(ref)
+    assert isinstance(generator, DynamicObjectRefGenerator) and FromRaylet is DynamicObjectRefGenerator
+    assert len(generator) == 5 and rayr.get(list(generator)) == [0, 1, 4, 9, 16]
+    assert rayr.get(total.remote(ref)) == 30  # passed on: the task gets the generator of refs
+    del generator
+    assert rayr.get(rayr.get(ref).__iter__().__next__()) == 0  # the items live as long as it does
+    with pytest.raises(ValueError, match="the generator broke"):
+        rayr.get(dynamic_fails.remote(2))
+    with pytest.raises(ValueError, match="'dynamic'"):
+        dynamic_squares.options(num_returns="dynamc")
