@@ -35,6 +35,24 @@ class DynamicObjectRefGenerator(Generic[T_co]):
     def __repr__(self) -> str:
         return f"DynamicObjectRefGenerator({len(self._refs)} refs)"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_dynamic, (self._refs,))
+
+
+def _rebuild_dynamic(refs: list[ObjectRef[Any]]) -> DynamicObjectRefGenerator[Any]:
+    """Unpickle a dynamic generator. Its items are held in Redis by the object that carries
+    it (return 1 of the task), so their owner must free them there, not just drop them:
+    marked shared, as a ref sent to another process would be."""
+    core = context.state.core
+    if core is not None and refs:
+        for ref in refs:
+            core.mark_shared(ref.binary())
+        if refs[0].owner_address() == core.worker_hex:
+            # every item has its ref now: from here they are ordinary (shared) objects, read
+            # from the object table once dropped here, not items still to arrive
+            core.forget_stream(refs[0].binary()[:16], STREAM_FIRST_ITEM)
+    return DynamicObjectRefGenerator(refs)
+
 
 class ObjectRefGenerator(Generic[T_co]):
     """What ``f.remote()`` returns for a generator task: yields one ObjectRef per item.

@@ -171,7 +171,16 @@ def test_dynamic_num_returns_gives_a_ref_to_a_generator_of_refs(ray):
     assert len(generator) == 5 and rayr.get(list(generator)) == [0, 1, 4, 9, 16]
     assert rayr.get(total.remote(ref)) == 30  # passed on: the task gets the generator of refs
     del generator
-    assert rayr.get(rayr.get(ref).__iter__().__next__()) == 0  # the items live as long as it does
+    first = next(iter(rayr.get(ref)))
+    assert rayr.get(first) == 0  # the items live as long as the generator's object does
+    first_hex = first.hex()
+    del first, ref
+    gcs = rayr.context.state.core.gcs
+    deadline = time.monotonic() + 60
+    while gcs.get_objects([first_hex]) != [None]:  # and are freed with it
+        assert time.monotonic() < deadline, "a dynamic generator's item outlived every ref"
+        rayr.get(rayr.put(0))  # let the driver send its frees
+        time.sleep(0.05)
     with pytest.raises(ValueError, match="the generator broke"):
         rayr.get(dynamic_fails.remote(2))
     with pytest.raises(ValueError, match="'dynamic'"):
