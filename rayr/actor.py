@@ -46,7 +46,7 @@ DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "scheduling_strategy": "DEFAULT",
     "runtime_env": None,
 }
-METHOD_OPTIONS = ("num_returns", "name", "max_task_retries", "retry_exceptions")
+METHOD_OPTIONS = ("num_returns", "name", "max_task_retries", "retry_exceptions", "concurrency_group")
 # @method options Ray has that mean nothing here: accepted with a warning saying why
 NO_EFFECT = {
     "enable_task_events": "task events are on or off per process here (RAYR_TASK_EVENTS)",
@@ -405,6 +405,9 @@ class ActorMethod(Generic[P, Out]):
             raise ValueError(
                 f"Invalid option(s) {unknown} for an actor method; valid options: {METHOD_OPTIONS}"
             )
+        group = options.get("concurrency_group")
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ValueError(f"concurrency_group must be a group's name, got {group!r}")
         if "retry_exceptions" in options:
             spec = retry_exceptions_spec(options["retry_exceptions"])
             options["retry_exceptions"] = spec if isinstance(spec, bool) else spec.hex()
@@ -432,6 +435,7 @@ class ActorMethod(Generic[P, Out]):
             kind=ACTOR_CALL,
             actor_id=self._handle._actor_id,
             method=self._name,
+            concurrency_group=self._options.get("concurrency_group") or "",
         )
         out: Any = refs  # Out is what the options say: a ref, None, a generator or a list
         if num_returns in (1, DYNAMIC):

@@ -100,6 +100,7 @@ class TaskSpec(NamedTuple):
     actor_options: dict[str, Any] | None = None
     placement_group: str = ""  # hex of the group it runs in
     capture_children: bool = False  # the tasks it starts run in that group too
+    concurrency_group: str = ""  # ACTOR_CALL: the group named at the call (.options), if any
 
     def return_ids(self) -> list[bytes]:
         # num_returns=0 still reports completion through one id; a stream reports its count there

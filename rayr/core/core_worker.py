@@ -228,11 +228,13 @@ class CoreWorker:
         actor_id: str = "",
         method: str = "",
         actor_options: dict[str, Any] | None = None,
+        concurrency_group: str = "",
     ) -> list[ObjectRef]:
         """Queue a task, an actor creation or an actor call (see ``TaskSubmitter.submit``)."""
         self.objects.drain_released()
         return self.submitter.submit(function_key, function_name, args, kwargs, opts, kind=kind,
-                                     actor_id=actor_id, method=method, actor_options=actor_options)
+                                     actor_id=actor_id, method=method, actor_options=actor_options,
+                                     concurrency_group=concurrency_group)
 
     def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
         self.submitter.cancel(oid, force, recursive)

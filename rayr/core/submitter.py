@@ -171,6 +171,7 @@ class TaskSubmitter:
         actor_id: str = "",
         method: str = "",
         actor_options: dict[str, Any] | None = None,
+        concurrency_group: str = "",
     ) -> list[ObjectRef]:
         """Queue a task, an actor creation or an actor call; one ref per return value (one
         hidden ref for num_returns=0)."""
@@ -206,6 +207,7 @@ class TaskSubmitter:
             actor_options=actor_options,
             placement_group=group,
             capture_children=capture,
+            concurrency_group=concurrency_group,
         )
         return_ids = spec.return_ids()
         parent = self._current_task_id()

@@ -341,6 +341,11 @@ class ActorRuntime:
         if spec.task_id in self.executor.cancelled_tasks:  # cancelled before it started
             self._deliver(entry_id, spec, [])
             return
+        if spec.concurrency_group and spec.concurrency_group not in self.concurrency_groups:
+            self._fail(entry_id, spec, ValueError(
+                f"{spec.function_name}.options(concurrency_group={spec.concurrency_group!r}): the actor "
+                f"has no such group; its concurrency_groups: {sorted(self.concurrency_groups) or 'none'}"))
+            return
         if self._loop is not None:
             future = asyncio.run_coroutine_threadsafe(self._call_async(entry_id, spec), self._loop)
             self._async_calls[spec.task_id] = future
@@ -354,6 +359,8 @@ class ActorRuntime:
         """The concurrency group the called method names ("" for the default group)."""
         if not self.concurrency_groups:
             return ""
+        if spec.concurrency_group:  # named at the call: it wins over the method's own
+            return spec.concurrency_group
         fn = getattr(type(self.instance), spec.method, None)
         return str(getattr(fn, "__rayr_method_options__", {}).get("concurrency_group") or "")
 

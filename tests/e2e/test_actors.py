@@ -634,3 +634,23 @@ def test_method_retry_options(ray):
     # the same at call time
     with pytest.raises(ValueError, match="never retried"):
         rayr.get(flaky.plain.options(max_task_retries=3, retry_exceptions=[KeyError]).remote())
+
+
+def test_a_call_names_its_concurrency_group(ray):
+    @rayr.remote(concurrency_groups={"io": 1})
+    class Threads:
+        def thread(self):
+            return threading.current_thread().name
+
+        @rayr.method(concurrency_group="io")
+        def io_thread(self):
+            return threading.current_thread().name
+
+    t = Threads.remote()
+    assert rayr.get(t.thread.remote()).startswith("rayr-actor_")  # the default group's pool
+    assert rayr.get(t.thread.options(concurrency_group="io").remote()).startswith("rayr-actor-io")
+    assert rayr.get(t.io_thread.remote()).startswith("rayr-actor-io")
+    with pytest.raises(ValueError, match="has no such group"):
+        rayr.get(t.thread.options(concurrency_group="gpu").remote())
+    with pytest.raises(ValueError, match="concurrency_group must be"):
+        t.thread.options(concurrency_group="")
