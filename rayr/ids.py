@@ -19,7 +19,7 @@ WORKER_ID_SIZE = 12
 class BaseID:
     """An immutable byte string id with a hex form."""
 
-    __slots__ = ("_bytes", "_hash")
+    __slots__ = ("_bytes", "_hash", "_hex")
     SIZE = 0
 
     def __init__(self, data: bytes) -> None:
@@ -29,6 +29,7 @@ class BaseID:
             )
         self._bytes = data
         self._hash = hash(data)
+        self._hex = ""  # made on first use, then shared (every spec names its job by it)
 
     @classmethod
     def from_random(cls) -> BaseID:
@@ -42,7 +43,9 @@ class BaseID:
         return self._bytes
 
     def hex(self) -> str:
-        return self._bytes.hex()
+        if not self._hex:
+            self._hex = self._bytes.hex()
+        return self._hex
 
     def __hash__(self) -> int:
         return self._hash

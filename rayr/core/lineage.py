@@ -16,7 +16,7 @@ from rayr.task_spec import ACTOR_CREATION, DYNAMIC, STREAMING, TASK, TaskSpec
 ArgHold = tuple[list[Any], bytes | None]
 
 
-@dataclass
+@dataclass(slots=True)  # one per queued task that may re-run: kept small
 class Lineage:
     """A task as submitted: the spec, how it was placed, and its arguments (kept alive, as Ray
     pins lineage)."""

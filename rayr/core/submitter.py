@@ -69,6 +69,10 @@ def check_inline_size(size: int, what: str) -> None:
         )
 
 
+# shared by every spec and hold that has none (never mutated: inlining replaces dep_records)
+NO_DEPS: dict[bytes, bytes] = {}
+NO_REFS: list[Any] = []
+
 @dataclass
 class WaitingTask:
     """A submitted task whose ObjectRef arguments may not all be ready yet."""
@@ -128,6 +132,8 @@ class TaskSubmitter:
         self._no_args_frame: bytes | None = None
         self._exported: set[str] = set()
         self._shapes: set[str] = set()  # task streams this process has announced
+        self._stream_names: dict[tuple[str, str], str] = {}  # (scheduler key, node) -> announced stream
+        self._function_keys: dict[tuple[str, str], str] = {}  # (job hex, digest) -> exported key
         self._args_sizes: dict[bytes, int] = {}  # large-args object -> bytes, until submitted
         self.router = Router(gcs)
         # the runtime env tasks submitted here inherit, and each task env's hash
@@ -152,10 +158,14 @@ class TaskSubmitter:
 
     def export_function(self, digest: str, pickled: Callable[[], bytes]) -> str:
         """The function-table key for this job, exporting the function on first use."""
-        key = self.keys.function(self.job_id.hex(), digest)
-        if key not in self._exported:
-            self.gcs.export_function(self.job_id.hex(), digest, pickled())
-            self._exported.add(key)
+        job_hex = self.job_id.hex()
+        key = self._function_keys.get((job_hex, digest))
+        if key is None:  # one string shared by every spec of the function
+            key = self.keys.function(job_hex, digest)
+            if key not in self._exported:
+                self.gcs.export_function(job_hex, digest, pickled())
+                self._exported.add(key)
+            self._function_keys[(job_hex, digest)] = key
         return key
 
     # ----------------------------------------------------------- submission
@@ -193,7 +203,7 @@ class TaskSubmitter:
             args=frame_bytes,
             args_object=args_object,
             ref_args=tuple(r.binary() for r in arg_refs),
-            dep_records={},
+            dep_records=NO_DEPS,
             num_returns=opts.num_returns,
             resources=opts.resources,
             max_retries=opts.max_retries,
@@ -332,7 +342,7 @@ class TaskSubmitter:
         if not args and not kwargs:  # a frame the same for every call, made once
             if self._no_args_frame is None:
                 self._no_args_frame = serialization.serialize(((), {})).to_bytes()
-            return self._no_args_frame, None, [], []
+            return self._no_args_frame, None, NO_REFS, NO_REFS
         call_args = tuple(swap(a) for a in args)
         call_kwargs = {k: swap(v) for k, v in kwargs.items()}
         try:
@@ -453,8 +463,12 @@ class TaskSubmitter:
     def ensure_stream(self, key: str, node: str, request: dict[str, float], name: str) -> str:
         """The stream for scheduler ``key`` (targeted at ``node`` if given), announced to the
         raylets that should read it the first time this process uses it."""
+        stream = self._stream_names.get((key, node))
+        if stream is not None:  # one string shared by every task of the stream
+            return stream
         stream = self.keys.task_stream(key, node)
         if stream in self._shapes:
+            self._stream_names[(key, node)] = stream
             return stream
         self.gcs.ensure_group(stream)
         if node:
