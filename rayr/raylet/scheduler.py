@@ -57,6 +57,10 @@ def split_kind(kind: str) -> tuple[str, str]:
     return env, devices
 
 
+def _is_creation(key: str) -> bool:
+    return key.removeprefix(res.TARGET_MARK).startswith(res.ACTOR_SHAPE_MARK)
+
+
 @dataclass
 class Dispatch:
     worker: str
@@ -167,14 +171,21 @@ class Scheduler:
             for task in in_transit:
                 res.subtract(available, task.request)
         budget = {}
-        busy = len(self.running) + len(self.ready) + len(in_transit)
+        # workers blocked in get() lend their slot, as they lend their CPUs
+        busy = len(self.running) + len(self.ready) + len(in_transit) - len(self.blocked)
+        slots = self.max_workers - busy
         for key in self.shapes:
             request = res.parse_shape(key)
             if request:
                 fit = 0 if self.overflow else res.how_many_fit(available, request, READ_CAP)
+                if not _is_creation(key):
+                    # no more than the workers can start: a 0-CPU shape (a sliver of a custom
+                    # resource) would otherwise be read whole and dispatched one by one, where
+                    # leased workers take the rest straight from the stream
+                    fit = min(fit, max(slots, 0))
                 n = fit + (max(room, 0) if fit or self.running or self.ready else 0)
             else:
-                n = min(READ_CAP, self.max_workers - busy)
+                n = min(READ_CAP, slots)
             if n > 0:
                 budget[key] = min(n, READ_CAP)
         return budget

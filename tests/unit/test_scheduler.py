@@ -189,3 +189,19 @@ def test_actor_creations_go_ahead_of_queued_plain_tasks():
     s.on_tasks([task("CPU=1", 3), second])
     # creations in their order, then the plain tasks in theirs
     assert [t.entry_id for t in s.overflow] == [b"a1", b"a2", b"1", b"2", b"3"]
+
+
+def test_a_zero_cpu_shape_is_read_no_faster_than_workers_can_take_it():
+    # a sliver of a custom resource fits a thousand times: reading it all would leave every
+    # task to be dispatched one by one, while leased workers could take them from the stream
+    s = Scheduler(total={"CPU": 2.0, "later": 1000.0}, max_workers=8)
+    s.add_shapes({"later=0.001", "@later=0.001"})
+    assert s.read_budget() == {"later=0.001": 8, "@later=0.001": 64}  # creations keep their pace
+    s.on_tasks([task("later=0.001", i) for i in range(8)])
+    for i in range(8):
+        s.on_worker_ready(f"w{i}")
+    s.dispatches()
+    assert s.read_budget().get("later=0.001", 0) == 0
+    s.on_worker_blocked("w0")  # a parent waiting on children lends its slot
+    s.on_worker_blocked("w1")
+    assert s.read_budget()["later=0.001"] == 2
