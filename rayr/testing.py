@@ -6,6 +6,7 @@
   nothing but Redis) under a unique cluster name, and removes its keys at the end.
 - :func:`run_cli` runs a ``rayr`` CLI command in a fresh interpreter.
 - :func:`wait_node_dead` waits until the connected cluster has declared a node dead.
+- :class:`SimulatedNodes` registers and heartbeats many light simulated raylets.
 - :func:`run_with_tmpfs` runs a Python script with small private filesystems mounted (a
   full /dev/shm, a full spill disk) where only it sees them.
 """
@@ -18,13 +19,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from rayr import procs
 from rayr.config import Settings, env_test_redis_url
-from rayr.gcs.client import connect
+from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.rows import NodeInfo
+from rayr.keys import TASK_GROUP, Keys
 from rayr.node import LocalCluster, free_port, start_redis
 
 
@@ -166,3 +171,73 @@ def wait_node_dead(node_id: str, timeout: float = 30) -> None:
         if time.time() > deadline:
             raise TimeoutError(f"node {node_id} was not declared dead within {timeout}s")
         time.sleep(0.05)
+
+
+SIM_RESOURCES = {"sim_only": 1.0}  # no CPU: SPREAD and node affinity never pick them
+
+
+class SimulatedNodes:
+    """``count`` light simulated raylets, for scale tests and benchmarks: each registers in the
+    node table, heartbeats and blocks in the raylet's two reads (its node stream, a task
+    stream) through rayr's own client code (``GcsClient``), so Redis and the monitor see the
+    traffic of that many idle nodes without their processes. They offer only ``sim_only``, so
+    no real task lands on them. ``close()`` stops them and marks them dead."""
+
+    def __init__(self, url: str, password: str | None, cluster: str, count: int, interval_s: float,
+                 timeout_s: float) -> None:
+        self.keys = Keys(cluster)
+        self.gcs = GcsClient(connect(url, password), self.keys)
+        self.url, self.password = url, password
+        self.ids = [os.urandom(16).hex() for _ in range(count)]
+        self.interval_s, self.timeout_s = interval_s, timeout_s
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for node in self.ids:
+            self.gcs.ensure_group(self.keys.node_stream(node))
+            self.gcs.register_node(NodeInfo(
+                node_id=node, host="127.0.0.1", hostname=f"sim-{node[:6]}", pid=0, is_head=False,
+                resources_total=dict(SIM_RESOURCES), resources_available=dict(SIM_RESOURCES),
+                store_backend="shm", store_namespace=f"sim-{node[:16]}", store_options={},
+                session_dir="/nonexistent", start_time=time.time()), ttl_s=self.timeout_s)
+        # heartbeats: a few threads share the nodes, each beat is the real GcsClient call
+        per = max(1, len(self.ids) // 4)
+        for i in range(0, len(self.ids), per):
+            self._spawn(self._beat, self.ids[i:i + per])
+        for node in self.ids:  # each node's control-stream read and task-stream read, blocked
+            self._spawn(self._read, node, self.keys.node_stream(node))
+            self._spawn(self._read, node, self.keys.task_stream("sim_only=1", ""))
+
+    def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=fn, args=args, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _beat(self, nodes: list[str]) -> None:
+        gcs = GcsClient(connect(self.url, self.password), self.keys)
+        while not self.stop.is_set():
+            start = time.monotonic()
+            for node in nodes:
+                gcs.heartbeat(node, self.timeout_s, SIM_RESOURCES, 0)
+            self.stop.wait(max(0.0, self.interval_s - (time.monotonic() - start)))
+
+    def _read(self, node: str, stream: str) -> None:
+        client: Any = connect(self.url, self.password, single_connection_client=True)
+        try:
+            client.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
+        except Exception:  # the group exists
+            pass
+        while not self.stop.is_set():
+            try:
+                client.xreadgroup(TASK_GROUP, node, {stream: ">"}, count=64, block=1000)
+            except Exception:
+                return
+        client.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=3)
+        for node in self.ids:
+            self.gcs.set_node_state(node, "DEAD", "the benchmark ended")

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +27,7 @@ import psutil
 
 import rayr
 from rayr import context
-from rayr.gcs.client import GcsClient, connect
-from rayr.gcs.rows import NodeInfo
-from rayr.keys import TASK_GROUP
+from rayr.testing import SimulatedNodes
 
 
 def redis_counters(r: Any) -> dict[str, float]:
@@ -73,74 +70,6 @@ def uss(pid: int) -> int:
         return psutil.Process(pid).memory_full_info().uss
     except (psutil.Error, OSError):
         return 0
-
-
-SIM_RESOURCES = {"CPU": 8.0, "sim_only": 1.0}
-
-
-class SimNodes:
-    """``count`` simulated raylets: registered, heartbeating and blocked in the raylet's reads."""
-
-    def __init__(self, url: str, password: str | None, cluster: str, count: int, interval_s: float,
-                 timeout_s: float) -> None:
-        from rayr.keys import Keys
-
-        self.keys = Keys(cluster)
-        self.gcs = GcsClient(connect(url, password), self.keys)
-        self.url, self.password = url, password
-        self.ids = [os.urandom(16).hex() for _ in range(count)]
-        self.interval_s, self.timeout_s = interval_s, timeout_s
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-
-    def start(self) -> None:
-        for node in self.ids:
-            self.gcs.ensure_group(self.keys.node_stream(node))
-            self.gcs.register_node(NodeInfo(
-                node_id=node, host="127.0.0.1", hostname=f"sim-{node[:6]}", pid=0, is_head=False,
-                resources_total=dict(SIM_RESOURCES), resources_available=dict(SIM_RESOURCES),
-                store_backend="shm", store_namespace=f"sim-{node[:16]}", store_options={},
-                session_dir="/nonexistent", start_time=time.time()), ttl_s=self.timeout_s)
-        # heartbeats: a few threads share the nodes, each beat is the real GcsClient call
-        per = max(1, len(self.ids) // 4)
-        for i in range(0, len(self.ids), per):
-            self._spawn(self._beat, self.ids[i:i + per])
-        for node in self.ids:  # each node's control-stream read and task-stream read, blocked
-            self._spawn(self._read, node, self.keys.node_stream(node))
-            self._spawn(self._read, node, self.keys.task_stream("sim_only=1", ""))
-
-    def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=fn, args=args, daemon=True)
-        thread.start()
-        self.threads.append(thread)
-
-    def _beat(self, nodes: list[str]) -> None:
-        gcs = GcsClient(connect(self.url, self.password), self.keys)
-        while not self.stop.is_set():
-            start = time.monotonic()
-            for node in nodes:
-                gcs.heartbeat(node, self.timeout_s, SIM_RESOURCES, 0)
-            self.stop.wait(max(0.0, self.interval_s - (time.monotonic() - start)))
-
-    def _read(self, node: str, stream: str) -> None:
-        client: Any = connect(self.url, self.password, single_connection_client=True)
-        try:
-            client.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
-        except Exception:  # the group exists
-            pass
-        while not self.stop.is_set():
-            try:
-                client.xreadgroup(TASK_GROUP, node, {stream: ">"}, count=64, block=1000)
-            except Exception:
-                return
-        client.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=3)
-        for node in self.ids:
-            self.gcs.set_node_state(node, "DEAD", "the benchmark ended")
 
 
 @rayr.remote
@@ -238,7 +167,7 @@ def main() -> None:
     rows["real_node_per_s"] = {k: (more[k] - base[k]) / opts.real_nodes for k in ("cpu_s", "commands")}
 
     # simulated raylets
-    sims = SimNodes(cluster.redis_url, settings.redis_password, settings.cluster_name, opts.sim_nodes,
+    sims = SimulatedNodes(cluster.redis_url, settings.redis_password, settings.cluster_name, opts.sim_nodes,
                     settings.heartbeat_interval_s, settings.node_timeout_s)
     mem0 = redis_counters(r)["memory"]
     base = idle(r, opts.idle_s)
