@@ -256,6 +256,10 @@ class Raylet:
             except redis.RedisError:
                 self._reader_parked = False
                 failed = True
+                # read the shapes again once Redis is back: a poke about a new shape may have
+                # been taken (and the flag cleared) by a refresh that this very error cut short,
+                # and then nothing would ever read that shape's tasks here
+                self._shapes_dirty.set()
                 if self._stopping.is_set():
                     return
                 log.exception("reading task streams failed; retrying")
