@@ -25,8 +25,8 @@ from rayr.remote_function import (
 from rayr.resources import shape_key
 from rayr.routing import in_placement_group
 from rayr.runtime_env.validation import validate as validate_runtime_env
-from rayr.streaming import ObjectRefGenerator
-from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, DYNAMIC, READY_METHOD, STREAMING, TaskOptions
+from rayr.streaming import remote_result
+from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, READY_METHOD, TaskOptions
 
 DEFAULT_ACTOR_OPTIONS: dict[str, Any] = {
     "num_cpus": None,
@@ -437,11 +437,5 @@ class ActorMethod(Generic[P, Out]):
             method=self._name,
             concurrency_group=self._options.get("concurrency_group") or "",
         )
-        out: Any = refs  # Out is what the options say: a ref, None, a generator or a list
-        if num_returns in (1, DYNAMIC):
-            out = refs[0]
-        elif num_returns == 0:
-            out = None
-        elif num_returns == STREAMING:
-            out = ObjectRefGenerator(refs[0])
+        out: Out = remote_result(refs, num_returns)  # what the options say: a ref, None, ...
         return out

@@ -15,7 +15,7 @@ from rayr.object_ref import ObjectRef
 from rayr.resources import shape_key
 from rayr.runtime_env.validation import validate as validate_runtime_env
 from rayr.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
-from rayr.streaming import ObjectRefGenerator
+from rayr.streaming import remote_result
 from rayr.task_spec import DYNAMIC, STREAMING, TaskOptions
 
 DEFAULT_TASK_OPTIONS: dict[str, Any] = {
@@ -225,12 +225,5 @@ class RemoteFunction(Generic[P, Out]):
         exported.pickled()
         key = core.export_function(exported.digest, exported.pickled)
         refs: list[ObjectRef[Any]] = core.submit_task(key, self._name, args, kwargs, self._task_options)
-        n = self._task_options.num_returns
-        out: Any = refs  # Out is what the options say: a ref, None, a generator or a list
-        if n in (1, DYNAMIC):
-            out = refs[0]
-        elif n == 0:
-            out = None
-        elif n == STREAMING:
-            out = ObjectRefGenerator(refs[0])
+        out: Out = remote_result(refs, self._task_options.num_returns)  # what the options say
         return out

@@ -14,9 +14,21 @@ from typing import Any, Generic, TypeVar
 from rayr import context
 from rayr.gcs import records as rec
 from rayr.object_ref import ObjectRef
-from rayr.task_spec import STREAM_FIRST_ITEM
+from rayr.task_spec import DYNAMIC, STREAM_FIRST_ITEM, STREAMING
 
 T_co = TypeVar("T_co", covariant=True)
+
+
+def remote_result(refs: list[ObjectRef[Any]], num_returns: int) -> Any:
+    """What ``.remote()`` returns for a task or actor call with ``num_returns``: its one ref (1,
+    or "dynamic"), None (0), a generator of its items (streaming) or the list of refs."""
+    if num_returns in (1, DYNAMIC):
+        return refs[0]
+    if num_returns == 0:
+        return None
+    if num_returns == STREAMING:
+        return ObjectRefGenerator(refs[0])
+    return refs
 
 
 class DynamicObjectRefGenerator(Generic[T_co]):
