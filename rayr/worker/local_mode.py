@@ -99,9 +99,6 @@ class LocalRunner:
         self.core.file_messages([rec.object_message(oid, record)
                                  for oid, record in zip(ids, records, strict=True)])
 
-    def kill(self, actor_id: str) -> None:
-        self.actors.pop(actor_id, None)
-
     def close(self) -> None:
         self.actors.clear()
         if self._loop is not None:
