@@ -18,8 +18,11 @@ With ``wait_replicas`` (a Redis with replicas, e.g. behind Sentinel) every write
 ``WAIT wait_replicas timeout``, and the batches it covers count as answered (their callbacks
 run, they leave the resend list) only once WAIT says the replicas have them: a batch the
 master acknowledged but a failover lost is resent like one never answered. While replicas
-do not acknowledge within the timeout (none attached, e.g. just after a failover) the stream
-stops waiting for them for DEGRADED_S at a time, and says so in the log.
+do not acknowledge within the timeout (a slow replica, or none attached just after a
+failover) the stream stops waiting for them for DEGRADED_S at a time, and says so in the log;
+the batches answered meanwhile run their callbacks (nothing stalls) but are kept, up to
+UNCONFIRMED_MAX_BYTES, until a later WAIT confirms them: a failover in that window resends
+them too, so a lagging replica costs duplicates (tasks run at least once), not lost work.
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ BURST_MAX = 256
 FLUSH_AFTER_S = 0.001
 POISON_AFTER = 3  # a batch that breaks the connection this many times in a row is failed
 DEGRADED_S = 5.0  # after a WAIT timed out, writes go unconfirmed this long before WAIT is tried again
+# answered but unconfirmed batches kept for a resend; past this the oldest are dropped (logged)
+UNCONFIRMED_MAX_BYTES = 16 << 20
+CONFIRM_CHECK_S = 1.0  # how often an idle stream looks for kept batches to confirm
 _WAIT_MARK: Any = object()  # the callback slot of a WAIT entry in _waiting
+_REPLAY_MARK: Any = object()  # the callback slot of an answered batch resent after a failover
 
 
 def replicas_to_wait(url: str, settings: Settings) -> int:
@@ -80,6 +87,11 @@ class CommandStream:
         self._wait_replicas = wait_replicas
         self._degraded_until = 0.0  # no WAIT before this time: the replicas did not answer
         self._last_wait_seq = -1  # the position in the send order of the last WAIT written
+        # batches answered while no WAIT confirmed them (reader thread only, then under _cond
+        # in a resend): a failover before the next confirmed WAIT resends them
+        self._unconfirmed: deque[tuple[int, list[bytes]]] = deque()
+        self._unconfirmed_bytes = 0
+        self._dropped_unconfirmed = 0  # dropped over the cap since the last confirmed WAIT
         self._conn: Any = pool.make_connection()
         self._conn.connect()
         self._lock = threading.Lock()  # one writer at a time keeps commands whole and ordered
@@ -163,10 +175,23 @@ class CommandStream:
 
     def _flush_bursts(self) -> None:
         while not self._closed:
-            self._burst.wait()
+            # with replicas, wake now and then: kept batches may need a WAIT of their own
+            if not self._burst.wait(CONFIRM_CHECK_S if self._wait_replicas else None):
+                if self._unconfirmed:
+                    self._confirm_idle()
+                continue
             self._burst.clear()
             time.sleep(FLUSH_AFTER_S)  # let the burst gather; its writer may push it first
             self.push()
+
+    def _confirm_idle(self) -> None:
+        """Batches kept unconfirmed and nothing written since: a lone WAIT (once the degraded
+        window is over) confirms them, so a later failover does not run them again."""
+        if self._closed or time.monotonic() < self._degraded_until:
+            return
+        with self._lock:
+            if not self._broken:
+                self._write(self._out)  # a buffered burst, if any, then the WAIT
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every batch written so far has its replies; False on timeout."""
@@ -184,6 +209,8 @@ class CommandStream:
         # batches whose replies are read but which wait for the WAIT written after them (they
         # stay at the head of _waiting, so a broken connection resends them)
         held: list[tuple[Callback | None, list[Any]]] = []
+        # with replicas to wait for, a batch no WAIT follows was written while degraded
+        keep = bool(self._wait_replicas)
         while True:
             with self._cond:
                 while len(self._waiting) <= len(held) and not self._closed:
@@ -224,25 +251,35 @@ class CommandStream:
             elif self._last_wait_seq > self._done + len(held):  # a WAIT written after it confirms it
                 held.append((callback, replies))
             else:
-                self._finish_batch(callback, replies)
+                self._finish_batch(callback, replies, keep=keep)
 
     def _confirmed(self, held: list[tuple[Callback | None, list[Any]]], acked: Any) -> None:
-        """A WAIT answered: the batches before it are done (replicated unless it timed out)."""
-        if isinstance(acked, int) and acked < self._wait_replicas:
+        """A WAIT answered: the batches before it are done, replicated unless it timed out
+        (then they are kept for a resend until a later WAIT confirms them)."""
+        short = isinstance(acked, int) and acked < self._wait_replicas
+        if short:
             self._degraded_until = time.monotonic() + DEGRADED_S
             log.warning("Redis replicas acknowledged %s of %d writes' copies within the timeout; writes "
-                        "go unconfirmed for %.0f s (a failover now could lose them)",
+                        "go unconfirmed for %.0f s (kept for a resend should the master fail over)",
                         acked, self._wait_replicas, DEGRADED_S)
+        else:
+            # WAIT counts every write this connection made before it
+            self._unconfirmed.clear()
+            self._unconfirmed_bytes = 0
+            self._dropped_unconfirmed = 0
         for callback, replies in held:
-            self._finish_batch(callback, replies)
+            self._finish_batch(callback, replies, keep=short)
         with self._cond:
             self._waiting.popleft()  # the WAIT itself
             self._done += 1
             self._cond.notify_all()
 
-    def _finish_batch(self, callback: Callback | None, replies: list[Any]) -> None:
-        """Hand the head batch its replies and take it off the unanswered list."""
-        if callback is not None:
+    def _finish_batch(self, callback: Callback | None, replies: list[Any], keep: bool = False) -> None:
+        """Hand the head batch its replies and take it off the unanswered list (``keep``: no
+        replica confirmed it, so it stays among the batches a failover resends)."""
+        if callback is _REPLAY_MARK:
+            pass  # a resent batch whose first replies were handed out already
+        elif callback is not None:
             try:
                 callback(replies)
             except Exception:
@@ -251,9 +288,23 @@ class CommandStream:
             # nobody waits for these replies: an error must at least be seen
             log.error("Redis refused a command: %s", next(r for r in replies if isinstance(r, Exception)))
         with self._cond:
-            self._waiting.popleft()
+            count, _, packed = self._waiting.popleft()
             self._done += 1
             self._cond.notify_all()
+        if keep:
+            self._keep_unconfirmed(count, packed)
+
+    def _keep_unconfirmed(self, count: int, packed: list[bytes]) -> None:
+        self._unconfirmed.append((count, packed))
+        self._unconfirmed_bytes += sum(len(part) for part in packed)
+        while self._unconfirmed_bytes > UNCONFIRMED_MAX_BYTES and len(self._unconfirmed) > 1:
+            _, dropped = self._unconfirmed.popleft()
+            self._unconfirmed_bytes -= sum(len(part) for part in dropped)
+            if not self._dropped_unconfirmed:
+                log.warning("more than %d MiB of writes await a replica's confirmation; dropping the "
+                            "oldest from the resend list (a failover now could lose them)",
+                            UNCONFIRMED_MAX_BYTES >> 20)
+            self._dropped_unconfirmed += 1
 
     def _give_up(self) -> None:
         """Redis stayed away: every unanswered batch gets an error reply, and later sends
@@ -293,6 +344,7 @@ class CommandStream:
         self._conn.disconnect()
         self._conn.connect()
         with self._cond:
+            self._replay_unconfirmed()
             self._one_wait_at_the_end()
             unanswered = [packed for _, _, packed in self._waiting]
         for packed in unanswered:
@@ -300,17 +352,27 @@ class CommandStream:
         log.warning("command connection to Redis is back; %d batches resent", len(unanswered))
         return True
 
+    def _replay_unconfirmed(self) -> None:
+        """Before a resend (under _cond): the answered batches no replica confirmed go first,
+        in their order; the new master may lack them. Their replies are read and dropped."""
+        if not self._unconfirmed:
+            return
+        replays = [(count, _REPLAY_MARK, packed) for count, packed in self._unconfirmed]
+        self._waiting.extendleft(reversed(replays))
+        # positions are _done + index: the replays sit before the unanswered batches
+        self._done -= len(replays)
+        self._unconfirmed.clear()
+        self._unconfirmed_bytes = 0
+
     def _one_wait_at_the_end(self) -> None:
         """Before a resend (under _cond): one WAIT after all the batches instead of one per
         earlier write. A new master often has no replica yet, and each WAIT would then block
         the connection for the whole timeout."""
         kept = deque(entry for entry in self._waiting if entry[1] is not _WAIT_MARK)
-        dropped = len(self._waiting) - len(kept)
-        if not dropped:
-            return
         # the dropped WAITs count as answered: positions (_done + index) only move later
-        self._waiting, self._done = kept, self._done + dropped
-        if kept and time.monotonic() >= self._degraded_until:
+        self._waiting, self._done = kept, self._done + len(self._waiting) - len(kept)
+        self._last_wait_seq = -1
+        if kept and self._wait_replicas and time.monotonic() >= self._degraded_until:
             self._last_wait_seq = self._done + len(kept)
             kept.append((1, _WAIT_MARK, self._pack([self._wait])))
             self._sent += 1

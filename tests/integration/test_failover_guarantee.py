@@ -5,14 +5,16 @@ the promoted replica; without it the write is lost, as Redis's asynchronous repl
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from rayr.gcs.command_stream import CommandStream
+from rayr.gcs.command_stream import DEGRADED_S, CommandStream
 from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
 
 PASSWORD = "guarantee-pw"
@@ -78,6 +80,69 @@ def test_a_write_acknowledged_but_not_replicated_is_resent_only_with_wait(sentin
             else:  # answered by the old master, gone with it: what WAIT prevents
                 time.sleep(3)  # time the stream would have had to resend it
                 assert not promoted.exists("lost-or-not")
+        finally:
+            promoted.close()
+    finally:
+        stream.close()
+
+
+def _promoted(sentinels: SentinelSet) -> None:
+    deadline = time.monotonic() + 60
+    while sentinels.current_master() != ("127.0.0.1", sentinels.replica.port):
+        assert time.monotonic() < deadline, "the Sentinels did not promote the replica"
+        time.sleep(0.05)
+
+
+def test_writes_made_while_the_replica_lags_are_resent_after_a_failover(sentinels):
+    """A WAIT that times out puts the stream in its degraded mode (no WAIT for a while, so a
+    slow or missing replica does not stall every write); what it answers meanwhile is kept,
+    and a failover resends it: the one that timed out and the ones written without WAIT."""
+    stream = CommandStream(sentinels.url, PASSWORD, wait_replicas=1, wait_timeout_ms=300)
+    try:
+        stream.send([("SET", "before", "1")])
+        assert stream.flush(timeout=30)
+        _cut_replication(sentinels)
+        stream.send([("RPUSH", "kept", "timed-out")])
+        assert stream.flush(timeout=30)  # answered once the WAIT gave up: nothing stalls
+        stream.send([("RPUSH", "kept", "degraded")])
+        assert stream.flush(timeout=30)
+        sentinels.master.kill()
+        _promoted(sentinels)
+        promoted = sentinels.replica.client()
+        try:
+            assert promoted.get("before") == b"1"
+            deadline = time.monotonic() + 60
+            while promoted.lrange("kept", 0, -1) != [b"timed-out", b"degraded"]:
+                assert time.monotonic() < deadline, promoted.lrange("kept", 0, -1)
+                time.sleep(0.05)
+        finally:
+            promoted.close()
+    finally:
+        stream.close()
+
+
+def test_a_later_wait_confirms_what_a_lagging_replica_caught_up_on(sentinels):
+    """The replica stalls (SIGSTOP) past the WAIT timeout, then catches up. Once the degraded
+    window ends, an idle stream WAITs on its own and, confirmed, forgets the kept batch: a
+    failover after that does not run the write twice."""
+    stream = CommandStream(sentinels.url, PASSWORD, wait_replicas=1, wait_timeout_ms=300)
+    replica = sentinels.replica.proc
+    try:
+        stream.send([("SET", "before", "1")])
+        assert stream.flush(timeout=30)
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            stream.send([("RPUSH", "once", "x")])
+            assert stream.flush(timeout=30)
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        time.sleep(DEGRADED_S + 2)  # the stream's own WAIT, answered by the caught-up replica
+        sentinels.master.kill()
+        _promoted(sentinels)
+        promoted = sentinels.replica.client()
+        try:
+            time.sleep(3)  # time a resend would have had to arrive
+            assert promoted.lrange("once", 0, -1) == [b"x"]
         finally:
             promoted.close()
     finally:
