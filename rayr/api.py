@@ -25,7 +25,7 @@ from rayr.context import RuntimeContext, state
 from rayr.core import CoreWorker
 from rayr.experimental import tqdm_ray
 from rayr.gcs import command_stream
-from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.client import GcsClient, connect, no_retry
 from rayr.gcs.cluster import reachable, resolve
 from rayr.gcs.jobs import end_job, kill_actor
 from rayr.gcs.rows import NodeInfo
@@ -378,7 +378,7 @@ def _connect(
         gcs.r.hset(keys.submission(submission_id), "job_id", job_id.hex())
     core = CoreWorker(
         gcs=gcs,
-        blocking_redis=connect(url, settings.redis_password),
+        blocking_redis=connect(url, settings.redis_password, retry=no_retry()),
         commands=command_stream.for_cluster(url, settings),
         settings=settings,
         node_hex=node_hex,

@@ -145,6 +145,15 @@ class Keys:
     def inbox(self, worker_hex: str) -> str:
         return f"{self.prefix}{_F['inbox']}{worker_hex}"
 
+    def inbox_taken(self, worker_hex: str) -> str:
+        """List of the messages the process took from its inbox and may not have handled yet
+        (a reply lost to a dropped connection): read again after any Redis error."""
+        return f"{self.prefix}inbox_taken:{worker_hex}"
+
+    def inbox_keys(self, worker_hex: str) -> list[str]:
+        """Both lists of a process's inbox, deleted together when the process is gone."""
+        return [self.inbox(worker_hex), self.inbox_taken(worker_hex)]
+
     @property
     def inbox_prefix(self) -> str:
         return self.prefix + _F["inbox"]

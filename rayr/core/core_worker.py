@@ -117,7 +117,8 @@ class CoreWorker:
             lineage=self.lineage,
         )
         self._inbox = InboxReader(
-            blocking_redis=blocking_redis, inbox_key=self._inbox_key, on_messages=self._on_messages,
+            blocking_redis=blocking_redis, inbox_key=self._inbox_key,
+            taken_key=self.keys.inbox_taken(worker_hex), on_messages=self._on_messages,
             housekeeping=self._housekeeping, wake_waiters=self._wake_waiters,
         )
         self.submitter = TaskSubmitter(job_id=job_id, watch=self._watch,

@@ -1,10 +1,17 @@
 """The inbox reader: the one background thread of a core worker.
 
 Results reach a process through its *inbox*, a Redis list that executors (and the Lua store
-script, for objects it waits on but does not own) push to. The thread blocks on it (BLPOP,
-then LPOP of up to 1024 more), hands each batch to the core worker, and between batches
-does the process's housekeeping: counting down dead refs, sending frees, and (in a driver)
-keeping its job's liveness key fresh.
+script, for objects it waits on but does not own) push to. The thread blocks on it (BLMOVE of
+one message into the process's *taken* list), hands it to the core worker, then takes up to
+1024 more at a time (a script that first empties the taken list: what it held was handled)
+until the inbox is empty, and between batches does the process's housekeeping: counting down
+dead refs, sending frees, and (in a driver) keeping its job's liveness key fresh.
+
+A message is never popped outright: a reply lost to a dropped connection (a Redis restart, a
+Sentinel failover) would lose what the pop took. After any Redis error the thread first
+handles the taken list again; a message may so be handled twice, which filing tolerates as
+it tolerates a task that ran twice. The connection must not retry by itself (``no_retry``):
+a retried BLMOVE would take a second message while the first sat unhandled in the list.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rayr.gcs import scripts
 from rayr.gcs.client import REDIS_DOWN_ERRORS
 
 log = logging.getLogger("rayr.core")
@@ -29,12 +37,15 @@ class InboxReader:
         *,
         blocking_redis: Any,
         inbox_key: str,
+        taken_key: str,
         on_messages: Callable[[list[bytes]], None],
         housekeeping: Callable[[], None],
         wake_waiters: Callable[[], None],
     ) -> None:
         self._redis = blocking_redis
         self._key = inbox_key
+        self._taken = taken_key
+        self._take = blocking_redis.register_script(scripts.TAKE_INBOX)
         self._on_messages = on_messages
         self._housekeeping = housekeeping
         self._wake_waiters = wake_waiters
@@ -56,22 +67,30 @@ class InboxReader:
         return True
 
     def _loop(self) -> None:
+        recover = True  # the taken list may hold what an earlier process or reply left unhandled
+        more = False  # the last read took something: the inbox may hold more
         while not self.stopping:
             msgs: list[bytes] = []
             try:
-                item = self._redis.blpop([self._key], timeout=1)
-                if item is not None:
-                    msgs.append(item[1])
-                    more = self._redis.lpop(self._key, BATCH_MAX)
-                    if more:
-                        msgs.extend(more)
+                if recover:
+                    msgs = self._redis.lrange(self._taken, 0, -1)
+                    recover, more = False, True
+                elif more:
+                    msgs = self._take(keys=[self._key, self._taken], args=[BATCH_MAX])
+                    more = bool(msgs)
+                else:
+                    item = self._redis.blmove(self._key, self._taken, 1, "LEFT", "RIGHT")
+                    if item is not None:
+                        msgs.append(item)
+                        more = True
             except REDIS_DOWN_ERRORS:
                 if self.stopping:
                     return
+                recover = True
                 if self.down_since is None:
                     self.down_since = time.monotonic()
                 self._wake_waiters()  # they check how long Redis has been away
-                time.sleep(0.2)  # e.g. Redis restarting: what was popped is still handled below
+                time.sleep(0.2)  # e.g. Redis restarting
             else:
                 self.down_since = None
             try:

@@ -347,7 +347,7 @@ class GcsClient:
         self.r.rpush(self.keys.inbox(worker_hex), message)
 
     def drop_inbox(self, worker_hex: str) -> None:
-        self.r.delete(self.keys.inbox(worker_hex))
+        self.r.delete(*self.keys.inbox_keys(worker_hex))
 
     def where(self) -> str:
         """Where this client's Redis is, for error messages."""

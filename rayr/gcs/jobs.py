@@ -70,7 +70,7 @@ def end_job(gcs: GcsClient, job_hex: str, status: str, why: str, retention_s: fl
         driver = gcs.r.hget(gcs.keys.job(job_hex), "driver_worker")
         gcs.finish_job(job_hex, status, retention_s)
         if driver:  # a driver that died left what was sent to it
-            gcs.r.delete(gcs.keys.inbox(driver.decode()))
+            gcs.r.delete(*gcs.keys.inbox_keys(driver.decode()))
         with gcs.r.pipeline(transaction=False) as pipe:
             for node in gcs.alive_nodes():
                 pipe.xadd(gcs.keys.node_stream(node.node_id), control.JobDone(job_hex).fields())

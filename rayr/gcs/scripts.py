@@ -327,3 +327,13 @@ if not status or (status ~= 'RUNNING' and status ~= 'PENDING') then
 end
 return dropped
 """)
+
+# Take up to ARGV[1] messages from an inbox (KEYS[1]) into its taken list (KEYS[2]), which
+# first loses what it held: the caller handled those before asking for more. Returns them.
+TAKE_INBOX = """
+redis.call('DEL', KEYS[2])
+local items = redis.call('LPOP', KEYS[1], ARGV[1])
+if not items then return {} end
+redis.call('RPUSH', KEYS[2], unpack(items))
+return items
+"""

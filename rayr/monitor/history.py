@@ -44,7 +44,7 @@ def _forget_job(gcs: GcsClient, job_hex: str) -> None:
                  keys.task_events_exec(job_hex))
         p.hdel(keys.task_events_dropped, job_hex)
         if driver:  # results of tasks that ended after their driver may have refilled it
-            p.delete(keys.inbox(driver.decode()))
+            p.delete(*keys.inbox_keys(driver.decode()))
         p.srem(keys.jobs, job_hex)
         p.execute()
 

@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = child_settings(opts.settings_json)  # the password comes in the environment
     conn = Connection(opts.fd)
     client = connect(opts.redis_url, settings.redis_password)
-    blocking = connect(opts.redis_url, settings.redis_password)
+    blocking = connect(opts.redis_url, settings.redis_password, retry=no_retry())  # see core/inbox.py
     gcs = GcsClient(client, Keys(settings.cluster_name))
     store = open_backend(opts.store_backend, opts.store_namespace, json.loads(opts.store_options_json))
     executor: TaskExecutor | None = None
