@@ -321,6 +321,11 @@ class Keys:
         """TTL'd key the job supervisor refreshes while it runs."""
         return self.prefix + "jobsub_supervisor"
 
+    @property
+    def durable_mark(self) -> str:
+        """A counter each durable registration bumps before its WAIT (see GcsClient.durable)."""
+        return self.prefix + "durable"
+
     # -- dashboard and metrics
     @property
     def dashboard(self) -> str:

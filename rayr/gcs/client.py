@@ -128,7 +128,13 @@ class GcsClient:
         WAIT they did not answer in time (none attached, e.g. just after a failover)."""
         if not self.wait_replicas or time.monotonic() < self._degraded_until:
             return
-        acked = self.r.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+        # WAIT covers the writes of the connection it runs on, and the pool may hand it one
+        # that wrote nothing (another thread held the registration's): a write of its own on
+        # the same connection first puts everything the master took before it under the WAIT
+        with self.r.pipeline(transaction=False) as p:
+            p.incr(self.keys.durable_mark)
+            p.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
+            acked = p.execute()[-1]
         if int(acked) < self.wait_replicas:
             self._degraded_until = time.monotonic() + DEGRADED_S
             log.warning("Redis replicas did not acknowledge a registration within %d ms; a failover "

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from rayr.gcs.client import WAIT_TIMEOUT_MS, GcsClient, connect
 from rayr.gcs.command_stream import DEGRADED_S, CommandStream
+from rayr.keys import Keys
 from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
 
 PASSWORD = "guarantee-pw"
@@ -147,3 +149,29 @@ def test_a_later_wait_confirms_what_a_lagging_replica_caught_up_on(sentinels):
             promoted.close()
     finally:
         stream.close()
+
+
+def test_a_registration_waits_for_the_replica_whatever_connection_made_it(sentinels, caplog):
+    """``durable()`` runs its WAIT on some pooled connection; WAIT alone covers only that
+    connection's writes, so one that wrote nothing was confirmed at once while the replica
+    lagged. With the replica stalled, a write made on another connection must not count as
+    replicated: the WAIT times out and says so."""
+    gcs = GcsClient(connect(sentinels.url, PASSWORD), Keys("durable-test"))
+    other = connect(sentinels.url, PASSWORD)
+    replica = sentinels.replica.proc
+    try:
+        assert gcs.wait_replicas == 1
+        gcs.durable()  # replica in sync: confirmed
+        assert "did not acknowledge" not in caplog.text
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            other.set("registered-elsewhere", "1")
+            start = time.monotonic()
+            gcs.durable()
+            assert time.monotonic() - start >= WAIT_TIMEOUT_MS / 1000 * 0.9
+            assert "did not acknowledge a registration" in caplog.text
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+    finally:
+        gcs.r.close()
+        other.close()
