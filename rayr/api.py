@@ -25,7 +25,7 @@ from rayr.context import RuntimeContext, state
 from rayr.core import CoreWorker
 from rayr.experimental import tqdm_ray
 from rayr.gcs import command_stream
-from rayr.gcs.client import GcsClient, connect, no_retry
+from rayr.gcs.client import GcsClient, connect_as, no_retry
 from rayr.gcs.cluster import reachable, resolve
 from rayr.gcs.jobs import end_job, kill_actor
 from rayr.gcs.rows import NodeInfo
@@ -340,7 +340,7 @@ def _connect(
     logging_config: str = "",
 ) -> CoreWorker:
     keys = Keys(settings.cluster_name)
-    gcs = GcsClient(connect(url, settings.redis_password), keys)
+    gcs = GcsClient(connect_as(url, settings), keys)
     nodes = gcs.alive_nodes()
     if not nodes:
         raise ConnectionError(f"The cluster at {url} has no live nodes; start one with `rayr start`.")
@@ -378,7 +378,7 @@ def _connect(
         gcs.r.hset(keys.submission(submission_id), "job_id", job_id.hex())
     core = CoreWorker(
         gcs=gcs,
-        blocking_redis=connect(url, settings.redis_password, retry=no_retry()),
+        blocking_redis=connect_as(url, settings, retry=no_retry()),
         commands=command_stream.for_cluster(url, settings),
         settings=settings,
         node_hex=node_hex,
@@ -387,7 +387,7 @@ def _connect(
         worker_hex=worker_hex,
         namespace=namespace,
         liveness_ttl_s=settings.node_timeout_s,
-        liveness_redis=connect(url, settings.redis_password, single_connection_client=True,
+        liveness_redis=connect_as(url, settings, single_connection_client=True,
                                client_name=keys.driver_client(job_id.hex())),
     )
     core.envs.set_parent(env_hash, env)

@@ -27,7 +27,7 @@ import redis
 
 from rayr import accelerators, procs
 from rayr.config import DASHBOARD_TOKEN_ENV, REDIS_PASSWORD_ENV, Settings, child_env, load_settings
-from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect
+from rayr.gcs.client import CLIENT_OPTIONS, GcsClient, connect_as
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
 from rayr.private_files import FILE_MODE, open_log, private_dir, write_private
@@ -523,7 +523,7 @@ class LocalCluster:
         return node_id
 
     def gcs(self) -> GcsClient:
-        client = connect(self.redis_url, self.settings.redis_password)
+        client = connect_as(self.redis_url, self.settings)
         return GcsClient(client, Keys(self.settings.cluster_name))
 
     def wait_for_node(self, node_id: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from rayr import procs
 from rayr.config import Settings, env_test_redis_url
-from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.client import GcsClient, connect, connect_as
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import TASK_GROUP, Keys
 from rayr.node import LocalCluster, free_port, start_redis
@@ -112,7 +112,7 @@ class Cluster:
 
     def shutdown(self) -> None:
         self._local.shutdown()
-        client = connect(self.address, self.settings.redis_password)
+        client = connect_as(self.address, self.settings)
         try:
             keys = list(client.scan_iter(match=f"rayr:{{{self.name}}}:*", count=1000))
             for i in range(0, len(keys), 1000):
@@ -186,8 +186,8 @@ class SimulatedNodes:
     def __init__(self, url: str, password: str | None, cluster: str, count: int, interval_s: float,
                  timeout_s: float) -> None:
         self.keys = Keys(cluster)
-        self.gcs = GcsClient(connect(url, password), self.keys)
-        self.url, self.password = url, password
+        self.gcs = GcsClient(connect(url, password, cluster_name=cluster), self.keys)
+        self.url, self.password, self.cluster = url, password, cluster
         self.ids = [os.urandom(16).hex() for _ in range(count)]
         self.interval_s, self.timeout_s = interval_s, timeout_s
         self.stop = threading.Event()
@@ -215,7 +215,7 @@ class SimulatedNodes:
         self.threads.append(thread)
 
     def _beat(self, nodes: list[str]) -> None:
-        gcs = GcsClient(connect(self.url, self.password), self.keys)
+        gcs = GcsClient(connect(self.url, self.password, cluster_name=self.cluster), self.keys)
         while not self.stop.is_set():
             start = time.monotonic()
             for node in nodes:
@@ -223,7 +223,8 @@ class SimulatedNodes:
             self.stop.wait(max(0.0, self.interval_s - (time.monotonic() - start)))
 
     def _read(self, node: str, stream: str) -> None:
-        client: Any = connect(self.url, self.password, single_connection_client=True)
+        client: Any = connect(self.url, self.password, cluster_name=self.cluster,
+                              single_connection_client=True)
         try:
             client.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
         except Exception:  # the group exists

@@ -11,8 +11,10 @@ by pid, and stopped by :meth:`RedisProcess.stop` (or dies with its starter).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -114,12 +116,13 @@ class RedisProcess:
 
 def start_server(binary: str, workdir: str, *, password: str | None = None, tls: TlsFiles | None = None,
                  replica_of: RedisProcess | None = None, sentinel: list[str] | None = None,
+                 extra: list[str] | None = None, port: int | None = None,
                  timeout: float = 30.0) -> RedisProcess:
     """A redis-server (or, given ``sentinel`` config lines, a Sentinel) on a free loopback port,
     its settings in ``workdir``/redis.conf (0600: it holds the password). With ``tls`` it
     listens with TLS only and requires a client certificate."""
     os.makedirs(workdir, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     lines = [f"port {0 if tls else port}", "bind 127.0.0.1", f"dir {workdir}", "save \"\"",
              "appendonly no", "loglevel notice", "hz 100", f"logfile {workdir}/redis.log"]
     kwargs: dict[str, Any] = {}
@@ -133,6 +136,7 @@ def start_server(binary: str, workdir: str, *, password: str | None = None, tls:
     if replica_of is not None:
         lines.append(f"replicaof 127.0.0.1 {replica_of.port}")
     lines += sentinel or []
+    lines += extra or []
     conf = os.path.join(workdir, "sentinel.conf" if sentinel else "redis.conf")
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -277,3 +281,100 @@ def _wait_in_sync(replica: RedisProcess, timeout: float = 30.0) -> None:
             time.sleep(0.05)
     finally:
         client.close()
+
+
+@dataclass
+class RedisClusterSet:
+    """Masters of a Redis Cluster on loopback, the 16,384 slots split evenly between them."""
+
+    masters: list[RedisProcess]
+    ids: list[str]  # each master's cluster node id
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{m.port}" for m in self.masters)
+
+    def owner_of(self, slot: int) -> int:
+        """The index of the master serving ``slot`` (as the first master sees it)."""
+        client: Any = self.masters[0].client()
+        try:
+            for entry in client.execute_command("CLUSTER", "SLOTS"):
+                if int(entry[0]) <= slot <= int(entry[1]):
+                    return [m.port for m in self.masters].index(int(entry[2][1]))
+        finally:
+            client.close()
+        raise LookupError(f"no master serves slot {slot}")
+
+    def move_slot(self, slot: int, to: int) -> None:
+        """Give an empty ``slot`` to master ``to`` (every master told, as redis-cli does)."""
+        for master in self.masters:
+            client: Any = master.client()
+            try:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", self.ids[to])
+            finally:
+                client.close()
+
+
+@contextmanager
+def redis_cluster(binary: str, workdir: str, *, password: str, masters: int = 3,
+                  timeout: float = 60.0) -> Iterator[RedisClusterSet]:
+    """Start a Redis Cluster of ``masters`` masters (no replicas) and wait until it is up."""
+    started: list[RedisProcess] = []
+    try:
+        for i in range(masters):
+            node_dir = os.path.join(workdir, f"node{i}")
+            started.append(start_server(binary, node_dir, password=password, port=_cluster_port(), extra=[
+                "cluster-enabled yes", f"cluster-config-file {node_dir}/nodes.conf",
+                "cluster-node-timeout 2000"]))
+        ids = []
+        for i, master in enumerate(started):
+            client: Any = master.client()
+            try:
+                first, last = i * 16384 // masters, (i + 1) * 16384 // masters - 1
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+                ids.append(_text(client.execute_command("CLUSTER", "MYID")))
+                if i:
+                    client.execute_command("CLUSTER", "MEET", "127.0.0.1", started[0].port)
+            finally:
+                client.close()
+        _wait_cluster_ok(started, timeout)
+        yield RedisClusterSet(started, ids)
+    finally:
+        procs.stop([p.proc for p in reversed(started)])
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it) is free too."""
+    for _ in range(200):
+        port = random.randrange(20000, 55000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free pair of ports for a Redis Cluster node")
+
+
+def _wait_cluster_ok(masters: list[RedisProcess], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for master in masters:
+            client: Any = master.client()
+            try:
+                info = _text(client.execute_command("CLUSTER", "INFO"))
+            finally:
+                client.close()
+            fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
+            states.append((fields.get("cluster_state"), fields.get("cluster_known_nodes")))
+        if all(state == ("ok", str(len(masters))) for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Redis Cluster did not come up: {states}")
+        time.sleep(0.1)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

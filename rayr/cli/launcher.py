@@ -91,8 +91,9 @@ def _write_record(settings: Settings, cfg: ClusterConfig, record: dict[str, Any]
 
 
 def _gcs(record: dict[str, Any]) -> GcsClient:
-    client = connect(record["redis_url"], record.get("password"), socket_connect_timeout=3)
-    return GcsClient(client, Keys(record.get("key_prefix_name", "default")))
+    name = record.get("key_prefix_name", "default")
+    client = connect(record["redis_url"], record.get("password"), cluster_name=name, socket_connect_timeout=3)
+    return GcsClient(client, Keys(name))
 
 
 def _reachable(record: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ from rayr.cli.jobs import job
 from rayr.config import ConfigError, Settings, env_address, load_settings
 from rayr.gcs import address as address_mod
 from rayr.gcs import preflight
-from rayr.gcs.client import connect
+from rayr.gcs.client import connect, connect_as
 from rayr.gcs.cluster import auth_error, check, resolve
 from rayr.node import LocalCluster, PortInUseError
 from rayr.private_files import private_dir, write_private
@@ -84,7 +84,7 @@ def _joinable(settings: Settings, address: str, flag: str = "--address",
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint=flag) from None
     settings.redis_password = password
-    client = connect(url, password, socket_connect_timeout=3)
+    client = connect(url, password, cluster_name=settings.cluster_name, socket_connect_timeout=3)
     try:
         check(client, url, password)
     except ConnectionError as err:
@@ -96,9 +96,10 @@ def _joinable(settings: Settings, address: str, flag: str = "--address",
 
 def _preflight(settings: Settings, url: str) -> None:
     """Refuse (one line per problem) a Redis a head must not run on; print the warnings."""
-    client = connect(url, settings.redis_password, socket_connect_timeout=3)
+    client = connect_as(url, settings, socket_connect_timeout=3)
     try:
-        findings = preflight.assess(preflight.gather(client, settings.cluster_name))
+        findings = preflight.assess(preflight.gather(client, settings.cluster_name,
+                                                     address_mod.parse(url).cluster))
     except redis.RedisError as err:
         refused = auth_error(url, settings.redis_password, err)
         raise click.ClickException(str(refused or f"cannot check the Redis at {url}: {err}")) from None

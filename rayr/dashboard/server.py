@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from rayr.config import daemon_settings
-from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.client import GcsClient, connect_as
 from rayr.keys import Keys
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics-url", default="")
     opts = parser.parse_args(argv)
     settings = daemon_settings(opts.settings_json)
-    gcs = GcsClient(connect(opts.redis_url, settings.redis_password), Keys(settings.cluster_name))
+    gcs = GcsClient(connect_as(opts.redis_url, settings), Keys(settings.cluster_name))
     token = settings.dashboard_token
     sockets = [socket.socket(fileno=opts.fd)] if opts.fd is not None else []
     metrics_port = None

@@ -9,6 +9,14 @@ Accepted forms (everywhere an address is: ``--address``, ``--redis-address``, ``
     unix:///path/to/redis.sock[?db=N]
     redis+sentinel://[[user]:pass@]h1:26379,h2:26379/mymaster[/db]     the master Sentinel names
     rediss+sentinel://...                                             the same over TLS
+    redis+cluster://[[user]:pass@]h1:7000,h2:7001,...                  a Redis Cluster (seed nodes)
+    rediss+cluster://...                                              the same over TLS
+
+On a Redis Cluster every key of one rayr cluster carries the hash tag ``{<cluster name>}``
+(``keys.py``), so they all live in one slot: each connection asks the seed nodes (CLUSTER
+SLOTS) which master serves that slot when it connects, and connects there; a MOVED or
+CLUSTERDOWN reply (the slot moved, or a failover is under way) drops the connection, so the
+command is sent again to wherever the slot is now.
 
 A password in the URL is taken out of it at once (:func:`split_password`): rayr passes
 addresses on command lines, which every user can read, and prints them; the password travels
@@ -19,11 +27,14 @@ how to reach Redis: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (paths),
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import redis
+from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.sentinel import (
     Sentinel,
     SentinelConnectionPool,
@@ -31,10 +42,12 @@ from redis.sentinel import (
     SentinelManagedSSLConnection,
 )
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+from rayr.keys import Keys
+
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 FORMS = ("'host:port', 'redis://[user:pass@]host:port[/db]', 'rediss://...' (TLS), 'unix:///path', "
-         "or 'redis+sentinel://h1:26379,h2:26379/mymaster[/db]'")
+         "'redis+sentinel://h1:26379,h2:26379/mymaster[/db]', or 'redis+cluster://h1:7000,h2:7001'")
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,11 @@ class RedisAddress:
     @property
     def sentinel(self) -> bool:
         return self.scheme.endswith("+sentinel")
+
+    @property
+    def cluster(self) -> bool:
+        """A Redis Cluster, named by some of its nodes."""
+        return self.scheme.endswith("+cluster")
 
     def url(self) -> str:
         """The address as a URL with no password in it (safe to print and pass on)."""
@@ -109,7 +127,7 @@ def parse(address: str) -> RedisAddress:
                              "path, e.g. unix:///run/redis/redis.sock")
         fields["path"] = path
     else:
-        fields["hosts"] = _hosts(hostlist, address, several=scheme.endswith("+sentinel"))
+        fields["hosts"] = _hosts(hostlist, address, several=scheme.endswith(("+sentinel", "+cluster")))
         parts = [p for p in path.split("/") if p]
         if scheme.endswith("+sentinel"):
             if not parts:
@@ -118,6 +136,9 @@ def parse(address: str) -> RedisAddress:
             fields["service"] = parts.pop(0)
         if len(parts) > 1:
             raise ValueError(f"Redis address {_redacted(address)!r}: unexpected path {path!r}")
+        if scheme.endswith("+cluster") and (parts or db_text not in (None, "0")):
+            raise ValueError(f"Redis address {_redacted(address)!r}: a Redis Cluster has only database 0; "
+                             "give its nodes alone, e.g. redis+cluster://h1:7000,h2:7001")
         db_text = parts[0] if parts else db_text
     if db_text is not None:
         if not db_text.isdigit():
@@ -199,15 +220,25 @@ def redacted(address: str) -> str:
     return parsed.url() if parsed.password is None else _redacted(address)
 
 
-def connection_pool(address: str, password: str | None, **kwargs: Any) -> redis.ConnectionPool:
-    """A connection pool for ``address``: plain, TLS, unix, or the master Sentinel names (whose
+def connection_pool(address: str, password: str | None, cluster_name: str | None = None,
+                    **kwargs: Any) -> redis.ConnectionPool:
+    """A connection pool for ``address``: plain, TLS, unix, the master Sentinel names (whose
     connections ask the Sentinels for the master each time they connect, so a client follows a
-    failover by reconnecting). ``password`` (else the URL's) authenticates to Redis, with the
-    URL's username for an ACL user; Sentinels are asked without credentials."""
+    failover by reconnecting), or the Redis Cluster master serving the slot of rayr cluster
+    ``cluster_name``'s keys (found the same way, by asking the cluster's nodes). ``password``
+    (else the URL's) authenticates to Redis, with the URL's username for an ACL user;
+    Sentinels are asked without credentials."""
     parsed = parse(address)
     conn: dict[str, Any] = {"db": parsed.db, "username": parsed.username,
                             "password": password if password is not None else parsed.password, **kwargs}
     tls = _tls_kwargs(parsed)
+    if parsed.cluster:
+        if cluster_name is None:
+            raise ValueError(f"a Redis Cluster address ({parsed.url()}) needs the rayr cluster name, "
+                             "whose keys' slot decides which node to talk to")
+        slots = SlotMaster(parsed.hosts, slot_of(cluster_name), conn | tls, tls=parsed.tls)
+        slot_cls: type[_SlotConnection] = _SlotSSLConnection if parsed.tls else _SlotConnection
+        return redis.ConnectionPool(connection_class=slot_cls, slot_master=slots, **conn, **tls)
     if parsed.scheme == "unix":
         unix = redis.UnixDomainSocketConnection
         return redis.ConnectionPool(connection_class=unix, path=parsed.path, **conn)
@@ -245,6 +276,97 @@ class _FollowingConnection(SentinelManagedConnection):
 
 class _FollowingSSLConnection(_FollowingConnection, SentinelManagedSSLConnection):
     """:class:`_FollowingConnection` over TLS."""
+
+
+def slot_of(cluster_name: str) -> int:
+    """The Redis Cluster hash slot of every key of rayr cluster ``cluster_name``."""
+    return key_slot(Keys(cluster_name).prefix.encode())
+
+
+class SlotMaster:
+    """Which master of a Redis Cluster serves one slot, asked of its nodes (CLUSTER SLOTS)."""
+
+    def __init__(self, seeds: tuple[tuple[str, int], ...], slot: int, conn: dict[str, Any], *,
+                 tls: bool) -> None:
+        self.seeds = list(seeds)
+        self.slot = slot
+        self._known = list(seeds)  # the seeds, then every node a reply named
+        self._probe = {k: v for k, v in conn.items() if k in ("username", "password") or k.startswith("ssl_")}
+        self._probe.update(ssl=tls, socket_connect_timeout=2.0, socket_timeout=2.0)
+        self._lock = threading.Lock()
+
+    def find(self) -> tuple[str, int]:
+        """The (host, port) of the master serving the slot now.
+
+        Raises:
+            redis.ConnectionError: no node answered, or none serves the slot (the cluster is
+                down or still failing over); the caller retries as for any unreachable Redis.
+        """
+        with self._lock:
+            known = list(self._known)
+        errors = []
+        for host, port in known:
+            client = redis.Redis(host=host, port=port, **self._probe)
+            try:
+                reply = client.execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError as err:
+                errors.append(f"{host}:{port}: {err}")
+                continue
+            finally:
+                client.close()
+            found = None
+            for entry in reply:
+                start, end, master = int(entry[0]), int(entry[1]), entry[2]
+                nodes = [(_text(n[0]) or host, int(n[1])) for n in entry[2:]]
+                with self._lock:
+                    self._known.extend(n for n in nodes if n not in self._known)
+                if start <= self.slot <= end:
+                    found = (_text(master[0]) or host, int(master[1]))
+            if found is not None:
+                return found
+            errors.append(f"{host}:{port}: no master serves slot {self.slot}")
+        raise redis.ConnectionError(f"no node of the Redis Cluster answered with the master of slot "
+                                    f"{self.slot}: {'; '.join(errors)}")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# replies that mean the slot is served elsewhere now, or not at the moment: the command did not run
+_ELSEWHERE = (MovedError, AskError, ClusterDownError, TryAgainError)
+
+
+class _SlotConnection(redis.Connection):
+    """A connection to the Redis Cluster master serving one slot, looked up each time it
+    connects. A reply saying the slot is elsewhere drops it and raises ConnectionError, so the
+    command goes again (retry, or a command stream's resend) to where the slot is now."""
+
+    def __init__(self, slot_master: SlotMaster, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slot_master = slot_master
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if self._sock:
+            return
+        self.host, self.port = self.slot_master.find()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = super().read_response(*args, **kwargs)
+        except _ELSEWHERE as err:
+            self.disconnect()
+            raise redis.ConnectionError(f"the slot moved ({type(err).__name__}: {err}); "
+                                        "connecting again") from err
+        if isinstance(response, _ELSEWHERE):
+            self.disconnect()  # an error inside a pipeline's replies
+            raise redis.ConnectionError(f"the slot moved ({response}); connecting again")
+        return response
+
+
+class _SlotSSLConnection(_SlotConnection, redis.SSLConnection):
+    """:class:`_SlotConnection` over TLS."""
 
 
 def _tls_kwargs(parsed: RedisAddress) -> dict[str, Any]:

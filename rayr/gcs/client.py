@@ -15,6 +15,7 @@ from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
 from rayr import serialization
+from rayr.config import Settings
 from rayr.exceptions import WorkerCrashedError
 from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
@@ -88,10 +89,16 @@ CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": None} | (
 
 def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` (bytes replies): any address form ``rayr.gcs.address``
-    accepts, Sentinel and TLS included."""
+    accepts, Sentinel, TLS and Redis Cluster included (a cluster address needs
+    ``cluster_name=``, the rayr cluster whose keys' slot picks the node)."""
     client_only = {k: kwargs.pop(k) for k in ("single_connection_client",) if k in kwargs}
     kwargs = {"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs}
     return redis.Redis(connection_pool=connection_pool(url, password, **kwargs), **client_only)
+
+
+def connect_as(url: str, settings: Settings, **kwargs: Any) -> redis.Redis:
+    """``connect`` with the password and rayr cluster name of ``settings``."""
+    return connect(url, settings.redis_password, cluster_name=settings.cluster_name, **kwargs)
 
 
 def connection_pool(url: str, password: str | None = None, **kwargs: Any) -> redis.ConnectionPool:

@@ -100,7 +100,7 @@ def reachable(url: str, password: str | None) -> bool:
     Raises:
         RedisAuthError: it answers but refuses our credentials.
     """
-    client = connect(url, password, socket_connect_timeout=2)
+    client = connect(url, password, cluster_name="", socket_connect_timeout=2)  # any node answers a PING
     try:
         check(client, url, password)
         return True
@@ -123,7 +123,7 @@ def cluster_client(address: str | None = None, redis_password: str | None = None
     """
     settings = load_settings({"redis_password": redis_password})
     url, password = resolve_default(settings, address)  # may adopt the session's cluster name
-    client = connect(url, password, socket_connect_timeout=3)
+    client = connect(url, password, cluster_name=settings.cluster_name, socket_connect_timeout=3)
     try:
         check(client, url, password)
     except ConnectionError:

@@ -74,15 +74,15 @@ def replicas_to_wait(url: str, settings: Settings) -> int:
 def for_cluster(url: str, settings: Settings) -> CommandStream:
     """The command stream of a driver or worker of the cluster at ``url``."""
     return CommandStream(url, settings.redis_password, replicas_to_wait(url, settings),
-                         settings.redis_wait_timeout_ms)
+                         settings.redis_wait_timeout_ms, cluster_name=settings.cluster_name)
 
 
 class CommandStream:
     """Write commands now, read their replies on a background thread."""
 
     def __init__(self, url: str, password: str | None, wait_replicas: int = 0,
-                 wait_timeout_ms: int = 500) -> None:
-        pool = connection_pool(url, password)
+                 wait_timeout_ms: int = 500, cluster_name: str | None = None) -> None:
+        pool = connection_pool(url, password, cluster_name=cluster_name)
         self._wait = [b"WAIT", str(wait_replicas).encode(), str(wait_timeout_ms).encode()]
         self._wait_replicas = wait_replicas
         self._degraded_until = 0.0  # no WAIT before this time: the replicas did not answer

@@ -31,6 +31,7 @@ class ServerFacts:
     cluster_name: str
     live_nodes: int  # of this cluster name
     supervisor_alive: bool
+    cluster_address: bool = False  # rayr was given a Redis Cluster address (redis+cluster://)
 
 
 @dataclass
@@ -52,9 +53,13 @@ def assess(facts: ServerFacts) -> Findings:
     if _version_tuple(facts.version) < MIN_VERSION:
         errors.append(f"Redis {facts.version} is too old: rayr needs {'.'.join(map(str, MIN_VERSION))} "
                       "or newer.")
-    if facts.cluster_enabled:
-        errors.append("this is a Redis Cluster, which rayr does not support: give it a standalone Redis, "
-                      "or a Sentinel-managed one (redis+sentinel://h1:26379,h2:26379/mymaster).")
+    if facts.cluster_enabled and not facts.cluster_address:
+        errors.append("this is a node of a Redis Cluster: give rayr the cluster's address, "
+                      "redis+cluster://h1:7000,h2:7001 (some of its nodes), so it finds the node that "
+                      "serves its keys and follows them when they move.")
+    if facts.cluster_address and not facts.cluster_enabled:
+        errors.append("this Redis is not a Redis Cluster (cluster_enabled:0): give it as redis://host:port, "
+                      "or redis+sentinel://... for a Sentinel-managed one.")
     if facts.role != "master":
         errors.append("this Redis is a read-only replica: give the master's address, or the Sentinels' "
                       "(redis+sentinel://h1:26379,h2:26379/mymaster) so rayr follows failovers.")
@@ -77,8 +82,9 @@ def assess(facts: ServerFacts) -> Findings:
     return Findings(errors, warnings)
 
 
-def gather(client: Any, cluster_name: str) -> ServerFacts:
-    """Read the facts ``assess`` needs from the server ``client`` talks to."""
+def gather(client: Any, cluster_name: str, cluster_address: bool = False) -> ServerFacts:
+    """Read the facts ``assess`` needs from the server ``client`` talks to (for a
+    ``cluster_address``, the Redis Cluster master serving the cluster's keys)."""
     keys = Keys(cluster_name)
     info = client.info()
     try:
@@ -102,6 +108,7 @@ def gather(client: Any, cluster_name: str) -> ServerFacts:
         cluster_name=cluster_name,
         live_nodes=sum(alive[:-1]),
         supervisor_alive=bool(alive[-1]),
+        cluster_address=cluster_address,
     )
 
 

@@ -99,7 +99,7 @@ class JobSubmissionClient:
 
         self.address, password = resolve_default(settings, address)
         self._settings = settings
-        client = connect(self.address, password, socket_connect_timeout=3)
+        client = connect(self.address, password, cluster_name=settings.cluster_name, socket_connect_timeout=3)
         self._gcs = GcsClient(client, Keys(settings.cluster_name))
         self._r: Any = self._gcs.r
         self._keys = self._gcs.keys

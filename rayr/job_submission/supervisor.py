@@ -30,7 +30,7 @@ import redis
 
 from rayr import procs
 from rayr.config import Settings, daemon_settings
-from rayr.gcs.client import GcsClient, connect
+from rayr.gcs.client import GcsClient, connect_as
 from rayr.job_submission.status import JobStatus, now_ms
 from rayr.keys import Keys
 from rayr.private_files import open_log, private_dir
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session-dir", required=True)
     opts = parser.parse_args(argv)
     settings = daemon_settings(opts.settings_json)
-    gcs = GcsClient(connect(opts.redis_url, settings.redis_password), Keys(settings.cluster_name))
+    gcs = GcsClient(connect_as(opts.redis_url, settings), Keys(settings.cluster_name))
     supervisor = JobSupervisor(gcs, settings, opts.redis_url, opts.session_dir)
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)

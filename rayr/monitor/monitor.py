@@ -20,7 +20,7 @@ import redis
 from rayr.config import Settings, daemon_settings
 from rayr.gcs import control
 from rayr.gcs import records as rec
-from rayr.gcs.client import NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, connect
+from rayr.gcs.client import NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, connect_as
 from rayr.gcs.jobs import end_job
 from rayr.gcs.placement import place_bundles, ready_object_id
 from rayr.keys import Keys
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settings-json", required=True)
     opts = parser.parse_args(argv)
     settings = daemon_settings(opts.settings_json)
-    gcs = GcsClient(connect(opts.redis_url, settings.redis_password), Keys(settings.cluster_name))
+    gcs = GcsClient(connect_as(opts.redis_url, settings), Keys(settings.cluster_name))
     monitor = Monitor(gcs, settings)
     signal.signal(signal.SIGTERM, monitor.on_signal)
     signal.signal(signal.SIGINT, monitor.on_signal)

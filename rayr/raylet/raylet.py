@@ -37,7 +37,7 @@ from rayr.accelerators import node_gpu_ids
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs import control, logs
-from rayr.gcs.client import NODE_DEAD, GcsClient, connect, no_retry, until_reachable
+from rayr.gcs.client import NODE_DEAD, GcsClient, connect_as, no_retry, until_reachable
 from rayr.gcs.rows import ActorState, NodeInfo
 from rayr.keys import TASK_GROUP, Keys
 from rayr.object_store import transfer
@@ -74,7 +74,7 @@ class Raylet:
         self.redis_url = redis_url
         self.node_id = node_id
         self.keys = Keys(settings.cluster_name)
-        self.gcs = GcsClient(connect(redis_url, settings.redis_password), self.keys)
+        self.gcs = GcsClient(connect_as(redis_url, settings), self.keys)
         self.session_dir = session_dir
         self.is_head = is_head
         self.host = host
@@ -221,7 +221,7 @@ class Raylet:
     # ---------------------------------------------------------------- reader
     def _reader_loop(self) -> None:
         """Pull tasks from the shape streams this node can start now (the task reader)."""
-        client: Any = connect(self.redis_url, self.settings.redis_password, single_connection_client=True,
+        client: Any = connect_as(self.redis_url, self.settings, single_connection_client=True,
                               retry=no_retry(), client_name=f"rayr-reader-{self.node_id}")
         self._reader_client_id = int(client.client_id())
         failed = False
@@ -291,7 +291,7 @@ class Raylet:
     def _control_loop(self) -> None:
         """Serve the node stream at once, however busy the node: pokes, kills, cancels,
         pulls of objects this node holds, and jobs that ended."""
-        client: Any = connect(self.redis_url, self.settings.redis_password)
+        client: Any = connect_as(self.redis_url, self.settings)
         stream = self.keys.node_stream(self.node_id)
         while not self._stopping.is_set():
             try:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from rayr import protocol, serialization
 from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
-from rayr.gcs.client import REDIS_DOWN_ERRORS, connect
+from rayr.gcs.client import REDIS_DOWN_ERRORS, connect_as
 from rayr.keys import ACTOR_GROUP, TASK_GROUP
 from rayr.task_spec import DYNAMIC, READY_METHOD, SPEC_FIELD, STREAMING, TaskSpec
 
@@ -184,7 +184,7 @@ class ActorRuntime:
 
     # -------------------------------------------------------------- serving
     def _serve(self) -> None:
-        client: Any = connect(self.executor.redis_url, self.core.settings.redis_password)
+        client: Any = connect_as(self.executor.redis_url, self.core.settings)
         if self.restart:
             self._take_over(client, min_idle_ms=0)
         streams = {self.mailbox: ">", self.control: ">"}

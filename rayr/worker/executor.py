@@ -32,7 +32,14 @@ from rayr.core import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
 from rayr.gcs import command_stream
 from rayr.gcs import records as rec
-from rayr.gcs.client import RECONNECT_S, REDIS_DOWN_ERRORS, GcsClient, connect, no_retry, until_reachable
+from rayr.gcs.client import (
+    RECONNECT_S,
+    REDIS_DOWN_ERRORS,
+    GcsClient,
+    connect_as,
+    no_retry,
+    until_reachable,
+)
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
 from rayr.log_stream import OutputCapture, encode
@@ -214,7 +221,7 @@ class TaskExecutor:
         after ``worker_lease_max_s``.
         """
         if self._lease_client is None:
-            self._lease_client = connect(self.redis_url, self.core.settings.redis_password, retry=no_retry())
+            self._lease_client = connect_as(self.redis_url, self.core.settings, retry=no_retry())
         consumer = f"{self.core.node_hex}.{self.core.worker_hex}"
         ran = 0
         count = 1
@@ -530,8 +537,8 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[accelerators.VISIBLE_DEVICES] = opts.gpu_ids  # before any task imports CUDA
     settings = child_settings(opts.settings_json)  # the password comes in the environment
     conn = Connection(opts.fd)
-    client = connect(opts.redis_url, settings.redis_password)
-    blocking = connect(opts.redis_url, settings.redis_password, retry=no_retry())  # see core/inbox.py
+    client = connect_as(opts.redis_url, settings)
+    blocking = connect_as(opts.redis_url, settings, retry=no_retry())  # see core/inbox.py
     gcs = GcsClient(client, Keys(settings.cluster_name))
     store = open_backend(opts.store_backend, opts.store_namespace, json.loads(opts.store_options_json))
     executor: TaskExecutor | None = None

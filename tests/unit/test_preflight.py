@@ -19,7 +19,8 @@ def test_a_suitable_server_passes():
 def test_each_problem_is_named_with_its_fix():
     cases = {
         "rayr needs 6.2 or newer": replace(GOOD, version="6.0.9"),
-        "Redis Cluster": replace(GOOD, cluster_enabled=True),
+        "give rayr the cluster's address, redis+cluster://": replace(GOOD, cluster_enabled=True),
+        "is not a Redis Cluster": replace(GOOD, cluster_address=True),
         "read-only replica": replace(GOOD, role="slave"),
         "maxmemory-policy noeviction": replace(GOOD, maxmemory=1 << 30),
         "--cluster-name": replace(GOOD, live_nodes=2),
@@ -29,6 +30,10 @@ def test_each_problem_is_named_with_its_fix():
         assert len(errors) == 1 and says in errors[0], (says, errors)
     in_use = assess(replace(GOOD, live_nodes=1, supervisor_alive=True)).errors[0]
     assert "'default' is in use" in in_use and "1 live node(s) and a job supervisor" in in_use
+
+
+def test_a_redis_cluster_given_as_one_is_fine():
+    assert assess(replace(GOOD, cluster_enabled=True, cluster_address=True)).errors == []
 
 
 def test_an_evicting_policy_without_a_memory_limit_never_evicts():

@@ -19,6 +19,7 @@ from rayr.gcs.client import normalize_address
      "pw", 0),
     ("redis+sentinel://h1:26379/mymaster/2", "redis+sentinel://h1:26379/mymaster/2", None, 2),
     ("redis://[::1]:6379", "redis://[::1]:6379", None, 0),
+    ("redis+cluster://:pw@h1:7000,h2:7001", "redis+cluster://h1:7000,h2:7001", "pw", 0),
 ])
 def test_accepted_forms_and_the_password_taken_out(text, url, password, db):
     assert split_password(text) == (url, password)
@@ -33,8 +34,33 @@ def test_sentinel_hosts_and_master():
     assert parsed.hosts == (("a", 1), ("b", 2)) and parsed.service == "prod" and parsed.username == "u"
 
 
+def test_cluster_seed_nodes():
+    parsed = parse("rediss+cluster://u@a:1,b:2,c:3")
+    assert parsed.cluster and parsed.tls and not parsed.sentinel
+    assert parsed.hosts == (("a", 1), ("b", 2), ("c", 3)) and parsed.username == "u"
+
+
+def test_a_cluster_address_needs_the_rayr_cluster_name_to_pick_its_node():
+    from rayr.gcs.address import connection_pool, slot_of
+    from rayr.keys import Keys
+
+    with pytest.raises(ValueError, match="needs the rayr cluster name"):
+        connection_pool("redis+cluster://a:1,b:2", None)
+    pool = connection_pool("redis+cluster://a:1,b:2", None, cluster_name="prod")
+    # the slot of every key of the cluster: the hash tag {prod}
+    assert pool.connection_kwargs["slot_master"].slot == slot_of("prod") == 811
+    assert all(slot_of("prod") == slot_of_key(key) for key in (Keys("prod").inbox("ab"), Keys("prod").nodes))
+
+
+def slot_of_key(key: str) -> int:
+    from redis.crc import key_slot
+
+    return key_slot(key.encode())
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("http://h:1", "expected 'host:port'"),
+    ("redis+cluster://h:1/2", "a Redis Cluster has only database 0"),
     ("redis://h", "must name a host and a port"),
     ("redis+sentinel://h:1", "names no Sentinel master"),
     ("redis://h:1/x", "the database must be a number"),

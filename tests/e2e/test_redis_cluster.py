@@ -1,0 +1,147 @@
+"""rayr on a Redis Cluster (three masters on loopback): `rayr start --head --redis-address
+redis+cluster://...` and a second node, then tasks, an actor, an object pulled across nodes, a
+placement group, a submitted job, the CLI, and a node's death. Every key of a rayr cluster
+carries its name as hash tag, so they live in one slot, on the master that serves it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import rayr
+from rayr.gcs.address import slot_of
+from rayr.job_submission import JobStatus, JobSubmissionClient
+from rayr.testing import run_cli, wait_node_dead
+from rayr.testing_redis import RedisClusterSet, redis_cluster, server_binary
+from rayr.util.placement_group import placement_group, remove_placement_group
+from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+PASSWORD = "cluster-test-pw"
+NAME = "on-a-redis-cluster"
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_set() -> Iterator[RedisClusterSet]:
+    binary, why = server_binary()
+    if binary is None:
+        pytest.skip(why)
+    workdir = tempfile.mkdtemp(prefix="rayr-rcluster-")
+    try:
+        with redis_cluster(binary, workdir, password=PASSWORD) as found:
+            yield found
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _env(temp_dir: str, **extra: str) -> dict[str, str]:
+    ours = ("RAYR_REDIS_PASSWORD", "RAYR_ADDRESS", "RAYR_CLUSTER_NAME", "RAYR_REDIS_PASSWORD_FILE")
+    env = {k: v for k, v in os.environ.items() if k not in ours}
+    return {**env, "RAYR_TEMP_DIR": temp_dir, "RAYR_REDIS_PASSWORD": PASSWORD, "RAYR_CLUSTER_NAME": NAME,
+            **extra}
+
+
+@rayr.remote
+def where() -> str:
+    return rayr.get_runtime_context().get_node_id()
+
+
+@rayr.remote
+def total(data: bytes) -> int:
+    return sum(data[::4096])
+
+
+@rayr.remote
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+
+def test_a_cluster_runs_on_a_redis_cluster(redis_cluster_set, tmp_path):
+    url = redis_cluster_set.url
+    head_dir, node_dir = str(tmp_path / "head"), str(tmp_path / "node")
+    head_env, node_env = _env(head_dir), _env(node_dir, RAYR_ADDRESS=url)
+    try:
+        run_cli("start", "--head", "--redis-address", url, "--num-cpus", "1", env=head_env)
+        out = run_cli("start", "--num-cpus", "1", env=node_env)
+        node_id = out.stdout.split()[2]
+        rayr.init(address=url, _redis_password=PASSWORD, _cluster_name=NAME, _temp_dir=head_dir)
+        try:
+            _workload(url, node_id)
+            # its keys are on the master serving the slot of its name, and nowhere else
+            owner = redis_cluster_set.owner_of(slot_of(NAME))
+            counts = []
+            for master in redis_cluster_set.masters:
+                client: Any = master.client()
+                try:
+                    counts.append(sum(1 for _ in client.scan_iter(match=f"rayr:{{{NAME}}}:*", count=1000)))
+                finally:
+                    client.close()
+            assert counts[owner] > 0 and sum(counts) == counts[owner], counts
+            status = run_cli("status", env=_env(head_dir)).stdout
+            assert status.count(" 1 node_") == 2, status
+            # a node dies: the head's monitor sees it, and work goes on on the head
+            raylet = _raylet_pid(node_dir)
+            os.kill(raylet, signal.SIGKILL)
+            wait_node_dead(node_id, timeout=60)
+            assert rayr.get(where.remote(), timeout=60) != node_id
+        finally:
+            rayr.shutdown()
+    finally:
+        run_cli("stop", env=node_env, check=False)
+        run_cli("stop", env=head_env, check=False)
+
+
+def _workload(url: str, node_id: str) -> None:
+    nodes = {n["NodeID"] for n in rayr.nodes() if n["Alive"]}
+    assert len(nodes) == 2 and node_id in nodes
+    assert set(rayr.get([where.remote() for _ in range(200)], timeout=120)) <= nodes
+    counter = Counter.remote()
+    assert rayr.get([counter.add.remote(1) for _ in range(50)], timeout=60) == list(range(1, 51))
+    data = os.urandom(4 << 20)  # stored, not inlined: pulled by the other node through Redis
+    ref = rayr.put(data)
+    other = next(n for n in nodes if n != rayr.get_runtime_context().get_node_id())
+    on_other = total.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False))
+    assert rayr.get(on_other.remote(ref), timeout=60) == sum(data[::4096])
+    pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+    assert pg.wait(60), "the head's monitor did not place the group"
+    placed = rayr.get([where.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, i)).remote()
+                       for i in range(2)], timeout=60)
+    assert set(placed) == nodes
+    remove_placement_group(pg)
+    client = JobSubmissionClient(url, redis_password=PASSWORD, cluster_name=NAME)
+    try:
+        sid = client.submit_job(entrypoint=f"{shlex.quote(sys.executable)} -c \"import rayr; rayr.init(); "
+                                           "print('answer', rayr.get(rayr.remote(lambda: 42).remote()))\"")
+        deadline = time.monotonic() + 120
+        while (status := client.get_job_status(sid)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            assert time.monotonic() < deadline, client.get_job_logs(sid)
+            time.sleep(0.2)
+        assert status == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+        assert "answer 42" in client.get_job_logs(sid)
+    finally:
+        client.close()
+
+
+def _raylet_pid(temp_dir: str) -> int:
+    import json
+
+    directory = os.path.join(temp_dir, "started")
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name)) as f:
+            for entry in json.load(f)["processes"]:
+                if entry["role"] == "raylet":
+                    return int(entry["pid"])
+    raise LookupError(f"no raylet recorded under {directory}")

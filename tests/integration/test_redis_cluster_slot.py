@@ -1,0 +1,73 @@
+"""Clients of a Redis Cluster address follow the slot of their rayr cluster's keys: when the
+slot moves to another master, the next command is answered MOVED, and the connection looks
+the slot up again and sends the command there (a plain client by its retry, the command
+stream by its resend)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rayr.gcs.address import slot_of
+from rayr.gcs.client import connect
+from rayr.gcs.command_stream import CommandStream
+from rayr.keys import Keys
+from rayr.testing_redis import RedisClusterSet, redis_cluster, server_binary
+
+PASSWORD = "slot-test-pw"
+NAME = "slot-test"
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_set() -> Iterator[RedisClusterSet]:
+    binary, why = server_binary()
+    if binary is None:
+        pytest.skip(why)
+    workdir = tempfile.mkdtemp(prefix="rayr-slot-")
+    try:
+        with redis_cluster(binary, workdir, password=PASSWORD) as found:
+            yield found
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _holder(cset: RedisClusterSet, key: str) -> int | None:
+    for i, master in enumerate(cset.masters):
+        client: Any = master.client()
+        try:
+            if client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot_of(NAME)) and client.exists(key):
+                return i
+        finally:
+            client.close()
+    return None
+
+
+def test_a_client_and_a_command_stream_follow_their_slot_to_another_master(redis_cluster_set):
+    cset, key = redis_cluster_set, Keys(NAME).prefix + "k"
+    client = connect(cset.url, PASSWORD, cluster_name=NAME)
+    stream = CommandStream(cset.url, PASSWORD, cluster_name=NAME)
+    try:
+        first = cset.owner_of(slot_of(NAME))
+        client.set(key, "plain")
+        assert _holder(cset, key) == first
+        stream.send([("APPEND", key, "+stream")])
+        assert stream.flush(timeout=30)
+        assert client.get(key) == b"plain+stream"
+        client.delete(key)  # SETSLOT NODE moves an empty slot
+        second = (first + 1) % len(cset.masters)
+        cset.move_slot(slot_of(NAME), second)
+        client.set(key, "moved")  # MOVED, looked up again, sent again
+        assert _holder(cset, key) == second
+        got: list = []
+        stream.send([("APPEND", key, "+stream")], got.append)
+        assert stream.flush(timeout=30)
+        assert got == [[len(b"moved+stream")]]  # answered once, by the new master
+        assert client.get(key) == b"moved+stream" and _holder(cset, key) == second
+    finally:
+        stream.close()
+        client.delete(key)
+        client.close()
