@@ -30,7 +30,7 @@ import redis
 
 from rayr import procs
 from rayr.config import Settings, daemon_settings
-from rayr.gcs.client import GcsClient, connect_as
+from rayr.gcs.client import REDIS_DOWN_ERRORS, GcsClient, connect_as
 from rayr.job_submission.status import JobStatus, now_ms
 from rayr.keys import Keys
 from rayr.private_files import open_log, private_dir
@@ -101,20 +101,48 @@ class JobSupervisor:
     # ------------------------------------------------------------------- loop
     def run(self) -> None:
         self._adopt_leftovers()
+        down_since: float | None = None
         try:
             while not self._signalled:
-                self._keep_alive()
-                item = self.r.blpop([self.keys.submission_queue], timeout=0.2)
-                if item is not None:
-                    verb, _, sid = item[1].decode().partition(":")
-                    if verb == "run":
-                        self._start_setup(sid)
-                    elif verb == "stop":
-                        self._stop(sid)
-                self._start_ready()
-                self._reap()
+                try:
+                    if down_since is not None:
+                        self._requeue_pending()  # a request popped as Redis went away is lost
+                        log.warning("Redis answers again after %.1f s", time.monotonic() - down_since)
+                        down_since = None
+                    self._serve_once()
+                except REDIS_DOWN_ERRORS as err:
+                    # running jobs go on (their drivers wait out the outage too); what could
+                    # not be recorded is recorded once Redis is back
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        log.warning("Redis is unreachable (%s); the running jobs go on", err)
+                    time.sleep(0.5)
         finally:
             self._stop_all()
+
+    def _serve_once(self) -> None:
+        self._keep_alive()
+        item = self.r.blpop([self.keys.submission_queue], timeout=0.2)
+        if item is not None:
+            verb, _, sid = item[1].decode().partition(":")
+            if verb == "run":
+                self._start_setup(sid)
+            elif verb == "stop":
+                self._stop(sid)
+        self._start_ready()
+        self._reap()
+
+    def _requeue_pending(self) -> None:
+        """Queue again every pending submission this supervisor has not taken up: its request
+        may have been popped with a reply the outage lost. A duplicate request is ignored
+        (``_start_setup`` takes only pending ones it is not already setting up)."""
+        queued = {x.decode() for x in self.r.lrange(self.keys.submission_queue, 0, -1)}
+        for raw in self.r.zrange(self.keys.submissions, 0, -1):
+            sid = raw.decode()
+            if sid in self.setting_up or sid in self.running or f"run:{sid}" in queued:
+                continue
+            if self.r.hget(self.keys.submission(sid), "status") == JobStatus.PENDING.value.encode():
+                self.r.rpush(self.keys.submission_queue, f"run:{sid}")
 
     def _keep_alive(self) -> None:
         if time.monotonic() >= self._alive_due:
@@ -142,6 +170,8 @@ class JobSupervisor:
 
     # ------------------------------------------------------------------ start
     def _start_setup(self, sid: str) -> None:
+        if sid in self.setting_up or sid in self.running:
+            return  # asked twice (queued again after an outage)
         rec = self._record(sid)
         if rec.get("status") != JobStatus.PENDING.value:
             return
@@ -171,22 +201,33 @@ class JobSupervisor:
     def _start_ready(self) -> None:
         while True:
             try:
-                sid, env, error = self._ready.get_nowait()
+                item = self._ready.get_nowait()
             except queue.Empty:
                 return
-            self.setting_up.discard(sid)
-            rec = self._record(sid)
-            if rec.get("status") != JobStatus.PENDING.value:
-                continue  # stopped meanwhile
-            if env is None:
-                self._update(sid, status=JobStatus.FAILED.value, end_time=now_ms(),
-                             message=f"The job's runtime env could not be set up: {error}")
-                continue
             try:
-                self._spawn(sid, rec, env)
-            except OSError as err:
-                self._update(sid, status=JobStatus.FAILED.value, end_time=now_ms(),
-                             message=f"Could not start the entrypoint {rec.get('entrypoint')!r}: {err}")
+                self._start_one(*item)
+            except REDIS_DOWN_ERRORS:
+                self._ready.put(item)  # started (or failed) once Redis answers
+                raise
+            self.setting_up.discard(item[0])
+
+    def _start_one(self, sid: str, env: installer.WorkerEnv | None, error: str) -> None:
+        if sid in self.running:  # started, but Redis went away as it was recorded
+            self._update(sid, status=JobStatus.RUNNING.value, driver_pid=self.running[sid].proc.pid,
+                         message="Job is running.", run_time=now_ms())
+            return
+        rec = self._record(sid)
+        if rec.get("status") != JobStatus.PENDING.value:
+            return  # stopped meanwhile
+        if env is None:
+            self._update(sid, status=JobStatus.FAILED.value, end_time=now_ms(),
+                         message=f"The job's runtime env could not be set up: {error}")
+            return
+        try:
+            self._spawn(sid, rec, env)
+        except OSError as err:
+            self._update(sid, status=JobStatus.FAILED.value, end_time=now_ms(),
+                         message=f"Could not start the entrypoint {rec.get('entrypoint')!r}: {err}")
 
     def _spawn(self, sid: str, rec: dict[str, str], env: installer.WorkerEnv) -> None:
         environ = env.environ()
@@ -268,8 +309,8 @@ class JobSupervisor:
                 continue
             self._signal(job, signal.SIGKILL)  # what the driver left in its group goes with it
             job.pump.join(timeout=5)  # all output is in the stream before the final state
+            self._finish(job, code)  # Redis away: the job stays here and ends on a later pass
             del self.running[sid]
-            self._finish(job, code)
 
     def _finish(self, job: RunningJob, code: int, why: str = "") -> None:
         sid = job.submission_id

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 import time
 
 import pytest
+import redis
 
 import rayr
 from rayr import procs
+from rayr.job_submission import JobStatus, JobSubmissionClient
 from rayr.node import free_port, start_redis
 from rayr.testing import Cluster
 
@@ -64,3 +68,44 @@ def test_work_completes_across_a_redis_restart(persistent_redis):
     finally:
         rayr.shutdown()
         cluster.shutdown()
+
+
+def test_submitted_jobs_survive_a_redis_restart(persistent_redis):
+    """The job supervisor waits out a Redis restart: a job running across it ends SUCCEEDED
+    with its output, and the supervisor takes new submissions afterwards (it used to exit on
+    the first unanswered command, killing every running job with it)."""
+    url, restart = persistent_redis
+    cluster = Cluster(url, job_supervisor=True, node_timeout_s=1.5, heartbeat_interval_s=0.3)
+    client = None
+    try:
+        cluster.add_node(num_cpus=1)
+        client = JobSubmissionClient(url, cluster_name=cluster.name)
+        python = shlex.quote(sys.executable)
+        across = client.submit_job(entrypoint=f"{python} -c \"import time; print('started', flush=True); "
+                                              "time.sleep(5); print('survived')\"")
+        _wait_status(client, across, {JobStatus.RUNNING})
+        restart(2.5)
+        after = client.submit_job(entrypoint=f"{python} -c \"print('after the restart')\"")
+        assert _wait_status(client, across, {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}) \
+            == JobStatus.SUCCEEDED, client.get_job_logs(across)
+        assert "survived" in client.get_job_logs(across)
+        assert _wait_status(client, after, {JobStatus.SUCCEEDED, JobStatus.FAILED}) == JobStatus.SUCCEEDED
+        assert "after the restart" in client.get_job_logs(after)
+    finally:
+        if client is not None:
+            client.close()
+        cluster.shutdown()
+
+
+def _wait_status(client: JobSubmissionClient, sid: str, wanted: set[JobStatus],
+                 timeout: float = 120) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = client.get_job_status(sid)
+        except redis.ConnectionError:  # Redis restarting under the client too
+            status = None
+        if status in wanted:
+            return status
+        assert time.monotonic() < deadline, f"job {sid} is {status}, not one of {wanted}"
+        time.sleep(0.1)
