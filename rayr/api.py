@@ -182,7 +182,7 @@ def init(
         url, password = _resolve_address(address, settings) if not local_mode else (None, None)
         cluster = None
         if url is None:
-            cluster = LocalCluster.new_session(settings, fork=True)
+            cluster = LocalCluster.new_session(settings, fork=True, unix_socket=True)
             try:
                 cluster.start_head(
                     num_cpus=num_cpus,

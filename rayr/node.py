@@ -197,6 +197,7 @@ def start_redis(
     timeout: float = 10.0,
     persist: bool = False,
     server: str | None = None,
+    unixsocket: str | None = None,
 ) -> subprocess.Popen:
     """Start a redis-server and wait until it answers PING (and has loaded its data).
 
@@ -204,7 +205,8 @@ def start_redis(
     second, and on a clean shutdown), so a redis-server started again there with the same
     arguments brings the cluster's state back. A ``password`` goes into ``workdir``/redis.conf
     (0600), never on the command line, which every user can read. Redis creates its files
-    under umask 077: the append-only file holds every value, task specs included.
+    under umask 077: the append-only file holds every value, task specs included. With
+    ``unixsocket`` it also listens on that path (mode 0700: its owner only).
     """
     holder = port_holder(bind, port)
     if holder is not None:
@@ -225,6 +227,8 @@ def start_redis(
         "--loglevel", "warning",
         "--hz", "100",
     ]
+    if unixsocket:
+        cmd += ["--unixsocket", unixsocket, "--unixsocketperm", "700"]
     proc = procs.spawn(
         cmd,
         log=log,
@@ -338,6 +342,10 @@ class LocalCluster:
     fork: bool = False
     # the address this host's nodes report (rayr status, node:<ip>); None: see node_ip
     node_ip_address: str | None = None
+    # a Redis we start also listens on a unix socket in the session dir, and our processes
+    # use it (an embedded cluster: every process is on this host; a round trip costs less)
+    unix_socket: bool = False
+    socket_path: str = ""  # set once Redis listens there
 
     @property
     def node_ip(self) -> str:
@@ -362,6 +370,8 @@ class LocalCluster:
     def redis_url(self) -> str:
         if self.external_redis_url:
             return self.external_redis_url
+        if self.socket_path:
+            return f"unix://{self.socket_path}"
         host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
         return f"redis://{host}:{self.port}"
 
@@ -413,6 +423,9 @@ class LocalCluster:
             if self.settings.redis_password is None and self.settings.generate_redis_password:
                 self.settings.redis_password = secrets.token_urlsafe(24)
             self.port = self.port or free_port()
+            socket_path = os.path.join(self.session_dir, "redis.sock")
+            # sun_path holds 107 bytes: a long temp dir keeps to TCP
+            socket_path = socket_path if self.unix_socket and len(socket_path.encode()) < 100 else ""
             with self._log("redis.log") as log:
                 self.redis_proc = start_redis(
                     self.port,
@@ -423,7 +436,9 @@ class LocalCluster:
                     workdir=self.session_dir,
                     persist=self.redis_persist,
                     server=self.settings.redis_server or "",
+                    unixsocket=socket_path or None,
                 )
+            self.socket_path = socket_path
         self.monitor_proc = self._python(
             "rayr.monitor",
             ["--redis-url", self.redis_url, "--settings-json", self.settings.model_dump_json()],
