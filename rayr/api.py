@@ -219,7 +219,8 @@ def init(
                 cluster.shutdown()
             raise
         state.cluster = cluster
-        state.redis_url = url
+        # what we report (address_info, gcs_address): the TCP address, as Ray's host:port
+        state.redis_url = cluster.tcp_url if cluster is not None else url
         _configure_driver(state.core, url, local_mode, configure_logging, level, logging_format,
                           logging_config)
         if log_to_driver:

@@ -372,6 +372,13 @@ class LocalCluster:
             return self.external_redis_url
         if self.socket_path:
             return f"unix://{self.socket_path}"
+        return self.tcp_url
+
+    @property
+    def tcp_url(self) -> str:
+        """The address over TCP (a Redis we start listens there even with a unix socket)."""
+        if self.external_redis_url:
+            return self.external_redis_url
         host = "127.0.0.1" if self.bind in ("0.0.0.0", "::") else self.bind
         return f"redis://{host}:{self.port}"
 

@@ -88,6 +88,11 @@ def test_embedded_cluster_refuses_other_users(shared_temp):
         session_dir = ctx["session_dir"]
         done = as_nobody("-c", f"import os; os.listdir({session_dir!r})")
         assert done.returncode != 0 and "PermissionError" in done.stderr
+        # the unix socket our processes use is out of reach as well (0700, in a 0700 dir)
+        sock_path = os.path.join(session_dir, "redis.sock")
+        assert os.path.exists(sock_path) and stat.S_IMODE(os.stat(sock_path).st_mode) == 0o700
+        done = as_nobody("-c", f"import socket; socket.socket(socket.AF_UNIX).connect({sock_path!r})")
+        assert done.returncode != 0 and "PermissionError" in done.stderr
     finally:
         rayr.shutdown()
 
