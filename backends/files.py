@@ -51,6 +51,8 @@ POOL_MAX_FILES = 16  # pooled files kept at most; beyond this deleted objects ar
 MAPPED_MAX_BYTES = 2 << 30
 MAPPED_MAX_OBJECTS = 32
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+RECOUNT_MIN_S = 0.002  # make_room trusts its last count of the store this long at least...
+RECOUNT_COST_FACTOR = 20  # ... or this many times what that count took
 
 
 class _NoSpace(Exception):
@@ -90,6 +92,8 @@ class FileBackend(ObjectStoreBackend):
         # object id -> (mapping, inode) of recently read large objects; see MAPPED_MAX_BYTES
         self._mapped: OrderedDict[bytes, tuple[mmap.mmap, int]] = OrderedDict()
         self._mapped_bytes = 0
+        # (when, bytes then held plus what we created since, what the count cost): see make_room
+        self._counted: tuple[float, int, float] | None = None
 
     def directories(self) -> list[str]:
         return [d for d in (self._dir, self._spill) if d]
@@ -385,11 +389,25 @@ class FileBackend(ObjectStoreBackend):
                 f"An object of {size} bytes is larger than the whole object store "
                 f"({capacity} bytes). Start the node with a larger object_store_memory."
             )
+        # Counting what the store holds means a stat per object, so a put per object made a
+        # burst of puts quadratic (64 tasks x 64 returns: 20 s). Between counts we add what we
+        # create ourselves and count again only when that says "full" or once the last count
+        # is old next to what it cost (<= ~5% of the time): others' puts in that window can
+        # overshoot the (soft) capacity by what they wrote; a full filesystem is still handled.
+        now = time.monotonic()
+        if self._counted is not None:
+            at, counted, cost = self._counted
+            if now - at < max(RECOUNT_MIN_S, RECOUNT_COST_FACTOR * cost) and counted + size <= capacity:
+                self._counted = (at, counted + size, cost)
+                return
         entries = self._entries(self._dir)
         used = sum(_size(e) for e in entries)
         pooled = self._entries(self._dir, pooled=True)
-        if used + size + sum(_size(e) for e in pooled) <= capacity:
+        pooled_bytes = sum(_size(e) for e in pooled)
+        self._counted = (time.monotonic(), used + pooled_bytes + size, time.monotonic() - now)
+        if used + size + pooled_bytes <= capacity:
             return
+        self._counted = None  # what follows frees or spills: count again next time
         self._drop_pool()  # reusable memory is the cheapest thing to give up
         if used + size <= capacity:
             return

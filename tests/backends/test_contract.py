@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing as mp
 import os
 
@@ -148,6 +149,41 @@ def test_restores_a_spilled_object_when_there_is_room(small_store):
     assert bytes(small_store.get(oid_n(1))) == b"a" * 600  # read from the spill dir...
     usage = small_store.usage()
     assert usage.num_objects == 1 and usage.spilled_objects == 0  # ...and brought back
+
+
+@pytest.mark.parametrize("name", ["shm", "mmap"])
+def test_a_burst_of_puts_does_not_count_the_store_each_time(name, tmp_path, monkeypatch):
+    """Counting the store is a stat per object: counting it on every put made N puts cost
+    N^2 stats (a shuffle's 4,096 parts took 20 s). Counts are reused while they are fresh;
+    one that says "full" is made again, so the capacity still holds for this process."""
+    store = open_backend(name, "rayr-test-burst", {"directory": str(tmp_path), "capacity": 1 << 30})
+    counts = []
+    real = store._entries
+
+    def counting(*args, **kwargs):
+        counts.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_entries", counting)
+    # no count goes stale in this test (the module that defines make_room holds the setting)
+    monkeypatch.setattr(inspect.getmodule(type(store).make_room), "RECOUNT_MIN_S", 3600.0)
+    try:
+        for n in range(2000):
+            write(store, oid_n(n), b"x" * 100)
+        assert len(counts) <= 4, len(counts)  # one count (objects, pool), not one per put
+        assert store.usage().num_objects == 2000
+    finally:
+        store.cleanup()
+    os.makedirs(tmp_path / "f", exist_ok=True)
+    full = open_backend(name, "rayr-test-burst2", {"directory": str(tmp_path / "f"), "capacity": 1000})
+    try:
+        write(full, oid_n(1), b"x" * 800)
+        from rayr.exceptions import ObjectStoreFullError
+
+        with pytest.raises(ObjectStoreFullError):  # what this process wrote is counted
+            full.create(oid_n(2), 400)
+    finally:
+        full.cleanup()
 
 
 def test_full_without_spilling_says_what_to_do(tmp_path):
