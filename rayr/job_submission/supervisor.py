@@ -133,9 +133,10 @@ class JobSupervisor:
         self._reap()
 
     def _requeue_pending(self) -> None:
-        """Queue again every pending submission this supervisor has not taken up: its request
-        may have been popped with a reply the outage lost. A duplicate request is ignored
-        (``_start_setup`` takes only pending ones it is not already setting up)."""
+        """Queue again every pending submission this supervisor has not taken up: one a
+        previous supervisor left, or whose request was popped with a reply an outage lost. A
+        duplicate request is ignored (``_start_setup`` takes only pending ones it is not
+        already setting up)."""
         queued = {x.decode() for x in self.r.lrange(self.keys.submission_queue, 0, -1)}
         for raw in self.r.zrange(self.keys.submissions, 0, -1):
             sid = raw.decode()
@@ -152,7 +153,6 @@ class JobSupervisor:
 
     def _adopt_leftovers(self) -> None:
         """Jobs a previous supervisor left: running ones are lost, pending ones queued again."""
-        queued = {x.decode() for x in self.r.lrange(self.keys.submission_queue, 0, -1)}
         for raw in self.r.zrange(self.keys.submissions, 0, -1):
             sid = raw.decode()
             rec = self._record(sid)
@@ -165,8 +165,7 @@ class JobSupervisor:
                         pass
                 self._update(sid, status=JobStatus.FAILED.value, end_time=now_ms(),
                              message="The job supervisor restarted while the job ran; its driver was lost.")
-            elif rec.get("status") == JobStatus.PENDING.value and f"run:{sid}" not in queued:
-                self.r.rpush(self.keys.submission_queue, f"run:{sid}")
+        self._requeue_pending()
 
     # ------------------------------------------------------------------ start
     def _start_setup(self, sid: str) -> None:
