@@ -107,3 +107,48 @@ def tmpfs_ok() -> None:
     reason = tmpfs_unavailable()
     if reason:
         pytest.skip(reason)
+
+
+def _server_binary_or_skip() -> str:
+    from rayr.testing_redis import server_binary
+
+    binary, why = server_binary()
+    if binary is None:
+        pytest.skip(why)
+    return binary
+
+
+@pytest.fixture
+def sentinels(request: pytest.FixtureRequest) -> Iterator[object]:
+    """A master, a replica and three Sentinels (rayr.testing_redis.sentinel_set), all with the
+    test module's ``PASSWORD``."""
+    import shutil
+    import tempfile
+
+    from rayr.testing_redis import sentinel_set
+
+    binary = _server_binary_or_skip()
+    workdir = tempfile.mkdtemp(prefix="rayr-sentinel-")
+    try:
+        with sentinel_set(binary, workdir, password=request.module.PASSWORD) as found:
+            yield found
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_set(request: pytest.FixtureRequest) -> Iterator[object]:
+    """A Redis Cluster of three masters on loopback (rayr.testing_redis.redis_cluster), with
+    the test module's ``PASSWORD``; one per module."""
+    import shutil
+    import tempfile
+
+    from rayr.testing_redis import redis_cluster
+
+    binary = _server_binary_or_skip()
+    workdir = tempfile.mkdtemp(prefix="rayr-rcluster-")
+    try:
+        with redis_cluster(binary, workdir, password=request.module.PASSWORD) as found:
+            yield found
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -10,7 +10,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -139,11 +138,8 @@ def _groups_and_jobs_work(head: dict[str, Any], node_id: str) -> None:
     try:
         sid = client.submit_job(entrypoint=f"{shlex.quote(sys.executable)} -c \"import rayr; rayr.init(); "
                                            "print('answer', rayr.get(rayr.remote(lambda: 42).remote()))\"")
-        deadline = time.monotonic() + 120
-        while (status := client.get_job_status(sid)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            assert time.monotonic() < deadline, client.get_job_logs(sid)
-            time.sleep(0.2)
-        assert status == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+        status = client.wait_until_finish(sid, timeout_s=120)
+        assert status == JobStatus.SUCCEEDED, (status, client.get_job_logs(sid))
         assert "answer 42" in client.get_job_logs(sid)
     finally:
         client.close()

@@ -7,39 +7,19 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 import rayr
 from rayr.gcs.address import slot_of
 from rayr.job_submission import JobStatus, JobSubmissionClient
 from rayr.testing import run_cli, wait_node_dead
-from rayr.testing_redis import RedisClusterSet, redis_cluster, server_binary
 from rayr.util.placement_group import placement_group, remove_placement_group
 from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 PASSWORD = "cluster-test-pw"
 NAME = "on-a-redis-cluster"
-
-
-@pytest.fixture(scope="module")
-def redis_cluster_set() -> Iterator[RedisClusterSet]:
-    binary, why = server_binary()
-    if binary is None:
-        pytest.skip(why)
-    workdir = tempfile.mkdtemp(prefix="rayr-rcluster-")
-    try:
-        with redis_cluster(binary, workdir, password=PASSWORD) as found:
-            yield found
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _env(temp_dir: str, **extra: str) -> dict[str, str]:
@@ -125,11 +105,8 @@ def _workload(url: str, node_id: str) -> None:
     try:
         sid = client.submit_job(entrypoint=f"{shlex.quote(sys.executable)} -c \"import rayr; rayr.init(); "
                                            "print('answer', rayr.get(rayr.remote(lambda: 42).remote()))\"")
-        deadline = time.monotonic() + 120
-        while (status := client.get_job_status(sid)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            assert time.monotonic() < deadline, client.get_job_logs(sid)
-            time.sleep(0.2)
-        assert status == JobStatus.SUCCEEDED, client.get_job_logs(sid)
+        status = client.wait_until_finish(sid, timeout_s=120)
+        assert status == JobStatus.SUCCEEDED, (status, client.get_job_logs(sid))
         assert "answer 42" in client.get_job_logs(sid)
     finally:
         client.close()

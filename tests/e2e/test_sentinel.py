@@ -6,34 +6,18 @@ answer, and the head's monitor and the CLI work on the new master."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 
 import pytest
 
 import rayr
 from rayr import context
 from rayr.testing import Cluster, run_cli
-from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
+from rayr.testing_redis import SentinelSet
 from rayr.util.placement_group import placement_group, remove_placement_group
 
 PASSWORD = "sentinel-test-pw"
 TASKS, ACTORS, CALLS = 2000, 10, 20
-
-
-@pytest.fixture
-def sentinels() -> Iterator[SentinelSet]:
-    binary, why = server_binary()
-    if binary is None:
-        pytest.skip(why)
-    workdir = tempfile.mkdtemp(prefix="rayr-sentinel-")
-    try:
-        with sentinel_set(binary, workdir, password=PASSWORD) as found:
-            yield found
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @rayr.remote(max_retries=3)

@@ -6,33 +6,17 @@ the promoted replica; without it the write is lost, as Redis's asynchronous repl
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from rayr.gcs.client import WAIT_TIMEOUT_MS, GcsClient, connect
 from rayr.gcs.command_stream import DEGRADED_S, CommandStream
 from rayr.keys import Keys
-from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
+from rayr.testing_redis import SentinelSet
 
 PASSWORD = "guarantee-pw"
-
-
-@pytest.fixture
-def sentinels() -> Iterator[SentinelSet]:
-    binary, why = server_binary()
-    if binary is None:
-        pytest.skip(why)
-    workdir = tempfile.mkdtemp(prefix="rayr-guarantee-")
-    try:
-        with sentinel_set(binary, workdir, password=PASSWORD) as found:
-            yield found
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _cut_replication(sentinels: SentinelSet) -> None:

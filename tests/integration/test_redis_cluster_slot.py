@@ -5,34 +5,16 @@ stream by its resend)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from rayr.gcs.address import slot_of
 from rayr.gcs.client import connect
 from rayr.gcs.command_stream import CommandStream
 from rayr.keys import Keys
-from rayr.testing_redis import RedisClusterSet, redis_cluster, server_binary
+from rayr.testing_redis import RedisClusterSet
 
 PASSWORD = "slot-test-pw"
 NAME = "slot-test"
-
-
-@pytest.fixture(scope="module")
-def redis_cluster_set() -> Iterator[RedisClusterSet]:
-    binary, why = server_binary()
-    if binary is None:
-        pytest.skip(why)
-    workdir = tempfile.mkdtemp(prefix="rayr-slot-")
-    try:
-        with redis_cluster(binary, workdir, password=PASSWORD) as found:
-            yield found
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _holder(cset: RedisClusterSet, key: str) -> int | None:
