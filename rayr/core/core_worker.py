@@ -125,7 +125,8 @@ class CoreWorker:
                                        current_task_id=_current_task_id, current_spec=_current_spec,
                                        events=self.events, **parts)
         self.objects = ObjectClient(submitter=self.submitter, on_blocked=on_blocked,
-                                    redis_down_since=lambda: self._inbox.down_since, **parts)
+                                    redis_down_since=lambda: self._inbox.down_since,
+                                    read_inbox=self._inbox.read_here, **parts)
         self.envs = self.submitter.envs
         self._refresh_liveness()  # connects the named liveness connection now, from this thread
         self._inbox.start()

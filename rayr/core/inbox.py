@@ -12,6 +12,12 @@ Sentinel failover) would lose what the pop took. After any Redis error the threa
 handles the taken list again; a message may so be handled twice, which filing tolerates as
 it tolerates a task that ran twice. The connection must not retry by itself (``no_retry``):
 a retried BLMOVE would take a second message while the first sat unhandled in the list.
+
+A thread waiting in get/wait reads the inbox itself (``read_here``) when the thread is not
+in a read, and files what it takes: a sync call then needs no thread hand-off. One token says
+who reads; a waiter never blocks for it (it waits to be woken instead, as before), and after a
+waiter read, the thread stays off the inbox for ``YIELD_S`` so that the next sync call finds
+it free; a waiter that found the token taken ends that pause.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from rayr.gcs.client import REDIS_DOWN_ERRORS
 
 log = logging.getLogger("rayr.core")
 BATCH_MAX = 1024  # messages taken per round trip after the first
+BLOCK_S = 1.0  # the inbox thread's blocking read gives the token back this often
+YIELD_S = 0.005  # after a waiter read the inbox, the thread stays off it this long
 
 
 class InboxReader:
@@ -52,6 +60,15 @@ class InboxReader:
         self.stopping = False
         # since when Redis has not answered (None: it answers); waiters give up after a limit
         self.down_since: float | None = None
+        # whoever reads the inbox holds the token: the inbox thread, or a waiter reading it
+        # itself (read_here); it guards the read state below and the taken list's meaning
+        # ("everything in it was handled") between reads
+        self._token = threading.Lock()
+        self._recover = True  # the taken list may hold what an earlier process or reply left unhandled
+        self._more = False  # the last read took something: the inbox may hold more
+        self._yield_until = 0.0  # the inbox thread leaves the inbox to waiters until then
+        self._missed = False  # a waiter found the token taken: the thread must read, not yield
+        self._wake = threading.Event()  # ends the thread's pause early once _missed is set
         self._thread = threading.Thread(target=self._loop, name="rayr-inbox", daemon=True)
 
     def start(self) -> None:
@@ -66,39 +83,100 @@ class InboxReader:
         self._redis.close()
         return True
 
+    def _read(self, block_s: float) -> list[bytes]:
+        """One read (under ``_token``): the taken list after an error, else up to BATCH_MAX
+        waiting messages, else block up to ``block_s`` for one. Raises Redis errors."""
+        if self._recover:
+            msgs = self._redis.lrange(self._taken, 0, -1)
+            self._recover, self._more = False, True
+            return msgs
+        if self._more:
+            msgs = self._take(keys=[self._key, self._taken], args=[BATCH_MAX])
+            self._more = bool(msgs)
+            if msgs or block_s <= 0:
+                return msgs
+        item = self._redis.blmove(self._key, self._taken, block_s, "LEFT", "RIGHT")
+        if item is None:
+            return []
+        self._more = True
+        return [item]
+
     def _loop(self) -> None:
-        recover = True  # the taken list may hold what an earlier process or reply left unhandled
-        more = False  # the last read took something: the inbox may hold more
         while not self.stopping:
+            pause = self._yield_until - time.monotonic()
+            if pause > 0 and not self._missed:
+                # a waiter read the inbox itself a moment ago and may do so again at once
+                # (a loop of sync calls): stay off it for a moment, unless a waiter found
+                # the token taken and now waits to be woken (which wakes us)
+                self._wake.wait(pause)
+                self._wake.clear()
+                continue
             msgs: list[bytes] = []
-            try:
-                if recover:
-                    msgs = self._redis.lrange(self._taken, 0, -1)
-                    recover, more = False, True
-                elif more:
-                    msgs = self._take(keys=[self._key, self._taken], args=[BATCH_MAX])
-                    more = bool(msgs)
+            with self._token:
+                if self._yield_until > time.monotonic() and not self._missed:
+                    continue  # a waiter read meanwhile
+                self._missed = False
+                try:
+                    msgs = self._read(BLOCK_S)
+                except REDIS_DOWN_ERRORS:
+                    if self.stopping:
+                        return
+                    self._recover = True
+                    if self.down_since is None:
+                        self.down_since = time.monotonic()
+                    self._wake_waiters()  # they check how long Redis has been away
+                    pause = 0.2  # e.g. Redis restarting
                 else:
-                    item = self._redis.blmove(self._key, self._taken, 1, "LEFT", "RIGHT")
-                    if item is not None:
-                        msgs.append(item)
-                        more = True
-            except REDIS_DOWN_ERRORS:
-                if self.stopping:
-                    return
-                recover = True
-                if self.down_since is None:
-                    self.down_since = time.monotonic()
-                self._wake_waiters()  # they check how long Redis has been away
-                time.sleep(0.2)  # e.g. Redis restarting
+                    self.down_since = None
+                    if msgs:
+                        self._handle(msgs)
+                        if self._missed:
+                            # a waiter wanted the inbox while we read: what we filed woke
+                            # it; from its next wait on, it reads for itself
+                            self._missed = False
+                            self._yield_until = time.monotonic() + YIELD_S
+            if pause > 0:
+                time.sleep(pause)
+                continue
+            self._handle(None)
+
+    def _handle(self, msgs: list[bytes] | None) -> None:
+        """File ``msgs``, or (None) do the housekeeping due between batches."""
+        try:
+            if msgs is not None:
+                self._on_messages(msgs)
             else:
-                self.down_since = None
-            try:
-                if msgs:
-                    self._on_messages(msgs)
                 self._housekeeping()
-            except Exception:
-                if self.stopping:
-                    return
-                log.exception("handling inbox messages failed")
-                time.sleep(0.2)
+        except Exception:
+            if self.stopping:
+                return
+            log.exception("handling inbox messages failed")
+            time.sleep(0.2)
+
+    def read_here(self, timeout: float, stale: Callable[[], bool]) -> bool:
+        """Read the inbox on the calling thread (a waiter in get/wait) for up to ``timeout``
+        seconds instead of being woken by the inbox thread: a thread hand-off less on every
+        sync call. Returns at once if ``stale()`` says something arrived since the caller
+        looked. False, having read nothing, when the inbox thread is reading or Redis is
+        away: wait to be woken instead."""
+        if self.down_since is not None or not self._token.acquire(blocking=False):
+            self._missed = True
+            self._wake.set()  # another waiter reads: once it is done, the thread reads for us
+            return False
+        try:
+            if stale():
+                return True
+            self._handle(None)  # while what we wait for is still on its way
+            try:
+                msgs = self._read(timeout)
+            except REDIS_DOWN_ERRORS:
+                self._recover = True  # the inbox thread takes it from here
+                self._missed = True
+                self._wake.set()
+                return False
+            if msgs:
+                self._handle(msgs)
+            return True
+        finally:
+            self._yield_until = time.monotonic() + YIELD_S
+            self._token.release()

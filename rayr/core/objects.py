@@ -51,6 +51,7 @@ class ObjectClient:
         submitter: TaskSubmitter,
         redis_down_since: Callable[[], float | None],
         on_blocked: Callable[[bool], None] | None = None,
+        read_inbox: Callable[[float, Callable[[], bool]], bool] | None = None,
     ) -> None:
         self.gcs = gcs
         self.keys = gcs.keys
@@ -65,6 +66,8 @@ class ObjectClient:
         self.submitter = submitter
         self._redis_down_since = redis_down_since
         self._on_blocked = on_blocked
+        # reads the inbox on the waiting thread (InboxReader.read_here); False: wait instead
+        self._read_inbox = read_inbox
         self._threshold = settings.inline_threshold
         self.rebuild_acks: set[bytes] = set()  # objects whose owner acknowledged our request
 
@@ -197,6 +200,9 @@ class ObjectClient:
         # everything still missing: a get of a million refs stays linear
         every = len(ready) + len(missing) <= num
         first = 0
+        # a thread that holds the lock from outside (re-entered) must not read the inbox: it
+        # would block everyone else out of the tables while it waits on Redis
+        may_read = self._read_inbox is not None and not self.cond._is_owned()  # type: ignore[attr-defined]
         self._set_blocked(True)
         try:
             with self.cond:
@@ -217,7 +223,19 @@ class ObjectClient:
                     if remaining is not None and remaining <= 0:
                         return ready | {o for o in missing if o in records}
                     self._check_redis_reachable()
-                    self.cond.wait(REDIS_CHECK_S if remaining is None else min(remaining, REDIS_CHECK_S))
+                    wait_s = REDIS_CHECK_S if remaining is None else min(remaining, REDIS_CHECK_S)
+                    if may_read:
+                        seen = self.own.arrivals
+                        self.cond.release()
+                        try:
+                            read = self._read_inbox(wait_s, lambda s=seen: self.own.arrivals != s)  # type: ignore[misc]
+                        finally:
+                            self.cond.acquire()
+                        # what arrived while we did not hold the lock was filed (and its
+                        # waiters woken) then: look at it before waiting for more
+                        if read or self.own.arrivals != seen:
+                            continue
+                    self.cond.wait(wait_s)
         finally:
             self._set_blocked(False)
 

@@ -47,6 +47,7 @@ class OwnershipTable:
     def __init__(self, worker_hex: str) -> None:
         self.worker_hex = worker_hex
         self.records: dict[bytes, bytes] = {}  # resolved objects this process holds refs to
+        self.arrivals = 0  # records filed from the inbox so far: a waiter sees whether any came
         self.pending: set[bytes] = set()  # owned, result not arrived yet
         self.owned: set[bytes] = set()  # owned and not freed
         self.shared: set[bytes] = set()  # owned and pickled: freed once no holder is left (in Redis)
@@ -161,6 +162,7 @@ class OwnershipTable:
 
     def accept(self, oid: bytes, record: bytes) -> list[tuple[concurrent.futures.Future, bytes]] | None:
         """File one arrived record; returns the futures it resolves (None: none)."""
+        self.arrivals += 1
         self.watching.discard(oid)
         if oid in self.pending:
             self.pending.discard(oid)

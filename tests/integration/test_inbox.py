@@ -107,3 +107,52 @@ def test_a_dropped_connection_loses_no_message(redis_url):
         _stop(reader, client, inbox)
         client.delete(inbox, taken)
         client.close()
+
+
+def test_waiters_reading_the_inbox_themselves_share_it_with_the_thread(redis_url):
+    """Waiters (get/wait) read the inbox on their own thread when the inbox thread is not
+    in a read, so a sync call needs no thread hand-off. With two waiters and the thread
+    taking turns, and the connections killed now and then, every message is handled, in
+    order, none twice but across a kill; the waiters did read some themselves."""
+    inbox, taken = f"inbox-test:{uuid.uuid4().hex}", f"taken-test:{uuid.uuid4().hex}"
+    name = f"inbox-reader-{uuid.uuid4().hex[:8]}"
+    client = connect(redis_url)
+    collector = _Collector()
+    reader = _reader(redis_url, inbox, taken, collector, name=name)
+    sent = [f"m{i}".encode() for i in range(3000)]
+    done = threading.Event()
+    read_here = [0, 0]
+
+    def waiter(slot: int) -> None:
+        while not done.is_set():
+            before = len(collector.got)
+            if reader.read_here(0.05, lambda: False):
+                read_here[slot] += len(collector.got) > before
+            else:
+                time.sleep(0.001)  # the thread reads: it wakes us (here: we poll)
+
+    waiters = [threading.Thread(target=waiter, args=(slot,), daemon=True) for slot in (0, 1)]
+    for thread in waiters:
+        thread.start()
+    try:
+        for i in range(0, len(sent), 100):
+            for message in sent[i:i + 100]:
+                client.rpush(inbox, message)
+                if int(message[1:]) % 7 == 0:
+                    time.sleep(0.0005)  # sometimes one at a time, sometimes a pile
+            if i % 1000 == 500:
+                for info in client.client_list():
+                    if info.get("name") == name:
+                        client.client_kill_filter(_id=info["id"])
+        got = collector.wait_for(len(sent), timeout=60)
+        assert set(got) == set(sent), f"{len(set(sent) - set(got))} messages lost"
+        firsts = [got.index(m) for m in sent]
+        assert firsts == sorted(firsts), "messages were handled out of order"
+        assert sum(read_here) > 0, "no waiter ever read the inbox itself"
+    finally:
+        done.set()
+        for thread in waiters:
+            thread.join(timeout=10)
+        _stop(reader, client, inbox)
+        client.delete(inbox, taken)
+        client.close()
