@@ -67,8 +67,10 @@ class InboxReader:
         self._recover = True  # the taken list may hold what an earlier process or reply left unhandled
         self._more = False  # the last read took something: the inbox may hold more
         self._yield_until = 0.0  # the inbox thread leaves the inbox to waiters until then
-        self._missed = False  # a waiter found the token taken: the thread must read, not yield
+        self._missed = False  # a waiter needs the thread to read (not to pause)
+        self._handoff = False  # ... and it waits alone: after delivering, leave the inbox to it
         self._wake = threading.Event()  # ends the thread's pause early once _missed is set
+        self._housekeeping_lock = threading.Lock()  # the thread's and a waiter's, never both
         self._thread = threading.Thread(target=self._loop, name="rayr-inbox", daemon=True)
 
     def start(self) -> None:
@@ -130,15 +132,24 @@ class InboxReader:
                     self.down_since = None
                     if msgs:
                         self._handle(msgs)
-                        if self._missed:
-                            # a waiter wanted the inbox while we read: what we filed woke
-                            # it; from its next wait on, it reads for itself
-                            self._missed = False
+                        if self._handoff:
+                            # a lone waiter wanted the inbox while we read: what we filed
+                            # woke it; from its next wait on, it reads for itself
+                            self._handoff = False
                             self._yield_until = time.monotonic() + YIELD_S
             if pause > 0:
                 time.sleep(pause)
                 continue
-            self._handle(None)
+            self._housekeep(wait=True)
+
+    def _housekeep(self, wait: bool) -> None:
+        """The housekeeping due, by one thread at a time; a waiter (``wait=False``) skips it
+        while the inbox thread does it."""
+        if self._housekeeping_lock.acquire(blocking=wait):
+            try:
+                self._handle(None)
+            finally:
+                self._housekeeping_lock.release()
 
     def _handle(self, msgs: list[bytes] | None) -> None:
         """File ``msgs``, or (None) do the housekeeping due between batches."""
@@ -153,20 +164,24 @@ class InboxReader:
             log.exception("handling inbox messages failed")
             time.sleep(0.2)
 
-    def read_here(self, timeout: float, stale: Callable[[], bool]) -> bool:
+    def read_here(self, timeout: float, stale: Callable[[], bool], alone: bool = True) -> bool:
         """Read the inbox on the calling thread (a waiter in get/wait) for up to ``timeout``
         seconds instead of being woken by the inbox thread: a thread hand-off less on every
         sync call. Returns at once if ``stale()`` says something arrived since the caller
-        looked. False, having read nothing, when the inbox thread is reading or Redis is
-        away: wait to be woken instead."""
-        if self.down_since is not None or not self._token.acquire(blocking=False):
+        looked. False, having read nothing, when the inbox thread is reading, Redis is away
+        or the caller is not ``alone`` in waiting: wait to be woken instead (the thread
+        then reads at once)."""
+        if not alone or self.down_since is not None or not self._token.acquire(blocking=False):
+            # the thread must read for us (at once, not after a pause); a lone waiter reads
+            # for itself again once the thread delivered what it read meanwhile
+            self._handoff = alone
             self._missed = True
-            self._wake.set()  # another waiter reads: once it is done, the thread reads for us
+            self._wake.set()
             return False
         try:
             if stale():
                 return True
-            self._handle(None)  # while what we wait for is still on its way
+            self._housekeep(wait=False)  # while what we wait for is still on its way
             try:
                 msgs = self._read(timeout)
             except REDIS_DOWN_ERRORS:

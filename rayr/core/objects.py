@@ -8,6 +8,7 @@ see gcs/records.py); the owner re-runs the task that made it from its lineage.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ class ObjectClient:
         submitter: TaskSubmitter,
         redis_down_since: Callable[[], float | None],
         on_blocked: Callable[[bool], None] | None = None,
-        read_inbox: Callable[[float, Callable[[], bool]], bool] | None = None,
+        read_inbox: Callable[[float, Callable[[], bool], bool], bool] | None = None,
     ) -> None:
         self.gcs = gcs
         self.keys = gcs.keys
@@ -68,6 +69,7 @@ class ObjectClient:
         self._on_blocked = on_blocked
         # reads the inbox on the waiting thread (InboxReader.read_here); False: wait instead
         self._read_inbox = read_inbox
+        self._waiters = 0  # threads in wait_ready's wait loop (under cond)
         self._threshold = settings.inline_threshold
         self.rebuild_acks: set[bytes] = set()  # objects whose owner acknowledged our request
 
@@ -202,10 +204,11 @@ class ObjectClient:
         first = 0
         # a thread that holds the lock from outside (re-entered) must not read the inbox: it
         # would block everyone else out of the tables while it waits on Redis
-        may_read = self._read_inbox is not None and not self.cond._is_owned()  # type: ignore[attr-defined]
+        read_inbox = None if self.cond._is_owned() else self._read_inbox  # type: ignore[attr-defined]
         self._set_blocked(True)
         try:
             with self.cond:
+                self._waiters += 1
                 while True:
                     if every:
                         while first < len(missing) and missing[first] in records:
@@ -224,11 +227,15 @@ class ObjectClient:
                         return ready | {o for o in missing if o in records}
                     self._check_redis_reachable()
                     wait_s = REDIS_CHECK_S if remaining is None else min(remaining, REDIS_CHECK_S)
-                    if may_read:
+                    # only a lone waiter reads: with several, the inbox thread wakes each
+                    # for what it waits for (a waiter reading for the others would hand
+                    # off to them anyway, and keep the thread from reading meanwhile)
+                    if read_inbox is not None:
                         seen = self.own.arrivals
+                        alone = self._waiters == 1
                         self.cond.release()
                         try:
-                            read = self._read_inbox(wait_s, lambda s=seen: self.own.arrivals != s)  # type: ignore[misc]
+                            read = read_inbox(wait_s, functools.partial(self._arrived_since, seen), alone)
                         finally:
                             self.cond.acquire()
                         # what arrived while we did not hold the lock was filed (and its
@@ -237,7 +244,12 @@ class ObjectClient:
                             continue
                     self.cond.wait(wait_s)
         finally:
+            with self.cond:
+                self._waiters -= 1
             self._set_blocked(False)
+
+    def _arrived_since(self, seen: int) -> bool:
+        return self.own.arrivals != seen
 
     def _check_redis_reachable(self) -> None:
         """Raise if Redis has been unreachable for longer than ``redis_unreachable_timeout_s``:
