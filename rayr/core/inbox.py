@@ -13,11 +13,12 @@ handles the taken list again; a message may so be handled twice, which filing to
 it tolerates a task that ran twice. The connection must not retry by itself (``no_retry``):
 a retried BLMOVE would take a second message while the first sat unhandled in the list.
 
-A thread waiting in get/wait reads the inbox itself (``read_here``) when the thread is not
-in a read, and files what it takes: a sync call then needs no thread hand-off. One token says
-who reads; a waiter never blocks for it (it waits to be woken instead, as before), and after a
-waiter read, the thread stays off the inbox for ``YIELD_S`` so that the next sync call finds
-it free; a waiter that found the token taken ends that pause.
+A thread waiting alone in get/wait reads the inbox itself (``read_here``) when the thread is
+not in a read, and files what it takes: a sync call then needs no thread hand-off. One token
+says who reads; a waiter never blocks for it (it waits to be woken instead, as before), and
+after a lone waiter read, the thread stays off the inbox for ``YIELD_S`` so that the next
+sync call finds it free; a waiter that found the token taken, or is not alone, ends that
+pause.
 """
 
 from __future__ import annotations
@@ -67,9 +68,9 @@ class InboxReader:
         self._recover = True  # the taken list may hold what an earlier process or reply left unhandled
         self._more = False  # the last read took something: the inbox may hold more
         self._yield_until = 0.0  # the inbox thread leaves the inbox to waiters until then
-        self._missed = False  # a waiter needs the thread to read (not to pause)
+        # set: a waiter needs the thread to read (not to pause); it also ends a pause
+        self._wanted = threading.Event()
         self._handoff = False  # ... and it waits alone: after delivering, leave the inbox to it
-        self._wake = threading.Event()  # ends the thread's pause early once _missed is set
         self._housekeeping_lock = threading.Lock()  # the thread's and a waiter's, never both
         self._thread = threading.Thread(target=self._loop, name="rayr-inbox", daemon=True)
 
@@ -106,18 +107,17 @@ class InboxReader:
     def _loop(self) -> None:
         while not self.stopping:
             pause = self._yield_until - time.monotonic()
-            if pause > 0 and not self._missed:
+            if pause > 0 and not self._wanted.is_set():
                 # a waiter read the inbox itself a moment ago and may do so again at once
                 # (a loop of sync calls): stay off it for a moment, unless a waiter found
-                # the token taken and now waits to be woken (which wakes us)
-                self._wake.wait(pause)
-                self._wake.clear()
+                # the token taken or is not alone, and now waits to be woken
+                self._wanted.wait(pause)
                 continue
             msgs: list[bytes] = []
             with self._token:
-                if self._yield_until > time.monotonic() and not self._missed:
+                if self._yield_until > time.monotonic() and not self._wanted.is_set():
                     continue  # a waiter read meanwhile
-                self._missed = False
+                self._wanted.clear()
                 try:
                     msgs = self._read(BLOCK_S)
                 except REDIS_DOWN_ERRORS:
@@ -175,8 +175,7 @@ class InboxReader:
             # the thread must read for us (at once, not after a pause); a lone waiter reads
             # for itself again once the thread delivered what it read meanwhile
             self._handoff = alone
-            self._missed = True
-            self._wake.set()
+            self._wanted.set()
             return False
         try:
             if stale():
@@ -186,8 +185,7 @@ class InboxReader:
                 msgs = self._read(timeout)
             except REDIS_DOWN_ERRORS:
                 self._recover = True  # the inbox thread takes it from here
-                self._missed = True
-                self._wake.set()
+                self._wanted.set()
                 return False
             if msgs:
                 self._handle(msgs)
