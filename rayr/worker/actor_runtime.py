@@ -209,25 +209,34 @@ class ActorRuntime:
                 log.exception("reading the mailbox of actor %s failed; retrying", self.actor_id)
                 time.sleep(0.5)
                 continue
-            calls = []
-            for stream, entries in reply or []:
-                if stream.decode() == self.control:
-                    self._on_control(entries)
-                else:
-                    calls.extend(entries)
-            # a sync actor runs the batch's calls one after another: their results go out
-            # together (as a leased worker's do), and before any call blocks
-            batch = len(calls) > 1 and self._loop is None and self._pool is None
-            with self.executor.results.batch(batch, extra=(self._read_control(), self._on_control_reply)):
-                polled = time.monotonic()
-                for entry_id, fields in calls:
-                    if batch and time.monotonic() - polled > CONTROL_POLL_S:
-                        self._poll_control(client)  # a cancel of a call queued behind a slow one
-                        polled = time.monotonic()
-                    self._dispatch(entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
+            if self._exiting.is_set():
+                # exit_actor() ran on another thread while we read: what we took stays in the
+                # mailbox, where _die() fails it; running it would answer a call sent after
+                # the caller saw the exit
+                break
+            self._run_batch(client, reply)
         # exit_actor() on another thread (an async or threaded actor) ends the process once the
         # calls it took out of the mailbox have their errors; returning would end it first
         self._exited.wait(EXIT_WAIT_S)
+
+    def _run_batch(self, client: Any, reply: Any) -> None:
+        """Serve one mailbox read: cancellations first, then the calls in order."""
+        calls = []
+        for stream, entries in reply or []:
+            if stream.decode() == self.control:
+                self._on_control(entries)
+            else:
+                calls.extend(entries)
+        # a sync actor runs the batch's calls one after another: their results go out
+        # together (as a leased worker's do), and before any call blocks
+        batch = len(calls) > 1 and self._loop is None and self._pool is None
+        with self.executor.results.batch(batch, extra=(self._read_control(), self._on_control_reply)):
+            polled = time.monotonic()
+            for entry_id, fields in calls:
+                if batch and time.monotonic() - polled > CONTROL_POLL_S:
+                    self._poll_control(client)  # a cancel of a call queued behind a slow one
+                    polled = time.monotonic()
+                self._dispatch(entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
 
     def _on_control(self, entries: list) -> None:
         """Cancellations: flag the call (a sync method may poll is_canceled()), or cancel it."""
