@@ -53,6 +53,8 @@ from rayr.task_spec import CREATION_FIELD, RESTART_FIELD, SPEC_FIELD, TaskSpec
 
 log = logging.getLogger("rayr.raylet")
 T = TypeVar("T")
+# how often the task reader looks at a stream it leaves to a leased worker (see _read_tasks)
+LEASED_POLL_S = 0.002
 
 
 class Raylet:
@@ -236,23 +238,13 @@ class Raylet:
                     self._refresh_shapes()
                 with self._lock:
                     budget = self.sched.read_budget(self._in_transit)
+                    leased = self.sched.leased_streams(self._in_transit)
                 if not budget:
                     # nothing fits now: wait for room to free up or for a new shape
                     self._capacity.wait(1.0)
                     self._capacity.clear()
                     continue
-                streams = {}
-                for shape in budget:
-                    stream = self.keys.task_stream(shape, self.node_id)
-                    streams[stream] = ">"
-                    self._key_of[stream] = shape
-                # While blocked here, freed room or a new shape unblocks us (CLIENT UNBLOCK).
-                self._reader_parked = True
-                reply = client.xreadgroup(
-                    TASK_GROUP, self.node_id, streams, count=max(budget.values()), block=1000
-                )
-                self._reader_parked = False
-                self._take(reply)
+                self._read_tasks(client, budget, leased)
             except redis.RedisError:
                 self._reader_parked = False
                 failed = True
@@ -265,6 +257,35 @@ class Raylet:
                 log.exception("reading task streams failed; retrying")
                 time.sleep(0.5)
         client.close()
+
+    def _read_tasks(self, client: Any, budget: dict[str, int], leased: set[str]) -> None:
+        """One read of the streams ``budget`` names. A stream a worker here holds a lease on
+        is only looked at, not waited on: Redis hands a new entry to the reader that blocked
+        first, which would be this reader, so a sync caller's next task would go to another
+        worker (a raylet hop, and a 100 MB argument mapped again) instead of the leased one
+        waiting for it. What the leased workers leave behind is read within LEASED_POLL_S."""
+        streams: dict[str, str] = {}
+        looked: dict[str, str] = {}
+        for shape in budget:
+            stream = self.keys.task_stream(shape, self.node_id)
+            (looked if stream in leased else streams)[stream] = ">"
+            self._key_of[stream] = shape
+        count = max(budget.values())
+        if looked:
+            reply = client.xreadgroup(TASK_GROUP, self.node_id, looked, count=count)
+            if reply and any(entries for _name, entries in reply):
+                self._take(reply)
+                return
+            if not streams:
+                self._capacity.wait(LEASED_POLL_S)
+                self._capacity.clear()
+                return
+        # While blocked here, freed room or a new shape unblocks us (CLIENT UNBLOCK).
+        self._reader_parked = True
+        reply = client.xreadgroup(TASK_GROUP, self.node_id, streams, count=count,
+                                  block=int(LEASED_POLL_S * 1000) if looked else 1000)
+        self._reader_parked = False
+        self._take(reply)
 
     def _take_own_pending(self, client: Any) -> None:
         """After a failed read: take what it may have read without its reply reaching us
@@ -384,6 +405,10 @@ class Raylet:
     def _capacity_freed(self) -> None:
         """Wake the task reader: it may now pull more (or other) tasks."""
         self._capacity.set()
+        self._unpark_reader()
+
+    def _unpark_reader(self) -> None:
+        """Make the task reader, if blocked in XREADGROUP, read its budget again."""
         if self._reader_parked:
             self._reader_parked = False
             try:
@@ -540,6 +565,10 @@ class Raylet:
                     log.error("worker %s sent %r, which a raylet does not take", handle.worker_id, msg)
         if freed:
             self._capacity_freed()
+        elif isinstance(msg, protocol.Blocked) and self._reader_parked:
+            # the worker waits on its leased stream again: the reader, parked on that stream
+            # while the worker was blocked, must leave it the first claim (see _read_tasks)
+            self._unpark_reader()
 
     def _on_worker_exit(self, handle: WorkerHandle) -> None:
         if handle.worker_id in self.pool.workers:

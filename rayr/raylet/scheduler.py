@@ -238,6 +238,17 @@ class Scheduler:
             self._reserve()
         return task
 
+    def leased_streams(self, in_transit: Sequence[QueuedTask] = ()) -> set[str]:
+        """Streams a worker holds a lease on and may be waiting on right now (not blocked in
+        get()), or will soon (its task is read, not yet dispatched): that worker takes their
+        next task itself, with what it has warm (a big argument mapped, imports done), if the
+        reader leaves it the first claim."""
+        blocked = self.blocked
+        streams = {task.stream for worker, task in self.running.items()
+                   if not task.actor and task.stream and worker not in blocked}
+        streams.update(task.stream for task in (*self.ready, *in_transit) if not task.actor and task.stream)
+        return streams
+
     def _set_idle(self, worker: str) -> None:
         self.idle.append(worker)
         self.idle_since[worker] = time.monotonic()

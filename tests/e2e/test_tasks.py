@@ -286,6 +286,20 @@ def test_deep_nesting(ray):
     assert rayr.get(depth.remote(5), timeout=60) == 5
 
 
+def test_a_sync_loop_keeps_to_one_worker(ray):
+    """Back-to-back calls go to the worker leased for the last one, which waits for them on
+    the stream, not to another idle worker: a large argument is mapped by one process."""
+
+    @rayr.remote
+    def pid_of(blob):
+        return os.getpid(), len(blob)
+
+    ref = rayr.put(b"x" * (8 << 20))
+    calls = [rayr.get(pid_of.remote(ref), timeout=60) for _ in range(20)]
+    assert {size for _, size in calls} == {8 << 20}
+    assert len({pid for pid, _ in calls[2:]}) == 1, calls
+
+
 def test_top_level_refs_resolved_nested_refs_kept(ray):
     @rayr.remote
     def inspect(value, holder):

@@ -205,3 +205,24 @@ def test_a_zero_cpu_shape_is_read_no_faster_than_workers_can_take_it():
     s.on_worker_blocked("w0")  # a parent waiting on children lends its slot
     s.on_worker_blocked("w1")
     assert s.read_budget()["later=0.001"] == 2
+
+
+def test_streams_left_to_leased_workers():
+    s = Scheduler(total={"CPU": 2.0}, max_workers=8)
+    s.add_shapes({"CPU=1"})
+    s.on_tasks([QueuedTask("s1", b"1", b"spec", "CPU=1", {"CPU": 1.0})])
+    # read and reserved: the worker it goes to will wait on s1 for the next one
+    assert s.leased_streams() == {"s1"}
+    assert s.leased_streams([QueuedTask("s2", b"2", b"spec", "CPU=1", {"CPU": 1.0})]) == {"s1", "s2"}
+    s.on_worker_ready("w1")
+    s.dispatches()
+    assert s.leased_streams() == {"s1"}
+    s.on_worker_blocked("w1")  # in get(): it is not waiting on its stream
+    assert s.leased_streams() == set()
+    s.on_worker_unblocked("w1")
+    assert s.leased_streams() == {"s1"}
+    s.on_task_done("w1")  # the lease ended
+    assert s.leased_streams() == set()
+    creation = QueuedTask("s3", b"3", b"spec", "@CPU=1", {"CPU": 1.0}, actor="a" * 32)
+    s.on_tasks([creation])
+    assert s.leased_streams() == set(), "an actor's worker never reads a task stream"
