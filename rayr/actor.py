@@ -356,7 +356,9 @@ class ActorHandle(Generic[T]):
             raise AttributeError(
                 f"'{self.__dict__.get('_class_name', 'Actor')}' actor has no method {name!r}"
             )
-        return ActorMethod(self, name, _method_options(methods[name]))
+        method: ActorMethod[..., Any] = ActorMethod(self, name, _method_options(methods[name]))
+        self.__dict__[name] = method  # made once: later lookups find it without __getattr__
+        return method
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id})"
@@ -383,6 +385,8 @@ class ActorMethod(Generic[P, Out]):
         self._name = name
         self._options = options
         self._num_returns = parse_num_returns(options.get("num_returns", 1))
+        self._qualname = f"{handle._class_name}.{name}"
+        self._task_options: TaskOptions | None = None  # made on the first call, then shared
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -417,18 +421,20 @@ class ActorMethod(Generic[P, Out]):
         """Call the method; returns as ``RemoteFunction.remote`` does."""
         core = context.require_core()
         num_returns = self._num_returns
-        retry = self._options.get("retry_exceptions", False)
-        opts = TaskOptions(
-            resources={},
-            shape="",
-            num_returns=num_returns,
-            max_retries=self._options.get("max_task_retries", self._handle._max_task_retries),
-            retry_exceptions=retry if isinstance(retry, bool) else bytes.fromhex(retry),
-            name=self._options.get("name") or f"{self._handle._class_name}.{self._name}",
-        )
+        opts = self._task_options
+        if opts is None:
+            retry = self._options.get("retry_exceptions", False)
+            opts = self._task_options = TaskOptions(
+                resources={},
+                shape="",
+                num_returns=num_returns,
+                max_retries=self._options.get("max_task_retries", self._handle._max_task_retries),
+                retry_exceptions=retry if isinstance(retry, bool) else bytes.fromhex(retry),
+                name=self._options.get("name") or self._qualname,
+            )
         refs: list[ObjectRef[Any]] = core.submit_task(
             "",
-            f"{self._handle._class_name}.{self._name}",
+            self._qualname,
             args,
             kwargs,
             opts,

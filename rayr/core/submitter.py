@@ -221,20 +221,20 @@ class TaskSubmitter:
         )
         return_ids = spec.return_ids()
         parent = self._current_task_id()
+        deps = set(spec.ref_args)
         with self.cond:
             if parent is not None:
                 self.children.setdefault(parent, []).append(return_ids[0])
             # a generator's items may arrive at once: accepted from before it is queued
             self.own.own_returns(return_ids, task_id if opts.num_returns in (STREAMING, DYNAMIC) else None)
             self.lineage.start(spec, held, args_object, shape, opts.strategy)
-        refs: list[ObjectRef[Any]] = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
-        deps = set(spec.ref_args)
+            refs: list[ObjectRef[Any]] = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
+            if not deps:  # nothing to watch first: queue it under this same hold of the lock
+                waiting = self._queue(spec, stream, kind, actor_id)
         if deps:
             self._watch(deps)
-        with self.cond:
-            waiting = self._wait_for(spec, stream)
-            if kind == ACTOR_CALL:
-                self.actor_queues.setdefault(actor_id, deque()).append(waiting)
+            with self.cond:
+                waiting = self._queue(spec, stream, kind, actor_id)
         if self.events is not None:
             self.events.submitted(spec, parent, opts.shape, bool(waiting.missing))
         if kind == ACTOR_CALL:
@@ -242,6 +242,14 @@ class TaskSubmitter:
         elif not waiting.missing:
             self.submit_ready(spec, stream)
         return refs
+
+    def _queue(self, spec: TaskSpec, stream: str, kind: int, actor_id: str) -> WaitingTask:
+        """(Under the lock.) The task waiting for its unresolved arguments; an actor call also
+        joins its actor's queue of this process's calls."""
+        waiting = self._wait_for(spec, stream)
+        if kind == ACTOR_CALL:
+            self.actor_queues.setdefault(actor_id, deque()).append(waiting)
+        return waiting
 
     def _wait_for(self, spec: TaskSpec, stream: str) -> WaitingTask:
         """(Under the lock.) The task, waiting for whichever of its arguments are unresolved."""

@@ -27,6 +27,7 @@ them too, so a lagging replica costs duplicates (tasks run at least once), not l
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -48,6 +49,7 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("rayr.commands")
 
 Command = Sequence[Any]
+_NO_SCRIPT = redis.exceptions.NoScriptError
 Callback = Callable[[list[Any]], None]
 # a writer's failed send closes the socket under a read, which may surface as any of these
 _READ_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, ValueError, AttributeError, TypeError)
@@ -107,10 +109,32 @@ class CommandStream:
         self._out: list[bytes] = []  # packed commands of a burst, not written yet (under _lock)
         self._last_send = 0.0
         self._burst = threading.Event()  # a burst started buffering: the flusher writes it soon
+        # script body -> SHA1, for the scripts this stream has loaded (SCRIPT LOAD written
+        # ahead of their first use, and again first thing on every new connection)
+        self._shas: dict[str, str] = {}
         self._reader = threading.Thread(target=self._read_replies, name="rayr-replies", daemon=True)
         self._reader.start()
         self._flusher = threading.Thread(target=self._flush_bursts, name="rayr-flusher", daemon=True)
         self._flusher.start()
+
+    def _by_sha(self, commands: Sequence[Command]) -> Sequence[Command]:
+        """``commands`` with each EVAL of a script as EVALSHA: the body (up to ~1 KB) is
+        neither sent nor hashed by Redis per call. The first use of a script writes its
+        SCRIPT LOAD ahead of it on this connection, where Redis runs it first."""
+        out: list[Command] | None = None
+        for i, command in enumerate(commands):
+            if command[0] != "EVAL":
+                continue
+            body = command[1]
+            sha = self._shas.get(body)
+            if sha is None:
+                sha = hashlib.sha1(body.encode()).hexdigest()
+                self.send([("SCRIPT", "LOAD", body)])
+                self._shas[body] = sha  # after the load is written: others may now skip it
+            if out is None:
+                out = list(commands)
+            out[i] = ("EVALSHA", sha, *command[2:])
+        return commands if out is None else out
 
     def _pack(self, commands: Sequence[Command]) -> list[bytes]:
         if _pack_command is not None:
@@ -127,7 +151,7 @@ class CommandStream:
                 "the command connection to Redis was lost for good (Redis stayed unreachable); "
                 "nothing more can be sent from this process"
             )
-        packed = self._pack(commands)
+        packed = self._pack(self._by_sha(commands))
         now = time.perf_counter()
         with self._lock:
             with self._cond:
@@ -224,6 +248,11 @@ class CommandStream:
                     try:
                         replies.append(self._conn.read_response(disable_decoding=True))
                     except redis.ResponseError as err:  # an error reply, already consumed
+                        if isinstance(err, _NO_SCRIPT):
+                            # the script cache was flushed under us (SCRIPT FLUSH): as after a
+                            # lost connection, reconnect, load the scripts again and resend
+                            # from this batch on
+                            raise redis.ConnectionError(f"Redis lost this stream's scripts: {err}") from err
                         replies.append(err)
             except _READ_ERRORS as err:
                 head = self._waiting[len(held)]
@@ -346,6 +375,7 @@ class CommandStream:
         with self._cond:
             self._replay_unconfirmed()
             self._one_wait_at_the_end()
+            self._load_scripts_first()
             unanswered = [packed for _, _, packed in self._waiting]
         for packed in unanswered:
             self._conn.send_packed_command(packed, check_health=False)
@@ -363,6 +393,14 @@ class CommandStream:
         self._done -= len(replays)
         self._unconfirmed.clear()
         self._unconfirmed_bytes = 0
+
+    def _load_scripts_first(self) -> None:
+        """Before a resend (under _cond): SCRIPT LOAD of every script this stream uses goes
+        first, since a restarted or failed-over Redis may have none of them. Their replies
+        are read and dropped."""
+        loads = [(1, _REPLAY_MARK, self._pack([("SCRIPT", "LOAD", body)])) for body in list(self._shas)]
+        self._waiting.extendleft(reversed(loads))
+        self._done -= len(loads)  # positions are _done + index, as for the replays
 
     def _one_wait_at_the_end(self) -> None:
         """Before a resend (under _cond): one WAIT after all the batches instead of one per

@@ -57,3 +57,32 @@ def test_a_command_that_breaks_the_connection_is_failed_and_nothing_else_is_lost
         stream.close()
         client.close()
         procs.stop([proc])
+
+
+def test_scripts_go_by_sha_and_survive_a_script_flush(redis_url):
+    """A script's body goes over the wire once (SCRIPT LOAD), then EVALSHA; when the script
+    cache is flushed under the stream, it reconnects, loads again and resends, in order."""
+    script = "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
+    stream = CommandStream(redis_url, None)
+    client = connect(redis_url)
+    got: list[list] = []
+    try:
+        for i in range(20):
+            stream.send([("EVAL", script, 1, "cs-script:list", i)], got.append)
+        assert stream.flush(timeout=10)
+        assert [r[0] for r in got] == list(range(1, 21))
+        calls = client.info("commandstats")
+        assert calls["cmdstat_evalsha"]["calls"] >= 20, calls
+        client.script_flush()
+        for i in range(20, 40):
+            stream.send([("EVAL", script, 1, "cs-script:list", i)], got.append)
+        assert stream.flush(timeout=30)
+        assert not any(isinstance(r[0], Exception) for r in got), got
+        # each element exactly once or, where a batch was resent, in order again: what
+        # counts is that nothing is missing and the last ones came last
+        values = [int(v) for v in client.lrange("cs-script:list", 0, -1)]
+        assert set(values) == set(range(40)) and values[-1] == 39
+    finally:
+        stream.close()
+        client.delete("cs-script:list")
+        client.close()
