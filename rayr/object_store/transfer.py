@@ -37,6 +37,7 @@ KEY_TTL_MS = 120_000  # whatever a vanished side leaves behind goes away by itse
 RAW = b"R"
 LZ4 = b"Z"
 FAILED = b"E"
+STOP = b"stop"  # on the ack list: the receiver gave up, the sender stops
 _HEAD = struct.Struct("<cII")  # kind, chunk index, uncompressed length
 _WORTH_IT = 0.8  # compress only if the first chunk shrinks below this fraction
 
@@ -135,8 +136,12 @@ def send_object(r: Any, keys: Keys, store: ObjectStoreBackend, oid: bytes, dest:
                     for _ in range(pending):
                         raw.line()
                     pending = 0
-                    if r.blpop([ack], timeout=PULL_TIMEOUT_S) is None:
+                    acked = r.blpop([ack], timeout=PULL_TIMEOUT_S)
+                    if acked is None:
                         raise ObjectLostError(oid.hex(), f"Node {dest[:12]} stopped taking its chunks.")
+                    if acked[1] == STOP:  # the receiver gave up; what we wrote expires
+                        raw.ok = True
+                        return
                 chunk = view[offset : offset + CHUNK]
                 kind, data = RAW, chunk
                 if compress is not False:
@@ -176,20 +181,40 @@ def _next_chunk(r: Any, keys: Keys, key: str, oid: bytes, holder: str) -> Any:
                                   f"Node {holder[:12]} did not send it within {PULL_TIMEOUT_S}s.")
 
 
+def request_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, size: int) -> None:
+    """Ask node ``holder`` to send its ``size`` bytes of ``oid`` to ``dest``; ``receive_object``
+    takes them. (The sender starts at once, so the receiver can make room meanwhile.)
+
+    Raises:
+        ObjectLostError: the holder is not alive.
+    """
+    key = keys.transfer(oid.hex(), dest)
+    state = r.hget(keys.node(holder), "state")
+    if state != b"ALIVE":
+        raise ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}, which is "
+                              f"{(state or b'unknown').decode()}.")
+    r.delete(key, key + ":ack")  # what an earlier, abandoned pull left must not be mixed in
+    r.xadd(keys.node_stream(holder), control.Pull(oid, dest, size).fields())
+
+
 def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: memoryview) -> None:
     """Fill ``out`` with the object held by node ``holder`` (run by the process that needs it).
 
     Raises:
         ObjectLostError: the holder does not answer or no longer has the object.
     """
+    request_object(r, keys, oid, holder, dest, out.nbytes)
+    receive_object(r, keys, oid, holder, dest, out)
+
+
+def receive_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: memoryview) -> None:
+    """Fill ``out`` with the chunks of a transfer ``request_object`` asked for.
+
+    Raises:
+        ObjectLostError: the holder stops sending or no longer has the object.
+    """
     key = keys.transfer(oid.hex(), dest)
     ack = key + ":ack"
-    state = r.hget(keys.node(holder), "state")
-    if state != b"ALIVE":
-        raise ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}, which is "
-                              f"{(state or b'unknown').decode()}.")
-    r.delete(key, ack)  # what an earlier, abandoned pull left must not be mixed in
-    r.xadd(keys.node_stream(holder), control.Pull(oid, dest, out.nbytes).fields())
     offset = 0
     scratch: bytearray | None = None
     with _Raw(r) as raw:
@@ -224,6 +249,17 @@ def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: mem
     r.delete(key, ack)
 
 
+def _abandon(r: Any, keys: Keys, oid: bytes, dest: str) -> None:
+    """Tell the sender of a transfer this side gave up on to stop now, rather than wait
+    PULL_TIMEOUT_S for acknowledgements; the chunks it wrote expire by themselves."""
+    ack = keys.transfer(oid.hex(), dest) + ":ack"
+    try:
+        with r.pipeline(transaction=False) as pipe:
+            pipe.lpush(ack, STOP).pexpire(ack, KEY_TTL_MS).execute()
+    except Exception:  # Redis away: the sender times out instead
+        pass
+
+
 def pull_into_store(
     r: Any,
     keys: Keys,
@@ -246,10 +282,18 @@ def pull_into_store(
             try:
                 view = store.get(oid)  # another puller may have just finished
                 if view is None:
-                    buf = store.create(oid, size)
+                    # ask first: the holder sends its first chunks while we allocate (filling
+                    # 100 MB of fresh memory takes tens of ms)
+                    request_object(r, keys, oid, holder, node, size)
                     try:
-                        pull_object(r, keys, oid, holder, node, buf)
+                        buf = store.create(oid, size)
                     except BaseException:
+                        _abandon(r, keys, oid, node)
+                        raise
+                    try:
+                        receive_object(r, keys, oid, holder, node, buf)
+                    except BaseException:
+                        _abandon(r, keys, oid, node)
                         buf.release()
                         store.abort(oid)
                         raise

@@ -108,3 +108,41 @@ def test_vanished_receiver_stops_the_sender(redis_url, monkeypatch):
     key = keys.transfer(OID.hex(), "dest")
     assert 0 < r.pttl(key) <= transfer.KEY_TTL_MS  # what it left expires
     assert 0 < r.pttl(f"{key}:0") <= transfer.KEY_TTL_MS
+
+
+class FullStore:
+    """A receiving store with no room: ``create`` refuses every object."""
+
+    def get(self, oid: bytes) -> memoryview | None:
+        return None
+
+    def create(self, oid: bytes, size: int) -> memoryview:
+        raise MemoryError("no room for the object")
+
+
+def test_a_receiver_that_cannot_make_room_stops_the_sender_at_once(redis_url, monkeypatch):
+    """The pull is asked for before the receiver allocates (the sender starts meanwhile): when
+    the allocation fails, the sender must hear it now, not after PULL_TIMEOUT_S."""
+    monkeypatch.setattr(transfer, "CHUNK", 64 << 10)
+    r = connect(redis_url)
+    keys = Keys(f"xfer-{os.urandom(4).hex()}")
+    r.hset(keys.node("holder"), "state", "ALIVE")
+    size = (transfer.MAX_IN_FLIGHT + 4) * transfer.CHUNK
+    data = np.ones(size, dtype=np.uint8)
+    sent: list[BaseException | None] = []
+
+    def holder() -> None:
+        r.xread({keys.node_stream("holder"): "0"}, block=10_000, count=1)
+        try:
+            transfer.send_object(r, keys, ArrayStore(data), OID, "dest", size)
+            sent.append(None)
+        except BaseException as exc:
+            sent.append(exc)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    with pytest.raises(MemoryError):
+        transfer.pull_into_store(r, keys, FullStore(), OID, "holder", size, "dest", "me")  # type: ignore[arg-type]
+    thread.join(timeout=transfer.PULL_TIMEOUT_S / 2)
+    assert not thread.is_alive(), "the sender still waits for acknowledgements"
+    assert sent == [None]
