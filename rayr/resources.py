@@ -16,6 +16,10 @@ TARGET_MARK = "~"  # prefixes scheduler keys of streams targeted at one node, e.
 # suffixes the shape of tasks that run in a runtime env, e.g. "CPU=1|env=<hash>": tasks of
 # different envs never share a stream, so a worker leased to one never takes another's
 ENV_MARK = "|env="
+# prefixes the shape of plain tasks started by a running task or actor, e.g. "^CPU=1" (after
+# TARGET_MARK when targeted): raylets read these streams first, so a blocked parent's CPU goes
+# to its children rather than to the next parent, which would need a worker process of its own
+NESTED_MARK = "^"
 _EPS = 1e-9
 
 
@@ -27,7 +31,8 @@ def shape_key(request: Mapping[str, float]) -> str:
 
 def parse_shape(key: str) -> dict[str, float]:
     """Inverse of :func:`shape_key` (an actor-creation mark is ignored)."""
-    key = key.removeprefix(TARGET_MARK).removeprefix(ACTOR_SHAPE_MARK).partition(ENV_MARK)[0]
+    key = key.removeprefix(TARGET_MARK).removeprefix(NESTED_MARK).removeprefix(ACTOR_SHAPE_MARK)
+    key = key.partition(ENV_MARK)[0]
     if key == EMPTY_SHAPE:
         return {}
     out = {}
@@ -35,6 +40,11 @@ def parse_shape(key: str) -> dict[str, float]:
         name, _, amount = part.rpartition("=")
         out[name] = float(amount)
     return out
+
+
+def is_nested(key: str) -> bool:
+    """Whether a shape or scheduler key is that of tasks started by a running task."""
+    return key.removeprefix(TARGET_MARK).startswith(NESTED_MARK)
 
 
 def env_of(key: str) -> str:

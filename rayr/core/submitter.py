@@ -29,7 +29,7 @@ from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
-from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
+from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, NESTED_MARK, TARGET_MARK, shape_key
 from rayr.routing import Router, in_placement_group
 from rayr.runtime_env.resolver import EnvResolver
 from rayr.scheduling_strategies import GroupRef, PlacementGroupSchedulingStrategy
@@ -320,7 +320,12 @@ class TaskSubmitter:
         request = in_placement_group(opts.resources, opts.strategy)
         if request is not opts.resources:
             opts = replace(opts, resources=request, shape=shape_key(request))
-        shape = ACTOR_SHAPE_MARK + opts.shape if kind == ACTOR_CREATION else opts.shape
+        if kind == ACTOR_CREATION:
+            shape = ACTOR_SHAPE_MARK + opts.shape
+        elif self._current_task_id() is not None:  # a task's child: read before top-level tasks
+            shape = NESTED_MARK + opts.shape
+        else:
+            shape = opts.shape
         if opts.runtime_env is not None or self.envs.parent_hash:
             env = self.envs.hash_for(opts.runtime_env)
             if env:  # its own stream: only workers started in that env take from it

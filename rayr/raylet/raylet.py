@@ -266,11 +266,21 @@ class Raylet:
         waiting for it. What the leased workers leave behind is read within LEASED_POLL_S."""
         streams: dict[str, str] = {}
         looked: dict[str, str] = {}
+        nested: dict[str, str] = {}
         for shape in budget:
             stream = self.keys.task_stream(shape, self.node_id)
             (looked if stream in leased else streams)[stream] = ">"
             self._key_of[stream] = shape
+            if res.is_nested(shape):
+                nested[stream] = ">"
         count = max(budget.values())
+        if nested and len(nested) < len(budget):
+            # tasks started by running tasks first: a parent blocked in get() lent its CPU
+            # for its children, not for the next parent
+            reply = client.xreadgroup(TASK_GROUP, self.node_id, nested, count=count)
+            if reply and any(entries for _name, entries in reply):
+                self._take(reply)
+                return
         if looked:
             reply = client.xreadgroup(TASK_GROUP, self.node_id, looked, count=count)
             if reply and any(entries for _name, entries in reply):

@@ -300,6 +300,26 @@ def test_a_sync_loop_keeps_to_one_worker(ray):
     assert len({pid for pid, _ in calls[2:]}) == 1, calls
 
 
+def test_a_fan_out_runs_children_before_the_next_parents(ray):
+    """Children of running tasks are read before queued top-level tasks: a parent blocked in
+    get() lends its CPU to its children, not to the next parent, which would need one more
+    worker process (one per parent, before)."""
+
+    @rayr.remote
+    def child():
+        return os.getpid()
+
+    @rayr.remote
+    def parent(k):
+        return os.getpid(), rayr.get([child.remote() for _ in range(k)])
+
+    parents = 12
+    out = rayr.get([parent.remote(10) for _ in range(parents)], timeout=120)
+    assert [len(pids) for _, pids in out] == [10] * parents
+    processes = {pid for pid, _ in out} | {pid for _, pids in out for pid in pids}
+    assert len(processes) < parents, processes
+
+
 def test_top_level_refs_resolved_nested_refs_kept(ray):
     @rayr.remote
     def inspect(value, holder):

@@ -18,6 +18,10 @@ def test_shape_keys_roundtrip():
     assert res.shape_key({}) == res.shape_key({"CPU": 0}) == "none"
     assert res.parse_shape("CPU=1,GPU=0.5") == {"CPU": 1.0, "GPU": 0.5}
     assert res.parse_shape("none") == {}
+    # a nested task's stream, shared or targeted at a node, in a runtime env
+    for key in ("^CPU=1", "~^CPU=1", "^CPU=1|env=ab12"):
+        assert res.parse_shape(key) == {"CPU": 1.0} and res.is_nested(key), key
+    assert not res.is_nested("CPU=1") and not res.is_nested("~@CPU=1")
 
 
 def test_budget_follows_free_resources():
