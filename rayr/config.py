@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "RAYR_"
@@ -132,6 +131,8 @@ def load_settings(overrides: dict[str, Any] | None = None, yaml_path: str | None
     merged: dict[str, Any] = {}
     sources: list[tuple[str, dict[str, Any]]] = []
     if yaml_path:
+        import yaml  # only for a settings file: ~20 ms of every driver's import otherwise
+
         data = yaml.safe_load(Path(yaml_path).read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{yaml_path}: expected a mapping of settings, got {type(data).__name__}")

@@ -16,11 +16,12 @@ import json
 import os
 import zipfile
 from collections.abc import Iterator
-from typing import Any
-
-import pathspec
+from typing import TYPE_CHECKING, Any
 
 from rayr.runtime_env.validation import PACKAGE_SCHEME, merge
+
+if TYPE_CHECKING:
+    import pathspec
 
 DEFAULT_EXCLUDES = ("__pycache__", ".git", "*.pyc")
 GITIGNORE = ".gitignore"
@@ -34,15 +35,18 @@ class _Ignores:
     left out when any of them matches it; nothing below a left-out directory is read."""
 
     def __init__(self, excludes: list[str]) -> None:
+        import pathspec  # only when packaging: ~20 ms of every driver's import otherwise
+
+        self._spec = pathspec.GitIgnoreSpec.from_lines
         # (directory relative to the root, "" or ending in "/"; its rules), outermost first
-        self.rules: list[tuple[str, pathspec.PathSpec]] = [("", pathspec.GitIgnoreSpec.from_lines(excludes))]
+        self.rules: list[tuple[str, pathspec.PathSpec]] = [("", self._spec(excludes))]
 
     def enter(self, root: str, rel_dir: str) -> None:
         """Take up the ``.gitignore`` of directory ``rel_dir`` (relative to ``root``), if any."""
         path = os.path.join(root, rel_dir, GITIGNORE)
         if os.path.isfile(path):
             with open(path, encoding="utf-8", errors="replace") as f:
-                self.rules.append((rel_dir, pathspec.GitIgnoreSpec.from_lines(f.read().splitlines())))
+                self.rules.append((rel_dir, self._spec(f.read().splitlines())))
 
     def excluded(self, rel: str, is_dir: bool) -> bool:
         # a trailing "/" marks a directory, so patterns like "data/" match it and not a file
