@@ -38,6 +38,15 @@ class ObjectRef(Generic[T_co]):
         if core is not None:
             core.add_local_ref(object_id, owner)
 
+    @classmethod
+    def _counted(cls, object_id: bytes, owner: str) -> ObjectRef[Any]:
+        """A ref whose count the caller has already taken (under the core's lock, with the
+        rest of a submission's bookkeeping), so making it takes no lock of its own."""
+        ref = cls.__new__(cls)
+        ref._id = object_id
+        ref._owner = owner
+        return ref
+
     def __del__(self) -> None:
         core = context.state.core
         if core is not None:

@@ -228,7 +228,9 @@ class TaskSubmitter:
             # a generator's items may arrive at once: accepted from before it is queued
             self.own.own_returns(return_ids, task_id if opts.num_returns in (STREAMING, DYNAMIC) else None)
             self.lineage.start(spec, held, args_object, shape, opts.strategy)
-            refs: list[ObjectRef[Any]] = [ObjectRef(oid, self.worker_hex) for oid in return_ids]
+            for oid in return_ids:  # the refs made below: counted here, under this lock
+                self.own.add_ref(oid)
+            refs: list[ObjectRef[Any]] = [ObjectRef._counted(oid, self.worker_hex) for oid in return_ids]
             if not deps:  # nothing to watch first: queue it under this same hold of the lock
                 waiting = self._queue(spec, stream, kind, actor_id)
         if deps:
