@@ -45,7 +45,7 @@ class ArgRef:
 # A task-stream entry holds the encoded spec; an actor creation also carries CREATION_FIELD
 # (the raylet spots creations without decoding every spec), and a creation queued again because
 # its node died carries RESTART_FIELD (the new incarnation replays the mailbox). An actor
-# mailbox entry holds the spec alone (written by the SUBMIT_ACTOR_CALL script).
+# mailbox entry holds the spec alone (XADD NOMKSTREAM: GcsClient.submit_actor_call_command).
 SPEC_FIELD = b"s"
 CREATION_FIELD = b"a"
 RESTART_FIELD = b"r"

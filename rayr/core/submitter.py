@@ -403,12 +403,12 @@ class TaskSubmitter:
             if isinstance(reply, Exception):
                 self.gcs.fail_tasks([spec], ActorDiedError(f"Could not call the actor: {reply}",
                                                           spec.actor_id))
-            elif not reply[0]:
-                cause = reply[1].decode(errors="replace")
+            elif reply is None:  # no mailbox: the actor is dead or unknown
+                cause = self.gcs.actor_death_cause(spec.actor_id)
                 self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {spec.actor_id} is dead: {cause}",
                                                           spec.actor_id))
             else:
-                self._remember_submitted(spec, self.keys.actor_mailbox(spec.actor_id), reply[1])
+                self._remember_submitted(spec, self.keys.actor_mailbox(spec.actor_id), reply)
 
         return on_reply
 

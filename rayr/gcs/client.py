@@ -22,7 +22,7 @@ from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
-from rayr.task_spec import ACTOR_CREATION, TaskSpec, entry_fields
+from rayr.task_spec import ACTOR_CREATION, SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.gcs")
 T = TypeVar("T")
@@ -303,9 +303,19 @@ class GcsClient:
         return ("EVAL", scripts.RELEASE_HOLDERS, 0, *args)
 
     def submit_actor_call_command(self, actor_hex: str, spec: bytes) -> tuple[Any, ...]:
-        """The SUBMIT_ACTOR_CALL call as one command; its reply is {1, id} or {0, cause}."""
-        return ("EVAL", scripts.SUBMIT_ACTOR_CALL, 2, self.keys.actor(actor_hex),
-                self.keys.actor_mailbox(actor_hex), spec)
+        """Append a call to the actor's mailbox, as one command: its reply is the entry id, or
+        None when the actor is dead or unknown. The mailbox exists from the actor's
+        registration until it is marked DEAD (which deletes it), so ``NOMKSTREAM`` is the
+        liveness check, with no script per call."""
+        return ("XADD", self.keys.actor_mailbox(actor_hex), "NOMKSTREAM", "*", SPEC_FIELD, spec)
+
+    def actor_death_cause(self, actor_hex: str) -> str:
+        """Why calls to an actor are refused (its mailbox is gone)."""
+        key = self.keys.actor(actor_hex)
+        state, cause = self.r.hmget(key, "state", "death_cause")
+        if state is None:
+            return "the actor does not exist (it may belong to a job that ended)"
+        return cause.decode(errors="replace") if cause else "the actor is dead"
 
     def fetch_or_wait(self, inbox_hex: str, object_hexes: list[str]) -> list[bytes | None]:
         """Records of the objects; those not stored yet will be announced to ``inbox_hex``."""

@@ -107,22 +107,6 @@ redis.call('SADD', prefix .. '<<actors>>', actor)
 return {1, actor}
 """)
 
-# Append a call to a live actor's mailbox; refuse if the actor is dead.
-# KEYS[1]  actor hash
-# KEYS[2]  actor mailbox stream
-# ARGV[1]  encoded task spec
-# Returns {1, entry id}, or {0, death cause} when the actor is dead or unknown.
-SUBMIT_ACTOR_CALL = _fill("""
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  return {0, 'the actor does not exist (it may belong to a job that ended)'}
-end
-if state == 'DEAD' then
-  return {0, redis.call('HGET', KEYS[1], 'death_cause') or 'the actor is dead'}
-end
-return {1, redis.call('XADD', KEYS[2], '*', 's', ARGV[1])}
-""")
-
 # Mark an actor DEAD, free its name, and take every call still in its mailbox.
 # ARGV[1]  cluster key prefix
 # ARGV[2]  actor id hex

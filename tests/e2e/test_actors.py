@@ -274,6 +274,14 @@ def test_kill_fails_pending_and_later_calls(ray):
     assert rayr.get(c.inc.remote()) == 1  # nothing else was disturbed
 
 
+def test_a_call_to_an_actor_that_never_existed_fails_with_the_reason(ray):
+    real = Counter.remote()
+    ghost = rayr.actor.ActorHandle("ab" * 16, real._class_name, real._methods, 0)
+    with pytest.raises(ActorDiedError, match="does not exist"):
+        rayr.get(ghost.inc.remote(), timeout=10)
+    assert rayr.get(real.inc.remote()) == 1
+
+
 def test_exit_actor(ray):
     @rayr.remote
     class Quitter:

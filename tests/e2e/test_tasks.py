@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -300,7 +301,7 @@ def test_a_sync_loop_keeps_to_one_worker(ray):
     # a worker that became idle just then (one finishing its start, say) may take over the
     # loop now and then; two idle workers taking turns, as before, switched every call or two
     pids = [pid for pid, _ in calls[2:]]
-    switches = sum(a != b for a, b in zip(pids, pids[1:]))
+    switches = sum(a != b for a, b in itertools.pairwise(pids))
     assert switches <= 3, calls
 
 
