@@ -75,7 +75,7 @@ class TaskOptions:
     runtime_env: dict[str, Any] | None = None  # validated; merged over the inherited env
 
 
-_FIRST_RETURN = (1).to_bytes(4, "big")
+FIRST_RETURN = (1).to_bytes(4, "big")  # suffix of a task's first return id
 
 
 class TaskSpec(NamedTuple):
@@ -109,7 +109,7 @@ class TaskSpec(NamedTuple):
         # num_returns=0 still reports completion through one id; a stream reports its count there
         n = self.num_returns
         if n <= 1:  # nearly every call: one id, spelled without a loop
-            return [self.task_id + _FIRST_RETURN]
+            return [self.task_id + FIRST_RETURN]
         return [self.task_id + i.to_bytes(4, "big") for i in range(1, n + 1)]
 
     def encode(self) -> bytes:

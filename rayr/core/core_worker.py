@@ -35,7 +35,7 @@ from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
-from rayr.task_spec import TASK, TaskOptions, TaskSpec
+from rayr.task_spec import FIRST_RETURN, TASK, TaskOptions, TaskSpec
 
 if TYPE_CHECKING:
     import redis
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from rayr import serialization
     from rayr.config import Settings
 
-FIRST_RETURN = (1).to_bytes(4, "big")
 
 # The task (its id, resources and spec) running in this thread or asyncio task of a worker.
 _current_task: contextvars.ContextVar[tuple[bytes, dict[str, float], Any] | None] = contextvars.ContextVar(

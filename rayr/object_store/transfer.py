@@ -285,17 +285,15 @@ def pull_into_store(
                     # ask first: the holder sends its first chunks while we allocate (filling
                     # 100 MB of fresh memory takes tens of ms)
                     request_object(r, keys, oid, holder, node, size)
+                    buf = None
                     try:
                         buf = store.create(oid, size)
-                    except BaseException:
-                        _abandon(r, keys, oid, node)
-                        raise
-                    try:
                         receive_object(r, keys, oid, holder, node, buf)
                     except BaseException:
                         _abandon(r, keys, oid, node)
-                        buf.release()
-                        store.abort(oid)
+                        if buf is not None:
+                            buf.release()
+                            store.abort(oid)
                         raise
                     buf.release()
                     store.seal(oid)
