@@ -253,6 +253,12 @@ class Keys:
         return self.prefix + "ended_jobs"
 
     @property
+    def ended_drivers(self) -> str:
+        """Drivers of ended jobs: results of their tasks that finish later land in their inbox,
+        which the monitor keeps deleting until the job leaves the history."""
+        return self.prefix + "ended_drivers"
+
+    @property
     def dead_actors(self) -> str:
         return self.prefix + _F["dead_actors"]
 

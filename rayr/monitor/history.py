@@ -36,6 +36,19 @@ def trim_history(
     return removed
 
 
+def sweep_ended_inboxes(gcs: GcsClient) -> None:
+    """Delete the inboxes of ended jobs' drivers again: a task of the job that was running
+    when it ended still delivers its result there (the job's record keeps the driver in
+    ``ended_drivers`` until the history drops it)."""
+    drivers = gcs.r.smembers(gcs.keys.ended_drivers)
+    if not drivers:
+        return
+    with gcs.r.pipeline(transaction=False) as p:
+        for driver in drivers:
+            p.delete(*gcs.keys.inbox_keys(driver.decode()))
+        p.execute()
+
+
 def _forget_job(gcs: GcsClient, job_hex: str) -> None:
     keys = gcs.keys
     driver = gcs.r.hget(keys.job(job_hex), "driver_worker")
@@ -45,6 +58,7 @@ def _forget_job(gcs: GcsClient, job_hex: str) -> None:
         p.hdel(keys.task_events_dropped, job_hex)
         if driver:  # results of tasks that ended after their driver may have refilled it
             p.delete(*keys.inbox_keys(driver.decode()))
+            p.srem(keys.ended_drivers, driver)
         p.srem(keys.jobs, job_hex)
         p.execute()
 

@@ -252,15 +252,17 @@ rayr.init(address=sys.argv[1], _cluster_name=sys.argv[2])
 marks = sys.argv[3]
 
 @rayr.remote
-def soon(i):
-    open(os.path.join(marks, str(i)), "w").close()
-    time.sleep(0.3)
-    return i
+def late():
+    open(os.path.join(marks, "started"), "w").close()
+    while not os.path.exists(os.path.join(marks, "go")):  # the test says when: after the job ended
+        time.sleep(0.01)
+    return 1
 
-refs = [soon.remote(i) for i in range(3)]
-while len(os.listdir(marks)) < 3:  # all three run: their results come after we are gone
+ref = late.remote()
+while not os.path.exists(os.path.join(marks, "started")):
     time.sleep(0.01)
-print(rayr.context.require_core().worker_hex, flush=True)
+core = rayr.context.require_core()
+print(core.worker_hex, core.job_id.hex(), ref.hex(), flush=True)
 time.sleep(120)
 """
 
@@ -271,21 +273,25 @@ def test_a_dead_drivers_inbox_goes_with_its_job(cluster3, tmp_path):
     args = [sys.executable, "-c", DYING_DRIVER, cluster.address, cluster.name, str(tmp_path)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
-        driver = proc.stdout.readline().strip()
+        driver, job, result = proc.stdout.readline().split()
     finally:
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    inbox = core.keys.inbox(driver)
-    deadline = time.time() + 30
-    while not core.gcs.r.exists(inbox):  # its results arrive after it stopped reading
-        assert time.time() < deadline, "no result reached the dead driver's inbox"
-        time.sleep(0.02)
-    deadline = time.time() + 30
-    while core.gcs.r.scard(core.keys.running_jobs) > 1:  # ours is the only one left
+    deadline = time.time() + 60
+    while core.gcs.r.sismember(core.keys.running_jobs, job):
         assert time.time() < deadline, "the dead driver's job did not end"
         time.sleep(0.05)
-    assert not core.gcs.r.exists(inbox)
+    (tmp_path / "go").touch()  # the task still running finishes: its result lands in the inbox
+    deadline = time.time() + 60
+    while not core.gcs.r.exists(core.keys.object_key_prefix + result):
+        assert time.time() < deadline, "the task running when its job ended never finished"
+        time.sleep(0.02)
+    inbox = core.keys.inbox_keys(driver)
+    deadline = time.time() + 60
+    while core.gcs.r.exists(*inbox):  # the monitor deletes it again
+        assert time.time() < deadline, "a result that came after the job ended stayed in its inbox"
+        time.sleep(0.05)
 
 
 def test_an_actor_creation_does_not_wait_for_a_backlog_of_tasks(cluster3):
