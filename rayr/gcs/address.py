@@ -12,11 +12,12 @@ Accepted forms (everywhere an address is: ``--address``, ``--redis-address``, ``
     redis+cluster://[[user]:pass@]h1:7000,h2:7001,...                  a Redis Cluster (seed nodes)
     rediss+cluster://...                                              the same over TLS
 
-On a Redis Cluster every key of one rayr cluster carries the hash tag ``{<cluster name>}``
+On a Redis Cluster the tables of one rayr cluster carry the hash tag ``{<cluster name>}``
 (``keys.py``), so they all live in one slot: each connection asks the seed nodes (CLUSTER
 SLOTS) which master serves that slot when it connects, and connects there; a MOVED or
 CLUSTERDOWN reply (the slot moved, or a failover is under way) drops the connection, so the
-command is sent again to wherever the slot is now.
+command is sent again to wherever the slot is now. Spread keys (``{<cluster name>/<n>}``) get
+a pool of their own per tag the same way (:func:`slot_pool`).
 
 A password in the URL is taken out of it at once (:func:`split_password`): rayr passes
 addresses on command lines, which every user can read, and prints them; the password travels
@@ -283,6 +284,17 @@ def slot_of(cluster_name: str) -> int:
     return key_slot(Keys(cluster_name).prefix.encode())
 
 
+def slot_pool(pool: redis.ConnectionPool, slot: int) -> redis.ConnectionPool | None:
+    """A pool like ``pool`` (a Redis Cluster one, made by ``connection_pool``) whose
+    connections go to the master serving ``slot``; None for any other kind of Redis, where
+    every key lives on the one server ``pool`` reaches."""
+    master = pool.connection_kwargs.get("slot_master")
+    if not isinstance(master, SlotMaster):
+        return None
+    kwargs = {**pool.connection_kwargs, "slot_master": master.for_slot(slot)}
+    return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+
+
 class SlotMaster:
     """Which master of a Redis Cluster serves one slot, asked of its nodes (CLUSTER SLOTS)."""
 
@@ -293,6 +305,14 @@ class SlotMaster:
         self._probe = {k: v for k, v in conn.items() if k in ("username", "password") or k.startswith("ssl_")}
         self._probe.update(ssl=tls, socket_connect_timeout=2.0, socket_timeout=2.0)
         self._lock = threading.Lock()
+
+    def for_slot(self, slot: int) -> SlotMaster:
+        """The same lookup for another slot, starting from every node known here."""
+        other = SlotMaster((), slot, {}, tls=False)
+        with self._lock:
+            other._known = list(self._known)
+        other._probe = dict(self._probe)
+        return other
 
     def find(self) -> tuple[str, int]:
         """The (host, port) of the master serving the slot now.

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
@@ -125,6 +126,26 @@ class GcsClient:
         self._cancel_task = client.register_script(scripts.CANCEL_TASK)
         self._cancel_actor_call = client.register_script(scripts.CANCEL_ACTOR_CALL)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._shards: dict[int, Any] = {}
+
+    def shard(self, tag: int) -> Any:
+        """The client for keys under spread tag ``tag`` (``Keys.spread_prefix``): on a Redis
+        Cluster one whose connections go to the master serving that tag's slot, made on first
+        use; on any other Redis the tables' own client."""
+        client = self._shards.get(tag)
+        if client is None:
+            slot = key_slot(self.keys.spread_prefix(tag).encode())
+            pool = address_mod.slot_pool(self.r.connection_pool, slot)
+            client = self.r if pool is None else redis.Redis(connection_pool=pool)
+            client = self._shards.setdefault(tag, client)  # another thread's, if it was first
+        return client
+
+    def close(self) -> None:
+        """Close the tables' connections and every spread tag's."""
+        for client in self._shards.values():
+            if client is not self.r:
+                client.connection_pool.disconnect()
+        self.r.close()
 
     def durable(self) -> None:
         """Wait (WAIT, up to WAIT_TIMEOUT_MS) until the replicas hold this connection's writes.

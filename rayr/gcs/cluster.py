@@ -72,7 +72,8 @@ def auth_error(url: str, password: str | None, err: Exception) -> RedisAuthError
             return RedisAuthError(f"The Redis at {url} refused the Redis password given (or the user "
                                   f"named in the address): {PASSWORD_HOW} to the cluster's password.")
         return RedisAuthError(f"The Redis at {url} requires a Redis password: {PASSWORD_HOW}.")
-    if isinstance(err, redis.ResponseError) and text.startswith("NOPERM"):
+    if isinstance(err, redis.exceptions.NoPermissionError) or (  # redis-py strips the NOPERM
+            isinstance(err, redis.ResponseError) and text.startswith("NOPERM")):
         return RedisAuthError(f"The Redis at {url} denied the user named in the address a command rayr "
                               f"needs ({text}): grant the rules in docs/clusters/existing-redis.md.")
     return None

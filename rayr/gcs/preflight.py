@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
+from rayr.gcs.address import slot_pool
 from rayr.keys import Keys
 
 MIN_VERSION = (6, 2)  # XAUTOCLAIM-era stream commands, GETDEL, EXAT: what rayr is tested on
@@ -32,6 +34,7 @@ class ServerFacts:
     live_nodes: int  # of this cluster name
     supervisor_alive: bool
     cluster_address: bool = False  # rayr was given a Redis Cluster address (redis+cluster://)
+    spread_denied: bool = False  # an ACL lets us at the tables' keys but not the spread keys
 
 
 @dataclass
@@ -74,6 +77,11 @@ def assess(facts: ServerFacts) -> Findings:
         errors.append(f"the cluster name {facts.cluster_name!r} is in use on this Redis ({what}): choose "
                       "another with --cluster-name / RAYR_CLUSTER_NAME (or another database, /N at the "
                       "end of the address), or stop that cluster first.")
+    if facts.spread_denied:
+        pattern = Keys(facts.cluster_name).spread_pattern
+        errors.append(f"the Redis user may not use the keys {pattern}, which carry object transfers "
+                      f"between nodes: add ~{pattern} to its ACL rules (docs/clusters/existing-redis.md "
+                      "lists them all).")
     if not facts.aof_enabled and not facts.save:
         unknown = " as far as rayr can tell (CONFIG GET is refused)" if facts.save is None else ""
         warnings.append(f"this Redis keeps no persistence{unknown}: if it restarts, the cluster's queued "
@@ -98,6 +106,7 @@ def gather(client: Any, cluster_name: str, cluster_address: bool = False) -> Ser
         pipe.exists(keys.supervisor_alive)
         alive = pipe.execute()
     return ServerFacts(
+        spread_denied=_spread_denied(client, keys),
         version=_decode(info.get("redis_version", "0")),
         role=_decode(info.get("role", "master")),
         cluster_enabled=bool(info.get("cluster_enabled", 0)),
@@ -110,6 +119,21 @@ def gather(client: Any, cluster_name: str, cluster_address: bool = False) -> Ser
         supervisor_alive=bool(alive[-1]),
         cluster_address=cluster_address,
     )
+
+
+def _spread_denied(client: Any, keys: Keys) -> bool:
+    """Whether an ACL refuses us the spread keys (asked of the master serving one of them)."""
+    probe = keys.spread_prefix(0) + "probe"
+    pool = slot_pool(client.connection_pool, key_slot(probe.encode()))
+    spread = client if pool is None else redis.Redis(connection_pool=pool)
+    try:
+        spread.exists(probe)
+    except redis.exceptions.NoPermissionError:  # redis-py's name for a NOPERM reply
+        return True
+    finally:
+        if spread is not client:
+            pool.disconnect()  # type: ignore[union-attr]
+    return False
 
 
 def _decode(value: Any) -> str:

@@ -118,25 +118,26 @@ class _Raw:
         self.sock.sendall(b"\r\n" + _cmd(b"PX", ttl)[4:] + _cmd(b"RPUSH", announce, head))
 
 
-def send_object(r: Any, keys: Keys, store: ObjectStoreBackend, oid: bytes, dest: str, size: int) -> None:
-    """Push ``oid`` from this node's store to ``dest`` (run by the holder's raylet)."""
+def send_object(x: Any, keys: Keys, store: ObjectStoreBackend, oid: bytes, dest: str, size: int) -> None:
+    """Push ``oid`` from this node's store to ``dest`` (run by the holder's raylet); ``x`` is
+    the client for the object's transfer keys (``GcsClient.shard``)."""
     key = keys.transfer(oid.hex(), dest)
     ack = key + ":ack"
     view = store.get(oid)
     if view is None:
-        r.rpush(key, _HEAD.pack(FAILED, 0, 0) + b"the object is no longer in its node's store")
-        r.expire(key, KEY_TTL_MS // 1000)
+        x.rpush(key, _HEAD.pack(FAILED, 0, 0) + b"the object is no longer in its node's store")
+        x.expire(key, KEY_TTL_MS // 1000)
         return
     compress: bool | None = None
     try:
-        with _Raw(r) as raw:
+        with _Raw(x) as raw:
             pending = 0  # replies (SET, RPUSH) not read yet
             for index, offset in enumerate(range(0, size, CHUNK)):
                 if index >= MAX_IN_FLIGHT:  # wait until the receiver has taken one
                     for _ in range(pending):
                         raw.line()
                     pending = 0
-                    acked = r.blpop([ack], timeout=PULL_TIMEOUT_S)
+                    acked = x.blpop([ack], timeout=PULL_TIMEOUT_S)
                     if acked is None:
                         raise ObjectLostError(oid.hex(), f"Node {dest[:12]} stopped taking its chunks.")
                     if acked[1] == STOP:  # the receiver gave up; what we wrote expires
@@ -163,13 +164,13 @@ def send_object(r: Any, keys: Keys, store: ObjectStoreBackend, oid: bytes, dest:
         view.release()
 
 
-def _next_chunk(r: Any, keys: Keys, key: str, oid: bytes, holder: str) -> Any:
+def _next_chunk(r: Any, x: Any, keys: Keys, key: str, oid: bytes, holder: str) -> Any:
     """The next chunk announcement of transfer ``key``. While waiting, the holder's state is
     checked every HOLDER_CHECK_S: a holder declared dead will never send, and the caller
     should go to reconstruction now rather than after PULL_TIMEOUT_S."""
     deadline = time.monotonic() + PULL_TIMEOUT_S
     while True:
-        item = r.blpop([key], timeout=HOLDER_CHECK_S)
+        item = x.blpop([key], timeout=HOLDER_CHECK_S)
         if item is not None:
             return item
         state = r.hget(keys.node(holder), "state")
@@ -181,9 +182,10 @@ def _next_chunk(r: Any, keys: Keys, key: str, oid: bytes, holder: str) -> Any:
                                   f"Node {holder[:12]} did not send it within {PULL_TIMEOUT_S}s.")
 
 
-def request_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, size: int) -> None:
+def request_object(r: Any, x: Any, keys: Keys, oid: bytes, holder: str, dest: str, size: int) -> None:
     """Ask node ``holder`` to send its ``size`` bytes of ``oid`` to ``dest``; ``receive_object``
-    takes them. (The sender starts at once, so the receiver can make room meanwhile.)
+    takes them. (The sender starts at once, so the receiver can make room meanwhile.) ``r`` is
+    the tables' client, ``x`` the one for the object's transfer keys (``GcsClient.shard``).
 
     Raises:
         ObjectLostError: the holder is not alive.
@@ -193,21 +195,21 @@ def request_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, size:
     if state != b"ALIVE":
         raise ObjectLostError(oid.hex(), f"Its only copy was on node {holder[:12]}, which is "
                               f"{(state or b'unknown').decode()}.")
-    r.delete(key, key + ":ack")  # what an earlier, abandoned pull left must not be mixed in
+    x.delete(key, key + ":ack")  # what an earlier, abandoned pull left must not be mixed in
     r.xadd(keys.node_stream(holder), control.Pull(oid, dest, size).fields())
 
 
-def pull_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: memoryview) -> None:
+def pull_object(r: Any, x: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: memoryview) -> None:
     """Fill ``out`` with the object held by node ``holder`` (run by the process that needs it).
 
     Raises:
         ObjectLostError: the holder does not answer or no longer has the object.
     """
-    request_object(r, keys, oid, holder, dest, out.nbytes)
-    receive_object(r, keys, oid, holder, dest, out)
+    request_object(r, x, keys, oid, holder, dest, out.nbytes)
+    receive_object(r, x, keys, oid, holder, dest, out)
 
 
-def receive_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: memoryview) -> None:
+def receive_object(r: Any, x: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: memoryview) -> None:
     """Fill ``out`` with the chunks of a transfer ``request_object`` asked for.
 
     Raises:
@@ -217,9 +219,9 @@ def receive_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: 
     ack = key + ":ack"
     offset = 0
     scratch: bytearray | None = None
-    with _Raw(r) as raw:
+    with _Raw(x) as raw:
         while offset < out.nbytes:
-            item = _next_chunk(r, keys, key, oid, holder)
+            item = _next_chunk(r, x, keys, key, oid, holder)
             kind, index, length = _HEAD.unpack_from(item[1])
             if kind == FAILED:
                 reason = item[1][_HEAD.size :].decode(errors="replace")
@@ -246,15 +248,15 @@ def receive_object(r: Any, keys: Keys, oid: bytes, holder: str, dest: str, out: 
                                       f"A chunk from node {holder[:12]} expired before it was read.")
             offset += length
         raw.ok = True
-    r.delete(key, ack)
+    x.delete(key, ack)
 
 
-def _abandon(r: Any, keys: Keys, oid: bytes, dest: str) -> None:
+def _abandon(x: Any, keys: Keys, oid: bytes, dest: str) -> None:
     """Tell the sender of a transfer this side gave up on to stop now, rather than wait
     PULL_TIMEOUT_S for acknowledgements; the chunks it wrote expire by themselves."""
     ack = keys.transfer(oid.hex(), dest) + ":ack"
     try:
-        with r.pipeline(transaction=False) as pipe:
+        with x.pipeline(transaction=False) as pipe:
             pipe.lpush(ack, STOP).pexpire(ack, KEY_TTL_MS).execute()
     except Exception:  # Redis away: the sender times out instead
         pass
@@ -262,6 +264,7 @@ def _abandon(r: Any, keys: Keys, oid: bytes, dest: str) -> None:
 
 def pull_into_store(
     r: Any,
+    x: Any,
     keys: Keys,
     store: ObjectStoreBackend,
     oid: bytes,
@@ -278,19 +281,19 @@ def pull_into_store(
     lock = keys.transfer_lock(oid.hex(), node)
     deadline = time.monotonic() + PULL_TIMEOUT_S * 2
     while time.monotonic() < deadline:
-        if r.set(lock, puller, nx=True, px=PULL_TIMEOUT_S * 2000):
+        if x.set(lock, puller, nx=True, px=PULL_TIMEOUT_S * 2000):
             try:
                 view = store.get(oid)  # another puller may have just finished
                 if view is None:
                     # ask first: the holder sends its first chunks while we allocate (filling
                     # 100 MB of fresh memory takes tens of ms)
-                    request_object(r, keys, oid, holder, node, size)
+                    request_object(r, x, keys, oid, holder, node, size)
                     buf = None
                     try:
                         buf = store.create(oid, size)
-                        receive_object(r, keys, oid, holder, node, buf)
+                        receive_object(r, x, keys, oid, holder, node, buf)
                     except BaseException:
-                        _abandon(r, keys, oid, node)
+                        _abandon(x, keys, oid, node)
                         if buf is not None:
                             buf.release()
                             store.abort(oid)
@@ -301,8 +304,8 @@ def pull_into_store(
                 assert view is not None
                 return view
             finally:
-                r.delete(lock)
-        while r.exists(lock) and time.monotonic() < deadline:  # someone here is pulling it
+                x.delete(lock)
+        while x.exists(lock) and time.monotonic() < deadline:  # someone here is pulling it
             view = store.get(oid)
             if view is not None:
                 return view

@@ -1,7 +1,8 @@
 """rayr on a Redis Cluster (three masters on loopback): `rayr start --head --redis-address
 redis+cluster://...` and a second node, then tasks, an actor, an object pulled across nodes, a
-placement group, a submitted job, the CLI, and a node's death. Every key of a rayr cluster
-carries its name as hash tag, so they live in one slot, on the master that serves it."""
+placement group, a submitted job, the CLI, and a node's death. The tables carry the rayr
+cluster's name as hash tag, so they live in one slot, on the master that serves it; an object
+on its way between nodes goes through the master of its spread tag."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import signal
 import sys
 from typing import Any
 
+from redis.crc import key_slot
+
 import rayr
 from rayr.gcs.address import slot_of
 from rayr.job_submission import JobStatus, JobSubmissionClient
+from rayr.keys import Keys, transfer_tag
 from rayr.testing import run_cli, wait_node_dead
 from rayr.util.placement_group import placement_group, remove_placement_group
 from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
@@ -60,6 +64,7 @@ def test_a_cluster_runs_on_a_redis_cluster(redis_cluster_set, tmp_path):
         rayr.init(address=url, _redis_password=PASSWORD, _cluster_name=NAME, _temp_dir=head_dir)
         try:
             _workload(url, node_id)
+            _transfer_through_its_spread_master(redis_cluster_set)
             # its keys are on the master serving the slot of its name, and nowhere else
             owner = redis_cluster_set.owner_of(slot_of(NAME))
             counts = []
@@ -110,6 +115,37 @@ def _workload(url: str, node_id: str) -> None:
         assert "answer 42" in client.get_job_logs(sid)
     finally:
         client.close()
+
+
+def _input_bytes(cluster_set: Any) -> list[int]:
+    out = []
+    for master in cluster_set.masters:
+        client: Any = master.client()
+        try:
+            out.append(int(client.info("stats")["total_net_input_bytes"]))
+        finally:
+            client.close()
+    return out
+
+
+def _transfer_through_its_spread_master(cluster_set: Any) -> None:
+    """An object pulled by the other node crosses the master serving its transfer keys' tag,
+    not the tables' master (an object whose tag lands elsewhere is picked: 2 in 3 do)."""
+    tables = cluster_set.owner_of(slot_of(NAME))
+    data = os.urandom(8 << 20)  # incompressible: the bytes cross Redis as they are
+    for _ in range(30):
+        ref = rayr.put(data)
+        spread = cluster_set.owner_of(key_slot(Keys(NAME).spread_prefix(transfer_tag(ref.hex())).encode()))
+        if spread != tables:
+            break
+    assert spread != tables, "30 objects in a row had their spread tag on the tables' master"
+    here = rayr.get_runtime_context().get_node_id()
+    other = next(n["NodeID"] for n in rayr.nodes() if n["Alive"] and n["NodeID"] != here)
+    on_other = total.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False))
+    before = _input_bytes(cluster_set)
+    assert rayr.get(on_other.remote(ref), timeout=60) == sum(data[::4096])
+    grew = [after - b for after, b in zip(_input_bytes(cluster_set), before, strict=True)]
+    assert grew[spread] >= len(data) and grew[tables] < len(data) // 4, (grew, spread, tables)
 
 
 def _raylet_pid(temp_dir: str) -> int:

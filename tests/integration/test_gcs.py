@@ -6,6 +6,7 @@ import os
 import time
 
 import pytest
+import redis
 
 from rayr.config import Settings
 from rayr.gcs import records as rec
@@ -137,3 +138,35 @@ def test_history_is_cut_to_its_size_oldest_first(gcs):
     assert [gcs.r.exists(gcs.keys.task_stream("~CPU=1", n)) for n in nodes] == [0, 0, 1]
     assert gcs.r.smembers(gcs.keys.nodes) == {nodes[2].encode()}
     assert trim_history(gcs, 1, 1, 1) == 0
+
+
+def test_the_head_check_finds_a_user_without_the_spread_keys(redis_url):
+    """A user given the rules of before spread tags existed may not move objects between
+    nodes: the head's check says so instead of transfers failing later."""
+    from rayr.gcs import preflight
+    from rayr.gcs.cluster import auth_error
+    from rayr.testing_redis import acl_rules
+
+    name = f"acl-{os.urandom(4).hex()}"
+    admin = connect(redis_url)
+    spread_rule = "~" + Keys(name).spread_pattern
+    users = {"rayr-old-" + name: [r for r in acl_rules(name) if r != spread_rule],
+             "rayr-new-" + name: acl_rules(name)}
+    try:
+        denied = {}
+        for user, rules in users.items():
+            admin.execute_command("ACL", "SETUSER", user, "reset", "on", ">pw", *rules)
+            client = connect(redis_url.replace("redis://", f"redis://{user}@"), "pw")
+            try:
+                denied[user] = preflight.gather(client, name).spread_denied
+                with pytest.raises(redis.RedisError) as refused:  # not one of its rules
+                    client.execute_command("CONFIG", "SET", "maxmemory", "0")
+                assert "denied the user named in the address a command" in str(
+                    auth_error(redis_url, "pw", refused.value))
+            finally:
+                client.close()
+        assert denied == {"rayr-old-" + name: True, "rayr-new-" + name: False}
+    finally:
+        for user in users:
+            admin.execute_command("ACL", "DELUSER", user)
+        admin.close()

@@ -47,7 +47,7 @@ def transfer_once(redis_url: str, data: np.ndarray | None, size: int) -> tuple[b
     thread.start()
     out = bytearray(size)
     try:
-        transfer.pull_object(r, keys, OID, "holder", "dest", memoryview(out))
+        transfer.pull_object(r, r, keys, OID, "holder", "dest", memoryview(out))
     finally:
         thread.join(timeout=30)
     assert not errors, errors
@@ -85,7 +85,7 @@ def test_silent_holder_times_out(redis_url, monkeypatch):
     keys = Keys(f"xfer-{os.urandom(4).hex()}")
     r.hset(keys.node("holder"), "state", "ALIVE")
     with pytest.raises(ObjectLostError, match="did not send it within 1s"):
-        transfer.pull_object(r, keys, OID, "holder", "dest", memoryview(bytearray(10)))
+        transfer.pull_object(r, r, keys, OID, "holder", "dest", memoryview(bytearray(10)))
 
 
 def test_dead_holder_is_not_asked(redis_url):
@@ -93,7 +93,7 @@ def test_dead_holder_is_not_asked(redis_url):
     keys = Keys(f"xfer-{os.urandom(4).hex()}")
     r.hset(keys.node("holder"), "state", "DEAD")
     with pytest.raises(ObjectLostError, match="which is DEAD"):
-        transfer.pull_object(r, keys, OID, "holder", "dest", memoryview(bytearray(10)))
+        transfer.pull_object(r, r, keys, OID, "holder", "dest", memoryview(bytearray(10)))
 
 
 def test_vanished_receiver_stops_the_sender(redis_url, monkeypatch):
@@ -142,7 +142,7 @@ def test_a_receiver_that_cannot_make_room_stops_the_sender_at_once(redis_url, mo
     thread = threading.Thread(target=holder)
     thread.start()
     with pytest.raises(MemoryError):
-        transfer.pull_into_store(r, keys, FullStore(), OID, "holder", size, "dest", "me")  # type: ignore[arg-type]
+        transfer.pull_into_store(r, r, keys, FullStore(), OID, "holder", size, "dest", "me")  # type: ignore[arg-type]
     thread.join(timeout=transfer.PULL_TIMEOUT_S / 2)
     assert not thread.is_alive(), "the sender still waits for acknowledgements"
     assert sent == [None]

@@ -24,6 +24,7 @@ def test_each_problem_is_named_with_its_fix():
         "read-only replica": replace(GOOD, role="slave"),
         "maxmemory-policy noeviction": replace(GOOD, maxmemory=1 << 30),
         "--cluster-name": replace(GOOD, live_nodes=2),
+        "add ~rayr:{default/* to its ACL rules": replace(GOOD, spread_denied=True),
     }
     for says, facts in cases.items():
         errors = assess(facts).errors
