@@ -1,0 +1,138 @@
+"""How one rayr cluster's load divides over the masters of a Redis Cluster.
+
+Starts a Redis Cluster of three masters on loopback and a two-node rayr cluster on it, runs
+each workload (no-op tasks, actor calls, objects pulled across nodes, idle) and reports, per
+master, the deltas of the server's own counters around it: main-thread CPU, commands
+processed and bytes received. The master serving the tables' hash tag is marked; object
+transfers use spread tags (docs/architecture.md, key space), so their bytes land elsewhere.
+
+    python scripts/bench_shards.py [--tasks 5000] [--calls 5000] [--objects 8] [--mb 32] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import rayr
+from rayr.gcs.address import slot_of
+from rayr.testing import Cluster
+from rayr.testing_redis import RedisClusterSet, redis_cluster, server_binary
+from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+PASSWORD = "bench-shards"
+
+
+def counters(cluster_set: RedisClusterSet) -> list[dict[str, float]]:
+    """Per master: main-thread CPU seconds, commands processed, bytes received."""
+    out = []
+    for master in cluster_set.masters:
+        client: Any = master.client()
+        try:
+            cpu, stats = client.info("cpu"), client.info("stats")
+        finally:
+            client.close()
+        main = ("used_cpu_sys_main_thread", "used_cpu_user_main_thread")
+        names = main if main[0] in cpu else ("used_cpu_sys", "used_cpu_user")
+        out.append({"cpu_s": sum(float(cpu[n]) for n in names),
+                    "commands": float(stats["total_commands_processed"]),
+                    "input_mb": float(stats["total_net_input_bytes"]) / 1e6})
+    return out
+
+
+def measure(cluster_set: RedisClusterSet, work: Callable[[], Any]) -> tuple[list[dict[str, float]], float]:
+    before = counters(cluster_set)
+    start = time.perf_counter()
+    work()
+    elapsed = time.perf_counter() - start
+    after = counters(cluster_set)
+    return [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)], elapsed
+
+
+@rayr.remote
+def noop() -> None:
+    return None
+
+
+@rayr.remote
+def checksum(data: Any) -> int:
+    return int(data[::4096].sum())
+
+
+@rayr.remote
+class Pinger:
+    def ping(self) -> int:
+        return 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--objects", type=int, default=8, help="objects pulled by the other node")
+    parser.add_argument("--mb", type=int, default=32, help="size of each object")
+    parser.add_argument("--idle-s", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    binary, why = server_binary()
+    if binary is None:
+        sys.exit(f"no Redis server binary: {why}")
+    import numpy as np
+
+    workdir = tempfile.mkdtemp(prefix="rayr-bench-shards-")
+    results: dict[str, Any] = {}
+    try:
+        with redis_cluster(binary, workdir, password=PASSWORD) as cluster_set:
+            cluster = Cluster(cluster_set.url, redis_password=PASSWORD, temp_dir=os.path.join(workdir, "rayr"))
+            try:
+                here = cluster.add_node(num_cpus=2)
+                other = cluster.add_node(num_cpus=2)
+                rayr.init(address=cluster.address, _cluster_name=cluster.name, _redis_password=PASSWORD)
+                tables = cluster_set.owner_of(slot_of(cluster.name))
+                results["tables_master"] = tables
+                rayr.get([noop.remote() for _ in range(200)])  # workers started, functions exported
+                pinger = Pinger.remote()
+                rayr.get(pinger.ping.remote())
+                on_other = checksum.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False))
+                rng = np.random.default_rng(0)
+                objects = [rayr.put(rng.integers(0, 255, args.mb << 20, dtype=np.uint8))
+                           for _ in range(args.objects)]
+                assert here != other
+                workloads: dict[str, Callable[[], Any]] = {
+                    f"{args.tasks} no-op tasks": lambda: rayr.get([noop.remote() for _ in range(args.tasks)]),
+                    f"{args.calls} actor calls": lambda: rayr.get(
+                        [pinger.ping.remote() for _ in range(args.calls)]),
+                    f"{args.objects} x {args.mb} MB pulled across": lambda: rayr.get(
+                        [on_other.remote(o) for o in objects]),
+                    f"idle {args.idle_s:g} s": lambda: time.sleep(args.idle_s),
+                }
+                for name, work in workloads.items():
+                    deltas, elapsed = measure(cluster_set, work)
+                    results[name] = {"elapsed_s": elapsed, "masters": deltas}
+            finally:
+                rayr.shutdown()
+                cluster.shutdown()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    tables = results.pop("tables_master")
+    print(f"master {tables} serves the tables' slot (marked *)")
+    print(f"{'workload':34} {'time':>7}  " + "  ".join(
+        f"{'m%d%s cpu ms / cmds / MB in' % (i, '*' if i == tables else ''):>30}" for i in range(3)))
+    for name, row in results.items():
+        cells = "  ".join(f"{m['cpu_s'] * 1000:>10.0f} / {m['commands']:>7.0f} / {m['input_mb']:>7.1f}"
+                          for m in row["masters"])
+        print(f"{name:34} {row['elapsed_s']:>6.2f}s  {cells}")
+
+
+if __name__ == "__main__":
+    main()
