@@ -90,7 +90,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     try:
         with redis_cluster(binary, workdir, password=PASSWORD) as cluster_set:
-            cluster = Cluster(cluster_set.url, redis_password=PASSWORD, temp_dir=os.path.join(workdir, "rayr"))
+            cluster = Cluster(cluster_set.url, redis_password=PASSWORD,
+                              temp_dir=os.path.join(workdir, "rayr"))
             try:
                 here = cluster.add_node(num_cpus=2)
                 other = cluster.add_node(num_cpus=2)
@@ -100,7 +101,8 @@ def main() -> None:
                 rayr.get([noop.remote() for _ in range(200)])  # workers started, functions exported
                 pinger = Pinger.remote()
                 rayr.get(pinger.ping.remote())
-                on_other = checksum.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other, soft=False))
+                affinity = NodeAffinitySchedulingStrategy(other, soft=False)
+                on_other = checksum.options(scheduling_strategy=affinity)
                 rng = np.random.default_rng(0)
                 objects = [rayr.put(rng.integers(0, 255, args.mb << 20, dtype=np.uint8))
                            for _ in range(args.objects)]
@@ -127,7 +129,7 @@ def main() -> None:
     tables = results.pop("tables_master")
     print(f"master {tables} serves the tables' slot (marked *)")
     print(f"{'workload':34} {'time':>7}  " + "  ".join(
-        f"{'m%d%s cpu ms / cmds / MB in' % (i, '*' if i == tables else ''):>30}" for i in range(3)))
+        f"{'m' + str(i) + ('*' if i == tables else '') + ' cpu ms / cmds / MB in':>30}" for i in range(3)))
     for name, row in results.items():
         cells = "  ".join(f"{m['cpu_s'] * 1000:>10.0f} / {m['commands']:>7.0f} / {m['input_mb']:>7.1f}"
                           for m in row["masters"])
