@@ -156,6 +156,11 @@ class NodeDiedError(RayError):
     """A node died."""
 
 
+class LocalRayletDiedError(RayError):
+    """The node a driver is attached to died: its raylet ran the driver's tasks and served
+    its objects, so what the driver waits for may never come."""
+
+
 class PendingCallsLimitExceeded(RayError):
     """Too many calls are queued for an actor."""
 
@@ -164,6 +169,7 @@ __all__ = [
     "ActorDiedError",
     "ActorUnavailableError",
     "GetTimeoutError",
+    "LocalRayletDiedError",
     "NodeDiedError",
     "ObjectFetchTimedOutError",
     "ObjectLostError",

@@ -30,7 +30,7 @@ from rayr.core.objects import ObjectClient
 from rayr.core.ownership import OwnershipTable
 from rayr.core.submitter import TaskSubmitter, WaitingTask
 from rayr.gcs import records as rec
-from rayr.gcs.client import GcsClient
+from rayr.gcs.client import NODE_DEAD, GcsClient
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.object_ref import ObjectRef
@@ -360,7 +360,13 @@ class CoreWorker:
             return
         self._liveness_due = time.monotonic() + min(1.0, self._liveness_ttl / 3)
         client = self._liveness if self._liveness is not None else self.gcs.r
-        client.set(self.keys.job_alive(self.job_id.hex()), b"1", px=int(self._liveness_ttl * 1000))
+        with client.pipeline(transaction=False) as p:  # and, in the same round trip: our node?
+            p.set(self.keys.job_alive(self.job_id.hex()), b"1", px=int(self._liveness_ttl * 1000))
+            p.hmget(self.keys.node(self.node_hex), "state", "death_reason")
+            _, (state, reason) = p.execute()
+        if state == NODE_DEAD.encode() and self.objects.node_died is None:
+            self.objects.node_died = (reason or b"").decode() or "no reason recorded"
+            self._wake_waiters()  # each raises, naming it
 
 
 __all__ = ["CoreWorker"]

@@ -18,7 +18,14 @@ from rayr import serialization
 from rayr.core.lineage import LineageTable
 from rayr.core.ownership import OwnershipTable
 from rayr.core.submitter import PUT_INDEX, TaskSubmitter, check_inline_size
-from rayr.exceptions import GetTimeoutError, ObjectLostError, OwnerDiedError, RaySystemError, RayTaskError
+from rayr.exceptions import (
+    GetTimeoutError,
+    LocalRayletDiedError,
+    ObjectLostError,
+    OwnerDiedError,
+    RaySystemError,
+    RayTaskError,
+)
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
@@ -71,6 +78,7 @@ class ObjectClient:
         # reads the inbox on the waiting thread (InboxReader.read_here); False: wait instead
         self._read_inbox = read_inbox
         self._waiters = 0  # threads in wait_ready's wait loop (under cond)
+        self.node_died: str | None = None  # why this process's node died, once it has
         self._threshold = settings.inline_threshold
         self.rebuild_acks: set[bytes] = set()  # objects whose owner acknowledged our request
 
@@ -227,6 +235,7 @@ class ObjectClient:
                     if remaining is not None and remaining <= 0:
                         return ready | {o for o in missing if o in records}
                     self._check_redis_reachable()
+                    self._check_node_alive()
                     wait_s = REDIS_CHECK_S if remaining is None else min(remaining, REDIS_CHECK_S)
                     # only a lone waiter reads: with several, the inbox thread wakes each
                     # for what it waits for (a waiter reading for the others would hand
@@ -263,6 +272,18 @@ class ObjectClient:
                 "process waits for can arrive. Restart Redis (a cluster started with "
                 "`rayr start --head --redis-persist` resumes where it was), or raise "
                 "redis_unreachable_timeout_s (RAYR_REDIS_UNREACHABLE_TIMEOUT_S) to wait longer."
+            )
+
+    def _check_node_alive(self) -> None:
+        """Raise if the node this process is attached to was declared dead: its raylet ran our
+        tasks and served our objects, so what we wait for may never come (Ray ends such a
+        driver; we say why in the waiting call)."""
+        if self.node_died is not None:
+            raise LocalRayletDiedError(
+                f"The node this driver is attached to ({self.node_hex[:12]}) died ({self.node_died}), "
+                "and with it the raylet that ran its tasks and served its objects, so what this "
+                "get()/wait() waits for may never come. Call rayr.shutdown(), then rayr.init() to "
+                "start again."
             )
 
     def _set_blocked(self, blocked: bool) -> None:

@@ -156,6 +156,32 @@ def test_fate_sharing_when_driver_is_sigkilled(temp_dir):
     assert set(os.listdir("/dev/shm")) - before_shm == set()
 
 
+def test_a_driver_whose_node_dies_is_told_so_in_get(temp_dir):
+    """The embedded raylet dies under a running task: get() says so (once the node is declared
+    dead) instead of waiting for good, and what already arrived is still there."""
+    ours = psutil.Process()
+    before = {p.pid for p in ours.children(recursive=True)}
+    rayr.init(num_cpus=1)
+    try:
+        raylet = next(p for p in ours.children(recursive=True)
+                      if p.pid not in before and p.name() == "rayr-raylet")
+        kept = rayr.put(1)
+        gate = str(temp_dir.parent / "never-made")
+
+        @rayr.remote
+        def waits_for(path: str) -> None:
+            while not os.path.exists(path):
+                time.sleep(0.05)
+
+        ref = waits_for.remote(gate)
+        raylet.kill()
+        with pytest.raises(rayr.exceptions.LocalRayletDiedError, match=r"attached to \(\w+\) died"):
+            rayr.get(ref, timeout=120)
+        assert rayr.get(kept) == 1
+    finally:
+        rayr.shutdown()
+
+
 def test_cluster_stops_at_interpreter_exit(temp_dir):
     env = {**os.environ, "RAYR_TEMP_DIR": str(temp_dir)}
     proc, pids = _run_driver("sys.exit(0)", env)
