@@ -47,13 +47,28 @@ def counters(cluster_set: RedisClusterSet) -> list[dict[str, float]]:
     return out
 
 
-def measure(cluster_set: RedisClusterSet, work: Callable[[], Any]) -> tuple[list[dict[str, float]], float]:
+def command_calls(master: Any) -> dict[str, int]:
+    """Calls per command on one master (INFO commandstats)."""
+    client: Any = master.client()
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def measure(cluster_set: RedisClusterSet, work: Callable[[], Any]) -> tuple[list[dict[str, Any]], float]:
     before = counters(cluster_set)
+    calls_before = [command_calls(m) for m in cluster_set.masters]
     start = time.perf_counter()
     work()
     elapsed = time.perf_counter() - start
     after = counters(cluster_set)
-    return [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)], elapsed
+    out: list[dict[str, Any]] = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True)]
+    for row, master, was in zip(out, cluster_set.masters, calls_before, strict=True):
+        now = command_calls(master)
+        row["calls"] = {c: n - was.get(c, 0) for c, n in now.items() if n - was.get(c, 0) > 0}
+    return out, elapsed
 
 
 @rayr.remote
@@ -134,6 +149,10 @@ def main() -> None:
         cells = "  ".join(f"{m['cpu_s'] * 1000:>10.0f} / {m['commands']:>7.0f} / {m['input_mb']:>7.1f}"
                           for m in row["masters"])
         print(f"{name:34} {row['elapsed_s']:>6.2f}s  {cells}")
+        for i, m in enumerate(row["masters"]):
+            top = sorted(m["calls"].items(), key=lambda kv: -kv[1])[:8]
+            if top and sum(n for _, n in top) > 50:
+                print(f"{'':34} m{i} calls: " + ", ".join(f"{c} {n}" for c, n in top))
 
 
 if __name__ == "__main__":
