@@ -60,6 +60,19 @@ class BaseID:
         return (type(self), (self._bytes,))
 
 
+class PlacementGroupID(str):
+    """A placement group's id: the hex string the tables key it by (so it compares equal to
+    one), with Ray's ``hex()`` and ``binary()``."""
+
+    __slots__ = ()
+
+    def hex(self) -> str:
+        return str(self)
+
+    def binary(self) -> bytes:
+        return bytes.fromhex(self)
+
+
 class JobID(BaseID):
     SIZE = JOB_ID_SIZE
 

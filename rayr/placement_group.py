@@ -14,6 +14,7 @@ from typing import Any
 
 from rayr import context
 from rayr.gcs.placement import STRATEGIES, ready_object_id
+from rayr.ids import PlacementGroupID
 from rayr.object_ref import ObjectRef
 
 
@@ -21,7 +22,7 @@ class PlacementGroup:
     """A handle to a placement group; picklable, so tasks and actors can use it too."""
 
     def __init__(self, id: str, bundle_specs: list[dict[str, float]]) -> None:  # noqa: A002 (Ray's name)
-        self.id = id
+        self.id = PlacementGroupID(id)
         self.bundle_specs = bundle_specs
 
     @property
@@ -44,10 +45,10 @@ class PlacementGroup:
         return hash(self.id)
 
     def __repr__(self) -> str:
-        return f"PlacementGroup({self.id}, {len(self.bundle_specs)} bundles)"
+        return f"PlacementGroup({self.id!s}, {len(self.bundle_specs)} bundles)"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PlacementGroup, (self.id, self.bundle_specs))
+        return (PlacementGroup, (str(self.id), self.bundle_specs))
 
 
 def _check_bundles(bundles: Any) -> list[dict[str, float]]:

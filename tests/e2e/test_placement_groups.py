@@ -50,6 +50,7 @@ def test_strategies_place_bundles(two_nodes, strategy, distinct):
     _, nodes = two_nodes
     pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy=strategy)
     assert rayr.get(pg.ready(), timeout=10) is True
+    assert pg.id.hex() == pg.id and bytes.fromhex(pg.id.hex()) == pg.id.binary()  # Ray's id methods
     table = placement_group_table(pg)
     assert table["state"] == "CREATED" and table["strategy"] == strategy
     placed = list(table["bundles_to_node_id"].values())
