@@ -133,8 +133,8 @@ def start_server(binary: str, workdir: str, *, password: str | None = None, tls:
                   f"tls-ca-cert-file {tls.ca}", "tls-auth-clients yes", "tls-replication yes"]
         kwargs = {"ssl": True, "ssl_ca_certs": tls.ca, "ssl_certfile": tls.client_cert,
                   "ssl_keyfile": tls.client_key}
-    if password and not sentinel:
-        lines += [f'requirepass "{password}"', f'masterauth "{password}"']
+    if password:  # a Sentinel's own password, given one
+        lines += [f'requirepass "{password}"'] + ([] if sentinel else [f'masterauth "{password}"'])
     if replica_of is not None:
         lines.append(f"replicaof 127.0.0.1 {replica_of.port}")
     lines += sentinel or []
@@ -145,7 +145,7 @@ def start_server(binary: str, workdir: str, *, password: str | None = None, tls:
         f.write("\n".join(lines) + "\n")
     cmd = [binary, conf] + (["--sentinel"] if sentinel else [])
     proc = procs.spawn(cmd, umask=0o077)
-    server = RedisProcess(proc, port, workdir, None if sentinel else password, tls, kwargs)
+    server = RedisProcess(proc, port, workdir, password, tls, kwargs)
     _wait_answering(server, timeout)
     return server
 
@@ -231,8 +231,10 @@ class SentinelSet:
 
 @contextmanager
 def sentinel_set(binary: str, workdir: str, *, password: str, name: str = "mymaster",
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 10_000) -> Iterator[SentinelSet]:
-    """Start a :class:`SentinelSet` (the replica in sync before it yields); stop it afterwards."""
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 10_000,
+                 sentinel_password: str | None = None) -> Iterator[SentinelSet]:
+    """Start a :class:`SentinelSet` (the replica in sync before it yields); stop it afterwards.
+    With ``sentinel_password`` the Sentinels require it (of clients and of each other)."""
     started: list[RedisProcess] = []
     try:
         master = start_server(binary, os.path.join(workdir, "master"), password=password)
@@ -245,9 +247,12 @@ def sentinel_set(binary: str, workdir: str, *, password: str, name: str = "mymas
                   f"sentinel down-after-milliseconds {name} {down_after_ms}",
                   f"sentinel failover-timeout {name} {failover_timeout_ms}",
                   f"sentinel parallel-syncs {name} 1"]
+        if sentinel_password:
+            config.append(f'sentinel sentinel-pass "{sentinel_password}"')
         sentinels = []
         for i in range(3):
-            sentinels.append(start_server(binary, os.path.join(workdir, f"sentinel{i}"), sentinel=config))
+            sentinels.append(start_server(binary, os.path.join(workdir, f"sentinel{i}"), sentinel=config,
+                                          password=sentinel_password))
             started.append(sentinels[-1])
         _wait_discovered(sentinels, name)
         yield SentinelSet(master, replica, sentinels, name)

@@ -28,15 +28,19 @@ how to reach Redis: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (paths),
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.retry import Retry
 from redis.sentinel import (
+    MasterNotFoundError,
     Sentinel,
     SentinelConnectionPool,
     SentinelManagedConnection,
@@ -45,6 +49,8 @@ from redis.sentinel import (
 
 from rayr.keys import Keys
 
+# the Sentinels' own password, where it is not the Redis password (their requirepass)
+SENTINEL_PASSWORD_ENV = "RAYR_REDIS_SENTINEL_PASSWORD"
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 FORMS = ("'host:port', 'redis://[user:pass@]host:port[/db]', 'rediss://...' (TLS), 'unix:///path', "
@@ -228,7 +234,8 @@ def connection_pool(address: str, password: str | None, cluster_name: str | None
     failover by reconnecting), or the Redis Cluster master serving the slot of rayr cluster
     ``cluster_name``'s keys (found the same way, by asking the cluster's nodes). ``password``
     (else the URL's) authenticates to Redis, with the URL's username for an ACL user;
-    Sentinels are asked without credentials."""
+    Sentinels are asked with ``RAYR_REDIS_SENTINEL_PASSWORD`` if set, else without credentials
+    and, should they demand some, with the Redis password (see :class:`_Sentinels`)."""
     parsed = parse(address)
     conn: dict[str, Any] = {"db": parsed.db, "username": parsed.username,
                             "password": password if password is not None else parsed.password, **kwargs}
@@ -246,12 +253,41 @@ def connection_pool(address: str, password: str | None, cluster_name: str | None
     if parsed.sentinel:
         sentinel_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")} | tls
         sentinel_kwargs.setdefault("socket_connect_timeout", 2.0)  # a dead Sentinel must not stall us
-        manager = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs)
+        # nor retries of one: redis-py 8 retries each Sentinel with backoff (~4 s for a refusal)
+        # before asking the next, and our own retries wrap the whole lookup
+        sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)
+        own = os.environ.get(SENTINEL_PASSWORD_ENV) or None
+        if own is not None:
+            sentinel_kwargs["password"] = own
+        manager = _Sentinels(list(parsed.hosts), sentinel_kwargs, None if own else conn["password"])
         managed = _FollowingSSLConnection if parsed.tls else _FollowingConnection
         return SentinelConnectionPool(parsed.service, manager, connection_class=managed, **conn, **tls)
     host, port = parsed.hosts[0]
     cls = redis.SSLConnection if parsed.tls else redis.Connection
     return redis.ConnectionPool(connection_class=cls, host=host, port=port, **conn, **tls)
+
+
+class _Sentinels(Sentinel):
+    """Sentinels asked without credentials until they demand some, then with the Redis
+    password (one password for both is the usual setup; ``RAYR_REDIS_SENTINEL_PASSWORD`` names
+    a different one)."""
+
+    def __init__(self, hosts: list[tuple[str, int]], sentinel_kwargs: dict[str, Any],
+                 fallback_password: str | None) -> None:
+        super().__init__(hosts, sentinel_kwargs=sentinel_kwargs)
+        self._hosts = hosts
+        self._fallback = fallback_password
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError as err:
+            fallback, self._fallback = self._fallback, None  # tried once
+            if fallback is None or "AuthenticationError" not in str(err):  # how redis-py 8 says NOAUTH
+                raise
+            self.sentinel_kwargs = {**self.sentinel_kwargs, "password": fallback}
+            self.sentinels = [redis.Redis(host, port, **self.sentinel_kwargs) for host, port in self._hosts]
+            return super().discover_master(service_name)
 
 
 class _FollowingConnection(SentinelManagedConnection):

@@ -9,9 +9,10 @@ The password, first found wins: one in the address itself (taken out of it at on
 from __future__ import annotations
 
 import redis
+from redis.sentinel import MasterNotFoundError
 
 from rayr.config import Settings, env_address, load_settings
-from rayr.gcs.address import split_password
+from rayr.gcs.address import SENTINEL_PASSWORD_ENV, split_password
 from rayr.gcs.client import GcsClient, connect
 from rayr.keys import Keys
 from rayr.session import adopt_recorded_name, read_session_file, recorded_for
@@ -72,6 +73,10 @@ def auth_error(url: str, password: str | None, err: Exception) -> RedisAuthError
             return RedisAuthError(f"The Redis at {url} refused the Redis password given (or the user "
                                   f"named in the address): {PASSWORD_HOW} to the cluster's password.")
         return RedisAuthError(f"The Redis at {url} requires a Redis password: {PASSWORD_HOW}.")
+    if isinstance(err, MasterNotFoundError) and "AuthenticationError" in text:
+        return RedisAuthError(f"The Sentinels of {url} refused to answer: they need a password, or not "
+                              "the one given (rayr tries the Redis password): set "
+                              f"{SENTINEL_PASSWORD_ENV} to theirs.")
     if isinstance(err, redis.exceptions.NoPermissionError) or (  # redis-py strips the NOPERM
             isinstance(err, redis.ResponseError) and text.startswith("NOPERM")):
         return RedisAuthError(f"The Redis at {url} denied the user named in the address a command rayr "

@@ -9,11 +9,16 @@ import os
 import time
 
 import pytest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import rayr
 from rayr import context
+from rayr.gcs.address import SENTINEL_PASSWORD_ENV, _Sentinels
+from rayr.gcs.client import connect
+from rayr.gcs.cluster import RedisAuthError, check
 from rayr.testing import Cluster, run_cli
-from rayr.testing_redis import SentinelSet
+from rayr.testing_redis import SentinelSet, sentinel_set, server_binary
 from rayr.util.placement_group import placement_group, remove_placement_group
 
 PASSWORD = "sentinel-test-pw"
@@ -100,3 +105,36 @@ def test_the_workload_survives_the_master_failing_over(sentinels, tmp_path):
     finally:
         rayr.shutdown()
         cluster.shutdown()
+
+
+def test_sentinels_with_a_password_of_their_own(tmp_path, monkeypatch):
+    """Sentinels that require a password: without it the error names the variable to set,
+    with it a cluster runs; and where it is the Redis password, none needs to be set."""
+    binary, why = server_binary()
+    if binary is None:
+        pytest.skip(why)
+    monkeypatch.delenv(SENTINEL_PASSWORD_ENV, raising=False)
+    with sentinel_set(binary, str(tmp_path / "redis"), password=PASSWORD,
+                      sentinel_password="the-sentinels-own") as found:
+        client = connect(found.url, PASSWORD, cluster_name="any")
+        try:
+            with pytest.raises(RedisAuthError, match=SENTINEL_PASSWORD_ENV):
+                check(client, found.url, PASSWORD)
+        finally:
+            client.close()
+        master = ("127.0.0.1", found.master.port)
+        hosts = [("127.0.0.1", s.port) for s in found.sentinels]
+        once = {"socket_timeout": 5.0, "retry": Retry(NoBackoff(), 0)}
+        tried = _Sentinels(hosts, once, "the-sentinels-own")  # as where it is the Redis password
+        assert tuple(tried.discover_master(found.name)) == master
+        monkeypatch.setenv(SENTINEL_PASSWORD_ENV, "the-sentinels-own")
+        cluster = Cluster(found.url, redis_password=PASSWORD, temp_dir=str(tmp_path / "rayr"))
+        try:
+            cluster.add_node(num_cpus=1)
+            rayr.init(address=found.url, _redis_password=PASSWORD, _cluster_name=cluster.name)
+            try:
+                assert rayr.get(square.remote(7), timeout=60) == 49
+            finally:
+                rayr.shutdown()
+        finally:
+            cluster.shutdown()
