@@ -56,8 +56,11 @@ class NodeTypeConfig(_Strict):
 
 
 class RedisConfig(_Strict):
-    """The head's Redis (rayr's control plane)."""
+    """The head's Redis (rayr's control plane): one `rayr up` starts, or one that exists."""
 
+    # an existing Redis (any address rayr takes: redis[s]://, redis+sentinel://,
+    # redis+cluster://); rayr then starts none, and `rayr down` leaves it running
+    address: str | None = None
     # None: a free port is chosen at `rayr up` (local) / 6379 (ssh)
     port: int | None = Field(default=None, ge=1, le=65535)
     password: str | None = None
@@ -214,12 +217,34 @@ def cross_check(cfg: ClusterConfig) -> list[tuple[str, str]]:
         if workers and not provider.worker_ips and cfg.max_workers > 0:
             problems.append(("provider.worker_ips", "required with 'type: ssh' when workers may "
                                                     "be launched (one host per worker node)"))
+    problems += _check_redis(cfg.redis)
     from rayr.object_store.registry import available_backends
 
     backends = available_backends()
     if cfg.object_store.backend not in backends:
         problems.append(("object_store.backend", f"must be one of {', '.join(backends)}, "
                                                  f"got {cfg.object_store.backend!r}"))
+    return problems
+
+
+def _check_redis(redis: RedisConfig) -> list[tuple[str, str]]:
+    if redis.address is None:
+        return []
+    from rayr.gcs.address import parse, split_password
+
+    problems = []
+    try:
+        url, in_url = split_password(redis.address)
+        parse(url)
+    except ValueError as err:
+        return [("redis.address", str(err))]
+    if in_url:
+        problems.append(("redis.address", "give the password as redis.password, not in the address "
+                                          "(the address is shown and passed on command lines)"))
+    for name in ("port", "persistence"):
+        if name in redis.model_fields_set:
+            problems.append((f"redis.{name}", "only for a Redis that `rayr up` starts: the one at "
+                                              "redis.address is configured where it runs"))
     return problems
 
 

@@ -227,6 +227,9 @@ def node_env(cfg: ClusterConfig, role: str, host: str, node_type: str, head_addr
         "RAYR_NODE_TYPE": node_type,
         "RAYR_NODE_RESOURCES": json.dumps(node_resources(cfg.available_node_types[node_type])),
     }
+    if cfg.redis.address:  # an existing Redis: the head starts on it, under the file's name
+        env["RAYR_REDIS_ADDRESS"] = head_address
+        env["RAYR_CLUSTER_NAME"] = cfg.cluster_name
     if password:
         env["RAYR_REDIS_PASSWORD"] = password  # a rayr setting: `rayr start` picks it up
     else:  # the user turned the password off: a head started there must not make one up
@@ -252,7 +255,9 @@ def start_command(cfg: ClusterConfig, node_type: str, head: bool, port: int | No
     if resources:
         args.append("--resources=" + shlex.quote(json.dumps(resources)))
     args.append(f"--object-store-backend={cfg.object_store.backend}")
-    if head:
+    if head and cfg.redis.address:
+        args.append('--redis-address="$RAYR_REDIS_ADDRESS"')
+    elif head:
         args += [f"--port={port}", f"--bind={cfg.provider.head_ip}"]
     else:
         args.append('--address="$RAYR_HEAD_ADDRESS"')

@@ -8,10 +8,13 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+import redis
 
-from rayr.config import ConfigError, read_password_file
-from rayr.gcs.client import GcsClient
-from rayr.gcs.cluster import cluster_client
+from rayr.config import ConfigError, Settings, read_password_file
+from rayr.gcs import address as address_mod
+from rayr.gcs import preflight
+from rayr.gcs.client import GcsClient, connect_as
+from rayr.gcs.cluster import auth_error, cluster_client
 
 address_option = click.option(
     "--address", help="The cluster's Redis: HOST:PORT, redis[s]://[user@]host:port[/db] or "
@@ -75,3 +78,21 @@ def gcs_for(address: str | None, redis_password: str | None) -> GcsClient:
         sys.exit(1)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--address") from None
+
+
+def refuse_unfit_redis(settings: Settings, url: str) -> None:
+    """Refuse (one line per problem) a Redis a head must not run on; print the warnings."""
+    client = connect_as(url, settings, socket_connect_timeout=3)
+    try:
+        findings = preflight.assess(preflight.gather(client, settings.cluster_name,
+                                                     address_mod.parse(url).cluster))
+    except redis.RedisError as err:
+        refused = auth_error(url, settings.redis_password, err)
+        raise click.ClickException(str(refused or f"cannot check the Redis at {url}: {err}")) from None
+    finally:
+        client.close()
+    for warning in findings.warnings:
+        click.echo(f"rayr: warning: the Redis at {url}: {warning}", err=True)
+    if findings.errors:
+        lines = "\n".join(f"  - {e}" for e in findings.errors)
+        raise click.ClickException(f"will not start a head on the Redis at {url}:\n{lines}")

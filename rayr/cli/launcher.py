@@ -41,14 +41,16 @@ from rayr.autoscaler.node_provider import (
     start_command,
     state_dir,
 )
+from rayr.cli.common import refuse_unfit_redis
 from rayr.config import ConfigError, Settings, load_settings
+from rayr.gcs.address import parse
 from rayr.gcs.client import GcsClient, connect
 from rayr.keys import Keys
 from rayr.private_files import private_dir, write_private
 from rayr.session import remove_session_file, write_session_file
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-ADDRESS_RE = r"cluster address (redis://\S+)"
+ADDRESS_RE = r"cluster address (\S+)"
 
 
 def _load(path: str) -> ClusterConfig:
@@ -60,7 +62,10 @@ def _load(path: str) -> ClusterConfig:
 
 def _settings(cfg: ClusterConfig) -> Settings:
     try:
+        # on an existing Redis the YAML's name keys the cluster, so several can share it
+        named = {"cluster_name": cfg.cluster_name} if cfg.redis.address else {}
         return load_settings({
+            **named,
             "redis_password": cfg.redis.password,
             "object_store_backend": cfg.object_store.backend,
             "object_store_memory": cfg.object_store.memory,
@@ -68,6 +73,12 @@ def _settings(cfg: ClusterConfig) -> Settings:
         })
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
+
+
+def existing_redis(cfg: ClusterConfig) -> str:
+    """The address of the existing Redis the cluster file names (checked when it was loaded)."""
+    assert cfg.redis.address is not None
+    return parse(cfg.redis.address).url()
 
 
 def _record_path(settings: Settings, cfg: ClusterConfig) -> str:
@@ -125,11 +136,17 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
     from rayr.node import LocalCluster, free_port
 
     bind = cfg.provider.head_ip or "127.0.0.1"
-    if bind not in LOOPBACK and not settings.redis_password:
-        settings.redis_password = secrets.token_urlsafe(24)
-    # on loopback start_head generates one (unless generate_redis_password is off)
     private_dir(settings.temp_dir)
-    cluster = LocalCluster.new_session(settings, daemon=True, port=cfg.redis.port or free_port(), bind=bind)
+    if cfg.redis.address:  # an existing Redis: checked as `rayr start --head` checks one
+        url = existing_redis(cfg)
+        refuse_unfit_redis(settings, url)
+        cluster = LocalCluster.new_session(settings, daemon=True, external_redis_url=url)
+    else:
+        if bind not in LOOPBACK and not settings.redis_password:
+            settings.redis_password = secrets.token_urlsafe(24)
+        # on loopback start_head generates one (unless generate_redis_password is off)
+        cluster = LocalCluster.new_session(settings, daemon=True, port=cfg.redis.port or free_port(),
+                                           bind=bind)
     resources = node_resources(cfg.available_node_types[cfg.head_node_type])
     store = resources.pop("object_store_memory", None)
     try:
@@ -139,7 +156,7 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
         cluster.shutdown()
         raise click.ClickException(f"could not start the head node: {err}") from None
     head = next(iter(cluster.raylets.values()))
-    assert cluster.monitor_proc is not None and cluster.redis_proc is not None
+    assert cluster.monitor_proc is not None
     record = {
         "provider": "local",
         "key_prefix_name": settings.cluster_name,
@@ -152,7 +169,7 @@ def _up_local(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
         "dashboard_pid": cluster.dashboard_proc.pid if cluster.dashboard_proc is not None else None,
         "dashboard_url": cluster.dashboard_url,
         "head_pids": [head.pid],
-        "redis_pid": cluster.redis_proc.pid,
+        "redis_pid": cluster.redis_proc.pid if cluster.redis_proc is not None else None,  # ours only
         # pid -> create time: `down` signals a pid only while it is still that process
         "create_times": {str(p["pid"]): p["create_time"] for p in cluster.processes()},
     }
@@ -178,7 +195,8 @@ def _down_local(cfg: ClusterConfig, settings: Settings, record: dict[str, Any]) 
                                  record["redis_url"], record["session_dir"])
     stopped += provider.terminate_all()
     stopped += _stop_recorded(record, record["head_pids"])  # raylets clear their stores, then Redis
-    stopped += _stop_recorded(record, [record["redis_pid"]])
+    if record.get("redis_pid"):  # a Redis `up` started, not one it was given
+        stopped += _stop_recorded(record, [record["redis_pid"]])
     shutil.rmtree(record["session_dir"], ignore_errors=True)
     remove_session_file(settings, record["redis_url"])
     return stopped
@@ -195,14 +213,16 @@ def _up_ssh(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
     assert head is not None
     port = cfg.redis.port or 6379
     password = cfg.redis.password
+    url = existing_redis(cfg) if cfg.redis.address else f"redis://{head}:{port}"
     # the head generates none itself here: the workers must be told the one it uses
-    if not password and (head not in LOOPBACK or settings.generate_redis_password):
+    if not password and not cfg.redis.address and (head not in LOOPBACK or settings.generate_redis_password):
         password = secrets.token_urlsafe(24)
     try:
         ssh.push_files(head, cfg.file_mounts)
     except RuntimeError as err:
         raise click.ClickException(str(err)) from None
-    env = node_env(cfg, "head", head, cfg.head_node_type, f"{head}:{port}", password)
+    head_address = url if cfg.redis.address else f"{head}:{port}"
+    env = node_env(cfg, "head", head, cfg.head_node_type, head_address, password)
     start = cfg.head_start_rayr_commands or start_command(cfg, cfg.head_node_type, head=True, port=port)
     commands = [*cfg.initialization_commands, *cfg.setup_commands, *cfg.head_setup_commands, *start]
     done = ssh.run(head, node_script(env, commands))
@@ -210,8 +230,8 @@ def _up_ssh(cfg: ClusterConfig, settings: Settings) -> dict[str, Any]:
     if done.returncode or not found:
         raise click.ClickException(f"starting the head on {head} failed (exit {done.returncode}):\n"
                                    f"{(done.stderr or done.stdout).strip()[-2000:]}")
-    record = {"provider": "ssh", "redis_url": f"redis://{head}:{port}", "head_address": f"{head}:{port}",
-              "password": password, "head_ip": head}
+    record = {"provider": "ssh", "redis_url": url, "head_address": head_address, "password": password,
+              "head_ip": head, "key_prefix_name": settings.cluster_name}
     _write_record(settings, cfg, record)
     return record
 

@@ -20,13 +20,12 @@ from rayr.cli import launcher
 from rayr.cli import memory as memory_mod
 from rayr.cli import state as state_cli
 from rayr.cli import status as status_mod
-from rayr.cli.common import address_option, gcs_for, password_option
+from rayr.cli.common import address_option, gcs_for, password_option, refuse_unfit_redis
 from rayr.cli.jobs import job
 from rayr.config import ConfigError, Settings, env_address, load_settings
 from rayr.gcs import address as address_mod
-from rayr.gcs import preflight
-from rayr.gcs.client import connect, connect_as
-from rayr.gcs.cluster import auth_error, check, resolve
+from rayr.gcs.client import connect
+from rayr.gcs.cluster import check, resolve
 from rayr.node import LocalCluster, PortInUseError
 from rayr.private_files import private_dir, write_private
 from rayr.session import (
@@ -92,24 +91,6 @@ def _joinable(settings: Settings, address: str, flag: str = "--address",
     finally:
         client.close()
     return url
-
-
-def _preflight(settings: Settings, url: str) -> None:
-    """Refuse (one line per problem) a Redis a head must not run on; print the warnings."""
-    client = connect_as(url, settings, socket_connect_timeout=3)
-    try:
-        findings = preflight.assess(preflight.gather(client, settings.cluster_name,
-                                                     address_mod.parse(url).cluster))
-    except redis.RedisError as err:
-        refused = auth_error(url, settings.redis_password, err)
-        raise click.ClickException(str(refused or f"cannot check the Redis at {url}: {err}")) from None
-    finally:
-        client.close()
-    for warning in findings.warnings:
-        click.echo(f"rayr: warning: the Redis at {url}: {warning}", err=True)
-    if findings.errors:
-        lines = "\n".join(f"  - {e}" for e in findings.errors)
-        raise click.ClickException(f"will not start a head on the Redis at {url}:\n{lines}")
 
 
 @cli.command()
@@ -240,7 +221,7 @@ def _start_head(settings: Settings, redis_address: str | None, port: int, bind: 
     """The head's processes (and its Redis, without ``redis_address``); recorded in the session file."""
     url = redis_address  # checked by _joinable: no password in it
     if url:
-        _preflight(settings, url)
+        refuse_unfit_redis(settings, url)
     cluster = LocalCluster.new_session(settings, daemon=True, port=port, bind=bind, job_supervisor=True,
                                        redis_persist=redis_persist, external_redis_url=url,
                                        node_ip_address=node_ip_address)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,10 @@ import pytest
 
 import rayr
 from rayr import procs
+from rayr.autoscaler.config import load_cluster_config
 from rayr.autoscaler.sdk import request_resources
+from rayr.gcs.client import connect
+from rayr.keys import Keys
 from rayr.testing import run_cli
 
 CONFIG = """
@@ -112,6 +116,37 @@ def test_up_status_exec_idempotent_up_and_down_leave_nothing(sessions, tmp_path)
     assert not procs.pid_running(second["redis_pid"])  # redis renames itself: checked by pid
     assert not os.path.exists(os.path.join(temp_dir, "rayr_current_cluster"))
     assert "No cluster named" in run_cli("down", config, "--yes", env=env).stdout
+
+
+def test_up_on_an_existing_redis_leaves_it_running_at_down(sessions, tmp_path, redis_url):
+    """`redis: {address: ...}`: no Redis is started, the head, a min_workers node and a job
+    run on the one given, under the file's cluster name; `down` stops rayr's processes only."""
+    temp_dir, env = sessions
+    config = write_config(tmp_path, min_workers=1)
+    with open(config, "a") as f:
+        f.write(f"redis:\n  address: {redis_url}\n")
+    name = load_cluster_config(config).cluster_name
+    try:
+        out = run_cli("up", config, "--yes", env=env).stdout
+        assert f"is up at {redis_url}" in out and "(2 node(s)" in out, out
+        assert record(temp_dir, config)["redis_pid"] is None
+        code = "import rayr; rayr.init(); print(rayr.get(rayr.remote(lambda: 6 * 7).remote()))"
+        shown = run_cli("exec", config, f"{sys.executable} -c {shlex.quote(code)}", env=env)
+        assert shown.stdout.split()[-1] == "42"
+        client = connect(redis_url)
+        try:
+            assert client.scard(Keys(name).nodes) == 2  # keyed by the file's name
+        finally:
+            client.close()
+    finally:
+        down = run_cli("down", config, "--yes", env=env)
+    assert "is down" in down.stdout
+    assert wait_gone(temp_dir) == []
+    client = connect(redis_url)
+    try:
+        assert client.ping()  # the Redis it was given still runs
+    finally:
+        client.close()
 
 
 def test_autoscaler_scales_up_under_a_burst_and_down_when_idle(sessions, tmp_path):

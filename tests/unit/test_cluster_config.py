@@ -83,6 +83,12 @@ BAD = [
     ("provider.worker_ips", ["10.0.0.2"], "provider.worker_ips: only for 'type: ssh'"),
     ("provider", {"type": "ssh"}, "provider.head_ip: required with 'type: ssh'"),
     ("setup_commands", "pip install x", "setup_commands: Input should be a valid list"),
+    ("redis", {"address": "bogus://h"}, "redis.address: Redis address 'bogus://h' has scheme 'bogus'"),
+    ("redis", {"address": "redis://:pw@h:6379"}, "redis.address: give the password as redis.password"),
+    ("redis", {"address": "redis://h:6379", "port": 7000},
+     "redis.port: only for a Redis that `rayr up` starts"),
+    ("redis", {"address": "redis://h:6379", "persistence": True},
+     "redis.persistence: only for a Redis that `rayr up` starts"),
 ]
 
 
@@ -129,3 +135,17 @@ def test_json_schema_names_the_fields() -> None:
     assert {"cluster_name", "available_node_types", "provider", "redis"} <= set(schema["properties"])
     assert "head_node_type" in schema["required"]
     json.dumps(schema)
+
+
+def test_nodes_on_an_existing_redis_start_on_it_under_the_files_name() -> None:
+    from rayr.autoscaler.node_provider import node_env, start_command
+
+    data = _with("provider", {"type": "ssh", "head_ip": "10.0.0.1", "worker_ips": ["10.0.0.2"]})
+    data["auth"] = {"ssh_user": "me"}
+    data["redis"] = {"address": "rediss://redis.internal:6380", "password": "pw"}
+    cfg = validate_cluster_config(data)
+    env = node_env(cfg, "head", "10.0.0.1", "head", "rediss://redis.internal:6380", "pw")
+    assert env["RAYR_REDIS_ADDRESS"] == "rediss://redis.internal:6380" and env["RAYR_CLUSTER_NAME"] == "t"
+    head = start_command(cfg, "head", head=True, port=6379)[-1]
+    assert '--redis-address="$RAYR_REDIS_ADDRESS"' in head and "--port" not in head
+    assert '--address="$RAYR_HEAD_ADDRESS"' in start_command(cfg, "cpu_worker", head=False)[-1]
