@@ -60,6 +60,7 @@ RECONNECT_S = 60.0  # how long work that must not be dropped waits for Redis to 
 RECONNECT_BACKOFF_MAX_S = 1.0  # the longest pause between two tries while Redis is away
 WAIT_TIMEOUT_MS = 500  # how long a registration waits for the replicas to hold it (durable)
 DEGRADED_S = 5.0  # after they did not, registrations go unconfirmed this long
+DEGRADED_MAX_S = 60.0  # ... twice as long after each miss in a row, up to this
 
 
 def until_reachable(fn: Callable[[], T], what: str, timeout: float = RECONNECT_S) -> T:
@@ -118,6 +119,7 @@ class GcsClient:
         # would make again wait until it holds them (see durable)
         self.wait_replicas = 1 if isinstance(client.connection_pool, SentinelConnectionPool) else 0
         self._degraded_until = 0.0
+        self._degraded_for = DEGRADED_S  # doubled after each WAIT in a row the replicas missed
         self._store = client.register_script(scripts.STORE_OBJECTS)
         self._fetch = client.register_script(scripts.FETCH_OR_WAIT)
         self._register_actor = client.register_script(scripts.REGISTER_ACTOR)
@@ -164,9 +166,12 @@ class GcsClient:
             p.execute_command("WAIT", self.wait_replicas, WAIT_TIMEOUT_MS)
             acked = p.execute()[-1]
         if int(acked) < self.wait_replicas:
-            self._degraded_until = time.monotonic() + DEGRADED_S
+            self._degraded_until = time.monotonic() + self._degraded_for
+            self._degraded_for = min(self._degraded_for * 2, DEGRADED_MAX_S)  # none may ever come
             log.warning("Redis replicas did not acknowledge a registration within %d ms; a failover "
                         "now could lose it", WAIT_TIMEOUT_MS)
+        else:
+            self._degraded_for = DEGRADED_S
 
     # ---------------------------------------------------------------- nodes
     def register_node(self, node: NodeInfo, ttl_s: float) -> None:

@@ -19,7 +19,8 @@ With ``wait_replicas`` (a Redis with replicas, e.g. behind Sentinel) every write
 run, they leave the resend list) only once WAIT says the replicas have them: a batch the
 master acknowledged but a failover lost is resent like one never answered. While replicas
 do not acknowledge within the timeout (a slow replica, or none attached just after a
-failover) the stream stops waiting for them for DEGRADED_S at a time, and says so in the log;
+failover) the stream stops waiting for them for DEGRADED_S, then twice as long after each
+WAIT in a row that times out (up to DEGRADED_MAX_S), and says so in the log;
 the batches answered meanwhile run their callbacks (nothing stalls) but are kept, up to
 UNCONFIRMED_MAX_BYTES, until a later WAIT confirms them: a failover in that window resends
 them too, so a lagging replica costs duplicates (tasks run at least once), not lost work.
@@ -58,6 +59,10 @@ BURST_MAX = 256
 FLUSH_AFTER_S = 0.001
 POISON_AFTER = 3  # a batch that breaks the connection this many times in a row is failed
 DEGRADED_S = 5.0  # after a WAIT timed out, writes go unconfirmed this long before WAIT is tried again
+# ... doubled after each WAIT in a row that times out, up to this: a master left without a
+# replica (a failover whose old master never returns) would otherwise stall the stream for
+# the WAIT timeout every DEGRADED_S, for good
+DEGRADED_MAX_S = 60.0
 # answered but unconfirmed batches kept for a resend; past this the oldest are dropped (logged)
 UNCONFIRMED_MAX_BYTES = 16 << 20
 CONFIRM_CHECK_S = 1.0  # how often an idle stream looks for kept batches to confirm
@@ -88,6 +93,7 @@ class CommandStream:
         self._wait = [b"WAIT", str(wait_replicas).encode(), str(wait_timeout_ms).encode()]
         self._wait_replicas = wait_replicas
         self._degraded_until = 0.0  # no WAIT before this time: the replicas did not answer
+        self._degraded_for = DEGRADED_S  # the next such window
         self._last_wait_seq = -1  # the position in the send order of the last WAIT written
         # batches answered while no WAIT confirmed them (reader thread only, then under _cond
         # in a resend): a failover before the next confirmed WAIT resends them
@@ -287,11 +293,13 @@ class CommandStream:
         (then they are kept for a resend until a later WAIT confirms them)."""
         short = isinstance(acked, int) and acked < self._wait_replicas
         if short:
-            self._degraded_until = time.monotonic() + DEGRADED_S
+            self._degraded_until = time.monotonic() + self._degraded_for
             log.warning("Redis replicas acknowledged %s of %d writes' copies within the timeout; writes "
                         "go unconfirmed for %.0f s (kept for a resend should the master fail over)",
-                        acked, self._wait_replicas, DEGRADED_S)
+                        acked, self._wait_replicas, self._degraded_for)
+            self._degraded_for = min(self._degraded_for * 2, DEGRADED_MAX_S)
         else:
+            self._degraded_for = DEGRADED_S
             # WAIT counts every write this connection made before it
             self._unconfirmed.clear()
             self._unconfirmed_bytes = 0

@@ -86,3 +86,33 @@ def test_scripts_go_by_sha_and_survive_a_script_flush(redis_url):
         stream.close()
         client.delete("cs-script:list")
         client.close()
+
+
+def test_a_master_without_replicas_is_waited_on_less_and_less(redis_url, monkeypatch):
+    """With a replica to wait for and none attached (a failover whose old master never came
+    back), each WAIT stalls the stream for its timeout; the degraded windows between them
+    double, so the stalls thin out instead of coming every DEGRADED_S for good."""
+    from rayr.gcs import command_stream
+
+    monkeypatch.setattr(command_stream, "DEGRADED_S", 0.1)
+    monkeypatch.setattr(command_stream, "DEGRADED_MAX_S", 1.6)
+    r = connect(redis_url)
+    waits_before = int(r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+    stream = CommandStream(redis_url, None, wait_replicas=1, wait_timeout_ms=50)
+    try:
+        sent = 0
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:  # one write at a time: each may carry a WAIT
+            stream.send([("INCR", "rayr-test-no-replica")])
+            sent += 1
+            assert stream.flush(timeout=30)
+            time.sleep(0.01)
+        waits = int(r.info("commandstats")["cmdstat_wait"]["calls"]) - waits_before
+        # windows of 0.1, 0.2, 0.4, 0.8, 1.6, 1.6 s, each after a 50 ms stall: about 6 WAITs
+        # in 4 s (with fixed 0.1 s windows it would be ~27)
+        assert 2 <= waits <= 9, waits
+        assert int(r.get("rayr-test-no-replica")) == sent  # every write went through meanwhile
+    finally:
+        stream.close()
+        r.delete("rayr-test-no-replica")
+        r.close()
