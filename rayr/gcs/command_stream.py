@@ -14,8 +14,9 @@ gathered, when anyone waits on this process's results (``push``, from ``get``/``
 at most FLUSH_AFTER_S later (a flusher thread, woken once per burst). Isolated sends, such as
 a synchronous ``get(f.remote())``, are written at once.
 
-With ``wait_replicas`` (a Redis with replicas, e.g. behind Sentinel) every write ends with
-``WAIT wait_replicas timeout``, and the batches it covers count as answered (their callbacks
+With ``wait_replicas`` (a Redis with replicas, e.g. behind Sentinel) a write ends with
+``WAIT wait_replicas timeout`` (or, while one is on the wire, the next WAIT goes out as soon
+as that one is answered: one at a time), and the batches it covers count as answered (their callbacks
 run, they leave the resend list) only once WAIT says the replicas have them: a batch the
 master acknowledged but a failover lost is resent like one never answered. While replicas
 do not acknowledge within the timeout (a slow replica, or none attached just after a
@@ -94,6 +95,11 @@ class CommandStream:
         self._wait_replicas = wait_replicas
         self._degraded_until = 0.0  # no WAIT before this time: the replicas did not answer
         self._degraded_for = DEGRADED_S  # the next such window
+        # one WAIT on the wire at a time (under _lock): WAITs queued behind one that times out
+        # would each block the connection for the whole timeout in turn (a burst written
+        # while the first waits, just after a failover, stalled for seconds)
+        self._wait_in_flight = False
+        self._wait_owed = False  # batches went out while one was on the wire: WAIT again after it
         self._last_wait_seq = -1  # the position in the send order of the last WAIT written
         # batches answered while no WAIT confirmed them (reader thread only, then under _cond
         # in a resend): a failover before the next confirmed WAIT resends them
@@ -181,12 +187,16 @@ class CommandStream:
         batches in ``packed`` are the last ones in ``_waiting``, so a WAIT appended there
         follows exactly them."""
         if self._wait_replicas and time.monotonic() >= self._degraded_until:
-            wait = self._pack([self._wait])
-            with self._cond:
-                self._waiting.append((1, _WAIT_MARK, wait))
-                self._last_wait_seq = self._sent
-                self._sent += 1
-            packed = packed + wait
+            if self._wait_in_flight:
+                self._wait_owed = True
+            else:
+                wait = self._pack([self._wait])
+                with self._cond:
+                    self._waiting.append((1, _WAIT_MARK, wait))
+                    self._last_wait_seq = self._sent
+                    self._sent += 1
+                self._wait_in_flight = True
+                packed = packed + wait
         try:
             self._conn.send_packed_command(packed, check_health=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -283,10 +293,20 @@ class CommandStream:
             if callback is _WAIT_MARK:
                 self._confirmed(held, replies[0])
                 held = []
+                self._wait_answered()
             elif self._last_wait_seq > self._done + len(held):  # a WAIT written after it confirms it
                 held.append((callback, replies))
             else:
                 self._finish_batch(callback, replies, keep=keep)
+
+    def _wait_answered(self) -> None:
+        """The WAIT on the wire was answered: the batches written meanwhile get one of their own
+        now, before their replies are read (so they are held for it), unless degraded."""
+        with self._lock:
+            self._wait_in_flight = False
+            owed, self._wait_owed = self._wait_owed, False
+            if owed and not self._broken and time.monotonic() >= self._degraded_until:
+                self._write(self._out)  # a buffered burst, if any, then the WAIT
 
     def _confirmed(self, held: list[tuple[Callback | None, list[Any]]], acked: Any) -> None:
         """A WAIT answered: the batches before it are done, replicated unless it timed out
@@ -418,10 +438,12 @@ class CommandStream:
         # the dropped WAITs count as answered: positions (_done + index) only move later
         self._waiting, self._done = kept, self._done + len(self._waiting) - len(kept)
         self._last_wait_seq = -1
+        self._wait_in_flight = self._wait_owed = False
         if kept and self._wait_replicas and time.monotonic() >= self._degraded_until:
             self._last_wait_seq = self._done + len(kept)
             kept.append((1, _WAIT_MARK, self._pack([self._wait])))
             self._sent += 1
+            self._wait_in_flight = True
 
     def close(self) -> None:
         self.flush(timeout=2.0)

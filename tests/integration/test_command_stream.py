@@ -116,3 +116,27 @@ def test_a_master_without_replicas_is_waited_on_less_and_less(redis_url, monkeyp
         stream.close()
         r.delete("rayr-test-no-replica")
         r.close()
+
+
+def test_a_burst_written_while_a_wait_is_out_adds_no_wait_of_its_own(redis_url, monkeypatch):
+    """Writes made while a WAIT is on the wire are covered by the next one, sent when it is
+    answered: one WAIT at a time. Queued behind one that times out (a replica-less master),
+    a WAIT per write would block the connection for the timeout each, in turn."""
+    from rayr.gcs import command_stream
+
+    monkeypatch.setattr(command_stream, "DEGRADED_S", 30.0)  # one window: after the first timeout
+    r = connect(redis_url)
+    waits_before = int(r.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+    stream = CommandStream(redis_url, None, wait_replicas=1, wait_timeout_ms=300)
+    try:
+        for _ in range(40):  # ~80 ms of separate writes while the first WAIT waits 300 ms
+            stream.send([("INCR", "rayr-test-burst-wait")])
+            time.sleep(0.002)
+        assert stream.flush(timeout=60)
+        waits = int(r.info("commandstats")["cmdstat_wait"]["calls"]) - waits_before
+        assert waits == 1, waits  # the first timed out: degraded, no WAIT was owed after it
+        assert int(r.get("rayr-test-burst-wait")) == 40
+    finally:
+        stream.close()
+        r.delete("rayr-test-burst-wait")
+        r.close()
