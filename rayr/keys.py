@@ -280,6 +280,12 @@ class Keys:
         return self.prefix + "ended_jobs"
 
     @property
+    def gone_workers(self) -> str:
+        """Worker processes that exited, by exit time: results of tasks they had started land in
+        their inbox later, so the monitor deletes it again for a while."""
+        return self.prefix + "gone_workers"
+
+    @property
     def ended_drivers(self) -> str:
         """Drivers of ended jobs: results of their tasks that finish later land in their inbox,
         which the monitor keeps deleting until the job leaves the history."""

@@ -36,16 +36,22 @@ def trim_history(
     return removed
 
 
+GONE_WORKER_S = 600.0  # how long a dead worker's inbox is deleted again (results of its tasks)
+
+
 def sweep_ended_inboxes(gcs: GcsClient) -> None:
-    """Delete the inboxes of ended jobs' drivers again: a task of the job that was running
-    when it ended still delivers its result there (the job's record keeps the driver in
-    ``ended_drivers`` until the history drops it)."""
-    drivers = gcs.r.smembers(gcs.keys.ended_drivers)
-    if not drivers:
+    """Delete the inboxes of ended jobs' drivers and of exited workers again: a task they
+    started that was still running delivers its result there later. A driver stays in
+    ``ended_drivers`` until the history drops its job; a worker in ``gone_workers`` for
+    GONE_WORKER_S."""
+    keys = gcs.keys
+    gcs.r.zremrangebyscore(keys.gone_workers, "-inf", time.time() - GONE_WORKER_S)
+    owners = [*gcs.r.smembers(keys.ended_drivers), *gcs.r.zrange(keys.gone_workers, 0, -1)]
+    if not owners:
         return
     with gcs.r.pipeline(transaction=False) as p:
-        for driver in drivers:
-            p.delete(*gcs.keys.inbox_keys(driver.decode()))
+        for owner in owners:
+            p.delete(*keys.inbox_keys(owner.decode()))
         p.execute()
 
 

@@ -585,6 +585,7 @@ class Raylet:
         if handle.worker_id in self.pool.workers:
             self._selector.unregister(handle.conn.fileno())
         self.pool.remove(handle.worker_id)
+        self._forget_inbox(handle.worker_id)
         actor_id = self._actor_of.pop(handle.worker_id, None)
         if actor_id is not None:
             with self._lock:
@@ -610,6 +611,17 @@ class Raylet:
             for lost in unfinished:
                 until_reachable(functools.partial(self._task_crashed, lost, why), "re-queueing a task")
         self._capacity_freed()
+
+    def _forget_inbox(self, worker_id: str) -> None:
+        """A worker exited: what it was sent goes, and the monitor deletes what comes later
+        (results of tasks it started) for a while."""
+        try:
+            with self.gcs.r.pipeline(transaction=False) as p:
+                p.delete(*self.keys.inbox_keys(worker_id))
+                p.zadd(self.keys.gone_workers, {worker_id: time.time()})
+                p.execute()
+        except redis.RedisError:  # Redis away: its inbox outlives it; nothing is lost
+            log.warning("could not delete the inbox of exited worker %s", worker_id)
 
     def _unfinished_of(self, handle: WorkerHandle, task: QueuedTask) -> list[QueuedTask]:
         """What a dead worker left unfinished: the task we gave it, if not yet ACKed, and the

@@ -3,6 +3,7 @@ that holds the GIL, Redis away for longer than a node timeout."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -291,6 +292,43 @@ def test_a_dead_drivers_inbox_goes_with_its_job(cluster3, tmp_path):
     deadline = time.time() + 60
     while core.gcs.r.exists(*inbox):  # the monitor deletes it again
         assert time.time() < deadline, "a result that came after the job ended stayed in its inbox"
+        time.sleep(0.05)
+
+
+def test_a_dead_workers_inbox_goes_too(cluster3, tmp_path):
+    """A worker dies with a task it started still running: that task's result, which lands in
+    the dead worker's inbox, does not stay there for good."""
+    core = rayr.context.require_core()
+    marks = str(tmp_path)
+
+    @rayr.remote
+    def child(marks: str) -> int:
+        open(os.path.join(marks, "started"), "w").close()
+        while not os.path.exists(os.path.join(marks, "go")):
+            time.sleep(0.01)
+        return 1
+
+    @rayr.remote(max_retries=0)
+    def parent(marks: str) -> None:
+        ref = child.remote(marks)  # owned by this worker, which is about to die
+        while not os.path.exists(os.path.join(marks, "started")):
+            time.sleep(0.01)
+        me = rayr.context.require_core().worker_hex
+        with open(os.path.join(marks, "who"), "w") as f:
+            f.write(f"{me} {ref.hex()}")
+        os._exit(1)
+
+    with pytest.raises(rayr.exceptions.WorkerCrashedError):
+        rayr.get(parent.remote(marks), timeout=120)
+    worker, result = (tmp_path / "who").read_text().split()
+    (tmp_path / "go").touch()  # the child finishes: its result goes to the dead worker's inbox
+    deadline = time.time() + 60
+    while not core.gcs.r.exists(core.keys.object_key_prefix + result):
+        assert time.time() < deadline, "the child never finished"
+        time.sleep(0.02)
+    deadline = time.time() + 60
+    while core.gcs.r.exists(*core.keys.inbox_keys(worker)):
+        assert time.time() < deadline, "a result for a dead worker stayed in its inbox"
         time.sleep(0.05)
 
 
