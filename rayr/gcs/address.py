@@ -13,8 +13,9 @@ Accepted forms (everywhere an address is: ``--address``, ``--redis-address``, ``
     rediss+cluster://...                                              the same over TLS
 
 On a Redis Cluster the tables of one rayr cluster carry the hash tag ``{<cluster name>}``
-(``keys.py``), so they all live in one slot: each connection asks the seed nodes (CLUSTER
-SLOTS) which master serves that slot when it connects, and connects there; a MOVED or
+(``keys.py``), so they all live in one slot: each connection looks up which master serves
+that slot when it connects (the process's last CLUSTER SLOTS reply, asked again once a
+connection finds it wrong), and connects there; a MOVED or
 CLUSTERDOWN reply (the slot moved, or a failover is under way) drops the connection, so the
 command is sent again to wherever the slot is now. Spread keys (``{<cluster name>/<n>}``) get
 a pool of their own per tag the same way (:func:`slot_pool`).
@@ -331,8 +332,50 @@ def slot_pool(pool: redis.ConnectionPool, slot: int) -> redis.ConnectionPool | N
     return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 
 
+class _SlotRanges:
+    """Which master serves each slot, from the last CLUSTER SLOTS reply: shared by a process's
+    lookups on one Redis Cluster (each new connection would otherwise ask again), and
+    forgotten when a reply says a slot moved or a master could not be reached."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ranges: list[tuple[int, int, tuple[str, int]]] | None = None
+
+    def lookup(self, slot: int) -> tuple[str, int] | None:
+        with self._lock:
+            ranges = self._ranges
+        return next((master for start, end, master in ranges or () if start <= slot <= end), None)
+
+    def store(self, ranges: list[tuple[int, int, tuple[str, int]]]) -> None:
+        with self._lock:
+            self._ranges = ranges
+
+    def forget(self) -> None:
+        with self._lock:
+            self._ranges = None
+
+
+_SLOT_RANGES: dict[tuple[tuple[str, int], ...], _SlotRanges] = {}
+_SLOT_RANGES_LOCK = threading.Lock()
+
+
+def _forget_slot_ranges_in_child() -> None:  # a forked worker asks afresh (and no lock is held)
+    global _SLOT_RANGES_LOCK
+    _SLOT_RANGES.clear()
+    _SLOT_RANGES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_slot_ranges_in_child)
+
+
+def _slot_ranges(seeds: tuple[tuple[str, int], ...]) -> _SlotRanges:
+    with _SLOT_RANGES_LOCK:
+        return _SLOT_RANGES.setdefault(tuple(sorted(seeds)), _SlotRanges())
+
+
 class SlotMaster:
-    """Which master of a Redis Cluster serves one slot, asked of its nodes (CLUSTER SLOTS)."""
+    """Which master of a Redis Cluster serves one slot, asked of its nodes (CLUSTER SLOTS) and
+    remembered for the process (``_SlotRanges``) until a connection finds it wrong."""
 
     def __init__(self, seeds: tuple[tuple[str, int], ...], slot: int, conn: dict[str, Any], *,
                  tls: bool) -> None:
@@ -341,6 +384,7 @@ class SlotMaster:
         self._probe = {k: v for k, v in conn.items() if k in ("username", "password") or k.startswith("ssl_")}
         self._probe.update(ssl=tls, socket_connect_timeout=2.0, socket_timeout=2.0)
         self._lock = threading.Lock()
+        self._ranges = _slot_ranges(seeds)
 
     def for_slot(self, slot: int) -> SlotMaster:
         """The same lookup for another slot, starting from every node known here."""
@@ -348,7 +392,12 @@ class SlotMaster:
         with self._lock:
             other._known = list(self._known)
         other._probe = dict(self._probe)
+        other._ranges = self._ranges
         return other
+
+    def forget(self) -> None:
+        """A connection found the slot elsewhere, or its master away: ask the nodes again."""
+        self._ranges.forget()
 
     def find(self) -> tuple[str, int]:
         """The (host, port) of the master serving the slot now.
@@ -357,6 +406,9 @@ class SlotMaster:
             redis.ConnectionError: no node answered, or none serves the slot (the cluster is
                 down or still failing over); the caller retries as for any unreachable Redis.
         """
+        remembered = self._ranges.lookup(self.slot)
+        if remembered is not None:
+            return remembered
         with self._lock:
             known = list(self._known)
         errors = []
@@ -370,14 +422,17 @@ class SlotMaster:
             finally:
                 client.close()
             found = None
+            ranges = []
             for entry in reply:
                 start, end, master = int(entry[0]), int(entry[1]), entry[2]
                 nodes = [(_text(n[0]) or host, int(n[1])) for n in entry[2:]]
                 with self._lock:
                     self._known.extend(n for n in nodes if n not in self._known)
+                ranges.append((start, end, (_text(master[0]) or host, int(master[1]))))
                 if start <= self.slot <= end:
-                    found = (_text(master[0]) or host, int(master[1]))
+                    found = ranges[-1][2]
             if found is not None:
+                self._ranges.store(ranges)
                 return found
             errors.append(f"{host}:{port}: no master serves slot {self.slot}")
         raise redis.ConnectionError(f"no node of the Redis Cluster answered with the master of slot "
@@ -405,17 +460,26 @@ class _SlotConnection(redis.Connection):
         if self._sock:
             return
         self.host, self.port = self.slot_master.find()
-        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+        try:
+            super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+        except (redis.ConnectionError, OSError):  # that master is away: the slot may be elsewhere
+            self.slot_master.forget()
+            raise
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
             response = super().read_response(*args, **kwargs)
         except _ELSEWHERE as err:
             self.disconnect()
+            self.slot_master.forget()
             raise redis.ConnectionError(f"the slot moved ({type(err).__name__}: {err}); "
                                         "connecting again") from err
+        except redis.ConnectionError:  # the master went away: it may have failed over
+            self.slot_master.forget()
+            raise
         if isinstance(response, _ELSEWHERE):
             self.disconnect()  # an error inside a pipeline's replies
+            self.slot_master.forget()
             raise redis.ConnectionError(f"the slot moved ({response}); connecting again")
         return response
 

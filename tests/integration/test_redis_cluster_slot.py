@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from rayr.gcs.address import slot_of
-from rayr.gcs.client import connect
+from rayr.gcs.client import GcsClient, connect
 from rayr.gcs.command_stream import CommandStream
-from rayr.keys import Keys
+from rayr.keys import SPREAD_TAGS, Keys
 from rayr.testing_redis import RedisClusterSet
 
 PASSWORD = "slot-test-pw"
@@ -53,3 +53,32 @@ def test_a_client_and_a_command_stream_follow_their_slot_to_another_master(redis
         stream.close()
         client.delete(key)
         client.close()
+
+
+def _slot_lookups(cset: RedisClusterSet) -> int:
+    total = 0
+    for master in cset.masters:
+        client: Any = master.client()
+        try:
+            total += int(client.info("commandstats").get("cmdstat_cluster|slots", {}).get("calls", 0))
+        finally:
+            client.close()
+    return total
+
+
+def test_new_connections_share_one_slot_lookup(redis_cluster_set):
+    """A process's connections (any pool, any spread tag) share the slot map of the last
+    CLUSTER SLOTS instead of each asking again; a MOVED makes them ask (the test above)."""
+    cset = redis_cluster_set
+    before = _slot_lookups(cset)
+    clients = [connect(cset.url, PASSWORD, cluster_name=NAME) for _ in range(6)]
+    try:
+        for client in clients:
+            assert client.ping()
+        gcs = GcsClient(clients[0], Keys(NAME))
+        for tag in range(SPREAD_TAGS):
+            assert gcs.shard(tag).ping()
+        assert _slot_lookups(cset) - before <= 1
+    finally:
+        for client in clients:
+            client.close()
