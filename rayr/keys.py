@@ -45,6 +45,11 @@ def transfer_tag(object_hex: str) -> int:
     return zlib.crc32(object_hex.encode()) % SPREAD_TAGS
 
 
+def job_tag(job_hex: str) -> int:
+    """The spread tag of a job's task events."""
+    return zlib.crc32(job_hex.encode()) % SPREAD_TAGS
+
+
 class Keys:
     """Key names for one rayr cluster. Ids are passed as hex strings."""
 
@@ -300,23 +305,27 @@ class Keys:
         """Set of every actor id in the actor table (trimmed with it)."""
         return self.prefix + _F["actors"]
 
-    # -- task events: per job, what owners and executors saw of each task (rayr.util.state)
+    # -- task events: per job, what owners and executors saw of each task (rayr.util.state),
+    # under the job's spread tag (job_tag): only their own script and reads touch them
     def task_events_owner(self, job_hex: str) -> str:
         """Hash: task id (16 raw bytes) -> the owner's view (submission, pending states)."""
-        return f"{self.prefix}tev:{job_hex}"
+        return f"{self.spread_prefix(job_tag(job_hex))}tev:{job_hex}"
 
     def task_events_exec(self, job_hex: str) -> str:
         """Hash: task id (16 raw bytes) -> the executor's view (node, pid, running, end)."""
-        return f"{self.prefix}tex:{job_hex}"
+        return f"{self.spread_prefix(job_tag(job_hex))}tex:{job_hex}"
+
+    def task_events_dropped(self, job_hex: str) -> str:
+        """Counter: the job's views dropped because its tables were full."""
+        return f"{self.spread_prefix(job_tag(job_hex))}tevd:{job_hex}"
+
+    def task_events_ended(self, job_hex: str) -> str:
+        """Set (expiring) once the job ended: views written later expire with the rest."""
+        return f"{self.spread_prefix(job_tag(job_hex))}teve:{job_hex}"
 
     def log_reply(self, token: str) -> str:
         """List: a raylet's answer to one log request (expires soon after)."""
         return f"{self.prefix}logreply:{token}"
-
-    @property
-    def task_events_dropped(self) -> str:
-        """Hash: job id -> events dropped because the job's tables were full."""
-        return self.prefix + "tev_dropped"
 
     @property
     def dead_nodes(self) -> str:

@@ -114,10 +114,16 @@ class Cluster:
         self._local.shutdown()
         client = connect_as(self.address, self.settings)
         try:
-            keys = [key for pattern in (f"rayr:{{{self.name}}}:*", Keys(self.name).spread_pattern)
-                    for key in client.scan_iter(match=pattern, count=1000)]
+            keys = list(client.scan_iter(match=f"rayr:{{{self.name}}}:*", count=1000))
             for i in range(0, len(keys), 1000):
                 client.delete(*keys[i : i + 1000])
+            # spread keys one at a time: on a Redis Cluster they are in other slots (those on
+            # other masters expire or stay behind with the cluster's Redis)
+            spread = list(client.scan_iter(match=Keys(self.name).spread_pattern, count=1000))
+            with client.pipeline(transaction=False) as p:
+                for key in spread:
+                    p.delete(key)
+                p.execute()
         finally:
             client.close()
         if self._own_temp:

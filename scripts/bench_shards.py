@@ -21,8 +21,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.crc import key_slot
+
 import rayr
 from rayr.gcs.address import slot_of
+from rayr.keys import Keys, job_tag
 from rayr.testing import Cluster
 from rayr.testing_redis import RedisClusterSet, redis_cluster, server_binary
 from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -113,6 +116,9 @@ def main() -> None:
                 rayr.init(address=cluster.address, _cluster_name=cluster.name, _redis_password=PASSWORD)
                 tables = cluster_set.owner_of(slot_of(cluster.name))
                 results["tables_master"] = tables
+                job = rayr.get_runtime_context().get_job_id()
+                spread = Keys(cluster.name).spread_prefix(job_tag(job)).encode()
+                results["events_master"] = cluster_set.owner_of(key_slot(spread))
                 rayr.get([noop.remote() for _ in range(200)])  # workers started, functions exported
                 pinger = Pinger.remote()
                 rayr.get(pinger.ping.remote())
@@ -142,7 +148,9 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     tables = results.pop("tables_master")
-    print(f"master {tables} serves the tables' slot (marked *)")
+    events = results.pop("events_master")
+    print(f"master {tables} serves the tables' slot (marked *); master {events} the job's task events "
+          "(written a flush interval after the tasks: they show in the next row)")
     print(f"{'workload':34} {'time':>7}  " + "  ".join(
         f"{'m' + str(i) + ('*' if i == tables else '') + ' cpu ms / cmds / MB in':>30}" for i in range(3)))
     for name, row in results.items():

@@ -15,12 +15,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from redis.crc import key_slot
+
 from rayr import serialization
 from rayr.exceptions import RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs import task_events as tev
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
+from rayr.keys import job_tag
 from rayr.resources import shape_key
 
 if TYPE_CHECKING:
@@ -148,10 +151,13 @@ class TaskEvents:
         settled = time.time() - self._settings.task_events_flush_s
         self._still_waiting(owner_args, settled)
         self._still_running(exec_args, settled)
-        commands = self._commands_for(owner_args, self._gcs.keys.task_events_owner)
-        commands += self._commands_for(exec_args, self._gcs.keys.task_events_exec)
-        if commands:
-            self._commands.send(commands)
+        by_tag: dict[int, list[Any]] = {}
+        for job, command in [*self._commands_for(owner_args, self._gcs.keys.task_events_owner),
+                             *self._commands_for(exec_args, self._gcs.keys.task_events_exec)]:
+            by_tag.setdefault(job_tag(job), []).append(command)
+        for tag, commands in by_tag.items():  # a job's tables live on its spread tag's master
+            slot = key_slot(self._gcs.keys.spread_prefix(tag).encode())
+            self._commands.for_slot(slot).send(commands)
 
     def _still_waiting(self, owner_args: dict[str, list[Any]], settled: float) -> None:
         """Tasks still waiting a flush interval after their last change: the owner says so (a
@@ -221,11 +227,11 @@ class TaskEvents:
         self._heads[key] = (spec.resources, what)
         return what
 
-    def _commands_for(self, by_job: dict[str, list[Any]], table: Any) -> list[Any]:
-        """One RECORD_TASK_EVENTS per job, of its flat (task id, view, ...) list."""
+    def _commands_for(self, by_job: dict[str, list[Any]], table: Any) -> list[tuple[str, Any]]:
+        """(job, its RECORD_TASK_EVENTS) per job, of its flat (task id, view, ...) list."""
         settings = self._settings
         return [
-            self._gcs.task_events_command(table(job), job, flat, settings.task_events_max_per_job,
-                                          settings.task_events_retention_s)
+            (job, self._gcs.task_events_command(table(job), job, flat, settings.task_events_max_per_job,
+                                                settings.task_events_retention_s))
             for job, flat in by_job.items() if flat
         ]

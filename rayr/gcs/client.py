@@ -22,7 +22,7 @@ from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
-from rayr.keys import TASK_GROUP, Keys
+from rayr.keys import TASK_GROUP, Keys, job_tag
 from rayr.task_spec import ACTOR_CREATION, SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.gcs")
@@ -260,9 +260,15 @@ class GcsClient:
             p.zadd(self.keys.ended_jobs, {job_hex: now})
             p.srem(self.keys.running_jobs, job_hex)
             p.delete(self.keys.job_alive(job_hex))
-            # task events stay readable a while after the job (rayr list tasks, timeline)
-            for table in (self.keys.task_events_owner(job_hex), self.keys.task_events_exec(job_hex)):
-                p.pexpire(table, max(1, int(retention_s * 1000)))
+            p.execute()
+        # task events stay readable a while after the job (rayr list tasks, timeline); views
+        # written later (a task still running) see the marker and expire with them
+        keep_ms = max(1, int(retention_s * 1000))
+        with self.shard(job_tag(job_hex)).pipeline(transaction=False) as p:
+            p.set(self.keys.task_events_ended(job_hex), b"1", px=keep_ms)
+            for table in (self.keys.task_events_owner(job_hex), self.keys.task_events_exec(job_hex),
+                          self.keys.task_events_dropped(job_hex)):
+                p.pexpire(table, keep_ms)
             p.execute()
         for pattern in (
             self.keys.objects_of_job(job_hex),
@@ -311,8 +317,8 @@ class GcsClient:
     ) -> tuple[Any, ...]:
         """RECORD_TASK_EVENTS of ``flat`` (task id, view, task id, view, ...) into ``table``,
         as one command."""
-        return ("EVAL", scripts.RECORD_TASK_EVENTS, 3, table, self.keys.task_events_dropped,
-                self.keys.job(job_hex), cap, job_hex, int(retention_s * 1000), *flat)
+        return ("EVAL", scripts.RECORD_TASK_EVENTS, 3, table, self.keys.task_events_dropped(job_hex),
+                self.keys.task_events_ended(job_hex), cap, job_hex, int(retention_s * 1000), *flat)
 
     def free_objects_command(self, items: Iterable[tuple[bytes, bool]]) -> tuple[Any, ...]:
         """FREE_OBJECTS for (object id, force) pairs, as one command for a CommandStream."""

@@ -40,6 +40,7 @@ from typing import Any
 import redis
 
 from rayr.config import Settings
+from rayr.gcs.address import slot_pool
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connection_pool, until_reachable
 
 _pack_command: Any
@@ -89,8 +90,15 @@ class CommandStream:
     """Write commands now, read their replies on a background thread."""
 
     def __init__(self, url: str, password: str | None, wait_replicas: int = 0,
-                 wait_timeout_ms: int = 500, cluster_name: str | None = None) -> None:
+                 wait_timeout_ms: int = 500, cluster_name: str | None = None,
+                 slot: int | None = None) -> None:
         pool = connection_pool(url, password, cluster_name=cluster_name)
+        spread = None if slot is None else slot_pool(pool, slot)  # a Redis Cluster's other master
+        self._params = (url, password, wait_replicas, wait_timeout_ms, cluster_name)
+        self._on_cluster = slot_pool(pool, 0) is not None
+        self._siblings: dict[int, CommandStream] = {}
+        self._siblings_lock = threading.Lock()
+        pool = spread or pool
         self._wait = [b"WAIT", str(wait_replicas).encode(), str(wait_timeout_ms).encode()]
         self._wait_replicas = wait_replicas
         self._degraded_until = 0.0  # no WAIT before this time: the replicas did not answer
@@ -445,7 +453,23 @@ class CommandStream:
             self._sent += 1
             self._wait_in_flight = True
 
+    def for_slot(self, slot: int) -> CommandStream:
+        """The stream for keys in ``slot``: on a Redis Cluster one of its own to the master
+        serving it (made on first use, closed with this one; ordered only within itself), on
+        any other Redis this one."""
+        if not self._on_cluster:
+            return self
+        with self._siblings_lock:
+            sibling = self._siblings.get(slot)
+            if sibling is None:
+                sibling = self._siblings[slot] = CommandStream(*self._params, slot=slot)
+            return sibling
+
     def close(self) -> None:
+        with self._siblings_lock:
+            siblings = list(self._siblings.values())
+        for sibling in siblings:
+            sibling.close()
         self.flush(timeout=2.0)
         with self._cond:
             self._closed = True

@@ -274,11 +274,12 @@ return out
 # side (owner or executor) of that task, which replaces the last one. A job's table takes at
 # most ARGV[1] tasks; views of tasks beyond that are dropped (and counted). Once the job has
 # ended, the table expires after ARGV[3] ms, as its other tables are gone already.
+# All three keys carry the job's spread tag (keys.job_tag), so this runs on its master.
 # KEYS[1]  the job's owner or executor table (hash)
-# KEYS[2]  dropped-events counters (hash: job -> count)
-# KEYS[3]  the job's hash
+# KEYS[2]  the job's dropped-events counter
+# KEYS[3]  the job's end marker (set by finish_job)
 # ARGV[1]  the most tasks a job's table holds
-# ARGV[2]  the job id
+# ARGV[2]  the job id (unused; kept so the argument positions stay)
 # ARGV[3]  retention after the job's end, ms
 # ARGV[4+2k], ARGV[5+2k]  task id, view
 # Returns how many views were dropped.
@@ -303,11 +304,11 @@ if #batch > 0 then
   redis.call('HSET', KEYS[1], unpack(batch))
 end
 if dropped > 0 then
-  redis.call('HINCRBY', KEYS[2], ARGV[2], dropped)
+  redis.call('INCRBY', KEYS[2], dropped)
 end
-local status = redis.call('HGET', KEYS[3], 'status')
-if not status or (status ~= 'RUNNING' and status ~= 'PENDING') then
+if redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 return dropped
 """)

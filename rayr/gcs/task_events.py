@@ -5,7 +5,9 @@ Each job has two hashes keyed by the 16-byte task id: ``tev:<job>`` holds the ow
 and ``tex:<job>`` the executor's (node, worker, pid, attempt, when it was received, started
 and ended, its error). Each side rewrites its whole view of a task as it changes, in
 batches (``RECORD_TASK_EVENTS``), so reading a task is two hash reads and no replay. A view
-is a few fields joined by ``SEP``: cheap to build on the hot path, no JSON.
+is a few fields joined by ``SEP``: cheap to build on the hot path, no JSON. Both carry the
+job's spread tag (``keys.job_tag``): on a Redis Cluster they live on that tag's master and are
+read and written through ``GcsClient.shard`` and the command stream's ``for_slot``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayr.gcs.client import GcsClient
+from rayr.keys import job_tag
 
 SEP = "\x1f"
 OWNER_TAG, EXEC_TAG = "o1", "x1"
@@ -194,11 +197,12 @@ def read_tasks(gcs: GcsClient, jobs: Iterable[str], task_ids: list[bytes] | None
     left = limit
     for job in jobs:
         owner_key, exec_key = keys.task_events_owner(job), keys.task_events_exec(job)
+        r = gcs.shard(job_tag(job))
         if task_ids is not None:
             ids = [t for t in task_ids if t.hex().startswith(job)]
             if not ids:
                 continue
-            with gcs.r.pipeline(transaction=False) as p:
+            with r.pipeline(transaction=False) as p:
                 p.hmget(owner_key, ids)
                 p.hmget(exec_key, ids)
                 owners, execs = p.execute()
@@ -210,10 +214,10 @@ def read_tasks(gcs: GcsClient, jobs: Iterable[str], task_ids: list[bytes] | None
         for table, other, mine_first in ((owner_key, exec_key, True), (exec_key, owner_key, False)):
             cursor = 0
             while True:
-                cursor, chunk = gcs.r.hscan(table, cursor, count=1000)
+                cursor, chunk = r.hscan(table, cursor, count=1000)
                 batch = [(t, v) for t, v in chunk.items() if t not in seen]
                 if batch:
-                    others = gcs.r.hmget(other, [t for t, _ in batch])
+                    others = r.hmget(other, [t for t, _ in batch])
                     for (tid, value), paired in zip(batch, others, strict=True):
                         seen.add(tid)
                         yield merge(tid, job, value, paired) if mine_first else merge(tid, job, paired, value)
@@ -225,6 +229,12 @@ def read_tasks(gcs: GcsClient, jobs: Iterable[str], task_ids: list[bytes] | None
                     break
 
 
-def dropped_events(gcs: GcsClient) -> dict[str, int]:
-    """Per job, how many task views were dropped because its tables were full."""
-    return {k.decode(): int(v) for k, v in gcs.r.hgetall(gcs.keys.task_events_dropped).items()}
+def dropped_events(gcs: GcsClient, jobs: Iterable[str]) -> dict[str, int]:
+    """Of ``jobs``, those that had task views dropped because their tables were full, and
+    how many."""
+    out = {}
+    for job in jobs:
+        count = gcs.shard(job_tag(job)).get(gcs.keys.task_events_dropped(job))
+        if count:
+            out[job] = int(count)
+    return out

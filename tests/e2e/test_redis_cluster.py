@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from typing import Any
 
 from redis.crc import key_slot
@@ -17,8 +18,9 @@ from redis.crc import key_slot
 import rayr
 from rayr.gcs.address import slot_of
 from rayr.job_submission import JobStatus, JobSubmissionClient
-from rayr.keys import Keys, transfer_tag
+from rayr.keys import Keys, job_tag, transfer_tag
 from rayr.testing import run_cli, wait_node_dead
+from rayr.util import state
 from rayr.util.placement_group import placement_group, remove_placement_group
 from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -65,6 +67,7 @@ def test_a_cluster_runs_on_a_redis_cluster(redis_cluster_set, tmp_path):
         try:
             _workload(url, node_id)
             _transfer_through_its_spread_master(redis_cluster_set)
+            _task_events_on_their_jobs_master(redis_cluster_set)
             # its keys are on the master serving the slot of its name, and nowhere else
             owner = redis_cluster_set.owner_of(slot_of(NAME))
             counts = []
@@ -146,6 +149,24 @@ def _transfer_through_its_spread_master(cluster_set: Any) -> None:
     assert rayr.get(on_other.remote(ref), timeout=60) == sum(data[::4096])
     grew = [after - b for after, b in zip(_input_bytes(cluster_set), before, strict=True)]
     assert grew[spread] >= len(data) and grew[tables] < len(data) // 4, (grew, spread, tables)
+
+
+def _task_events_on_their_jobs_master(cluster_set: Any) -> None:
+    """The state API reads the job's task events, which live on its spread tag's master."""
+    job = rayr.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + 60
+    while not (listed := state.list_tasks(filters=[("job_id", "=", job)], raise_on_missing_output=False,
+                                          limit=1000)):
+        assert time.monotonic() < deadline, "no task events reached the state API"
+        time.sleep(0.2)
+    assert any(t.name.endswith("where") for t in listed), [t.name for t in listed][:5]
+    keys = Keys(NAME)
+    holder = cluster_set.owner_of(key_slot(keys.spread_prefix(job_tag(job)).encode()))
+    client: Any = cluster_set.masters[holder].client()
+    try:
+        assert client.exists(keys.task_events_owner(job)) or client.exists(keys.task_events_exec(job))
+    finally:
+        client.close()
 
 
 def _raylet_pid(temp_dir: str) -> int:

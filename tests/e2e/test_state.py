@@ -21,6 +21,7 @@ import pytest
 
 import rayr
 from rayr import context
+from rayr.gcs import task_events as tev
 from rayr.testing import Cluster
 from rayr.util import state
 from rayr.util.state import RayStateApiException
@@ -338,7 +339,7 @@ def test_a_full_table_drops_and_says_so(redis_url, monkeypatch):
         rayr.get([plus_one.remote(i) for i in range(20)])
         job = context.state.core.job_id.hex()
         wait_for(lambda: state.list_tasks(raise_on_missing_output=False, limit=100)
-                 and context.state.core.gcs.r.hget(context.state.core.gcs.keys.task_events_dropped, job),
+                 and tev.dropped_events(context.state.core.gcs, [job]),
                  "dropped events counted")
         assert len(state.list_tasks(raise_on_missing_output=False, limit=100)) <= 6
         with pytest.raises(RayStateApiException, match="dropped"):

@@ -192,7 +192,7 @@ def _task_jobs(gcs: GcsClient, filters: list[Filter] | None) -> list[str]:
 def _tasks(gcs: GcsClient, filters: list[Filter] | None, detail: bool,
            raise_on_missing_output: bool) -> Iterator[TaskState]:
     jobs = _task_jobs(gcs, filters)
-    dropped = {j: n for j, n in tev.dropped_events(gcs).items() if j in jobs}
+    dropped = tev.dropped_events(gcs, jobs)
     if dropped and raise_on_missing_output:
         raise RayStateApiException(
             f"task events were dropped for job(s) {dropped} (more tasks than task_events_max_per_job); "
