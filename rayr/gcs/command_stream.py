@@ -98,6 +98,8 @@ class CommandStream:
         self._on_cluster = slot_pool(pool, 0) is not None
         self._siblings: dict[int, CommandStream] = {}
         self._siblings_lock = threading.Lock()
+        self._send_broke: Any = None  # the batch a resend last broke off on, and how often in a row
+        self._send_breaks = 0
         pool = spread or pool
         self._wait = [b"WAIT", str(wait_replicas).encode(), str(wait_timeout_ms).encode()]
         self._wait_replicas = wait_replicas
@@ -413,10 +415,42 @@ class CommandStream:
             self._one_wait_at_the_end()
             self._load_scripts_first()
             unanswered = [packed for _, _, packed in self._waiting]
-        for packed in unanswered:
-            self._conn.send_packed_command(packed, check_health=False)
+        written = 0
+        try:
+            for packed in unanswered:
+                self._conn.send_packed_command(packed, check_health=False)
+                written += 1
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._count_send_break(written)
+            raise  # until_reachable tries the resend again
         log.warning("command connection to Redis is back; %d batches resent", len(unanswered))
         return True
+
+    def _count_send_break(self, index: int) -> None:
+        """A resend broke off while writing batch ``index`` of ``_waiting``. Redis closes the
+        connection on a value it refuses as soon as it sees it, often before the replies of
+        what came first reach us, so the reader's count never blames it and the resend would
+        be retried until RECONNECT_S, then everything failed. The same batch breaking the
+        write POISON_AFTER times in a row is failed instead, and as many PINGs take its place
+        (same position and reply count, replies dropped) so that the rest goes through."""
+        with self._cond:
+            entry = self._waiting[index]
+            same = entry is self._send_broke
+            self._send_broke, self._send_breaks = entry, (self._send_breaks + 1 if same else 1)
+            count, callback, _ = entry
+            if self._send_breaks < POISON_AFTER or callback is _WAIT_MARK or callback is _REPLAY_MARK:
+                return
+            self._waiting[index] = (count, _REPLAY_MARK, self._pack([("PING",)] * count))
+            self._send_broke, self._send_breaks = None, 0
+        log.error("a batch of %d Redis commands broke the connection %d times while being written; "
+                  "failing it", count, POISON_AFTER)
+        if callback is not None:
+            error = redis.ConnectionError(f"Redis dropped the connection on this command {POISON_AFTER} "
+                                          "times")
+            try:
+                callback([error] * count)
+            except Exception:
+                log.exception("reply callback failed")
 
     def _replay_unconfirmed(self) -> None:
         """Before a resend (under _cond): the answered batches no replica confirmed go first,
