@@ -232,9 +232,11 @@ def read_tasks(gcs: GcsClient, jobs: Iterable[str], task_ids: list[bytes] | None
 def dropped_events(gcs: GcsClient, jobs: Iterable[str]) -> dict[str, int]:
     """Of ``jobs``, those that had task views dropped because their tables were full, and
     how many."""
-    out = {}
+    by_tag: dict[int, list[str]] = {}
     for job in jobs:
-        count = gcs.shard(job_tag(job)).get(gcs.keys.task_events_dropped(job))
-        if count:
-            out[job] = int(count)
+        by_tag.setdefault(job_tag(job), []).append(job)
+    out: dict[str, int] = {}
+    for tag, group in by_tag.items():  # one MGET per tag: a tag's keys share a slot
+        counts = gcs.shard(tag).mget([gcs.keys.task_events_dropped(job) for job in group])
+        out.update((job, int(count)) for job, count in zip(group, counts, strict=True) if count)
     return out
