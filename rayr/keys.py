@@ -3,8 +3,8 @@
 The tables, streams and inboxes share the prefix ``rayr:{<cluster>}:``. The braces are a
 Redis Cluster hash tag: those keys hash to one slot, so Lua scripts may touch any of them
 atomically, and several rayr clusters can share one Redis. Keys that only single commands
-touch (object transfers) carry spread tags ``{<cluster>/<n>}`` instead, so that on a Redis
-Cluster their load lands on other masters too.
+touch (object transfers, task events) carry spread tags ``{<cluster>/<n>}`` instead, so
+that on a Redis Cluster their load lands on other masters too.
 """
 
 from __future__ import annotations
@@ -40,14 +40,10 @@ _F = FAMILIES
 SPREAD_TAGS = 16
 
 
-def transfer_tag(object_hex: str) -> int:
-    """The spread tag of the keys that move object ``object_hex`` between nodes."""
-    return zlib.crc32(object_hex.encode()) % SPREAD_TAGS
-
-
-def job_tag(job_hex: str) -> int:
-    """The spread tag of a job's task events."""
-    return zlib.crc32(job_hex.encode()) % SPREAD_TAGS
+def spread_tag(id_hex: str) -> int:
+    """The spread tag of the keys that belong to one id: an object's transfer keys (by the
+    object id), a job's task events (by the job id)."""
+    return zlib.crc32(id_hex.encode()) % SPREAD_TAGS
 
 
 class Keys:
@@ -238,11 +234,11 @@ class Keys:
     # -- cross-node transfers: chunks of one object on their way to one node, under the
     # object's spread tag (the heaviest byte load on Redis, off the tables' master)
     def transfer(self, object_hex: str, dest: str) -> str:
-        return f"{self.spread_prefix(transfer_tag(object_hex))}xfer:{object_hex}:{dest}"
+        return f"{self.spread_prefix(spread_tag(object_hex))}xfer:{object_hex}:{dest}"
 
     def transfer_lock(self, object_hex: str, dest: str) -> str:
         """Held by the one process pulling an object to ``dest``; others wait for it."""
-        return f"{self.spread_prefix(transfer_tag(object_hex))}xferlock:{object_hex}:{dest}"
+        return f"{self.spread_prefix(spread_tag(object_hex))}xferlock:{object_hex}:{dest}"
 
     # -- placement groups: a hash each, the ones waiting for room, names per namespace
     def placement_group(self, pg_hex: str) -> str:
@@ -306,22 +302,27 @@ class Keys:
         return self.prefix + _F["actors"]
 
     # -- task events: per job, what owners and executors saw of each task (rayr.util.state),
-    # under the job's spread tag (job_tag): only their own script and reads touch them
+    # under the job's spread tag: only their own script and reads touch them
     def task_events_owner(self, job_hex: str) -> str:
         """Hash: task id (16 raw bytes) -> the owner's view (submission, pending states)."""
-        return f"{self.spread_prefix(job_tag(job_hex))}tev:{job_hex}"
+        return f"{self.spread_prefix(spread_tag(job_hex))}tev:{job_hex}"
 
     def task_events_exec(self, job_hex: str) -> str:
         """Hash: task id (16 raw bytes) -> the executor's view (node, pid, running, end)."""
-        return f"{self.spread_prefix(job_tag(job_hex))}tex:{job_hex}"
+        return f"{self.spread_prefix(spread_tag(job_hex))}tex:{job_hex}"
 
     def task_events_dropped(self, job_hex: str) -> str:
         """Counter: the job's views dropped because its tables were full."""
-        return f"{self.spread_prefix(job_tag(job_hex))}tevd:{job_hex}"
+        return f"{self.spread_prefix(spread_tag(job_hex))}tevd:{job_hex}"
+
+    def task_events_keys(self, job_hex: str) -> list[str]:
+        """The job's tables and counter, expired and deleted together."""
+        return [self.task_events_owner(job_hex), self.task_events_exec(job_hex),
+                self.task_events_dropped(job_hex)]
 
     def task_events_ended(self, job_hex: str) -> str:
         """Set (expiring) once the job ended: views written later expire with the rest."""
-        return f"{self.spread_prefix(job_tag(job_hex))}teve:{job_hex}"
+        return f"{self.spread_prefix(spread_tag(job_hex))}teve:{job_hex}"
 
     def log_reply(self, token: str) -> str:
         """List: a raylet's answer to one log request (expires soon after)."""

@@ -21,11 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.crc import key_slot
-
 import rayr
-from rayr.gcs.address import slot_of
-from rayr.keys import Keys, job_tag
+from rayr.gcs.address import slot_of, spread_slot
+from rayr.keys import Keys, spread_tag
 from rayr.testing import Cluster
 from rayr.testing_redis import RedisClusterSet, redis_cluster, server_binary
 from rayr.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -117,8 +115,8 @@ def main() -> None:
                 tables = cluster_set.owner_of(slot_of(cluster.name))
                 results["tables_master"] = tables
                 job = rayr.get_runtime_context().get_job_id()
-                spread = Keys(cluster.name).spread_prefix(job_tag(job)).encode()
-                results["events_master"] = cluster_set.owner_of(key_slot(spread))
+                spread = spread_slot(Keys(cluster.name), spread_tag(job))
+                results["events_master"] = cluster_set.owner_of(spread)
                 rayr.get([noop.remote() for _ in range(200)])  # workers started, functions exported
                 pinger = Pinger.remote()
                 rayr.get(pinger.ping.remote())

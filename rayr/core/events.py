@@ -15,15 +15,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from redis.crc import key_slot
-
 from rayr import serialization
 from rayr.exceptions import RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs import task_events as tev
+from rayr.gcs.address import spread_slot
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
-from rayr.keys import job_tag
+from rayr.keys import spread_tag
 from rayr.resources import shape_key
 
 if TYPE_CHECKING:
@@ -154,10 +153,9 @@ class TaskEvents:
         by_tag: dict[int, list[Any]] = {}
         for job, command in [*self._commands_for(owner_args, self._gcs.keys.task_events_owner),
                              *self._commands_for(exec_args, self._gcs.keys.task_events_exec)]:
-            by_tag.setdefault(job_tag(job), []).append(command)
+            by_tag.setdefault(spread_tag(job), []).append(command)
         for tag, commands in by_tag.items():  # a job's tables live on its spread tag's master
-            slot = key_slot(self._gcs.keys.spread_prefix(tag).encode())
-            self._commands.for_slot(slot).send(commands)
+            self._commands.for_slot(spread_slot(self._gcs.keys, tag)).send(commands)
 
     def _still_waiting(self, owner_args: dict[str, list[Any]], settled: float) -> None:
         """Tasks still waiting a flush interval after their last change: the owner says so (a

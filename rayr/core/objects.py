@@ -29,7 +29,7 @@ from rayr.exceptions import (
 from rayr.gcs import records as rec
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
-from rayr.keys import transfer_tag
+from rayr.keys import spread_tag
 from rayr.object_ref import ObjectRef
 from rayr.object_store import transfer
 from rayr.object_store.base import ObjectStoreBackend
@@ -372,7 +372,7 @@ class ObjectClient:
             return view
         if node_hex == self.node_hex:
             raise ObjectLostError(oid.hex(), f"It is no longer in the object store of node {node_hex[:12]}.")
-        shard = self.gcs.shard(transfer_tag(oid.hex()))
+        shard = self.gcs.shard(spread_tag(oid.hex()))
         return transfer.pull_into_store(  # one pull per object and node at a time
             self.gcs.r, shard, self.keys, self.store, oid, node_hex, size, self.node_hex, self.worker_hex
         )

@@ -321,13 +321,23 @@ def slot_of(cluster_name: str) -> int:
     return key_slot(Keys(cluster_name).prefix.encode())
 
 
+def spread_slot(keys: Keys, tag: int) -> int:
+    """The Redis Cluster hash slot of the keys under spread tag ``tag`` (``Keys.spread_prefix``)."""
+    return key_slot(keys.spread_prefix(tag).encode())
+
+
+def on_cluster(pool: redis.ConnectionPool) -> bool:
+    """Whether ``pool`` (made by ``connection_pool``) reaches a Redis Cluster."""
+    return isinstance(pool.connection_kwargs.get("slot_master"), SlotMaster)
+
+
 def slot_pool(pool: redis.ConnectionPool, slot: int) -> redis.ConnectionPool | None:
     """A pool like ``pool`` (a Redis Cluster one, made by ``connection_pool``) whose
     connections go to the master serving ``slot``; None for any other kind of Redis, where
     every key lives on the one server ``pool`` reaches."""
-    master = pool.connection_kwargs.get("slot_master")
-    if not isinstance(master, SlotMaster):
+    if not on_cluster(pool):
         return None
+    master = pool.connection_kwargs["slot_master"]
     kwargs = {**pool.connection_kwargs, "slot_master": master.for_slot(slot)}
     return redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 

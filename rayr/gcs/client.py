@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.crc import key_slot
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
@@ -22,7 +21,7 @@ from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
-from rayr.keys import TASK_GROUP, Keys, job_tag
+from rayr.keys import TASK_GROUP, Keys, spread_tag
 from rayr.task_spec import ACTOR_CREATION, SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.gcs")
@@ -136,8 +135,7 @@ class GcsClient:
         use; on any other Redis the tables' own client."""
         client = self._shards.get(tag)
         if client is None:
-            slot = key_slot(self.keys.spread_prefix(tag).encode())
-            pool = address_mod.slot_pool(self.r.connection_pool, slot)
+            pool = address_mod.slot_pool(self.r.connection_pool, address_mod.spread_slot(self.keys, tag))
             client = self.r if pool is None else redis.Redis(connection_pool=pool)
             client = self._shards.setdefault(tag, client)  # another thread's, if it was first
         return client
@@ -264,11 +262,10 @@ class GcsClient:
         # task events stay readable a while after the job (rayr list tasks, timeline); views
         # written later (a task still running) see the marker and expire with them
         keep_ms = max(1, int(retention_s * 1000))
-        with self.shard(job_tag(job_hex)).pipeline(transaction=False) as p:
+        with self.shard(spread_tag(job_hex)).pipeline(transaction=False) as p:
             p.set(self.keys.task_events_ended(job_hex), b"1", px=keep_ms)
-            for table in (self.keys.task_events_owner(job_hex), self.keys.task_events_exec(job_hex),
-                          self.keys.task_events_dropped(job_hex)):
-                p.pexpire(table, keep_ms)
+            for key in self.keys.task_events_keys(job_hex):
+                p.pexpire(key, keep_ms)
             p.execute()
         for pattern in (
             self.keys.objects_of_job(job_hex),

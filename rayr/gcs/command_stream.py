@@ -40,7 +40,7 @@ from typing import Any
 import redis
 
 from rayr.config import Settings
-from rayr.gcs.address import slot_pool
+from rayr.gcs.address import on_cluster, slot_pool
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connection_pool, until_reachable
 
 _pack_command: Any
@@ -95,7 +95,7 @@ class CommandStream:
         pool = connection_pool(url, password, cluster_name=cluster_name)
         spread = None if slot is None else slot_pool(pool, slot)  # a Redis Cluster's other master
         self._params = (url, password, wait_replicas, wait_timeout_ms, cluster_name)
-        self._on_cluster = slot_pool(pool, 0) is not None
+        self._on_cluster = on_cluster(pool)
         self._siblings: dict[int, CommandStream] = {}
         self._siblings_lock = threading.Lock()
         self._send_broke: Any = None  # the batch a resend last broke off on, and how often in a row

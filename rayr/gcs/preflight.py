@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.crc import key_slot
 
-from rayr.gcs.address import slot_pool
+from rayr.gcs.address import slot_pool, spread_slot
 from rayr.keys import Keys
 
 MIN_VERSION = (6, 2)  # XAUTOCLAIM-era stream commands, GETDEL, EXAT: what rayr is tested on
@@ -124,7 +123,7 @@ def gather(client: Any, cluster_name: str, cluster_address: bool = False) -> Ser
 def _spread_denied(client: Any, keys: Keys) -> bool:
     """Whether an ACL refuses us the spread keys (asked of the master serving one of them)."""
     probe = keys.spread_prefix(0) + "probe"
-    pool = slot_pool(client.connection_pool, key_slot(probe.encode()))
+    pool = slot_pool(client.connection_pool, spread_slot(keys, 0))
     spread = client if pool is None else redis.Redis(connection_pool=pool)
     try:
         spread.exists(probe)

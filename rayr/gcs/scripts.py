@@ -274,7 +274,7 @@ return out
 # side (owner or executor) of that task, which replaces the last one. A job's table takes at
 # most ARGV[1] tasks; views of tasks beyond that are dropped (and counted). Once the job has
 # ended, the table expires after ARGV[3] ms, as its other tables are gone already.
-# All three keys carry the job's spread tag (keys.job_tag), so this runs on its master.
+# All three keys carry the job's spread tag (keys.spread_tag of the job id), so this runs on its master.
 # KEYS[1]  the job's owner or executor table (hash)
 # KEYS[2]  the job's dropped-events counter
 # KEYS[3]  the job's end marker (set by finish_job)

@@ -6,8 +6,9 @@ and ``tex:<job>`` the executor's (node, worker, pid, attempt, when it was receiv
 and ended, its error). Each side rewrites its whole view of a task as it changes, in
 batches (``RECORD_TASK_EVENTS``), so reading a task is two hash reads and no replay. A view
 is a few fields joined by ``SEP``: cheap to build on the hot path, no JSON. Both carry the
-job's spread tag (``keys.job_tag``): on a Redis Cluster they live on that tag's master and are
-read and written through ``GcsClient.shard`` and the command stream's ``for_slot``.
+job's spread tag (``keys.spread_tag`` of the job id): on a Redis Cluster they live on that
+tag's master and are read and written through ``GcsClient.shard`` and the command stream's
+``for_slot``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rayr.gcs.client import GcsClient
-from rayr.keys import job_tag
+from rayr.keys import spread_tag
 
 SEP = "\x1f"
 OWNER_TAG, EXEC_TAG = "o1", "x1"
@@ -197,7 +198,7 @@ def read_tasks(gcs: GcsClient, jobs: Iterable[str], task_ids: list[bytes] | None
     left = limit
     for job in jobs:
         owner_key, exec_key = keys.task_events_owner(job), keys.task_events_exec(job)
-        r = gcs.shard(job_tag(job))
+        r = gcs.shard(spread_tag(job))
         if task_ids is not None:
             ids = [t for t in task_ids if t.hex().startswith(job)]
             if not ids:
@@ -234,7 +235,7 @@ def dropped_events(gcs: GcsClient, jobs: Iterable[str]) -> dict[str, int]:
     how many."""
     by_tag: dict[int, list[str]] = {}
     for job in jobs:
-        by_tag.setdefault(job_tag(job), []).append(job)
+        by_tag.setdefault(spread_tag(job), []).append(job)
     out: dict[str, int] = {}
     for tag, group in by_tag.items():  # one MGET per tag: a tag's keys share a slot
         counts = gcs.shard(tag).mget([gcs.keys.task_events_dropped(job) for job in group])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from rayr.gcs.client import GcsClient
-from rayr.keys import job_tag
+from rayr.keys import spread_tag
 from rayr.resources import TARGET_MARK
 
 
@@ -59,10 +59,7 @@ def sweep_ended_inboxes(gcs: GcsClient) -> None:
 def _forget_job(gcs: GcsClient, job_hex: str) -> None:
     keys = gcs.keys
     driver = gcs.r.hget(keys.job(job_hex), "driver_worker")
-    with gcs.shard(job_tag(job_hex)).pipeline(transaction=False) as p:
-        p.delete(keys.task_events_owner(job_hex), keys.task_events_exec(job_hex),
-                 keys.task_events_dropped(job_hex))
-        p.execute()
+    gcs.shard(spread_tag(job_hex)).delete(*keys.task_events_keys(job_hex))
     with gcs.r.pipeline(transaction=False) as p:
         p.delete(keys.job(job_hex), keys.job_actors(job_hex))
         if driver:  # results of tasks that ended after their driver may have refilled it

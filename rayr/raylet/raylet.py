@@ -39,7 +39,7 @@ from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs import control, logs
 from rayr.gcs.client import NODE_DEAD, GcsClient, connect_as, no_retry, until_reachable
 from rayr.gcs.rows import ActorState, NodeInfo
-from rayr.keys import TASK_GROUP, Keys, transfer_tag
+from rayr.keys import TASK_GROUP, Keys, spread_tag
 from rayr.object_store import transfer
 from rayr.object_store.orphans import NamespaceLock, reclaim_orphans, spill_directory, store_directories
 from rayr.object_store.registry import open_backend
@@ -405,7 +405,7 @@ class Raylet:
 
     def _send_object(self, oid: bytes, dest: str, size: int) -> None:
         try:
-            shard = self.gcs.shard(transfer_tag(oid.hex()))
+            shard = self.gcs.shard(spread_tag(oid.hex()))
             transfer.send_object(shard, self.keys, self.store, oid, dest, size)
         except Exception:
             log.exception("sending object %s to %s failed", oid.hex(), dest)

@@ -13,12 +13,10 @@ import sys
 import time
 from typing import Any
 
-from redis.crc import key_slot
-
 import rayr
-from rayr.gcs.address import slot_of
+from rayr.gcs.address import slot_of, spread_slot
 from rayr.job_submission import JobStatus, JobSubmissionClient
-from rayr.keys import Keys, job_tag, transfer_tag
+from rayr.keys import Keys, spread_tag
 from rayr.testing import run_cli, wait_node_dead
 from rayr.util import state
 from rayr.util.placement_group import placement_group, remove_placement_group
@@ -138,7 +136,7 @@ def _transfer_through_its_spread_master(cluster_set: Any) -> None:
     data = os.urandom(8 << 20)  # incompressible: the bytes cross Redis as they are
     for _ in range(30):
         ref = rayr.put(data)
-        spread = cluster_set.owner_of(key_slot(Keys(NAME).spread_prefix(transfer_tag(ref.hex())).encode()))
+        spread = cluster_set.owner_of(spread_slot(Keys(NAME), spread_tag(ref.hex())))
         if spread != tables:
             break
     assert spread != tables, "30 objects in a row had their spread tag on the tables' master"
@@ -161,7 +159,7 @@ def _task_events_on_their_jobs_master(cluster_set: Any) -> None:
         time.sleep(0.2)
     assert any(t.name.endswith("where") for t in listed), [t.name for t in listed][:5]
     keys = Keys(NAME)
-    holder = cluster_set.owner_of(key_slot(keys.spread_prefix(job_tag(job)).encode()))
+    holder = cluster_set.owner_of(spread_slot(keys, spread_tag(job)))
     client: Any = cluster_set.masters[holder].client()
     try:
         assert client.exists(keys.task_events_owner(job)) or client.exists(keys.task_events_exec(job))
