@@ -1,10 +1,12 @@
 """Every Redis key, stream, consumer group and channel name rayr uses, in one place.
 
-The tables, streams and inboxes share the prefix ``rayr:{<cluster>}:``. The braces are a
+The tables and task streams share the prefix ``rayr:{<cluster>}:``. The braces are a
 Redis Cluster hash tag: those keys hash to one slot, so Lua scripts may touch any of them
-atomically, and several rayr clusters can share one Redis. Keys that only single commands
-touch (object transfers, task events) carry spread tags ``{<cluster>/<n>}`` instead, so
-that on a Redis Cluster their load lands on other masters too.
+atomically, and several rayr clusters can share one Redis. Objects, inboxes, object
+transfers and task events carry spread tags ``{<cluster>/<n>}`` instead, so that on a Redis
+Cluster their load lands on other masters too. An object's tag is its owner's: the owner
+writes its inbox's tag into the ids it makes (``object_tag``), so storing a result and
+telling its owner stay one script on one slot.
 """
 
 from __future__ import annotations
@@ -42,8 +44,24 @@ SPREAD_TAGS = 16
 
 def spread_tag(id_hex: str) -> int:
     """The spread tag of the keys that belong to one id: an object's transfer keys (by the
-    object id), a job's task events (by the job id)."""
+    object id), a job's task events (by the job id), a process's inbox (by its worker id)."""
     return zlib.crc32(id_hex.encode()) % SPREAD_TAGS
+
+
+# An object id's byte 4 (the first after the job id) carries a spread tag in its low four bits:
+# an owner sets it to its inbox's tag in every id it makes (TaskSubmitter.unique_suffix). The
+# Lua scripts read the same hex digit (gcs/scripts.py, ``tag_of``).
+OBJECT_TAG_DIGIT = 9
+
+
+def object_tag(object_hex: str) -> int:
+    """The spread tag of an object's keys (record, waiters, holders, contents)."""
+    return int(object_hex[OBJECT_TAG_DIGIT], 16)
+
+
+def with_object_tag(suffix: bytes, tag: int) -> bytes:
+    """``suffix`` (the part of an id after the job id) with its first byte carrying ``tag``."""
+    return bytes(((suffix[0] & 0xF0) | tag,)) + suffix[1:]
 
 
 class Keys:
@@ -66,6 +84,23 @@ class Keys:
     def spread_pattern(self) -> str:
         """A glob matching every spread key of this cluster (ACL rules, SCAN)."""
         return f"rayr:{{{self.cluster}/*"
+
+    @property
+    def spread_base(self) -> str:
+        """What the Lua scripts complete to a spread prefix: ``base .. n .. '}:'``."""
+        return f"rayr:{{{self.cluster}/"
+
+    def spread_glob(self, suffix: str) -> str:
+        """A SCAN glob for the spread keys, under any tag, whose name after the prefix matches
+        ``suffix`` (itself a glob)."""
+        return f"rayr:{{{self.cluster}/*}}:{suffix}"
+
+    def tag_of(self, key: str) -> int | None:
+        """The spread tag of a key of this cluster (None: a tables' key)."""
+        base = self.spread_base
+        if not key.startswith(base):
+            return None
+        return int(key[len(base):key.index("}", len(base))])
 
     # -- node table: a hash per node, a set of all node ids, a TTL'd liveness key
     @property
@@ -111,38 +146,31 @@ class Keys:
     def functions_of_job(self, job_hex: str) -> str:
         return f"{self.prefix}fn:{job_hex}:*"
 
-    # -- object table: one string per object (format: gcs/records.py)
-    def object(self, object_hex: str) -> str:
-        return f"{self.prefix}{_F['obj']}{object_hex}"
+    # -- object table: one string per object (format: gcs/records.py), and its waiters,
+    # holders and contents, all under the object's spread tag (its owner's)
+    def object_prefix(self, object_hex: str) -> str:
+        """The prefix of an object's keys."""
+        return self.spread_prefix(object_tag(object_hex))
 
-    def objects_of_job(self, job_hex: str) -> str:
-        return f"{self.prefix}{_F['obj']}{job_hex}*"
+    def object(self, object_hex: str) -> str:
+        return f"{self.object_prefix(object_hex)}{_F['obj']}{object_hex}"
 
     def object_holders(self, object_hex: str) -> str:
         """Set of holders besides the owner: borrowing inboxes and ``o:<container hex>``."""
-        return f"{self.prefix}{_F['objr']}{object_hex}"
+        return f"{self.object_prefix(object_hex)}{_F['objr']}{object_hex}"
 
     def object_contents(self, object_hex: str) -> str:
-        """List of the refs an object contains (id + hex + owner each)."""
-        return f"{self.prefix}{_F['objc']}{object_hex}"
-
-    def refcount_keys_of_job(self, job_hex: str) -> list[str]:
-        return [f"{self.prefix}{_F['objr']}{job_hex}*", f"{self.prefix}{_F['objc']}{job_hex}*"]
+        """List of the refs an object contains (id + hex + owner's inbox key each)."""
+        return f"{self.object_prefix(object_hex)}{_F['objc']}{object_hex}"
 
     def object_waiters(self, object_hex: str) -> str:
-        """Set of inbox names to notify when the object is stored."""
-        return f"{self.prefix}{_F['objw']}{object_hex}"
+        """Set of the inbox keys to notify when the object is stored."""
+        return f"{self.object_prefix(object_hex)}{_F['objw']}{object_hex}"
 
-    def object_waiters_of_job(self, job_hex: str) -> str:
-        return f"{self.prefix}{_F['objw']}{job_hex}*"
-
-    @property
-    def object_key_prefix(self) -> str:
-        return self.prefix + _F["obj"]
-
-    @property
-    def waiters_key_prefix(self) -> str:
-        return self.prefix + _F["objw"]
+    def object_globs_of_job(self, job_hex: str) -> list[str]:
+        """SCAN globs (``spread_glob``) of the job's object keys: records, waiters, holders,
+        contents."""
+        return [f"{_F[family]}{job_hex}*" for family in ("obj", "objw", "objr", "objc")]
 
     # -- task queues: per resource shape (any node that fits pulls) and per node (targeted)
     @property
@@ -168,22 +196,19 @@ class Keys:
             return f"{self.prefix}tasks:node:{node_hex}:{key[1:]}"
         return self.shape_stream(key)
 
-    # -- result inboxes: one list per process that owns or waits on objects
+    # -- result inboxes: one list per process that owns or waits on objects, under the
+    # spread tag of the process's worker id (which it writes into the ids it makes)
     def inbox(self, worker_hex: str) -> str:
-        return f"{self.prefix}{_F['inbox']}{worker_hex}"
+        return f"{self.spread_prefix(spread_tag(worker_hex))}{_F['inbox']}{worker_hex}"
 
     def inbox_taken(self, worker_hex: str) -> str:
         """List of the messages the process took from its inbox and may not have handled yet
         (a reply lost to a dropped connection): read again after any Redis error."""
-        return f"{self.prefix}inbox_taken:{worker_hex}"
+        return f"{self.spread_prefix(spread_tag(worker_hex))}inbox_taken:{worker_hex}"
 
     def inbox_keys(self, worker_hex: str) -> list[str]:
         """Both lists of a process's inbox, deleted together when the process is gone."""
         return [self.inbox(worker_hex), self.inbox_taken(worker_hex)]
-
-    @property
-    def inbox_prefix(self) -> str:
-        return self.prefix + _F["inbox"]
 
     # -- demand the cluster cannot meet (for status and the autoscaler)
     @property

@@ -3,10 +3,11 @@
 Starts a Redis Cluster of three masters on loopback and a two-node rayr cluster on it, runs
 each workload (no-op tasks, actor calls, objects pulled across nodes, idle) and reports, per
 master, the deltas of the server's own counters around it: main-thread CPU, commands
-processed and bytes received. The master serving the tables' hash tag is marked; object
-transfers use spread tags (docs/architecture.md, key space), so their bytes land elsewhere.
+processed and bytes received. The master serving the tables' hash tag is marked; objects
+and inboxes use their owner's spread tag and object transfers the object's (docs/
+architecture.md, key space), so that load lands elsewhere.
 
-    python scripts/bench_shards.py [--tasks 5000] [--calls 5000] [--objects 8] [--mb 32] [--json]
+    python scripts/bench_shards.py [--tasks 5000] [--calls 5000] [--owners 4] [--objects 8] [--mb 32] [--json]
 """
 
 from __future__ import annotations
@@ -88,10 +89,22 @@ class Pinger:
         return 1
 
 
+@rayr.remote
+class Submitter:
+    """Submits and gets tasks of its own: their results are under its inbox's spread tag."""
+
+    def worker(self) -> str:
+        return rayr.get_runtime_context().get_worker_id()
+
+    def run(self, n: int) -> int:
+        return len(rayr.get([noop.remote() for _ in range(n)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--owners", type=int, default=4, help="actors that submit tasks of their own")
     parser.add_argument("--objects", type=int, default=8, help="objects pulled by the other node")
     parser.add_argument("--mb", type=int, default=32, help="size of each object")
     parser.add_argument("--idle-s", type=float, default=5.0)
@@ -120,6 +133,13 @@ def main() -> None:
                 rayr.get([noop.remote() for _ in range(200)])  # workers started, functions exported
                 pinger = Pinger.remote()
                 rayr.get(pinger.ping.remote())
+                submitters = [Submitter.remote() for _ in range(args.owners)]
+                keys = Keys(cluster.name)
+                owners = [rayr.get_runtime_context().get_worker_id(),
+                          *rayr.get([s.worker.remote() for s in submitters])]
+                results["owner_masters"] = [cluster_set.owner_of(spread_slot(keys, spread_tag(w)))
+                                            for w in owners]
+                rayr.get([s.run.remote(10) for s in submitters])
                 affinity = NodeAffinitySchedulingStrategy(other, soft=False)
                 on_other = checksum.options(scheduling_strategy=affinity)
                 rng = np.random.default_rng(0)
@@ -130,6 +150,8 @@ def main() -> None:
                     f"{args.tasks} no-op tasks": lambda: rayr.get([noop.remote() for _ in range(args.tasks)]),
                     f"{args.calls} actor calls": lambda: rayr.get(
                         [pinger.ping.remote() for _ in range(args.calls)]),
+                    f"{args.tasks} tasks from {args.owners} actors": lambda: rayr.get(
+                        [s.run.remote(args.tasks // args.owners) for s in submitters]),
                     f"{args.objects} x {args.mb} MB pulled across": lambda: rayr.get(
                         [on_other.remote(o) for o in objects]),
                     f"idle {args.idle_s:g} s": lambda: time.sleep(args.idle_s),
@@ -147,8 +169,11 @@ def main() -> None:
         return
     tables = results.pop("tables_master")
     events = results.pop("events_master")
+    owner_masters = results.pop("owner_masters")
     print(f"master {tables} serves the tables' slot (marked *); master {events} the job's task events "
-          "(written a flush interval after the tasks: they show in the next row)")
+          "(written a flush interval after the tasks: they show in the next row); the driver's "
+          f"objects and inbox are on master {owner_masters[0]}, the submitting actors' on "
+          f"{owner_masters[1:]}")
     print(f"{'workload':34} {'time':>7}  " + "  ".join(
         f"{'m' + str(i) + ('*' if i == tables else '') + ' cpu ms / cmds / MB in':>30}" for i in range(3)))
     for name, row in results.items():

@@ -35,10 +35,7 @@ def collect(gcs: GcsClient, limit: int = 50) -> dict[str, Any]:
                             "node": holder, "size": size})
     objects.sort(key=lambda o: -o["size"])
     shown = objects[:limit]
-    with gcs.r.pipeline(transaction=False) as p:
-        for obj in shown:
-            p.smembers(gcs.keys.object_holders(obj["object_id"]))
-        holders = p.execute()
+    holders = gcs.object_holders([obj["object_id"] for obj in shown])
     for obj, members in zip(shown, holders, strict=True):
         captured = sorted(m.decode()[2:] for m in members if m.startswith(b"o:"))
         obj["refs"] = {"borrowers": len(members) - len(captured), "captured_in": captured}

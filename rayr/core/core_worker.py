@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import redis
+
 from rayr.core.events import TaskEvents
 from rayr.core.inbox import InboxReader
 from rayr.core.lineage import ArgHold, LineageTable
@@ -30,19 +32,22 @@ from rayr.core.objects import ObjectClient
 from rayr.core.ownership import OwnershipTable
 from rayr.core.submitter import TaskSubmitter, WaitingTask
 from rayr.gcs import records as rec
+from rayr.gcs.address import slot_pool, spread_slot
 from rayr.gcs.client import NODE_DEAD, GcsClient
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
+from rayr.keys import object_tag, spread_tag
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.task_spec import FIRST_RETURN, TASK, TaskOptions, TaskSpec
 
 if TYPE_CHECKING:
-    import redis
-
     from rayr import serialization
     from rayr.config import Settings
 
+
+RECHECK_S = 2.0  # on a Redis Cluster, how often objects we wait for are looked up (see _recheck_watched)
+RECHECK_MAX = 1000  # ... at most this many at a time
 
 # The task (its id, resources and spec) running in this thread or asyncio task of a worker.
 _current_task: contextvars.ContextVar[tuple[bytes, dict[str, float], Any] | None] = contextvars.ContextVar(
@@ -101,6 +106,10 @@ class CoreWorker:
         self._liveness: Any = liveness_redis
         self._liveness_due = 0.0
         self._inbox_key = self.keys.inbox(worker_hex)
+        self._recheck_due = time.monotonic() + RECHECK_S
+        inbox_pool = slot_pool(blocking_redis.connection_pool, spread_slot(self.keys, spread_tag(worker_hex)))
+        if inbox_pool is not None:  # a Redis Cluster: the inbox is on its tag's master
+            blocking_redis = redis.Redis(connection_pool=inbox_pool)
 
         # what this process sees of tasks, for rayr.util.state (None: task events are off)
         self.events = TaskEvents(gcs=gcs, commands=commands, settings=settings, node_hex=node_hex,
@@ -202,8 +211,15 @@ class CoreWorker:
         can hear that the task or object that carried the ref is done)."""
         with self.cond:
             new = self.ownership.borrow(oid, owner)
-        if new:
-            self.commands.send([("SADD", self.keys.object_holders(oid.hex()), self.worker_hex)])
+        if not new:
+            return
+        command = ("SADD", self.keys.object_holders(oid.hex()), self.worker_hex)
+        if self.gcs.spread_only:
+            # on a Redis Cluster the stream to this object's master is not ordered with the
+            # one our results go on: written now, so it lands before them
+            self.gcs.shard(object_tag(oid.hex())).execute_command(*command)
+        else:
+            self.commands.send([command])
 
     def pin_contained(self, container: bytes, refs: list[Any], owner: str) -> None:
         self.objects.pin_contained(container, refs, owner)
@@ -350,6 +366,23 @@ class CoreWorker:
         for reporter in list(self.reporters):
             reporter.flush_due()
         self._refresh_liveness()
+        if self.gcs.spread_only and time.monotonic() >= self._recheck_due:
+            self._recheck_watched()
+
+    def _recheck_watched(self) -> None:
+        """Read the records of objects we wait for but do not own. On a Redis Cluster the
+        store script tells a waiter in another slot by a command of its own, after it, which
+        a storer that dies in between never sends (its task runs again, but finds the waiter
+        gone from the set); so now and then we look for ourselves."""
+        self._recheck_due = time.monotonic() + RECHECK_S
+        with self.cond:
+            missing = [o for o in self.ownership.watching if o not in self.ownership.records][:RECHECK_MAX]
+        if not missing:
+            return
+        found = self.gcs.get_objects([o.hex() for o in missing])
+        arrived = [rec.object_message(o, r) for o, r in zip(missing, found, strict=True) if r is not None]
+        if arrived:
+            self._on_messages(arrived)
 
     def _wake_waiters(self) -> None:
         with self.cond:

@@ -27,6 +27,7 @@ from rayr.exceptions import (
     RayTaskError,
 )
 from rayr.gcs import records as rec
+from rayr.gcs import spread
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
 from rayr.keys import spread_tag
@@ -94,10 +95,12 @@ class ObjectClient:
         oid = self.submitter.job_id.binary() + self.submitter.unique_suffix() + PUT_INDEX
         record = self.make_record(oid, frame)
         # written on the command stream: any task that later receives the ref is queued
-        # on the same connection, after it, so it always finds the record
+        # on the same connection, after it, so it always finds the record (on a Redis Cluster
+        # the record goes to its own master's stream: a task there first waits for it)
         with self.cond:
             self.own.own_put(oid, record)
-        self.commands.send([self.gcs.store_objects_command([(oid, record, "")])], self._on_put_reply(oid))
+        spread.send(self.commands, self.gcs, self.gcs.store_objects_commands([(oid, record, "")]),
+                    self._on_put_reply(oid))
         return ObjectRef(oid, self.worker_hex)
 
     def _on_put_reply(self, oid: bytes) -> Callable[[list[Any]], None]:
@@ -129,13 +132,13 @@ class ObjectClient:
             rid = ref.binary()
             commands.append(("SADD", self.keys.object_holders(rid.hex()), holder))
             commands.append(("RPUSH", self.keys.object_contents(chex),
-                             rid + rid.hex().encode() + ref.owner_address().encode()))
+                             rid + rid.hex().encode() + self.gcs.inbox_key(ref.owner_address()).encode()))
         if owner == self.worker_hex:
             with self.cond:
                 self.own.add_container(container)
         else:  # the owner must free it with FREE_OBJECTS, which releases what it holds
             commands.append(("RPUSH", self.keys.inbox(owner), rec.container_message(container)))
-        self.commands.send(commands)
+        spread.send(self.commands, self.gcs, [self.gcs.tagged(command) for command in commands])
 
     # -------------------------------------------------------------- freeing
     def drain_released(self) -> None:
@@ -159,13 +162,11 @@ class ObjectClient:
             return
         for oid in frees.delete_local:
             self.store.delete(oid)
-        commands: list[Any] = []
         if frees.releases:
-            commands.append(self.gcs.release_holders_command(frees.releases))
-        if frees.held:  # shared or containing refs: freed (and releasing what they hold) in Redis
-            commands.append(self.gcs.free_objects_command(frees.held))
-        if commands:
-            self.commands.send(commands, self._on_freed(frees.held) if frees.held else None)
+            spread.send(self.commands, self.gcs, self.gcs.release_holders_commands(frees.releases))
+        # shared or containing refs: freed (and releasing what they hold) in Redis
+        for tag, command, held in self.gcs.free_objects_commands(frees.held):
+            spread.send(self.commands, self.gcs, [(tag, command)], self._on_freed(held))
         try:
             self.gcs.delete_objects(oid.hex() for oid in frees.delete_records)
         except Exception:  # cluster going away; job cleanup removes the rest
@@ -173,9 +174,9 @@ class ObjectClient:
 
     def _on_freed(self, held: list[tuple[bytes, bool]]) -> Callable[[list[Any]], None]:
         def on_reply(replies: list[Any]) -> None:
-            flags = replies[-1]
-            if isinstance(flags, Exception):
+            if isinstance(replies[0], Exception):
                 return
+            flags = replies[0][0]
             with self.cond:
                 gone = self.own.freed_in_redis(held, flags)
             for oid in gone:

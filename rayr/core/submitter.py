@@ -24,9 +24,11 @@ from rayr.core.lineage import Lineage, LineageTable
 from rayr.core.ownership import OwnershipTable
 from rayr.exceptions import ActorDiedError, ObjectLostError, RaySystemError, TaskCancelledError
 from rayr.gcs import records as rec
+from rayr.gcs import spread
 from rayr.gcs.client import GcsClient
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
+from rayr.keys import spread_tag, with_object_tag
 from rayr.object_ref import ObjectRef
 from rayr.object_store.base import ObjectStoreBackend
 from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, NESTED_MARK, TARGET_MARK, shape_key
@@ -128,7 +130,10 @@ class TaskSubmitter:
         self.local: Callable[[TaskSpec], None] | None = None
         self.events = events
         self._threshold = settings.inline_threshold
-        self._id_prefix, self._id_counter = os.urandom(8), itertools.count()
+        # the ids made here carry this process's inbox tag: its objects' keys share a slot
+        # with its inbox (keys.object_tag), so storing a result and telling us is one script
+        self._tag = spread_tag(worker_hex)
+        self._id_prefix, self._id_counter = with_object_tag(os.urandom(8), self._tag), itertools.count()
         self._no_args_frame: bytes | None = None
         self._exported: set[str] = set()
         self._shapes: set[str] = set()  # task streams this process has announced
@@ -148,11 +153,12 @@ class TaskSubmitter:
 
     # ------------------------------------------------------------------ ids
     def unique_suffix(self) -> bytes:
-        """12 bytes no other process or call produces: a random per-process prefix and a
+        """12 bytes no other process or call produces: a random per-process prefix (60 random
+        bits, and this process's spread tag in the low four bits of its first byte) and a
         counter (a getrandom call per task costs more than the rest of an id's making)."""
         n = next(self._id_counter)
         if n >= 1 << 32:  # the counter ran out: a fresh prefix
-            self._id_prefix, self._id_counter = os.urandom(8), itertools.count(1)
+            self._id_prefix, self._id_counter = with_object_tag(os.urandom(8), self._tag), itertools.count(1)
             n = 0
         return self._id_prefix + n.to_bytes(4, "big")
 
@@ -373,7 +379,7 @@ class TaskSubmitter:
         args_object = task_id + ARGS_OBJECT_INDEX.to_bytes(4, "big")
         self.store.put_bytes(args_object, frame.write_to, frame.total_size)
         record = rec.stored_record(self.node_hex, frame.total_size)
-        self.commands.send([self.gcs.store_objects_command([(args_object, record, "")])])
+        spread.send(self.commands, self.gcs, self.gcs.store_objects_commands([(args_object, record, "")]))
         self._args_sizes[args_object] = frame.total_size
         return b"", args_object, arg_refs, held
 

@@ -21,11 +21,13 @@ from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
-from rayr.keys import TASK_GROUP, Keys, spread_tag
+from rayr.keys import FAMILIES, SPREAD_TAGS, TASK_GROUP, Keys, object_tag, spread_tag
 from rayr.task_spec import ACTOR_CREATION, SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.gcs")
 T = TypeVar("T")
+Command = tuple[Any, ...]
+Tagged = tuple[int | None, Command]  # a command and the spread tag of its keys (None: the tables')
 
 NODE_ALIVE = NodeState.ALIVE
 NODE_DEAD = NodeState.DEAD
@@ -128,6 +130,10 @@ class GcsClient:
         self._cancel_actor_call = client.register_script(scripts.CANCEL_ACTOR_CALL)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._shards: dict[int, Any] = {}
+        # on a Redis Cluster a script touches one slot: objects go by spread tag, and what a
+        # script leaves to other slots follows in commands of their own (scripts.SPREAD)
+        self.spread_only = address_mod.on_cluster(client.connection_pool)
+        self._spread_args = [keys.spread_base, "1" if self.spread_only else "0"]
 
     def shard(self, tag: int) -> Any:
         """The client for keys under spread tag ``tag`` (``Keys.spread_prefix``): on a Redis
@@ -139,6 +145,30 @@ class GcsClient:
             client = self.r if pool is None else redis.Redis(connection_pool=pool)
             client = self._shards.setdefault(tag, client)  # another thread's, if it was first
         return client
+
+    def shard_clients(self) -> list[Any]:
+        """One client per Redis server holding spread keys: on a Redis Cluster one per master
+        serving some tag (for SCANs), elsewhere just the tables' client."""
+        if not self.spread_only:
+            return [self.r]
+        by_master: dict[Any, Any] = {}
+        for tag in range(SPREAD_TAGS):
+            client = self.shard(tag)
+            by_master.setdefault(client.connection_pool.connection_kwargs["slot_master"].find(), client)
+        return list(by_master.values())
+
+    def scan_spread(self, suffix: str, count: int = 1000) -> Iterator[tuple[Any, list[bytes]]]:
+        """(client, a batch of keys) for every spread key whose name after its prefix matches
+        the glob ``suffix``, server by server."""
+        for client in self.shard_clients():
+            batch: list[bytes] = []
+            for key in client.scan_iter(match=self.keys.spread_glob(suffix), count=count):
+                batch.append(key)
+                if len(batch) >= count:
+                    yield client, batch
+                    batch = []
+            if batch:
+                yield client, batch
 
     def close(self) -> None:
         """Close the tables' connections and every spread tag's."""
@@ -267,20 +297,29 @@ class GcsClient:
             for key in self.keys.task_events_keys(job_hex):
                 p.pexpire(key, keep_ms)
             p.execute()
-        for pattern in (
-            self.keys.objects_of_job(job_hex),
-            self.keys.object_waiters_of_job(job_hex),
-            self.keys.functions_of_job(job_hex),
-            *self.keys.refcount_keys_of_job(job_hex),
-        ):
-            batch = []
-            for key in self.r.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    self.r.delete(*batch)
-                    batch = []
-            if batch:
+        batch = []
+        for key in self.r.scan_iter(match=self.keys.functions_of_job(job_hex), count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
                 self.r.delete(*batch)
+                batch = []
+        if batch:
+            self.r.delete(*batch)
+        for glob in self.keys.object_globs_of_job(job_hex):
+            for client, keys in self.scan_spread(glob):
+                self._delete_by_tag(client, keys)
+
+    def _delete_by_tag(self, client: Any, keys: list[bytes]) -> None:
+        """DEL ``keys`` (spread keys that ``client``'s server holds), a command per tag on a
+        Redis Cluster (a DEL may not cross slots)."""
+        if not self.spread_only:
+            client.delete(*keys)
+            return
+        by_tag: dict[int | None, list[bytes]] = {}
+        for key in keys:
+            by_tag.setdefault(self.keys.tag_of(key.decode()), []).append(key)
+        for tag, group in by_tag.items():
+            (self.r if tag is None else self.shard(tag)).delete(*group)
 
     # ------------------------------------------------------------ functions
     def export_function(self, job_hex: str, digest: str, data: bytes) -> str:
@@ -293,21 +332,100 @@ class GcsClient:
         return self.r.get(key)
 
     # -------------------------------------------------------------- objects
+    def inbox_key(self, worker_hex: str) -> str:
+        """The inbox key of a process ('' for none), as the object scripts take it."""
+        return self.keys.inbox(worker_hex) if worker_hex else ""
+
+    def by_object_tag(self, items: Iterable[T], object_hex: Callable[[T], str]) -> list[tuple[int, list[T]]]:
+        """``items`` grouped by their object's spread tag on a Redis Cluster (in first-seen
+        order); elsewhere one group, as a script there may touch any key."""
+        groups: dict[int, list[T]] = {}
+        if not self.spread_only:
+            items = list(items)
+            return [(object_tag(object_hex(items[0])), items)] if items else []
+        for item in items:
+            groups.setdefault(object_tag(object_hex(item)), []).append(item)
+        return list(groups.items())
+
     def store_objects(
         self, items: Iterable[tuple[bytes, bytes, str]], pipe: Any | None = None
-    ) -> Any:
-        """Write ``(object id, record, owner inbox hex or '')`` entries and wake waiters."""
-        return self._store(args=self._store_args(items), client=pipe or self.r)
+    ) -> int:
+        """Write ``(object id, record, owner inbox hex or '')`` entries and wake waiters; how
+        many were stored (0 when ``pipe``, a pipeline the caller runs after, carries it: on a
+        Redis Cluster the objects are stored now, before the pipeline's commands)."""
+        stored = 0
+        for tag, group in self.by_object_tag(items, lambda item: item[0].hex()):
+            if pipe is not None and not self.spread_only:
+                self._store(args=self._store_args(group), client=pipe)
+                continue
+            stored_now, remote = self._store(args=self._store_args(group), client=self.shard(tag))
+            self.run_remote(remote)
+            stored += stored_now
+        return stored
 
-    def store_objects_command(self, items: Iterable[tuple[bytes, bytes, str]]) -> tuple[Any, ...]:
-        """The STORE_OBJECTS call as one command, for a CommandStream."""
-        return ("EVAL", scripts.STORE_OBJECTS, 0, *self._store_args(items))
+    def store_objects_commands(self, items: Iterable[tuple[bytes, bytes, str]]) -> list[Tagged]:
+        """The STORE_OBJECTS calls as commands for a CommandStream (``spread.send``)."""
+        return [(tag, ("EVAL", scripts.STORE_OBJECTS, 0, *self._store_args(group)))
+                for tag, group in self.by_object_tag(items, lambda item: item[0].hex())]
 
     def _store_args(self, items: Iterable[tuple[bytes, bytes, str]]) -> list[Any]:
-        args: list[Any] = [self.keys.prefix]
+        args: list[Any] = list(self._spread_args)
         for oid, record, owner in items:
-            args.extend((oid, oid.hex(), record, owner))
+            args.extend((oid, oid.hex(), record, self.inbox_key(owner)))
         return args
+
+    def remote_commands(self, remote: list[Any]) -> list[Tagged]:
+        """The commands that do what an object script left to other slots (scripts.SPREAD)."""
+        out: list[Tagged] = []
+        releases: list[tuple[bytes, str, str, str]] = []
+        i = 0
+        while i < len(remote):
+            if remote[i] == b"P":
+                key = remote[i + 1].decode()
+                out.append((self.keys.tag_of(key), ("RPUSH", key, remote[i + 2])))
+                i += 3
+            else:  # b"R"
+                oid, ohex, member, owner = remote[i + 1:i + 5]
+                releases.append((oid, ohex.decode(), member, owner))
+                i += 5
+        for tag, group in self.by_object_tag(releases, lambda item: item[1]):
+            out.append((tag, self._release_command(group)))
+        return out
+
+    def run_remote(self, remote: list[Any]) -> None:
+        """Do now what an object script left to other slots (empty off a Redis Cluster)."""
+        for tag, command in self.remote_commands(remote):
+            client = self.r if tag is None else self.shard(tag)
+            reply = client.execute_command(*command)
+            if command[0] == "EVAL":  # a release, which may tell an owner elsewhere in turn
+                self.run_remote(reply[1])
+
+    def free_objects_commands(self, items: Iterable[tuple[bytes, bool]]) -> list[tuple[int, Command, list]]:
+        """FREE_OBJECTS for (object id, force) pairs: (tag, command, the pairs it frees) per
+        spread tag on a Redis Cluster, one elsewhere. Its reply: {1/0 per pair, remote}."""
+        out = []
+        for tag, group in self.by_object_tag(items, lambda item: item[0].hex()):
+            args: list[Any] = list(self._spread_args)
+            for oid, force in group:
+                args.extend((oid.hex(), "1" if force else "0"))
+            out.append((tag, ("EVAL", scripts.FREE_OBJECTS, 0, *args), group))
+        return out
+
+    def release_holders_commands(self, items: Iterable[tuple[bytes, str, str]]) -> list[Tagged]:
+        """RELEASE_HOLDERS for (object id, holder, owner hex) triples."""
+        triples = [(oid, oid.hex(), member, self.inbox_key(owner)) for oid, member, owner in items]
+        return [(tag, self._release_command(group))
+                for tag, group in self.by_object_tag(triples, lambda item: item[1])]
+
+    def _release_command(self, items: list[tuple[bytes, str, Any, Any]]) -> Command:
+        args: list[Any] = list(self._spread_args)
+        for oid, ohex, member, owner_key in items:
+            args.extend((oid, ohex, member, owner_key))
+        return ("EVAL", scripts.RELEASE_HOLDERS, 0, *args)
+
+    def tagged(self, command: Command) -> Tagged:
+        """A one-key command (its key second) with its key's spread tag."""
+        return self.keys.tag_of(command[1]), command
 
     def task_events_command(
         self, table: str, job_hex: str, flat: list[Any], cap: int, retention_s: float
@@ -316,20 +434,6 @@ class GcsClient:
         as one command."""
         return ("EVAL", scripts.RECORD_TASK_EVENTS, 3, table, self.keys.task_events_dropped(job_hex),
                 self.keys.task_events_ended(job_hex), cap, job_hex, int(retention_s * 1000), *flat)
-
-    def free_objects_command(self, items: Iterable[tuple[bytes, bool]]) -> tuple[Any, ...]:
-        """FREE_OBJECTS for (object id, force) pairs, as one command for a CommandStream."""
-        args: list[Any] = [self.keys.prefix]
-        for oid, force in items:
-            args.extend((oid.hex(), "1" if force else "0"))
-        return ("EVAL", scripts.FREE_OBJECTS, 0, *args)
-
-    def release_holders_command(self, items: Iterable[tuple[bytes, str, str]]) -> tuple[Any, ...]:
-        """RELEASE_HOLDERS for (object id, holder, owner) triples, as one command."""
-        args: list[Any] = [self.keys.prefix]
-        for oid, member, owner in items:
-            args.extend((oid, oid.hex(), member, owner))
-        return ("EVAL", scripts.RELEASE_HOLDERS, 0, *args)
 
     def submit_actor_call_command(self, actor_hex: str, spec: bytes) -> tuple[Any, ...]:
         """Append a call to the actor's mailbox, as one command: its reply is the entry id, or
@@ -348,24 +452,40 @@ class GcsClient:
 
     def fetch_or_wait(self, inbox_hex: str, object_hexes: list[str]) -> list[bytes | None]:
         """Records of the objects; those not stored yet will be announced to ``inbox_hex``."""
-        return list(self._fetch(args=[self.keys.prefix, inbox_hex, *object_hexes]))
+        found: dict[str, bytes | None] = {}
+        for tag, group in self.by_object_tag(object_hexes, lambda h: h):
+            replies = self._fetch(args=[self.keys.spread_base, self.keys.inbox(inbox_hex), *group],
+                                  client=self.shard(tag))
+            found.update(zip(group, replies, strict=True))
+        return [found[h] for h in object_hexes]
 
     def object_records(self, batch: int = 500) -> Iterator[list[tuple[str, bytes]]]:
         """Every (object id hex, record) in the object table, a batch at a time (SCAN + MGET)."""
-        prefix = self.keys.object_key_prefix
-        keys = list(self.r.scan_iter(match=prefix + "*", count=1000))
-        for start in range(0, len(keys), batch):
-            chunk = keys[start:start + batch]
-            yield [(key.decode()[len(prefix):], record)
-                   for key, record in zip(chunk, self.r.mget(chunk), strict=True) if record]
+        family = FAMILIES["obj"]
+        for _, keys in self.scan_spread(family + "*", count=batch):
+            hexes = [key.decode().rsplit(":", 1)[1] for key in keys]
+            yield [(h, record) for h, record in zip(hexes, self.get_objects(hexes), strict=True) if record]
 
     def get_objects(self, object_hexes: list[str]) -> list[bytes | None]:
-        return list(self.r.mget([self.keys.object(h) for h in object_hexes]))
+        """The records of the objects (None: not stored)."""
+        found: dict[str, bytes | None] = {}
+        for tag, group in self.by_object_tag(object_hexes, lambda h: h):
+            found.update(zip(group, self.shard(tag).mget([self.keys.object(h) for h in group]), strict=True))
+        return [found[h] for h in object_hexes]
+
+    def object_holders(self, object_hexes: list[str]) -> list[set[bytes]]:
+        """The holders (objr) of each object, a pipeline per spread tag."""
+        found: dict[str, set[bytes]] = {}
+        for tag, group in self.by_object_tag(object_hexes, lambda h: h):
+            with self.shard(tag).pipeline(transaction=False) as p:
+                for h in group:
+                    p.smembers(self.keys.object_holders(h))
+                found.update(zip(group, p.execute(), strict=True))
+        return [found[h] for h in object_hexes]
 
     def delete_objects(self, object_hexes: Iterable[str]) -> None:
-        keys = [self.keys.object(h) for h in object_hexes]
-        if keys:
-            self.r.delete(*keys)
+        for tag, group in self.by_object_tag(object_hexes, lambda h: h):
+            self.shard(tag).delete(*[self.keys.object(h) for h in group])
 
     # ---------------------------------------------------------------- tasks
     def ensure_group(self, stream: str) -> None:
@@ -395,11 +515,27 @@ class GcsClient:
             p.execute()
 
     # ---------------------------------------------------------------- inboxes
+    def inbox_client(self, worker_hex: str) -> Any:
+        """The client for a process's inbox keys."""
+        return self.shard(spread_tag(worker_hex))
+
     def push_inbox(self, worker_hex: str, message: bytes) -> None:
-        self.r.rpush(self.keys.inbox(worker_hex), message)
+        self.inbox_client(worker_hex).rpush(self.keys.inbox(worker_hex), message)
 
     def drop_inbox(self, worker_hex: str) -> None:
-        self.r.delete(*self.keys.inbox_keys(worker_hex))
+        self.inbox_client(worker_hex).delete(*self.keys.inbox_keys(worker_hex))
+
+    def drop_inboxes(self, worker_hexes: Iterable[str]) -> None:
+        """Delete the inboxes of these processes (a round trip per master at most)."""
+        by_client: dict[int, tuple[Any, list[str]]] = {}
+        for worker_hex in worker_hexes:
+            client = self.inbox_client(worker_hex)
+            by_client.setdefault(id(client), (client, []))[1].append(worker_hex)
+        for client, group in by_client.values():
+            with client.pipeline(transaction=False) as p:
+                for worker_hex in group:  # a DEL each: on a Redis Cluster they are in different slots
+                    p.delete(*self.keys.inbox_keys(worker_hex))
+                p.execute()
 
     def where(self) -> str:
         """Where this client's Redis is, for error messages."""

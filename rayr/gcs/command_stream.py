@@ -217,11 +217,17 @@ class CommandStream:
             self._out = []
 
     def push(self) -> None:
-        """Write a buffered burst now (before waiting for anything it leads to)."""
+        """Write a buffered burst now (before waiting for anything it leads to), here and on
+        the streams ``for_slot`` made."""
         if self._out:
             with self._lock:
                 if self._out and not self._broken:
                     self._write(self._out)
+        if self._siblings:
+            with self._siblings_lock:
+                siblings = list(self._siblings.values())
+            for sibling in siblings:
+                sibling.push()
 
     def _flush_bursts(self) -> None:
         while not self._closed:
@@ -244,7 +250,12 @@ class CommandStream:
                 self._write(self._out)  # a buffered burst, if any, then the WAIT
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Wait until every batch written so far has its replies; False on timeout."""
+        """Wait until every batch written so far has its replies (on the streams ``for_slot``
+        made first, whose replies may write more here); False on timeout."""
+        with self._siblings_lock:
+            siblings = list(self._siblings.values())
+        for sibling in siblings:
+            sibling.flush(timeout)
         self.push()
         with self._cond:
             target = self._sent

@@ -70,7 +70,7 @@ def end_job(gcs: GcsClient, job_hex: str, status: str, why: str, retention_s: fl
         driver = gcs.r.hget(gcs.keys.job(job_hex), "driver_worker")
         gcs.finish_job(job_hex, status, retention_s)
         if driver:  # a driver that died left what was sent to it, and more may come
-            gcs.r.delete(*gcs.keys.inbox_keys(driver.decode()))
+            gcs.drop_inbox(driver.decode())
             gcs.r.sadd(gcs.keys.ended_drivers, driver)
         with gcs.r.pipeline(transaction=False) as pipe:
             for node in gcs.alive_nodes():

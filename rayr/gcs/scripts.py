@@ -2,7 +2,8 @@
 
 Scripts build key names from the cluster prefix passed as ARGV[1] rather than taking them
 as KEYS, because the keys they touch (one per waiter inbox) are only known inside the
-script. All of a cluster's keys share one hash tag, so this stays within one slot. The key
+script. The tables' keys share one hash tag, so those scripts stay within one slot; the
+object scripts stay within an object's spread tag on a Redis Cluster (see SPREAD). The key
 families, consumer groups and inbox kinds they spell are ``<<name>>`` placeholders, filled
 at import from ``keys.FAMILIES``, the group names and ``records`` (see ``_fill``).
 """
@@ -12,37 +13,62 @@ from __future__ import annotations
 import re
 
 from rayr.gcs.records import MSG_FREED, MSG_OBJECT
-from rayr.keys import ACTOR_GROUP, FAMILIES, TASK_GROUP
+from rayr.keys import ACTOR_GROUP, FAMILIES, OBJECT_TAG_DIGIT, TASK_GROUP
 
 _NAMES = {**FAMILIES, "TASK_GROUP": TASK_GROUP, "ACTOR_GROUP": ACTOR_GROUP, "MSG_FREED": MSG_FREED.decode(),
-          "MSG_OBJECT": chr(MSG_OBJECT)}
+          "MSG_OBJECT": chr(MSG_OBJECT), "TAG_POS": str(OBJECT_TAG_DIGIT + 1)}
 
 
 def _fill(script: str) -> str:
     """``script`` with every ``<<name>>`` replaced by the name it stands for."""
     return re.sub(r"<<(\w+)>>", lambda m: _NAMES[m.group(1)], script)
 
+# What the object scripts share. An object's keys live under its spread tag, a hex digit of
+# its id (keys.object_tag), and inboxes are passed and kept as whole key names. On a Redis
+# Cluster (ARGV[2] = '1') a script may touch only its own slot: the caller groups objects by
+# tag, and the script hands back what belongs to other slots, as a flat list of
+#   'P', inbox key, message                      (a message to push)
+#   'R', object id, object hex, member, owner     (a holder to release: RELEASE_HOLDERS)
+# which the caller sends to those slots. Anywhere else the script does it all itself.
+# ARGV[1]  keys.spread_base (a spread prefix without its tag and closing)
+# ARGV[2]  '1' on a Redis Cluster, else '0'
+SPREAD = _fill("""
+local base, spread_only = ARGV[1], ARGV[2] == '1'
+local remote = {}
+local function prefix_of(ohex)
+  return base .. tonumber(string.sub(ohex, <<TAG_POS>>, <<TAG_POS>>), 16) .. '}:'
+end
+local function push(p, inbox, msg)
+  if spread_only and string.sub(inbox, 1, #p) ~= p then
+    remote[#remote + 1] = 'P'
+    remote[#remote + 1] = inbox
+    remote[#remote + 1] = msg
+  else
+    redis.call('RPUSH', inbox, msg)
+  end
+end
+""")
+
 # Store objects and wake everyone waiting for them, atomically, so a waiter that
 # registers concurrently either finds the record or is in the set the store reads.
-# ARGV[1]  cluster key prefix
-# ARGV[2+4k .. 5+4k], per object:
-#   object id (20 raw bytes) | object id hex | record | owner inbox name suffix ('' = none)
-# Returns the number of objects stored.
-STORE_OBJECTS = _fill("""
-local prefix = ARGV[1]
+# ARGV[1], ARGV[2] as for SPREAD, then per object:
+#   object id (20 raw bytes) | object id hex | record | owner's inbox key ('' = none)
+# Returns {number of objects stored, what is left to other slots (see SPREAD)}.
+STORE_OBJECTS = SPREAD + _fill("""
 local n = 0
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local oid, ohex, rec, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  redis.call('SET', prefix .. '<<obj>>' .. ohex, rec)
+  local p = prefix_of(ohex)
+  redis.call('SET', p .. '<<obj>>' .. ohex, rec)
   local msg = '<<MSG_OBJECT>>' .. oid .. rec
   if owner ~= '' then
-    redis.call('RPUSH', prefix .. '<<inbox>>' .. owner, msg)
+    push(p, owner, msg)
   end
-  local wkey = prefix .. '<<objw>>' .. ohex
+  local wkey = p .. '<<objw>>' .. ohex
   local waiters = redis.call('SMEMBERS', wkey)
   for _, w in ipairs(waiters) do
     if w ~= owner then
-      redis.call('RPUSH', prefix .. '<<inbox>>' .. w, msg)
+      push(p, w, msg)
     end
   end
   if #waiters > 0 then
@@ -50,21 +76,23 @@ for i = 2, #ARGV, 4 do
   end
   n = n + 1
 end
-return n
+return {n, remote}
 """)
 
 # Read object records; for each one not stored yet, register the inbox as a waiter.
-# ARGV[1]  cluster key prefix
-# ARGV[2]  inbox name suffix of the caller
-# ARGV[3..] object id hexes
+# ARGV[1]  keys.spread_base
+# ARGV[2]  the caller's inbox key
+# ARGV[3..] object id hexes (on a Redis Cluster, of one spread tag)
 # Returns one entry per object: the record, or false when the caller now waits for it.
 FETCH_OR_WAIT = _fill("""
-local prefix, inbox = ARGV[1], ARGV[2]
+local base, inbox = ARGV[1], ARGV[2]
 local out = {}
 for i = 3, #ARGV do
-  local rec = redis.call('GET', prefix .. '<<obj>>' .. ARGV[i])
+  local ohex = ARGV[i]
+  local p = base .. tonumber(string.sub(ohex, <<TAG_POS>>, <<TAG_POS>>), 16) .. '}:'
+  local rec = redis.call('GET', p .. '<<obj>>' .. ohex)
   if not rec then
-    redis.call('SADD', prefix .. '<<objw>>' .. ARGV[i], inbox)
+    redis.call('SADD', p .. '<<objw>>' .. ohex, inbox)
   end
   out[#out + 1] = rec
 end
@@ -228,46 +256,55 @@ return 1
 # Reference holders other than the owner's own refs (distributed reference counting).
 # objr:<hex> is the set of holders of an object: borrowing processes (their inbox name) and
 # objects that contain a ref to it ('o:' .. container hex). objc:<hex> lists what an object
-# contains, one entry per ref: 20-byte id .. 40-char hex .. owner inbox.
+# contains, one entry per ref: 20-byte id .. 40-char hex .. owner's inbox key.
 # When the last holder goes, the owner is told with 'F' .. id in its inbox.
-local_release = _fill("""
-local function release(prefix, oid, ohex, member, owner)
-  local key = prefix .. '<<objr>>' .. ohex
+local_release = SPREAD + _fill("""
+local function release(oid, ohex, member, owner)
+  local p = prefix_of(ohex)
+  local key = p .. '<<objr>>' .. ohex
   if redis.call('SREM', key, member) == 1 and redis.call('SCARD', key) == 0 and owner ~= '' then
-    redis.call('RPUSH', prefix .. '<<inbox>>' .. owner, '<<MSG_FREED>>' .. oid)
+    push(p, owner, '<<MSG_FREED>>' .. oid)
   end
 end
 """)
 
-# ARGV[1] prefix, then (id, hex, member, owner) per holder to drop.
+# ARGV[1], ARGV[2] as for SPREAD, then (id, hex, member, owner's inbox key) per holder to drop.
+# Returns {1, what is left to other slots}.
 RELEASE_HOLDERS = local_release + _fill("""
-for i = 2, #ARGV, 4 do
-  release(ARGV[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+for i = 3, #ARGV, 4 do
+  release(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
 end
-return 1
+return {1, remote}
 """)
 
 # Free objects (their record, holders and what they contain) unless someone holds them.
-# ARGV[1] prefix, then (hex, force) per object; force '1' frees even if held.
-# Returns one 1 (freed) or 0 (still held) per object.
+# ARGV[1], ARGV[2] as for SPREAD, then (hex, force) per object; force '1' frees even if held.
+# Returns {one 1 (freed) or 0 (still held) per object, what is left to other slots}.
 FREE_OBJECTS = local_release + _fill("""
-local prefix = ARGV[1]
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local h, force = ARGV[i], ARGV[i + 1]
-  local holders = prefix .. '<<objr>>' .. h
+  local p = prefix_of(h)
+  local holders = p .. '<<objr>>' .. h
   if force == '1' or redis.call('SCARD', holders) == 0 then
-    local ckey = prefix .. '<<objc>>' .. h
+    local ckey = p .. '<<objc>>' .. h
     for _, e in ipairs(redis.call('LRANGE', ckey, 0, -1)) do
-      release(prefix, string.sub(e, 1, 20), string.sub(e, 21, 60), 'o:' .. h, string.sub(e, 61))
+      local rid, rhex, owner = string.sub(e, 1, 20), string.sub(e, 21, 60), string.sub(e, 61)
+      if spread_only and prefix_of(rhex) ~= p then
+        for _, v in ipairs({'R', rid, rhex, 'o:' .. h, owner}) do
+          remote[#remote + 1] = v
+        end
+      else
+        release(rid, rhex, 'o:' .. h, owner)
+      end
     end
-    redis.call('DEL', prefix .. '<<obj>>' .. h, ckey, holders)
+    redis.call('DEL', p .. '<<obj>>' .. h, ckey, holders)
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
 end
-return out
+return {out, remote}
 """)
 
 # Record a batch of task events: each pair is a task id and the whole current view of one

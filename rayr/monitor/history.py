@@ -50,20 +50,18 @@ def sweep_ended_inboxes(gcs: GcsClient) -> None:
     owners = [*gcs.r.smembers(keys.ended_drivers), *gcs.r.zrange(keys.gone_workers, 0, -1)]
     if not owners:
         return
-    with gcs.r.pipeline(transaction=False) as p:
-        for owner in owners:
-            p.delete(*keys.inbox_keys(owner.decode()))
-        p.execute()
+    gcs.drop_inboxes(owner.decode() for owner in owners)
 
 
 def _forget_job(gcs: GcsClient, job_hex: str) -> None:
     keys = gcs.keys
     driver = gcs.r.hget(keys.job(job_hex), "driver_worker")
     gcs.shard(spread_tag(job_hex)).delete(*keys.task_events_keys(job_hex))
+    if driver:
+        gcs.drop_inbox(driver.decode())
     with gcs.r.pipeline(transaction=False) as p:
         p.delete(keys.job(job_hex), keys.job_actors(job_hex))
         if driver:  # results of tasks that ended after their driver may have refilled it
-            p.delete(*keys.inbox_keys(driver.decode()))
             p.srem(keys.ended_drivers, driver)
         p.srem(keys.jobs, job_hex)
         p.execute()

@@ -616,10 +616,8 @@ class Raylet:
         """A worker exited: what it was sent goes, and the monitor deletes what comes later
         (results of tasks it started) for a while."""
         try:
-            with self.gcs.r.pipeline(transaction=False) as p:
-                p.delete(*self.keys.inbox_keys(worker_id))
-                p.zadd(self.keys.gone_workers, {worker_id: time.time()})
-                p.execute()
+            self.gcs.drop_inbox(worker_id)
+            self.gcs.r.zadd(self.keys.gone_workers, {worker_id: time.time()})
         except redis.RedisError:  # Redis away: its inbox outlives it; nothing is lost
             log.warning("could not delete the inbox of exited worker %s", worker_id)
 

@@ -30,7 +30,7 @@ from rayr import accelerators, context, log_config, protocol, serialization
 from rayr.config import child_settings
 from rayr.core import CoreWorker
 from rayr.exceptions import RayTaskError, TaskCancelledError
-from rayr.gcs import command_stream
+from rayr.gcs import command_stream, spread
 from rayr.gcs import records as rec
 from rayr.gcs.client import (
     RECONNECT_S,
@@ -134,20 +134,21 @@ class ResultDelivery:
             for spec, records, _, _, _ in batch
             for oid, record in zip(spec.return_ids(), records, strict=True)
         ]
-        commands: list[Any] = [self.core.gcs.store_objects_command(items)]
+        stores = self.core.gcs.store_objects_commands(items)
+        acks: list[Any] = []  # after the results are stored (on a Redis Cluster, once they are)
         by_stream: dict[tuple[str, str], list[bytes]] = {}
         for _, _, stream, entry_id, group in batch:
             if stream:
                 by_stream.setdefault((stream, group), []).append(entry_id)
         for (stream, group), ids in by_stream.items():
-            commands.append(("XACK", stream, group, *ids))
-            commands.append(("XDEL", stream, *ids))
+            acks.append(("XACK", stream, group, *ids))
+            acks.append(("XDEL", stream, *ids))
         callback = None
         if extra is not None:
             command, on_reply = extra
-            commands.append(command)
+            acks.append(command)
             callback = lambda replies: on_reply(replies[-1])  # noqa: E731
-        self.core.commands.send(commands, callback)
+        spread.send(self.core.commands, self.core.gcs, stores, callback, then=acks)
 
 
 class TaskExecutor:
@@ -426,6 +427,13 @@ class TaskExecutor:
         core = self.core
         if spec.args_object is not None:
             (record,) = core.gcs.get_objects([spec.args_object.hex()])
+            if record is None and core.gcs.spread_only:
+                # on a Redis Cluster the arguments' record went on another stream than the
+                # task: it may still be on its way
+                held_args: ObjectRef[Any] = ObjectRef(spec.args_object)
+                core.wait_ready([spec.args_object], 1, None)
+                record = core.ownership.records.get(spec.args_object)
+                del held_args
             if record is None:
                 raise RuntimeError("the task's arguments are missing from the object table")
             call_args, call_kwargs = serialization.deserialize(core.stored_view(spec.args_object, record))
@@ -490,7 +498,8 @@ class TaskExecutor:
         oid = spec.task_id + (STREAM_FIRST_ITEM + index).to_bytes(4, "big")
         if record is None:
             record = self.core.make_record(oid, serialization.serialize(value), spec.owner)
-        self.core.commands.send([self.core.gcs.store_objects_command([(oid, record, spec.owner)])])
+        core = self.core
+        spread.send(core.commands, core.gcs, core.gcs.store_objects_commands([(oid, record, spec.owner)]))
 
     def result_records(self, spec: TaskSpec, result: Any) -> list[bytes]:
         if spec.num_returns <= 1:

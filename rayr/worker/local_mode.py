@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rayr import serialization
 from rayr.exceptions import ActorDiedError
 from rayr.gcs import records as rec
+from rayr.gcs import spread
 from rayr.task_spec import ACTOR_CALL, ACTOR_CREATION, READY_METHOD, TaskSpec
 from rayr.worker.executor import TaskExecutor
 
@@ -94,8 +95,8 @@ class LocalRunner:
         """The results, in the object table (for whoever reads them by id) and in the
         driver's own table, before ``.remote()`` returns."""
         ids = spec.return_ids()
-        self.core.commands.send([self.core.gcs.store_objects_command(
-            [(oid, record, "") for oid, record in zip(ids, records, strict=True)])])
+        items = [(oid, record, "") for oid, record in zip(ids, records, strict=True)]
+        spread.send(self.core.commands, self.core.gcs, self.core.gcs.store_objects_commands(items))
         self.core.file_messages([rec.object_message(oid, record)
                                  for oid, record in zip(ids, records, strict=True)])
 

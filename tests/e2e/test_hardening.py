@@ -285,7 +285,7 @@ def test_a_dead_drivers_inbox_goes_with_its_job(cluster3, tmp_path):
         time.sleep(0.05)
     (tmp_path / "go").touch()  # the task still running finishes: its result lands in the inbox
     deadline = time.time() + 60
-    while not core.gcs.r.exists(core.keys.object_key_prefix + result):
+    while not core.gcs.r.exists(core.keys.object(result)):
         assert time.time() < deadline, "the task running when its job ended never finished"
         time.sleep(0.02)
     inbox = core.keys.inbox_keys(driver)
@@ -323,7 +323,7 @@ def test_a_dead_workers_inbox_goes_too(cluster3, tmp_path):
     worker, result = (tmp_path / "who").read_text().split()
     (tmp_path / "go").touch()  # the child finishes: its result goes to the dead worker's inbox
     deadline = time.time() + 60
-    while not core.gcs.r.exists(core.keys.object_key_prefix + result):
+    while not core.gcs.r.exists(core.keys.object(result)):
         assert time.time() < deadline, "the child never finished"
         time.sleep(0.02)
     deadline = time.time() + 60

@@ -10,13 +10,16 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
 import rayr
+from rayr import ObjectRef, serialization
+from rayr.gcs import records as rec
 from rayr.gcs.address import slot_of, spread_slot
 from rayr.job_submission import JobStatus, JobSubmissionClient
-from rayr.keys import Keys, spread_tag
+from rayr.keys import Keys, spread_tag, with_object_tag
 from rayr.testing import run_cli, wait_node_dead
 from rayr.util import state
 from rayr.util.placement_group import placement_group, remove_placement_group
@@ -44,6 +47,26 @@ def total(data: bytes) -> int:
 
 
 @rayr.remote
+def late(delay: float) -> str:
+    time.sleep(delay)
+    return "late"
+
+
+@rayr.remote
+class Maker:
+    """Owns objects of its own: their keys are under its inbox's spread tag."""
+
+    def worker(self) -> str:
+        return rayr.get_runtime_context().get_worker_id()
+
+    def later(self, delay: float) -> list:
+        return [late.remote(delay)]  # still running when the caller gets the ref
+
+    def put(self, size: int) -> list:
+        return [rayr.put(b"x" * size)]
+
+
+@rayr.remote
 class Counter:
     def __init__(self) -> None:
         self.n = 0
@@ -66,6 +89,7 @@ def test_a_cluster_runs_on_a_redis_cluster(redis_cluster_set, tmp_path):
             _workload(url, node_id)
             _transfer_through_its_spread_master(redis_cluster_set)
             _task_events_on_their_jobs_master(redis_cluster_set)
+            _objects_under_their_owners_tags(redis_cluster_set)
             # its keys are on the master serving the slot of its name, and nowhere else
             owner = redis_cluster_set.owner_of(slot_of(NAME))
             counts = []
@@ -163,6 +187,41 @@ def _task_events_on_their_jobs_master(cluster_set: Any) -> None:
     client: Any = cluster_set.masters[holder].client()
     try:
         assert client.exists(keys.task_events_owner(job)) or client.exists(keys.task_events_exec(job))
+    finally:
+        client.close()
+
+
+def _objects_under_their_owners_tags(cluster_set: Any) -> None:
+    """Objects live on the master of their owner's spread tag. A driver waiting for an object an
+    actor owns (on another master) hears of it by a push of its own after the store; and a
+    record it is not told of at all is found by its periodic look (the storer died between)."""
+    keys = Keys(NAME)
+    me = rayr.get_runtime_context().get_worker_id()
+    master_of = lambda worker: cluster_set.owner_of(spread_slot(keys, spread_tag(worker)))  # noqa: E731
+    for _ in range(20):
+        maker = Maker.remote()
+        theirs = rayr.get(maker.worker.remote(), timeout=60)
+        if master_of(theirs) != master_of(me):
+            break
+        rayr.kill(maker)
+    assert master_of(theirs) != master_of(me), "20 actors in a row had their inbox on the driver's master"
+    [ref] = rayr.get(maker.later.remote(1.0), timeout=60)
+    assert keys.tag_of(keys.object(ref.hex())) == spread_tag(theirs)  # the owner's tag
+    assert rayr.get(ref, timeout=60) == "late"
+    [big] = rayr.get(maker.put.remote(300_000), timeout=60)
+    assert rayr.get(big, timeout=60) == b"x" * 300_000
+    del big
+    # a record stored without telling us: only the driver's own look can find it
+    suffix = with_object_tag(os.urandom(12), spread_tag(theirs))
+    oid = bytes.fromhex(rayr.get_runtime_context().get_job_id()) + suffix + b"\0\0\0\1"
+    unseen = ObjectRef(oid)
+    client: Any = cluster_set.masters[master_of(theirs)].client()
+    try:
+        record = rec.value_record(serialization.serialize("found").to_bytes())
+        timer = threading.Timer(0.5, lambda: client.set(keys.object(oid.hex()), record))
+        timer.start()
+        assert rayr.get(unseen, timeout=60) == "found"
+        timer.join()
     finally:
         client.close()
 

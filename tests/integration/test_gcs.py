@@ -21,8 +21,9 @@ def gcs(redis_url):
     keys = Keys(f"itest-{os.urandom(4).hex()}")
     client = connect(redis_url)
     yield GcsClient(client, keys)
-    for key in client.scan_iter(match=keys.prefix + "*"):
-        client.delete(key)
+    for pattern in (keys.prefix + "*", keys.spread_pattern):
+        for key in client.scan_iter(match=pattern):
+            client.delete(key)
     client.close()
 
 

@@ -49,7 +49,7 @@ def test_a_cluster_address_needs_the_rayr_cluster_name_to_pick_its_node():
     pool = connection_pool("redis+cluster://a:1,b:2", None, cluster_name="prod")
     # the slot of every key of the cluster: the hash tag {prod}
     assert pool.connection_kwargs["slot_master"].slot == slot_of("prod") == 811
-    assert all(slot_of("prod") == slot_of_key(key) for key in (Keys("prod").inbox("ab"), Keys("prod").nodes))
+    assert all(slot_of("prod") == slot_of_key(key) for key in (Keys("prod").actor("ab"), Keys("prod").nodes))
 
 
 def slot_of_key(key: str) -> int:

@@ -62,19 +62,27 @@ def test_lua_scripts_spell_no_key_family_of_their_own():
     from pathlib import Path
 
     from rayr.gcs import scripts
-    from rayr.keys import FAMILIES, Keys
+    from rayr.keys import FAMILIES, Keys, spread_tag
 
     source = Path(scripts.__file__).read_text()
     assert not re.findall(r"prefix \.\. '(?!<<)", source), "a script spells a key family itself"
     filled = [v for k, v in vars(scripts).items() if isinstance(v, str) and "redis.call" in v]
     assert filled and not any("<<" in v for v in filled)
     keys = Keys("c")
-    built = {"obj": keys.object("ab"), "objw": keys.object_waiters("ab"), "objr": keys.object_holders("ab"),
-             "objc": keys.object_contents("ab"), "inbox": keys.inbox("ab"), "actor": keys.actor("ab"),
-             "actor_mb": keys.actor_mailbox("ab"), "actor_ctl": keys.actor_control("ab"),
-             "actor_names": keys.actor_names("ab"), "job_actors": keys.job_actors("ab")}
+    built = {"actor": keys.actor("ab"), "actor_mb": keys.actor_mailbox("ab"),
+             "actor_ctl": keys.actor_control("ab"), "actor_names": keys.actor_names("ab"),
+             "job_actors": keys.job_actors("ab")}
     for family, key in built.items():
         assert key == keys.prefix + FAMILIES[family] + "ab"
+    # an object's keys carry the spread tag its id's tenth hex digit names, an inbox its own
+    oid = "0123456789abcdef0123456789abcdef01234567"
+    spread = {"obj": keys.object(oid), "objw": keys.object_waiters(oid), "objr": keys.object_holders(oid),
+              "objc": keys.object_contents(oid)}
+    for family, key in spread.items():
+        assert key == "rayr:{c/9}:" + FAMILIES[family] + oid
+        assert keys.tag_of(key) == 9
+    assert keys.inbox("ab") == keys.spread_prefix(spread_tag("ab")) + FAMILIES["inbox"] + "ab"
+    assert keys.tag_of(keys.actor("ab")) is None
     assert keys.actor_channel == keys.prefix + FAMILIES["actor_events"]
     assert keys.dead_actors == keys.prefix + FAMILIES["dead_actors"]
 

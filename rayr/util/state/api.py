@@ -166,10 +166,7 @@ def _placement_groups(gcs: GcsClient) -> Iterator[PlacementGroupState]:
 
 def _objects(gcs: GcsClient) -> Iterator[ObjectState]:
     for batch in gcs.object_records():
-        with gcs.r.pipeline(transaction=False) as p:
-            for object_hex, _ in batch:
-                p.smembers(gcs.keys.object_holders(object_hex))
-            holders = p.execute()
+        holders = gcs.object_holders([object_hex for object_hex, _ in batch])
         for (object_hex, record), members in zip(batch, holders, strict=True):
             captured = sorted(m.decode()[2:] for m in members if m.startswith(b"o:"))
             borrowers = len(members) - len(captured)
