@@ -210,6 +210,10 @@ def _objects_under_their_owners_tags(cluster_set: Any) -> None:
     assert rayr.get(ref, timeout=60) == "late"
     [big] = rayr.get(maker.put.remote(300_000), timeout=60)
     assert rayr.get(big, timeout=60) == b"x" * 300_000
+    # the state API finds objects on every master (here: the actor's and the driver's)
+    mine = rayr.put(b"mine")
+    listed = {o.object_id for o in state.list_objects(limit=10_000, raise_on_missing_output=False)}
+    assert {big.hex(), ref.hex(), mine.hex()} <= listed
     del big
     # a record stored without telling us: only the driver's own look can find it
     suffix = with_object_tag(os.urandom(12), spread_tag(theirs))
