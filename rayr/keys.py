@@ -2,8 +2,8 @@
 
 The tables and task streams share the prefix ``rayr:{<cluster>}:``. The braces are a
 Redis Cluster hash tag: those keys hash to one slot, so Lua scripts may touch any of them
-atomically, and several rayr clusters can share one Redis. Objects, inboxes, object
-transfers and task events carry spread tags ``{<cluster>/<n>}`` instead, so that on a Redis
+atomically, and several rayr clusters can share one Redis. Objects, inboxes, actor
+mailboxes, object transfers and task events carry spread tags ``{<cluster>/<n>}`` instead, so that on a Redis
 Cluster their load lands on other masters too. An object's tag is its owner's: the owner
 writes its inbox's tag into the ids it makes (``object_tag``), so storing a result and
 telling its owner stay one script on one slot.
@@ -224,8 +224,9 @@ class Keys:
         return self.prefix + _F["actor"]
 
     def actor_mailbox(self, actor_hex: str) -> str:
-        """Stream of method calls; read by the actor's worker through ACTOR_GROUP."""
-        return f"{self.prefix}{_F['actor_mb']}{actor_hex}"
+        """Stream of method calls; read by the actor's worker through ACTOR_GROUP. Under the
+        actor's spread tag, as is its control stream."""
+        return f"{self.spread_prefix(spread_tag(actor_hex))}{_F['actor_mb']}{actor_hex}"
 
     def actor_names(self, namespace: str) -> str:
         """Hash of actor name -> actor id hex within one namespace."""
@@ -250,7 +251,7 @@ class Keys:
 
     def actor_control(self, actor_hex: str) -> str:
         """Stream of control messages (cancellations) the actor reads beside its mailbox."""
-        return f"{self.prefix}{_F['actor_ctl']}{actor_hex}"
+        return f"{self.spread_prefix(spread_tag(actor_hex))}{_F['actor_ctl']}{actor_hex}"
 
     # -- cancellation markers: set by the owner, read where the task runs
     def cancel_marker(self, task_hex: str) -> str:

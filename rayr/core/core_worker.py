@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
-
 from rayr.core.events import TaskEvents
 from rayr.core.inbox import InboxReader
 from rayr.core.lineage import ArgHold, LineageTable
@@ -32,8 +30,7 @@ from rayr.core.objects import ObjectClient
 from rayr.core.ownership import OwnershipTable
 from rayr.core.submitter import TaskSubmitter, WaitingTask
 from rayr.gcs import records as rec
-from rayr.gcs.address import slot_pool, spread_slot
-from rayr.gcs.client import NODE_DEAD, GcsClient
+from rayr.gcs.client import NODE_DEAD, GcsClient, on_tag
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
 from rayr.keys import object_tag, spread_tag
@@ -42,6 +39,8 @@ from rayr.object_store.base import ObjectStoreBackend
 from rayr.task_spec import FIRST_RETURN, TASK, TaskOptions, TaskSpec
 
 if TYPE_CHECKING:
+    import redis
+
     from rayr import serialization
     from rayr.config import Settings
 
@@ -107,9 +106,7 @@ class CoreWorker:
         self._liveness_due = 0.0
         self._inbox_key = self.keys.inbox(worker_hex)
         self._recheck_due = time.monotonic() + RECHECK_S
-        inbox_pool = slot_pool(blocking_redis.connection_pool, spread_slot(self.keys, spread_tag(worker_hex)))
-        if inbox_pool is not None:  # a Redis Cluster: the inbox is on its tag's master
-            blocking_redis = redis.Redis(connection_pool=inbox_pool)
+        blocking_redis = on_tag(blocking_redis, self.keys, spread_tag(worker_hex))  # the inbox's master
 
         # what this process sees of tasks, for rayr.util.state (None: task events are off)
         self.events = TaskEvents(gcs=gcs, commands=commands, settings=settings, node_hex=node_hex,

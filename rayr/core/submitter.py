@@ -401,7 +401,8 @@ class TaskSubmitter:
                     self.local(spec)
                     continue
                 command = self.gcs.submit_actor_call_command(actor_id, spec.encode())
-                self.commands.send([command], self._on_actor_call_queued(spec))
+                stream = spread.stream_for(self.commands, self.gcs, command[1])
+                stream.send([command], self._on_actor_call_queued(spec))
 
     def _on_actor_call_queued(self, spec: TaskSpec) -> Callable[[list[Any]], None]:
         def on_reply(replies: list[Any]) -> None:

@@ -21,7 +21,7 @@ from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
-from rayr.keys import FAMILIES, SPREAD_TAGS, TASK_GROUP, Keys, object_tag, spread_tag
+from rayr.keys import ACTOR_GROUP, FAMILIES, SPREAD_TAGS, TASK_GROUP, Keys, object_tag, spread_tag
 from rayr.task_spec import ACTOR_CREATION, SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.gcs")
@@ -109,6 +109,13 @@ def connection_pool(url: str, password: str | None = None, **kwargs: Any) -> red
     return address_mod.connection_pool(url, password, **{"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs})
 
 
+def on_tag(client: redis.Redis, keys: Keys, tag: int) -> redis.Redis:
+    """``client``, or on a Redis Cluster a client like it whose connections go to the master
+    serving spread tag ``tag`` (for a connection of one's own there, e.g. a blocking read)."""
+    pool = address_mod.slot_pool(client.connection_pool, address_mod.spread_slot(keys, tag))
+    return client if pool is None else redis.Redis(connection_pool=pool)
+
+
 class GcsClient:
     """The node, job, function and object tables of one cluster."""
 
@@ -125,6 +132,7 @@ class GcsClient:
         self._fetch = client.register_script(scripts.FETCH_OR_WAIT)
         self._register_actor = client.register_script(scripts.REGISTER_ACTOR)
         self._mark_actor_dead = client.register_script(scripts.MARK_ACTOR_DEAD)
+        self._close_mailbox = client.register_script(scripts.CLOSE_MAILBOX)
         self._update_live_actor = client.register_script(scripts.UPDATE_LIVE_ACTOR)
         self._cancel_task = client.register_script(scripts.CANCEL_TASK)
         self._cancel_actor_call = client.register_script(scripts.CANCEL_ACTOR_CALL)
@@ -438,8 +446,9 @@ class GcsClient:
     def submit_actor_call_command(self, actor_hex: str, spec: bytes) -> tuple[Any, ...]:
         """Append a call to the actor's mailbox, as one command: its reply is the entry id, or
         None when the actor is dead or unknown. The mailbox exists from the actor's
-        registration until it is marked DEAD (which deletes it), so ``NOMKSTREAM`` is the
-        liveness check, with no script per call."""
+        registration until it is marked DEAD (and closed right after), so ``NOMKSTREAM`` is
+        the liveness check, with no script per call. It goes on the stream to the mailbox's
+        master (``spread.stream_for``)."""
         return ("XADD", self.keys.actor_mailbox(actor_hex), "NOMKSTREAM", "*", SPEC_FIELD, spec)
 
     def actor_death_cause(self, actor_hex: str) -> str:
@@ -572,13 +581,27 @@ class GcsClient:
     def register_actor(
         self, actor_hex: str, namespace: str, name: str, job_hex: str, fields: dict[str, Any]
     ) -> tuple[bool, str]:
-        """Create the actor entry and mailbox; (False, existing id) if the name is taken."""
+        """Create the actor's mailbox and entry; (False, existing id) if the name is taken.
+
+        The mailbox (under the actor's spread tag, so not in the entry's script on a Redis
+        Cluster) comes first: once the entry exists, calls may be sent."""
+        mailbox = self.mailbox_client(actor_hex)
+        with mailbox.pipeline(transaction=False) as p:
+            for stream in (self.keys.actor_mailbox(actor_hex), self.keys.actor_control(actor_hex)):
+                p.xgroup_create(stream, ACTOR_GROUP, id="0", mkstream=True)
+            p.execute()
         args: list[Any] = [self.keys.prefix, actor_hex, namespace, name, job_hex]
         for key, value in fields.items():
             args.extend((key, value if isinstance(value, bytes) else str(value)))
         created, which = self._register_actor(args=args)
+        if not created:  # nobody can know this actor's id: its streams go again
+            mailbox.delete(self.keys.actor_mailbox(actor_hex), self.keys.actor_control(actor_hex))
         self.durable()
         return bool(created), which.decode()
+
+    def mailbox_client(self, actor_hex: str) -> Any:
+        """The client for an actor's mailbox and control stream."""
+        return self.shard(spread_tag(actor_hex))
 
     def actor_info(self, actor_hex: str) -> dict[str, Any]:
         """The actor's hash; values decoded except the pickled ``creation_spec``."""
@@ -604,8 +627,17 @@ class GcsClient:
         return updated
 
     def mark_actor_dead(self, actor_hex: str, cause: str) -> list[TaskSpec]:
-        """Mark the actor DEAD; returns the calls left in its mailbox (never to run)."""
-        specs = self._mark_actor_dead(args=[self.keys.prefix, actor_hex, cause, str(time.time())])
+        """Mark the actor DEAD, then close its mailbox; returns the calls left in it (never to
+        run; none if it was dead already). A call sent in between lands in the mailbox and is
+        among them; one sent after finds no mailbox, and its caller reads the death cause."""
+        if not self._mark_actor_dead(args=[self.keys.prefix, actor_hex, cause, str(time.time())]):
+            return []
+        return self.close_mailbox(actor_hex)
+
+    def close_mailbox(self, actor_hex: str) -> list[TaskSpec]:
+        """Delete a dead actor's mailbox and control stream; the calls that were in it."""
+        streams = [self.keys.actor_mailbox(actor_hex), self.keys.actor_control(actor_hex)]
+        specs = self._close_mailbox(keys=streams, client=self.mailbox_client(actor_hex))
         return [TaskSpec.decode(s) for s in specs]
 
     def named_actor(self, namespace: str, name: str) -> str | None:
@@ -640,13 +672,10 @@ class GcsClient:
 
     def cancel_actor_call(self, actor_hex: str, entry_id: bytes, task_hex: str) -> str:
         """"deleted", "gone" or "delivered" for a call in an actor's mailbox."""
+        self.r.set(self.keys.cancel_marker(task_hex), b"1", ex=86400)
         reply = self._cancel_actor_call(
-            keys=[
-                self.keys.actor_mailbox(actor_hex),
-                self.keys.cancel_marker(task_hex),
-                self.keys.actor_control(actor_hex),
-            ],
-            args=[entry_id, task_hex],
+            keys=[self.keys.actor_mailbox(actor_hex), self.keys.actor_control(actor_hex)],
+            args=[entry_id, task_hex], client=self.mailbox_client(actor_hex),
         )
         return reply.decode()
 

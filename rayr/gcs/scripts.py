@@ -99,7 +99,8 @@ end
 return out
 """)
 
-# Create an actor's table entry, claim its name, and create its mailbox, atomically.
+# Create an actor's table entry and claim its name, atomically (its mailbox, under the
+# actor's spread tag, is created just before: GcsClient.register_actor).
 # ARGV[1]  cluster key prefix
 # ARGV[2]  actor id hex
 # ARGV[3]  namespace
@@ -126,8 +127,6 @@ for i = 6, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', prefix .. '<<actor>>' .. actor, unpack(fields))
-redis.call('XGROUP', 'CREATE', prefix .. '<<actor_mb>>' .. actor, '<<ACTOR_GROUP>>', '0', 'MKSTREAM')
-redis.call('XGROUP', 'CREATE', prefix .. '<<actor_ctl>>' .. actor, '<<ACTOR_GROUP>>', '0', 'MKSTREAM')
 if job ~= '' then
   redis.call('SADD', prefix .. '<<job_actors>>' .. job, actor)
 end
@@ -135,18 +134,18 @@ redis.call('SADD', prefix .. '<<actors>>', actor)
 return {1, actor}
 """)
 
-# Mark an actor DEAD, free its name, and take every call still in its mailbox.
+# Mark an actor DEAD and free its name (then GcsClient.mark_actor_dead closes its mailbox).
 # ARGV[1]  cluster key prefix
 # ARGV[2]  actor id hex
 # ARGV[3]  death cause (shown to callers)
 # ARGV[4]  time of death
-# Returns the encoded specs of the calls that will never run (empty if already dead).
+# Returns 1, or 0 if it was already dead or unknown.
 MARK_ACTOR_DEAD = _fill("""
 local prefix, actor = ARGV[1], ARGV[2]
 local key = prefix .. '<<actor>>' .. actor
 local state = redis.call('HGET', key, 'state')
 if (not state) or state == 'DEAD' then
-  return {}
+  return 0
 end
 redis.call('HSET', key, 'state', 'DEAD', 'death_cause', ARGV[3], 'end_time', ARGV[4])
 local name = redis.call('HGET', key, 'name')
@@ -160,9 +159,18 @@ local job = redis.call('HGET', key, 'job')
 if job and job ~= '' then
   redis.call('SREM', prefix .. '<<job_actors>>' .. job, actor)
 end
-local mailbox = prefix .. '<<actor_mb>>' .. actor
+redis.call('ZADD', prefix .. '<<dead_actors>>', ARGV[4], actor)
+redis.call('PUBLISH', prefix .. '<<actor_events>>', actor .. ':DEAD')
+return 1
+""")
+
+# Close a dead actor's mailbox: take every call still in it and delete it and its control
+# stream. A call added after this finds no mailbox (XADD NOMKSTREAM): the dead-actor path.
+# KEYS[1]  the mailbox; KEYS[2] the control stream
+# Returns the encoded specs of the calls that will never run.
+CLOSE_MAILBOX = """
 local specs = {}
-for _, entry in ipairs(redis.call('XRANGE', mailbox, '-', '+')) do
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   local fields = entry[2]
   for i = 1, #fields, 2 do
     if fields[i] == 's' then
@@ -170,11 +178,9 @@ for _, entry in ipairs(redis.call('XRANGE', mailbox, '-', '+')) do
     end
   end
 end
-redis.call('DEL', mailbox, prefix .. '<<actor_ctl>>' .. actor)
-redis.call('ZADD', prefix .. '<<dead_actors>>', ARGV[4], actor)
-redis.call('PUBLISH', prefix .. '<<actor_events>>', actor .. ':DEAD')
+redis.call('DEL', KEYS[1], KEYS[2])
 return specs
-""")
+"""
 
 # Update an actor's hash unless it is already DEAD (a kill may race a state change).
 # KEYS[1]  actor hash
@@ -219,15 +225,14 @@ redis.call('XADD', ARGV[2] .. 'tasks:node:' .. node, '*', 'cancel', ARGV[3], 'fl
 return {'node', node}
 """)
 
-# Cancel an actor call: delete it if the actor has not read it yet, else tell the actor.
+# Cancel an actor call: delete it if the actor has not read it yet, else tell the actor
+# (the call's cancel marker is set just before, in the tables' slot).
 # KEYS[1]  actor mailbox
-# KEYS[2]  the call's cancel marker
-# KEYS[3]  actor control stream
+# KEYS[2]  actor control stream
 # ARGV[1]  mailbox entry id
 # ARGV[2]  task id hex
 # Returns 'deleted', 'gone' or 'delivered'.
 CANCEL_ACTOR_CALL = _fill("""
-redis.call('SET', KEYS[2], '1', 'EX', 86400)
 local pending = redis.call('XPENDING', KEYS[1], '<<ACTOR_GROUP>>', ARGV[1], ARGV[1], 1)
 if #pending == 0 then
   if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
@@ -235,7 +240,7 @@ if #pending == 0 then
   end
   return 'gone'
 end
-redis.call('XADD', KEYS[3], '*', 'cancel', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'cancel', ARGV[2])
 return 'delivered'
 """)
 

@@ -5,7 +5,8 @@ order, as one batch. On a Redis Cluster each spread tag's commands go on the str
 master serving it (``CommandStream.for_slot``), so commands of different tags are ordered
 only within their tag; what an object script left to other slots (scripts.SPREAD) follows
 once it answered, and commands that must come after all of it (``then``: a task's XACK after
-its results are stored) are written when everything before has answered.
+its results are stored, each on its own key's stream too) are written when everything before
+has answered.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ Callback = Callable[[list[Any]], None]
 _SPREAD_SCRIPTS = frozenset((scripts.STORE_OBJECTS, scripts.RELEASE_HOLDERS, scripts.FREE_OBJECTS))
 
 
+def stream_for(stream: CommandStream, gcs: GcsClient, key: str) -> CommandStream:
+    """The stream for commands on ``key``: on a Redis Cluster the one to its master."""
+    if not gcs.spread_only:
+        return stream
+    tag = gcs.keys.tag_of(key)
+    return stream if tag is None else stream.for_slot(spread_slot(gcs.keys, tag))
+
+
 def send(stream: CommandStream, gcs: GcsClient, tagged: Sequence[Tagged], callback: Callback | None = None,
          then: Sequence[Command] = ()) -> None:
     """Write ``tagged`` (and ``then`` after them); ``callback(replies)`` gets the replies of
@@ -31,6 +40,14 @@ def send(stream: CommandStream, gcs: GcsClient, tagged: Sequence[Tagged], callba
         stream.send([command for _, command in tagged] + list(then), callback)
         return
     _Fanout(stream, gcs, tagged, callback, then).start()
+
+
+def _key_of(command: Command) -> str:
+    """The key a command of ``then`` touches (XACK, XDEL: the stream; XREADGROUP: the first
+    stream it reads)."""
+    if command[0] == "XREADGROUP":
+        return command[list(command).index("STREAMS") + 1]
+    return command[1]
 
 
 class _Fanout:
@@ -78,8 +95,9 @@ class _Fanout:
             self.outstanding -= 1
             if self.outstanding > 0:
                 return
-        if self.then:
-            self.stream.send(self.then, self._finish)
+        if self.then:  # each on the stream of its key's master, answered together
+            then = [(self.gcs.keys.tag_of(_key_of(command)), command) for command in self.then]
+            _Fanout(self.stream, self.gcs, then, self._finish, ()).start()
         else:
             self._finish([])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.keys import spread_tag
 from rayr.resources import TARGET_MARK
@@ -51,6 +52,25 @@ def sweep_ended_inboxes(gcs: GcsClient) -> None:
     if not owners:
         return
     gcs.drop_inboxes(owner.decode() for owner in owners)
+
+
+DEAD_MAILBOX_S = 60.0  # how long after an actor's death its mailbox is closed again
+
+
+def sweep_dead_mailboxes(gcs: GcsClient) -> int:
+    """Close again the mailboxes of actors that died in the last DEAD_MAILBOX_S, failing any
+    call found there: the process that marked one DEAD closes its mailbox in a second step
+    (another slot on a Redis Cluster) and may have died in between. How many calls it failed."""
+    dead = gcs.r.zrangebyscore(gcs.keys.dead_actors, time.time() - DEAD_MAILBOX_S, "+inf")
+    failed = 0
+    for actor in dead:
+        actor_hex = actor.decode()
+        specs = gcs.close_mailbox(actor_hex)
+        if specs:
+            cause = gcs.actor_death_cause(actor_hex)
+            gcs.fail_tasks(specs, ActorDiedError(cause, actor_hex))
+            failed += len(specs)
+    return failed
 
 
 def _forget_job(gcs: GcsClient, job_hex: str) -> None:

@@ -24,7 +24,7 @@ from rayr.gcs.client import NODE_DEAD, RECONNECT_BACKOFF_MAX_S, GcsClient, conne
 from rayr.gcs.jobs import end_job
 from rayr.gcs.placement import place_bundles, ready_object_id
 from rayr.keys import Keys
-from rayr.monitor.history import sweep_ended_inboxes, trim_history
+from rayr.monitor.history import sweep_dead_mailboxes, sweep_ended_inboxes, trim_history
 from rayr.monitor.recovery import recover_actors, requeue_tasks
 from rayr.serialization import dumps
 
@@ -152,6 +152,7 @@ class Monitor:
                     trim_history(self.gcs, s.history_max_jobs, s.history_max_actors, s.history_max_nodes,
                                  min_age_s=DEAD_TARGETS_S)
                     sweep_ended_inboxes(self.gcs)
+                    sweep_dead_mailboxes(self.gcs)
                     self._next_trim = now + TRIM_EVERY_S
                 self.place_pending_groups()
                 self._autoscale()

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from rayr import protocol, serialization
 from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
-from rayr.gcs.client import REDIS_DOWN_ERRORS, connect_as
-from rayr.keys import ACTOR_GROUP, TASK_GROUP
+from rayr.gcs.client import REDIS_DOWN_ERRORS, connect_as, on_tag
+from rayr.keys import ACTOR_GROUP, TASK_GROUP, spread_tag
 from rayr.task_spec import DYNAMIC, READY_METHOD, SPEC_FIELD, STREAMING, TaskSpec
 
 if TYPE_CHECKING:
@@ -184,7 +184,9 @@ class ActorRuntime:
 
     # -------------------------------------------------------------- serving
     def _serve(self) -> None:
-        client: Any = connect_as(self.executor.redis_url, self.core.settings)
+        # the mailbox's master (on a Redis Cluster, that of the actor's spread tag)
+        client: Any = on_tag(connect_as(self.executor.redis_url, self.core.settings), self.gcs.keys,
+                             spread_tag(self.actor_id))
         if self.restart:
             self._take_over(client, min_idle_ms=0)
         streams = {self.mailbox: ">", self.control: ">"}
@@ -247,8 +249,9 @@ class ActorRuntime:
                 future = self._async_calls.get(task_id)
                 if future is not None:
                     future.cancel()
-            self.gcs.r.xack(self.control, ACTOR_GROUP, entry_id)
-            self.gcs.r.xdel(self.control, entry_id)
+            mailbox = self.gcs.mailbox_client(self.actor_id)
+            mailbox.xack(self.control, ACTOR_GROUP, entry_id)
+            mailbox.xdel(self.control, entry_id)
 
 
     def _deliver(self, entry_id: bytes, spec: TaskSpec, records: list[bytes]) -> None:
@@ -292,10 +295,8 @@ class ActorRuntime:
         back and exits. Calls it took after the new incarnation replayed the pending list
         would stay pending under its consumer for good.
         """
-        with client.pipeline(transaction=False) as pipe:  # one round trip for both
-            pipe.hget(self.gcs.keys.actor(self.actor_id), "worker")
-            pipe.xpending(self.mailbox, ACTOR_GROUP)
-            worker, summary = pipe.execute()
+        worker = self.gcs.r.hget(self.gcs.keys.actor(self.actor_id), "worker")
+        summary = client.xpending(self.mailbox, ACTOR_GROUP)
         if worker != self.core.worker_hex.encode():
             self.core.commands.flush(timeout=5)  # what we finished is delivered; the rest is retaken
             os._exit(0)

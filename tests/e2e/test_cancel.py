@@ -262,7 +262,7 @@ def test_a_cancel_read_with_a_delivery_reaches_the_actor(redis_url):
         cancelled_tasks: set[bytes] = set()
 
     runtime = ActorRuntime.__new__(ActorRuntime)
-    runtime.gcs, runtime.control, runtime.consumer = gcs, control, "c"
+    runtime.gcs, runtime.control, runtime.consumer, runtime.actor_id = gcs, control, "c", "ab" * 16
     runtime.executor, runtime._async_calls = Executor(), {}
     commands = CommandStream(redis_url, None)
     replies: list = []

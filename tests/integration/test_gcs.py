@@ -13,7 +13,9 @@ from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import Keys
+from rayr.monitor.history import sweep_dead_mailboxes
 from rayr.monitor.monitor import Monitor, restart_grace_s
+from rayr.task_spec import ACTOR_CALL, TaskSpec
 
 
 @pytest.fixture
@@ -171,3 +173,33 @@ def test_the_head_check_finds_a_user_without_the_spread_keys(redis_url):
         for user in users:
             admin.execute_command("ACL", "DELUSER", user)
         admin.close()
+
+
+def _call(n: int, actor: str) -> TaskSpec:
+    return TaskSpec(
+        task_id=bytes([n]) * 16, job_hex="01000000", function_key="f", function_name="A.f", args=b"",
+        args_object=None, ref_args=(), dep_records={}, num_returns=1, resources={}, max_retries=0,
+        retry_exceptions=False, owner="caller", attempt=0, name=f"c{n}", kind=ACTOR_CALL, actor_id=actor,
+    )
+
+
+def test_an_actors_mailbox_opens_before_it_and_closes_after_its_death(gcs):
+    actor, rival = "ab" * 16, "cd" * 16
+    row = {"class_name": "A", "state": "ALIVE"}
+    assert gcs.register_actor(actor, "ns", "named", "", row) == (True, actor)
+    # a second actor under a taken name: refused, and its streams go again
+    assert gcs.register_actor(rival, "ns", "named", "", row) == (False, actor)
+    assert not gcs.r.exists(gcs.keys.actor_mailbox(rival), gcs.keys.actor_control(rival))
+    send = gcs.submit_actor_call_command
+    assert gcs.r.execute_command(*send(actor, _call(1, actor).encode())) is not None
+    # the process marking it dead stops between its two steps: the call sent then stays queued
+    assert gcs._mark_actor_dead(args=[gcs.keys.prefix, actor, "killed", str(time.time())]) == 1
+    assert gcs.r.execute_command(*send(actor, _call(2, actor).encode())) is not None
+    # ... until the monitor closes the mailbox of a recently dead actor and fails what it held
+    assert sweep_dead_mailboxes(gcs) == 2
+    for n in (1, 2):
+        (record,) = gcs.get_objects([_call(n, actor).return_ids()[0].hex()])
+        assert record[0] == rec.ERROR and b"killed" in record
+    assert gcs.r.execute_command(*send(actor, _call(3, actor).encode())) is None  # no mailbox now
+    assert gcs.actor_death_cause(actor) == "killed"
+    assert sweep_dead_mailboxes(gcs) == 0 and gcs.mark_actor_dead(actor, "again") == []

@@ -13,7 +13,7 @@ from redis.crc import key_slot
 
 from rayr.gcs import records as rec
 from rayr.gcs import scripts, spread
-from rayr.gcs.address import spread_slot
+from rayr.gcs.address import slot_of, spread_slot
 from rayr.gcs.client import GcsClient, connect
 from rayr.gcs.command_stream import CommandStream
 from rayr.keys import Keys, object_tag, spread_tag, with_object_tag
@@ -120,4 +120,39 @@ def test_a_freed_container_releases_what_it_holds_in_other_slots(redis_cluster_s
     finally:
         stream.close()
         gcs.r.delete(KEYS.prefix + "after")
+        gcs.close()
+
+
+def test_an_actors_mailbox_lives_under_its_tag_and_closes_after_its_death(redis_cluster_set):
+    cset = redis_cluster_set
+    gcs = _gcs(cset)
+    stream = CommandStream(cset.url, PASSWORD, cluster_name=NAME)
+    try:
+        tables = cset.owner_of(slot_of(NAME))
+        actor = next(a for a in (os.urandom(16).hex() for _ in range(1000))
+                     if cset.owner_of(spread_slot(KEYS, spread_tag(a))) != tables)
+        assert gcs.register_actor(actor, "ns", "", "", {"class_name": "A", "state": "ALIVE"}) == (True, actor)
+        mailbox = KEYS.actor_mailbox(actor)
+        assert _on(cset, mailbox) == [cset.owner_of(spread_slot(KEYS, spread_tag(actor)))]
+        command = gcs.submit_actor_call_command(actor, b"spec-1")
+        got: list[Any] = []
+        spread.stream_for(stream, gcs, mailbox).send([command], got.extend)
+        assert stream.flush(timeout=30) and got and got[0] is not None
+        task = "ef" * 16
+        assert gcs.cancel_actor_call(actor, got[0], task) == "deleted"  # marker and mailbox: two slots
+        assert gcs.cancel_flags(task) == "1"
+        spread.stream_for(stream, gcs, mailbox).send([gcs.submit_actor_call_command(actor, b"spec-2")])
+        assert stream.flush(timeout=30)
+        assert gcs._mark_actor_dead(args=[KEYS.prefix, actor, "gone", "1"]) == 1
+        left = gcs.mailbox_client(actor).xrange(mailbox)
+        assert [fields[b"s"] for _, fields in left] == [b"spec-2"]
+        assert gcs.mailbox_client(actor).execute_command("EVAL", scripts.CLOSE_MAILBOX, 2, mailbox,
+                                                          KEYS.actor_control(actor)) == [b"spec-2"]
+        assert _on(cset, mailbox) == []
+        got.clear()
+        spread.stream_for(stream, gcs, mailbox).send([gcs.submit_actor_call_command(actor, b"spec-3")],
+                                                     got.extend)
+        assert stream.flush(timeout=30) and got == [None]  # no mailbox: the caller's dead-actor path
+    finally:
+        stream.close()
         gcs.close()

@@ -69,8 +69,7 @@ def test_lua_scripts_spell_no_key_family_of_their_own():
     filled = [v for k, v in vars(scripts).items() if isinstance(v, str) and "redis.call" in v]
     assert filled and not any("<<" in v for v in filled)
     keys = Keys("c")
-    built = {"actor": keys.actor("ab"), "actor_mb": keys.actor_mailbox("ab"),
-             "actor_ctl": keys.actor_control("ab"), "actor_names": keys.actor_names("ab"),
+    built = {"actor": keys.actor("ab"), "actor_names": keys.actor_names("ab"),
              "job_actors": keys.job_actors("ab")}
     for family, key in built.items():
         assert key == keys.prefix + FAMILIES[family] + "ab"
@@ -82,6 +81,8 @@ def test_lua_scripts_spell_no_key_family_of_their_own():
         assert key == "rayr:{c/9}:" + FAMILIES[family] + oid
         assert keys.tag_of(key) == 9
     assert keys.inbox("ab") == keys.spread_prefix(spread_tag("ab")) + FAMILIES["inbox"] + "ab"
+    for family, key in (("actor_mb", keys.actor_mailbox("ab")), ("actor_ctl", keys.actor_control("ab"))):
+        assert key == keys.spread_prefix(spread_tag("ab")) + FAMILIES[family] + "ab"
     assert keys.tag_of(keys.actor("ab")) is None
     assert keys.actor_channel == keys.prefix + FAMILIES["actor_events"]
     assert keys.dead_actors == keys.prefix + FAMILIES["dead_actors"]
