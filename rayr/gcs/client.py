@@ -116,6 +116,18 @@ def on_tag(client: redis.Redis, keys: Keys, tag: int) -> redis.Redis:
     return client if pool is None else redis.Redis(connection_pool=pool)
 
 
+def _scan_batches(client: Any, match: str, count: int) -> Iterator[list[bytes]]:
+    """The keys ``client``'s server holds that match ``match``, ``count`` at a time."""
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=match, count=count):
+        batch.append(key)
+        if len(batch) >= count:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class GcsClient:
     """The node, job, function and object tables of one cluster."""
 
@@ -143,15 +155,15 @@ class GcsClient:
         self.spread_only = address_mod.on_cluster(client.connection_pool)
         self._spread_args = [keys.spread_base, "1" if self.spread_only else "0"]
 
-    def shard(self, tag: int) -> Any:
-        """The client for keys under spread tag ``tag`` (``Keys.spread_prefix``): on a Redis
-        Cluster one whose connections go to the master serving that tag's slot, made on first
-        use; on any other Redis the tables' own client."""
+    def shard(self, tag: int | None) -> Any:
+        """The client for keys under spread tag ``tag`` (``Keys.spread_prefix``; None: the
+        tables'): on a Redis Cluster one whose connections go to the master serving that tag's
+        slot, made on first use; on any other Redis the tables' own client."""
+        if tag is None:
+            return self.r
         client = self._shards.get(tag)
-        if client is None:
-            pool = address_mod.slot_pool(self.r.connection_pool, address_mod.spread_slot(self.keys, tag))
-            client = self.r if pool is None else redis.Redis(connection_pool=pool)
-            client = self._shards.setdefault(tag, client)  # another thread's, if it was first
+        if client is None:  # another thread's, if it was first
+            client = self._shards.setdefault(tag, on_tag(self.r, self.keys, tag))
         return client
 
     def shard_clients(self) -> list[Any]:
@@ -169,13 +181,7 @@ class GcsClient:
         """(client, a batch of keys) for every spread key whose name after its prefix matches
         the glob ``suffix``, server by server."""
         for client in self.shard_clients():
-            batch: list[bytes] = []
-            for key in client.scan_iter(match=self.keys.spread_glob(suffix), count=count):
-                batch.append(key)
-                if len(batch) >= count:
-                    yield client, batch
-                    batch = []
-            if batch:
+            for batch in _scan_batches(client, self.keys.spread_glob(suffix), count):
                 yield client, batch
 
     def close(self) -> None:
@@ -305,13 +311,7 @@ class GcsClient:
             for key in self.keys.task_events_keys(job_hex):
                 p.pexpire(key, keep_ms)
             p.execute()
-        batch = []
-        for key in self.r.scan_iter(match=self.keys.functions_of_job(job_hex), count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                self.r.delete(*batch)
-                batch = []
-        if batch:
+        for batch in _scan_batches(self.r, self.keys.functions_of_job(job_hex), 1000):
             self.r.delete(*batch)
         for glob in self.keys.object_globs_of_job(job_hex):
             for client, keys in self.scan_spread(glob):
@@ -327,7 +327,7 @@ class GcsClient:
         for key in keys:
             by_tag.setdefault(self.keys.tag_of(key.decode()), []).append(key)
         for tag, group in by_tag.items():
-            (self.r if tag is None else self.shard(tag)).delete(*group)
+            self.shard(tag).delete(*group)
 
     # ------------------------------------------------------------ functions
     def export_function(self, job_hex: str, digest: str, data: bytes) -> str:
@@ -403,8 +403,7 @@ class GcsClient:
     def run_remote(self, remote: list[Any]) -> None:
         """Do now what an object script left to other slots (empty off a Redis Cluster)."""
         for tag, command in self.remote_commands(remote):
-            client = self.r if tag is None else self.shard(tag)
-            reply = client.execute_command(*command)
+            reply = self.shard(tag).execute_command(*command)
             if command[0] == "EVAL":  # a release, which may tell an owner elsewhere in turn
                 self.run_remote(reply[1])
 

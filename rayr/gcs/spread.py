@@ -26,9 +26,11 @@ _SPREAD_SCRIPTS = frozenset((scripts.STORE_OBJECTS, scripts.RELEASE_HOLDERS, scr
 
 def stream_for(stream: CommandStream, gcs: GcsClient, key: str) -> CommandStream:
     """The stream for commands on ``key``: on a Redis Cluster the one to its master."""
-    if not gcs.spread_only:
-        return stream
-    tag = gcs.keys.tag_of(key)
+    return _tag_stream(stream, gcs, gcs.keys.tag_of(key)) if gcs.spread_only else stream
+
+
+def _tag_stream(stream: CommandStream, gcs: GcsClient, tag: int | None) -> CommandStream:
+    """The stream for keys under spread tag ``tag`` (None: the tables', ``stream`` itself)."""
     return stream if tag is None else stream.for_slot(spread_slot(gcs.keys, tag))
 
 
@@ -70,10 +72,8 @@ class _Fanout:
         if not groups:
             self._one_done()
         for tag, indexes in groups.items():
-            self._stream(tag).send([self.tagged[i][1] for i in indexes], self._on_group(indexes))
-
-    def _stream(self, tag: int | None) -> CommandStream:
-        return self.stream if tag is None else self.stream.for_slot(spread_slot(self.gcs.keys, tag))
+            commands = [self.tagged[i][1] for i in indexes]
+            _tag_stream(self.stream, self.gcs, tag).send(commands, self._on_group(indexes))
 
     def _on_group(self, indexes: list[int]) -> Callback:
         def on_replies(replies: list[Any]) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from redis.crc import key_slot
 
 from rayr.gcs import records as rec
@@ -86,10 +88,19 @@ def test_a_store_touches_its_objects_slot_and_tells_other_slots_after(redis_clus
         gcs.close()
 
 
-def test_a_freed_container_releases_what_it_holds_in_other_slots(redis_cluster_set):
-    cset = redis_cluster_set
-    gcs = _gcs(cset)
-    stream = CommandStream(cset.url, PASSWORD, cluster_name=NAME)
+@pytest.fixture
+def gcs_and_stream(redis_cluster_set: RedisClusterSet) -> Iterator[tuple[GcsClient, CommandStream]]:
+    gcs = _gcs(redis_cluster_set)
+    stream = CommandStream(redis_cluster_set.url, PASSWORD, cluster_name=NAME)
+    try:
+        yield gcs, stream
+    finally:
+        stream.close()
+        gcs.close()
+
+
+def test_a_freed_container_releases_what_it_holds_in_other_slots(redis_cluster_set, gcs_and_stream):
+    cset, (gcs, stream) = redis_cluster_set, gcs_and_stream
     try:
         container_owner = os.urandom(12).hex()
         held_owner = _worker_on_another_master(cset, spread_tag(container_owner))
@@ -118,41 +129,34 @@ def test_a_freed_container_releases_what_it_holds_in_other_slots(redis_cluster_s
         inbox = gcs.inbox_client(held_owner).lrange(KEYS.inbox(held_owner), 0, -1)
         assert inbox == [rec.MSG_FREED + held]  # its owner heard that the last holder went
     finally:
-        stream.close()
         gcs.r.delete(KEYS.prefix + "after")
-        gcs.close()
 
 
-def test_an_actors_mailbox_lives_under_its_tag_and_closes_after_its_death(redis_cluster_set):
-    cset = redis_cluster_set
-    gcs = _gcs(cset)
-    stream = CommandStream(cset.url, PASSWORD, cluster_name=NAME)
-    try:
-        tables = cset.owner_of(slot_of(NAME))
-        actor = next(a for a in (os.urandom(16).hex() for _ in range(1000))
-                     if cset.owner_of(spread_slot(KEYS, spread_tag(a))) != tables)
-        assert gcs.register_actor(actor, "ns", "", "", {"class_name": "A", "state": "ALIVE"}) == (True, actor)
-        mailbox = KEYS.actor_mailbox(actor)
-        assert _on(cset, mailbox) == [cset.owner_of(spread_slot(KEYS, spread_tag(actor)))]
-        command = gcs.submit_actor_call_command(actor, b"spec-1")
-        got: list[Any] = []
-        spread.stream_for(stream, gcs, mailbox).send([command], got.extend)
-        assert stream.flush(timeout=30) and got and got[0] is not None
-        task = "ef" * 16
-        assert gcs.cancel_actor_call(actor, got[0], task) == "deleted"  # marker and mailbox: two slots
-        assert gcs.cancel_flags(task) == "1"
-        spread.stream_for(stream, gcs, mailbox).send([gcs.submit_actor_call_command(actor, b"spec-2")])
-        assert stream.flush(timeout=30)
-        assert gcs._mark_actor_dead(args=[KEYS.prefix, actor, "gone", "1"]) == 1
-        left = gcs.mailbox_client(actor).xrange(mailbox)
-        assert [fields[b"s"] for _, fields in left] == [b"spec-2"]
-        assert gcs.mailbox_client(actor).execute_command("EVAL", scripts.CLOSE_MAILBOX, 2, mailbox,
-                                                          KEYS.actor_control(actor)) == [b"spec-2"]
-        assert _on(cset, mailbox) == []
-        got.clear()
-        spread.stream_for(stream, gcs, mailbox).send([gcs.submit_actor_call_command(actor, b"spec-3")],
-                                                     got.extend)
-        assert stream.flush(timeout=30) and got == [None]  # no mailbox: the caller's dead-actor path
-    finally:
-        stream.close()
-        gcs.close()
+def test_an_actors_mailbox_lives_under_its_tag_and_closes_after_its_death(
+        redis_cluster_set, gcs_and_stream):
+    cset, (gcs, stream) = redis_cluster_set, gcs_and_stream
+    tables = cset.owner_of(slot_of(NAME))
+    actor = next(a for a in (os.urandom(16).hex() for _ in range(1000))
+                 if cset.owner_of(spread_slot(KEYS, spread_tag(a))) != tables)
+    assert gcs.register_actor(actor, "ns", "", "", {"class_name": "A", "state": "ALIVE"}) == (True, actor)
+    mailbox = KEYS.actor_mailbox(actor)
+    assert _on(cset, mailbox) == [cset.owner_of(spread_slot(KEYS, spread_tag(actor)))]
+    command = gcs.submit_actor_call_command(actor, b"spec-1")
+    got: list[Any] = []
+    spread.stream_for(stream, gcs, mailbox).send([command], got.extend)
+    assert stream.flush(timeout=30) and got and got[0] is not None
+    task = "ef" * 16
+    assert gcs.cancel_actor_call(actor, got[0], task) == "deleted"  # marker and mailbox: two slots
+    assert gcs.cancel_flags(task) == "1"
+    spread.stream_for(stream, gcs, mailbox).send([gcs.submit_actor_call_command(actor, b"spec-2")])
+    assert stream.flush(timeout=30)
+    assert gcs._mark_actor_dead(args=[KEYS.prefix, actor, "gone", "1"]) == 1
+    left = gcs.mailbox_client(actor).xrange(mailbox)
+    assert [fields[b"s"] for _, fields in left] == [b"spec-2"]
+    assert gcs.mailbox_client(actor).execute_command("EVAL", scripts.CLOSE_MAILBOX, 2, mailbox,
+                                                      KEYS.actor_control(actor)) == [b"spec-2"]
+    assert _on(cset, mailbox) == []
+    got.clear()
+    spread.stream_for(stream, gcs, mailbox).send([gcs.submit_actor_call_command(actor, b"spec-3")],
+                                                 got.extend)
+    assert stream.flush(timeout=30) and got == [None]  # no mailbox: the caller's dead-actor path
