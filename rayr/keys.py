@@ -1,12 +1,12 @@
 """Every Redis key, stream, consumer group and channel name rayr uses, in one place.
 
-The tables and task streams share the prefix ``rayr:{<cluster>}:``. The braces are a
-Redis Cluster hash tag: those keys hash to one slot, so Lua scripts may touch any of them
-atomically, and several rayr clusters can share one Redis. Objects, inboxes, actor
-mailboxes, object transfers and task events carry spread tags ``{<cluster>/<n>}`` instead, so that on a Redis
+The tables share the prefix ``rayr:{<cluster>}:``. The braces are a Redis Cluster hash tag:
+those keys hash to one slot, so Lua scripts may touch any of them atomically, and several
+rayr clusters can share one Redis. Objects, inboxes, task streams, actor mailboxes, object
+transfers and task events carry spread tags ``{<cluster>/<n>}`` instead, so that on a Redis
 Cluster their load lands on other masters too. An object's tag is its owner's: the owner
 writes its inbox's tag into the ids it makes (``object_tag``), so storing a result and
-telling its owner stay one script on one slot.
+telling its owner stay one script on one slot; its task streams carry the same tag.
 """
 
 from __future__ import annotations
@@ -172,29 +172,41 @@ class Keys:
         contents."""
         return [f"{_F[family]}{job_hex}*" for family in ("obj", "objw", "objr", "objc")]
 
-    # -- task queues: per resource shape (any node that fits pulls) and per node (targeted)
+    # -- task queues: per resource shape (any node that fits pulls) and per node (targeted),
+    # each under its submitter's spread tag (its inbox's, as its objects are), so that on a
+    # Redis Cluster each owner's task traffic goes to its own master
     @property
-    def shapes(self) -> str:
-        """Set of canonical resource-shape strings that have a task stream."""
-        return self.prefix + "shapes"
+    def task_streams(self) -> str:
+        """Set of the names of every task stream (shared and targeted) raylets read."""
+        return self.prefix + "task_streams"
 
-    def shape_stream(self, shape: str) -> str:
-        return f"{self.prefix}tasks:shape:{shape}"
+    def shape_stream(self, shape: str, tag: int) -> str:
+        return f"{self.spread_prefix(tag)}tasks:shape:{shape}"
 
     def node_stream(self, node_hex: str) -> str:
-        """The node's control stream: new-shape pokes, kills, cancels, pulls, job ends."""
+        """The node's control stream: new-stream pokes, kills, cancels, pulls, job ends."""
         return f"{self.prefix}tasks:node:{node_hex}"
 
-    def node_shapes(self, node_hex: str) -> str:
-        """Set of shapes with a task stream targeted at this node (affinity, SPREAD)."""
-        return f"{self.prefix}node_shapes:{node_hex}"
-
-    def task_stream(self, key: str, node_hex: str) -> str:
-        """The stream behind a scheduler key: shared (``CPU=1``), actor-creation (``@CPU=1``),
-        or targeted at ``node_hex`` (``~CPU=1``, ``~@CPU=1``)."""
+    def task_stream(self, key: str, node_hex: str, tag: int) -> str:
+        """The stream behind a scheduler key for submitters of spread tag ``tag``: shared
+        (``CPU=1``), actor-creation (``@CPU=1``), or targeted at ``node_hex`` (``~CPU=1``,
+        ``~@CPU=1``)."""
         if key.startswith("~"):
-            return f"{self.prefix}tasks:node:{node_hex}:{key[1:]}"
-        return self.shape_stream(key)
+            return f"{self.spread_prefix(tag)}tasks:node:{node_hex}:{key[1:]}"
+        return self.shape_stream(key, tag)
+
+    def parse_task_stream(self, stream: str) -> tuple[str, str, int]:
+        """(scheduler key, node it is targeted at or "", spread tag) of a task stream's name."""
+        tag = self.tag_of(stream)
+        if tag is None:
+            raise ValueError(f"{stream!r} is not a task stream of rayr cluster {self.cluster!r}")
+        rest = stream[len(self.spread_prefix(tag)):]
+        if rest.startswith("tasks:shape:"):
+            return rest[len("tasks:shape:"):], "", tag
+        if rest.startswith("tasks:node:"):
+            node, _, key = rest[len("tasks:node:"):].partition(":")
+            return "~" + key, node, tag
+        raise ValueError(f"{stream!r} is not a task stream of rayr cluster {self.cluster!r}")
 
     # -- result inboxes: one list per process that owns or waits on objects, under the
     # spread tag of the process's worker id (which it writes into the ids it makes)

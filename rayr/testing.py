@@ -27,7 +27,7 @@ from typing import Any
 
 from rayr import procs
 from rayr.config import Settings, env_test_redis_url
-from rayr.gcs.client import GcsClient, connect, connect_as
+from rayr.gcs.client import GcsClient, connect, connect_as, on_tag
 from rayr.gcs.rows import NodeInfo
 from rayr.keys import TASK_GROUP, Keys
 from rayr.node import LocalCluster, free_port, start_redis
@@ -214,7 +214,7 @@ class SimulatedNodes:
             self._spawn(self._beat, self.ids[i:i + per])
         for node in self.ids:  # each node's control-stream read and task-stream read, blocked
             self._spawn(self._read, node, self.keys.node_stream(node))
-            self._spawn(self._read, node, self.keys.task_stream("sim_only=1", ""))
+            self._spawn(self._read, node, self.keys.task_stream("sim_only=1", "", 0))
 
     def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=fn, args=args, daemon=True)
@@ -232,6 +232,9 @@ class SimulatedNodes:
     def _read(self, node: str, stream: str) -> None:
         client: Any = connect(self.url, self.password, cluster_name=self.cluster,
                               single_connection_client=True)
+        tag = self.keys.tag_of(stream)
+        if tag is not None:  # on a Redis Cluster: a connection to the master of the stream's tag
+            client = on_tag(client, self.keys, tag, single_connection=True)
         try:
             client.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
         except Exception:  # the group exists

@@ -49,24 +49,23 @@ def waiting_demands(gcs: GcsClient) -> list[dict[str, float]]:
     """One resource request per task / actor creation no node has taken, and per bundle of a
     pending placement group."""
     demands: list[dict[str, float]] = []
-    shapes = sorted(gcs.shapes())
-    with gcs.r.pipeline(transaction=False) as p:
-        for shape in shapes:
-            p.xlen(gcs.keys.shape_stream(shape))
-            p.xinfo_groups(gcs.keys.shape_stream(shape))
-        replies = p.execute(raise_on_error=False)
-    for i, shape in enumerate(shapes):
-        length, groups = replies[2 * i], replies[2 * i + 1]
-        if isinstance(length, Exception) or not length:
-            continue
-        taken = 0
-        if not isinstance(groups, Exception):
-            for group in groups:
-                name = group.get("name")
-                if name in (TASK_GROUP, TASK_GROUP.encode()):
-                    taken = int(group.get("pending", 0))
-        waiting = min(int(length) - taken, MAX_DEMANDS_PER_SHAPE)
-        demands += [parse_shape(shape) for _ in range(max(0, waiting))]
+    for shape, streams in sorted(gcs.shape_streams().items()):
+        waiting = 0
+        for stream in streams:  # one per submitter tag
+            with gcs.stream_client(stream).pipeline(transaction=False) as p:
+                p.xlen(stream)
+                p.xinfo_groups(stream)
+                length, groups = p.execute(raise_on_error=False)
+            if isinstance(length, Exception) or not length:
+                continue
+            taken = 0
+            if not isinstance(groups, Exception):
+                for group in groups:
+                    name = group.get("name")
+                    if name in (TASK_GROUP, TASK_GROUP.encode()):
+                        taken = int(group.get("pending", 0))
+            waiting += max(0, int(length) - taken)
+        demands += [parse_shape(shape) for _ in range(min(waiting, MAX_DEMANDS_PER_SHAPE))]
     for info in gcs.placement_groups():
         if info.get("state") == "PENDING":
             demands += [dict(b) for b in json.loads(info["bundles"])]

@@ -37,8 +37,8 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
         for name, amount in node.resources_available.items():
             free[name] = free.get(name, 0.0) + float(amount)
     demands = []
-    for shape in sorted(gcs.shapes()):
-        queued = int(gcs.r.xlen(gcs.keys.shape_stream(shape)))
+    for shape, streams in sorted(gcs.shape_streams().items()):
+        queued = sum(int(gcs.stream_client(stream).xlen(stream)) for stream in streams)
         if queued:
             request = parse_shape(shape)
             feasible = any(fits(n.resources_total, request) for n in alive)

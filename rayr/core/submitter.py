@@ -136,8 +136,8 @@ class TaskSubmitter:
         self._id_prefix, self._id_counter = with_object_tag(os.urandom(8), self._tag), itertools.count()
         self._no_args_frame: bytes | None = None
         self._exported: set[str] = set()
-        self._shapes: set[str] = set()  # task streams this process has announced
-        self._stream_names: dict[tuple[str, str], str] = {}  # (scheduler key, node) -> announced stream
+        # (scheduler key, node) -> the announced task stream (under our tag, as our objects)
+        self._stream_names: dict[tuple[str, str], str] = {}
         self._function_keys: dict[tuple[str, str], str] = {}  # (job hex, digest) -> exported key
         self._args_sizes: dict[bytes, int] = {}  # large-args object -> bytes, until submitted
         self.router = Router(gcs)
@@ -442,7 +442,7 @@ class TaskSubmitter:
         node has room for it now: moving the task is cheaper than moving the bytes."""
         if not (spec.ref_args or spec.args_object) or spec.kind != TASK:
             return stream  # the common case, on every submission: nothing large to follow
-        shared = self.keys.shape_stream("")
+        shared = self.keys.shape_stream("", self._tag)
         if not stream.startswith(shared):
             return stream
         held: dict[str, int] = {}
@@ -480,7 +480,9 @@ class TaskSubmitter:
             else:
                 self._remember_submitted(spec, stream, replies[0])
 
-        self.commands.send([command], on_reply)
+        # on a Redis Cluster: the stream to our tag's master, which our large-arguments
+        # objects and results share (so the task comes after its arguments' records)
+        spread.stream_for(self.commands, self.gcs, stream).send([command], on_reply)
 
     def ensure_stream(self, key: str, node: str, request: dict[str, float], name: str) -> str:
         """The stream for scheduler ``key`` (targeted at ``node`` if given), announced to the
@@ -488,17 +490,13 @@ class TaskSubmitter:
         stream = self._stream_names.get((key, node))
         if stream is not None:  # one string shared by every task of the stream
             return stream
-        stream = self.keys.task_stream(key, node)
-        if stream in self._shapes:
-            self._stream_names[(key, node)] = stream
-            return stream
+        stream = self.keys.task_stream(key, node, self._tag)
         self.gcs.ensure_group(stream)
+        added = self.gcs.announce_stream(stream)
         if node:
-            added = self.gcs.announce_shape(key[len(TARGET_MARK):], node)
             targets = [node] if added else []
             nodes = self.router.alive_nodes()
         else:
-            added = self.gcs.announce_shape(key)
             nodes = self.gcs.alive_nodes()
             targets = [n.node_id for n in nodes] if added else []
         if targets:  # new stream: tell the raylets to start reading it now
@@ -511,7 +509,7 @@ class TaskSubmitter:
                 RuntimeWarning,
                 stacklevel=5,
             )
-        self._shapes.add(stream)
+        self._stream_names[(key, node)] = stream
         return stream
 
     def tasks_done(self, task_ids: list[bytes]) -> None:

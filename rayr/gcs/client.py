@@ -109,11 +109,14 @@ def connection_pool(url: str, password: str | None = None, **kwargs: Any) -> red
     return address_mod.connection_pool(url, password, **{"retry": redis_retry(), **CLIENT_OPTIONS, **kwargs})
 
 
-def on_tag(client: redis.Redis, keys: Keys, tag: int) -> redis.Redis:
+def on_tag(client: redis.Redis, keys: Keys, tag: int, single_connection: bool = False) -> redis.Redis:
     """``client``, or on a Redis Cluster a client like it whose connections go to the master
-    serving spread tag ``tag`` (for a connection of one's own there, e.g. a blocking read)."""
+    serving spread tag ``tag`` (for a connection of one's own there, e.g. a blocking read;
+    ``single_connection``: one connection, as ``single_connection_client``)."""
     pool = address_mod.slot_pool(client.connection_pool, address_mod.spread_slot(keys, tag))
-    return client if pool is None else redis.Redis(connection_pool=pool)
+    if pool is None:
+        return client
+    return redis.Redis(connection_pool=pool, single_connection_client=single_connection)
 
 
 def _scan_batches(client: Any, match: str, count: int) -> Iterator[list[bytes]]:
@@ -496,22 +499,62 @@ class GcsClient:
             self.shard(tag).delete(*[self.keys.object(h) for h in group])
 
     # ---------------------------------------------------------------- tasks
+    def stream_client(self, stream: str) -> Any:
+        """The client for a stream under a spread tag (a task stream, a mailbox)."""
+        return self.shard(self.keys.tag_of(stream))
+
+    def stream_pipeline(self, stream: str) -> Any:
+        """A pipeline for commands on ``stream`` (and on objects: on a Redis Cluster
+        ``store_objects`` given it stores at once, elsewhere it rides along); the tables' for
+        no stream."""
+        return (self.stream_client(stream) if stream else self.r).pipeline(transaction=False)
+
     def ensure_group(self, stream: str) -> None:
         """Create the raylets' consumer group on ``stream`` (and the stream) if missing."""
         try:
-            self.r.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
+            self.stream_client(stream).xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
             self.durable()
         except redis.ResponseError as err:
             if "BUSYGROUP" not in str(err):
                 raise
 
-    def shapes(self) -> set[str]:
-        return {s.decode() for s in self.r.smembers(self.keys.shapes)}
+    def ensure_groups(self, streams: Iterable[str]) -> None:
+        """``ensure_group`` of each stream, a round trip per master."""
+        by_client: dict[int, tuple[Any, list[str]]] = {}
+        for stream in streams:
+            client = self.stream_client(stream)
+            by_client.setdefault(id(client), (client, []))[1].append(stream)
+        for client, names in by_client.values():
+            with client.pipeline(transaction=False) as p:
+                for stream in names:
+                    p.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
+                replies = p.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                    raise reply
+        self.durable()
 
-    def announce_shape(self, key: str, node: str = "") -> bool:
-        """Record scheduler ``key`` among the shapes raylets read (``node``'s own shapes, for a
-        targeted key without its mark); True if it is new."""
-        added = bool(self.r.sadd(self.keys.node_shapes(node) if node else self.keys.shapes, key))
+    def task_streams(self) -> list[str]:
+        """The names of every announced task stream (``Keys.parse_task_stream`` reads them)."""
+        return sorted(s.decode() for s in self.r.smembers(self.keys.task_streams))
+
+    def shape_streams(self) -> dict[str, list[str]]:
+        """Scheduler key -> its shared (not targeted) task streams, one per submitter tag."""
+        out: dict[str, list[str]] = {}
+        for stream in self.task_streams():
+            key, node, _tag = self.keys.parse_task_stream(stream)
+            if not node:
+                out.setdefault(key, []).append(stream)
+        return out
+
+    def shapes(self) -> set[str]:
+        """The scheduler keys with a shared task stream."""
+        return set(self.shape_streams())
+
+    def announce_stream(self, stream: str) -> bool:
+        """Record ``stream`` (its group made) among the task streams raylets read; True if it
+        is new (then the raylets it concerns must be poked)."""
+        added = bool(self.r.sadd(self.keys.task_streams, stream))
         self.durable()
         return added
 
@@ -558,7 +601,7 @@ class GcsClient:
         Returns:
             Whether it was queued again.
         """
-        client = pipe or self.r
+        client = pipe or self.stream_client(stream)
         if spec.kind == ACTOR_CREATION or spec.max_retries == -1 or spec.attempt < spec.max_retries:
             spec_bytes = spec._replace(attempt=spec.attempt + 1).encode()
             client.xadd(stream, entry_fields(spec_bytes, creation=spec.kind == ACTOR_CREATION))
@@ -661,13 +704,18 @@ class GcsClient:
 
     # ---------------------------------------------------------- cancellation
     def cancel_task(self, stream: str, entry_id: bytes, task_hex: str, flags: str) -> tuple[str, str]:
-        """("deleted" | "gone" | "node", node id or "") for a task queued on ``stream``."""
-        reply = self._cancel_task(
-            keys=[stream, self.keys.cancel_marker(task_hex)],
-            args=[entry_id, self.keys.prefix, task_hex, flags],
-        )
+        """("deleted" | "gone" | "node", node id or "") for a task queued on ``stream``; a
+        taken one's node is sent a Cancel naming the consumer that took it."""
+        self.r.set(self.keys.cancel_marker(task_hex), flags, ex=86400)
+        reply = self._cancel_task(keys=[stream], args=[entry_id], client=self.stream_client(stream))
         status = reply[0].decode()
-        return status, reply[1].decode() if len(reply) > 1 else ""
+        if status != "node":
+            return status, ""
+        consumer = reply[1].decode()
+        node = consumer.partition(".")[0]  # worker consumers are '<node>.<worker>'
+        cancel = control.Cancel(bytes.fromhex(task_hex), flags, consumer)
+        self.r.xadd(self.keys.node_stream(node), cancel.fields())
+        return status, node
 
     def cancel_actor_call(self, actor_hex: str, entry_id: bytes, task_hex: str) -> str:
         """"deleted", "gone" or "delivered" for a call in an actor's mailbox."""

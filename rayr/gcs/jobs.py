@@ -28,21 +28,18 @@ def kill_actor(gcs: GcsClient, actor_id: str, why: str, no_restart: bool) -> Non
 def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
     """Delete the job's tasks that no raylet has read yet from every task stream (those
     already running finish); returns how many were dropped."""
-    streams = [gcs.keys.shape_stream(shape) for shape in gcs.shapes()]
-    for node in gcs.alive_nodes():
-        for shape in gcs.r.smembers(gcs.keys.node_shapes(node.node_id)):
-            streams.append(gcs.keys.task_stream("~" + shape.decode(), node.node_id))
     dropped: list[TaskSpec] = []
-    for stream in streams:
+    for stream in gcs.task_streams():
+        client = gcs.stream_client(stream)
         try:
-            groups = gcs.r.xinfo_groups(stream)
+            groups = client.xinfo_groups(stream)
         except redis.ResponseError:  # no such stream
             continue
         group = next((g for g in groups if g["name"] == TASK_GROUP.encode()), None)
         start = b"(" + group["last-delivered-id"] if group else b"-"
         ours = []
         while True:
-            entries = gcs.r.xrange(stream, min=start, max="+", count=1000)
+            entries = client.xrange(stream, min=start, max="+", count=1000)
             for entry_id, fields in entries:
                 if SPEC_FIELD in fields and (spec := TaskSpec.decode(fields[SPEC_FIELD])).job_hex == job_hex:
                     ours.append(entry_id)
@@ -51,7 +48,7 @@ def drop_queued_tasks(gcs: GcsClient, job_hex: str) -> int:
                 break
             start = b"(" + entries[-1][0]
         for i in range(0, len(ours), 1000):
-            gcs.r.xdel(stream, *ours[i : i + 1000])
+            client.xdel(stream, *ours[i : i + 1000])
     if dropped:  # anyone still waiting on them (a borrower, a generator) hears why
         gcs.fail_tasks(dropped, TaskCancelledError(f"Job {job_hex} ended before the task ran."))
     return len(dropped)

@@ -200,17 +200,14 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 """)
 
-# Cancel a task queued on a stream: delete it if no raylet took it yet, else tell the
-# raylet that took it (the pending-entries list names it as the consumer).
+# Cancel a task queued on a stream: delete it if no raylet took it yet, else name the
+# consumer that took it (the pending-entries list's). The task's cancel marker is set just
+# before, in the tables' slot; the caller tells the consumer's node.
 # KEYS[1]  task stream
-# KEYS[2]  the task's cancel marker
 # ARGV[1]  stream entry id
-# ARGV[2]  cluster key prefix
-# ARGV[3]  task id hex
-# ARGV[4]  flags: "force" and/or "recursive", comma separated
-# Returns {'deleted'} (the caller resolves it), {'gone'} (already finished) or {'node', id}.
+# Returns {'deleted'} (the caller resolves it), {'gone'} (already finished) or
+# {'node', consumer}: '<node>' or, for a leased worker, '<node>.<worker>'.
 CANCEL_TASK = _fill("""
-redis.call('SET', KEYS[2], ARGV[4], 'EX', 86400)
 local pending = redis.call('XPENDING', KEYS[1], '<<TASK_GROUP>>', ARGV[1], ARGV[1], 1)
 if #pending == 0 then
   if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
@@ -218,11 +215,7 @@ if #pending == 0 then
   end
   return {'gone'}
 end
-local consumer = pending[1][2]
-local node = string.match(consumer, '^[^.]+')  -- worker consumers are '<node>.<worker>'
-redis.call('XADD', ARGV[2] .. 'tasks:node:' .. node, '*', 'cancel', ARGV[3], 'flags', ARGV[4],
-           'consumer', consumer)
-return {'node', node}
+return {'node', pending[1][2]}
 """)
 
 # Cancel an actor call: delete it if the actor has not read it yet, else tell the actor

@@ -10,7 +10,6 @@ import time
 from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.keys import spread_tag
-from rayr.resources import TARGET_MARK
 
 
 def trim_history(
@@ -96,10 +95,12 @@ def _forget_actor(gcs: GcsClient, actor_hex: str) -> None:
 
 def _forget_node(gcs: GcsClient, node_hex: str) -> None:
     keys = gcs.keys
-    shapes = gcs.r.smembers(keys.node_shapes(node_hex))
+    targeted = [s for s in gcs.task_streams() if keys.parse_task_stream(s)[1] == node_hex]
+    for stream in targeted:
+        gcs.stream_client(stream).delete(stream)
     with gcs.r.pipeline(transaction=False) as p:
-        p.delete(keys.node(node_hex), keys.node_stream(node_hex), keys.node_shapes(node_hex))
-        for shape in shapes:
-            p.delete(keys.task_stream(TARGET_MARK + shape.decode(), node_hex))
+        p.delete(keys.node(node_hex), keys.node_stream(node_hex))
+        if targeted:
+            p.srem(keys.task_streams, *targeted)
         p.srem(keys.nodes, node_hex)
         p.execute()

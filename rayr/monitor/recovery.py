@@ -17,21 +17,24 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import redis
+
 from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.gcs.rows import ActorState
-from rayr.keys import TASK_GROUP
+from rayr.keys import TASK_GROUP, spread_tag
 from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.task_spec import SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.recovery")
 
 
-def _announce(gcs: GcsClient, shape: str) -> str:
-    """The shared stream of ``shape``, made known to every live raylet; returns its name."""
-    stream = gcs.keys.shape_stream(shape)
+def _announce(gcs: GcsClient, shape: str, tag: int) -> str:
+    """The shared stream of ``shape`` under spread tag ``tag``, made known to every live
+    raylet; returns its name."""
+    stream = gcs.keys.shape_stream(shape, tag)
     gcs.ensure_group(stream)
-    if gcs.announce_shape(shape):  # new: raylets learn of it through a poke
+    if gcs.announce_stream(stream):  # new: raylets learn of it through a poke
         gcs.poke(n.node_id for n in gcs.alive_nodes())
     return stream
 
@@ -43,22 +46,24 @@ def consumer_node(consumer: Any) -> str:
     return name.partition(".")[0]
 
 
-def _requeue_entries(
-    gcs: GcsClient, stream: str, shape: str, entry_ids: list[bytes], why: str
-) -> tuple[int, int]:
-    """Queue the tasks of ``entry_ids`` again on the shared stream of ``shape`` (or fail them
-    once their retries are used up), then take the entries off ``stream``."""
+def _requeue_entries(gcs: GcsClient, stream: str, entry_ids: list[bytes], why: str) -> tuple[int, int]:
+    """Queue the tasks of ``entry_ids`` again on the shared stream of their shape (under the
+    same tag: their submitter's), or fail them once their retries are used up; then take the
+    entries off ``stream``."""
+    key, _node, tag = gcs.keys.parse_task_stream(stream)
+    shape = key.removeprefix(TARGET_MARK)
+    client = gcs.stream_client(stream)
     requeued = failed = 0
     for entry_id in entry_ids:
-        found = gcs.r.xrange(stream, entry_id, entry_id)
+        found = client.xrange(stream, entry_id, entry_id)
         if found and SPEC_FIELD in found[0][1]:
             spec = TaskSpec.decode(found[0][1][SPEC_FIELD])
-            if gcs.retry_or_fail(spec, _announce(gcs, shape), why):
+            if gcs.retry_or_fail(spec, _announce(gcs, shape, tag), why):
                 requeued += 1
             else:
                 failed += 1
-        gcs.r.xack(stream, TASK_GROUP, entry_id)
-        gcs.r.xdel(stream, entry_id)
+        client.xack(stream, TASK_GROUP, entry_id)
+        client.xdel(stream, entry_id)
     return requeued, failed
 
 
@@ -74,31 +79,31 @@ def requeue_tasks(gcs: GcsClient, alive: set[str], dead: Iterable[str]) -> tuple
     it has not heard of yet).
     """
     requeued = failed = 0
-    for shape in gcs.shapes():
-        stream = gcs.keys.shape_stream(shape)
+    dead = set(dead)
+    for stream in gcs.task_streams():
+        _key, target, _tag = gcs.keys.parse_task_stream(stream)
+        client = gcs.stream_client(stream)
+        if target in dead:
+            # a stream targeted at a dead node: everything on it (taken by the node, or not
+            # read yet) goes to the shared stream of its shape
+            entries = client.xrange(stream, count=10_000)
+            if entries:
+                why = f"it was sent to node {target[:12]}, which died"
+                r, f = _requeue_entries(gcs, stream, [e[0] for e in entries], why)
+                requeued, failed = requeued + r, failed + f
+            continue
         try:
-            summary = gcs.r.xpending(stream, TASK_GROUP)
-        except Exception:  # the stream or its group is gone
+            summary = client.xpending(stream, TASK_GROUP)
+        except redis.ResponseError:  # the stream or its group is gone
             continue
         for item in summary.get("consumers") or []:
             node = consumer_node(item["name"])
             if node in alive or gcs.node_alive(node):
                 continue  # (the second: a node that joined since ``alive`` was read)
-            entries = gcs.r.xpending_range(stream, TASK_GROUP, "-", "+", 10_000, consumername=item["name"])
+            entries = client.xpending_range(stream, TASK_GROUP, "-", "+", 10_000, consumername=item["name"])
             why = f"it was running on node {node[:12]}, which died"
-            r, f = _requeue_entries(gcs, stream, shape, [e["message_id"] for e in entries], why)
+            r, f = _requeue_entries(gcs, stream, [e["message_id"] for e in entries], why)
             requeued, failed = requeued + r, failed + f
-    for node_id in dead:
-        # a stream targeted at a dead node: everything on it (taken by the node, or not read
-        # yet) goes to the shared stream of its shape
-        for raw in gcs.r.smembers(gcs.keys.node_shapes(node_id)):
-            shape = raw.decode()
-            stream = gcs.keys.task_stream(TARGET_MARK + shape, node_id)
-            entries = gcs.r.xrange(stream, count=10_000)
-            if entries:
-                why = f"it was sent to node {node_id[:12]}, which died"
-                r, f = _requeue_entries(gcs, stream, shape, [e[0] for e in entries], why)
-                requeued, failed = requeued + r, failed + f
     return requeued, failed
 
 
@@ -117,8 +122,8 @@ def recover_actors(gcs: GcsClient, node_id: str) -> tuple[int, int]:
                 spec = TaskSpec.decode(spec_bytes)
                 env = (spec.actor_options or {}).get("runtime_env", "")
                 shape = ACTOR_SHAPE_MARK + shape_key(spec.resources) + (ENV_MARK + env if env else "")
-                stream = _announce(gcs, shape)
-                gcs.r.xadd(stream, entry_fields(spec_bytes, creation=True, restart=True))
+                stream = _announce(gcs, shape, spread_tag(spec.owner))  # under its owner's tag
+                gcs.stream_client(stream).xadd(stream, entry_fields(spec_bytes, creation=True, restart=True))
                 restarted += 1
             continue
         cause = (f"The actor {actor_id} ({info.class_name}) died with its node "

@@ -30,7 +30,7 @@ class EnvWorkers:
         (begun here if need be) is done."""
         raylet = self.raylet
         env = split_kind(kind)[0]
-        with raylet._lock:
+        with raylet.lock:
             raylet.sched.on_worker_started(kind)
         ready = self.manager.ready(env)
         if ready is not None:
@@ -38,7 +38,7 @@ class EnvWorkers:
             return
         failure = self.manager.failure(env)
         if failure is not None:
-            with raylet._lock:
+            with raylet.lock:
                 raylet.sched.on_worker_failed_to_start(kind)
             self.fail_queued(env, failure)
             return
@@ -59,7 +59,7 @@ class EnvWorkers:
                     for _ in range(count):
                         self.raylet.spawn_worker(kind, worker_env)
                 continue
-            with self.raylet._lock:
+            with self.raylet.lock:
                 for kind, count in kinds.items():
                     for _ in range(count):
                         self.raylet.sched.on_worker_failed_to_start(kind)
@@ -73,7 +73,7 @@ class EnvWorkers:
     def fail_queued(self, env: str, error: str) -> None:
         """Fail every task queued here for ``env`` with RuntimeEnvSetupError."""
         raylet = self.raylet
-        with raylet._lock:
+        with raylet.lock:
             tasks = raylet.sched.take_env_tasks(env)
         for task in tasks:
             self._fail(task, error)
@@ -87,7 +87,7 @@ class EnvWorkers:
         err = RuntimeEnvSetupError(
             f"The runtime env of {spec.name} could not be set up on node {raylet.node_id[:12]}: {error}"
         )
-        with gcs.r.pipeline(transaction=False) as pipe:
+        with gcs.stream_pipeline(task.stream) as pipe:
             if task.actor:
                 cause = f"The actor {task.actor} died: {err}"
                 gcs.fail_tasks(gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause, task.actor))

@@ -2,8 +2,9 @@
 
 Threads (see "Threads and locks" in docs/architecture.md):
 - main: worker sockets, task dispatch, crash handling, heartbeats, kills and cancels;
-- reader: pulls task specs from Redis streams (``XREADGROUP``), only as many as the
-  node's free resources can start, and hands them to main through a queue;
+- reader (one, or one per spread tag on a Redis Cluster; ``reader.py``): pulls task specs
+  from Redis streams (``XREADGROUP``), only as many as the node's free resources can start,
+  and hands them to main through a queue;
 - control: reads the node's control stream (``gcs/control.py``) at once, however busy;
 - rayr-send (2): sends objects other nodes pull; rayr-env (2): sets runtime envs up;
 - rayr-zygote: reads the zygote's replies (forked workers' pids and exit codes).
@@ -37,24 +38,22 @@ from rayr.accelerators import node_gpu_ids
 from rayr.config import Settings, daemon_settings
 from rayr.exceptions import ActorDiedError, TaskCancelledError
 from rayr.gcs import control, logs
-from rayr.gcs.client import NODE_DEAD, GcsClient, connect_as, no_retry, until_reachable
+from rayr.gcs.client import NODE_DEAD, GcsClient, connect_as, until_reachable
 from rayr.gcs.rows import ActorState, NodeInfo
-from rayr.keys import TASK_GROUP, Keys, spread_tag
+from rayr.keys import SPREAD_TAGS, TASK_GROUP, Keys, spread_tag
 from rayr.object_store import transfer
 from rayr.object_store.orphans import NamespaceLock, reclaim_orphans, spill_directory, store_directories
 from rayr.object_store.registry import open_backend
 from rayr.private_files import private_dir
 from rayr.raylet.env_workers import EnvWorkers
+from rayr.raylet.reader import TaskReader
 from rayr.raylet.scheduler import QueuedTask, Scheduler, split_kind
 from rayr.raylet.worker_pool import WorkerHandle, WorkerPool
-from rayr.resources import TARGET_MARK
 from rayr.runtime_env.installer import WorkerEnv
 from rayr.task_spec import CREATION_FIELD, RESTART_FIELD, SPEC_FIELD, TaskSpec
 
 log = logging.getLogger("rayr.raylet")
 T = TypeVar("T")
-# how often the task reader looks at a stream it leaves to a leased worker (see _read_tasks)
-LEASED_POLL_S = 0.002
 
 
 class Raylet:
@@ -97,13 +96,12 @@ class Raylet:
             prefetch=0,  # leased workers pull the next task themselves
             gpu_ids=node_gpu_ids(resources.get("GPU", 0.0))[0],
         )
-        self._lock = threading.Lock()  # guards self.sched (main + reader threads)
-        self._capacity = threading.Event()  # set when resources free up, wakes the reader
+        self.lock = threading.Lock()  # guards self.sched (main + reader threads)
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
         # read by the reader, not yet handed to the scheduler by the main loop (under _lock):
         # without them the reader's next budget would count their room as free, and a task it
         # read on that room would wait for a worker's lease to end
-        self._in_transit: deque[QueuedTask] = deque()
+        self.in_transit: deque[QueuedTask] = deque()
         self._kills: queue.SimpleQueue[str] = queue.SimpleQueue()  # actor ids to kill
         self._env_prepares: queue.SimpleQueue[str] = queue.SimpleQueue()  # envs to set up early
         self._transfers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rayr-send")
@@ -118,15 +116,15 @@ class Raylet:
         # one selector for the raylet's life: worker sockets come and go, the wake socket stays
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._stopping = threading.Event()
+        self.stopping = threading.Event()
         self._signalled = False  # set by the SIGTERM/SIGINT handler, acted on by the main loop
         self.declared_dead = False  # the cluster declared this node dead: stop, rejoin as new
-        self._shapes_dirty = threading.Event()
-        # the reader is blocked in XREADGROUP: freed room must CLIENT UNBLOCK it (a plain bool:
-        # a stale read costs one needless unblock, or a read that ends on its 1 s timeout)
-        self._reader_parked = False
-        self._key_of: dict[str, str] = {}  # task stream -> its scheduler key (reader thread only)
-        self._reader_client_id = 0
+        self.shapes_dirty = threading.Event()
+        # scheduler key -> the task streams of it this node reads (shared ones, and those
+        # targeted here), one per submitter tag; replaced whole by refresh_shapes
+        self.streams_of: dict[str, list[str]] = {}
+        self._key_of: dict[str, str] = {}  # task stream -> its scheduler key
+        self._readers: list[TaskReader] = []
         log_dir = os.path.join(session_dir, "logs")
         private_dir(log_dir)
         self.pool = WorkerPool(
@@ -149,8 +147,11 @@ class Raylet:
         self._register()
         for _ in range(max(1, int(self.sched.total.get("CPU", 1)))):
             self._start_worker()
-        reader = threading.Thread(target=self._reader_loop, name="rayr-reader", daemon=True)
-        reader.start()
+        # one reader per spread tag on a Redis Cluster (one XREADGROUP cannot span slots)
+        tags = range(SPREAD_TAGS) if self.gcs.spread_only else [None]
+        self._readers = [TaskReader(self, tag) for tag in tags]
+        for reader in self._readers:
+            reader.start()
         threading.Thread(target=self._control_loop, name="rayr-control", daemon=True).start()
         try:
             self._main_loop()
@@ -167,8 +168,9 @@ class Raylet:
             pass
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._capacity.set()
+        self.stopping.set()
+        for reader in self._readers:
+            reader.capacity.set()
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -196,16 +198,23 @@ class Raylet:
             ttl_s=self.settings.node_timeout_s,
         )
         # after registering: a submitter that adds a shape later will poke us
-        self._refresh_shapes()
+        self.refresh_shapes()
 
-    def _refresh_shapes(self) -> None:
-        shapes = self.gcs.shapes()
-        targeted = self.gcs.r.smembers(self.keys.node_shapes(self.node_id))
-        shapes |= {TARGET_MARK + s.decode() for s in targeted}
-        for shape in shapes:
-            self.gcs.ensure_group(self.keys.task_stream(shape, self.node_id))
-        with self._lock:
-            self.sched.add_shapes(shapes)
+    def refresh_shapes(self) -> None:
+        """Learn the task streams this node reads: every shared one, and those targeted here."""
+        streams_of: dict[str, list[str]] = {}
+        for stream in self.gcs.task_streams():
+            key, node, _tag = self.keys.parse_task_stream(stream)
+            if not node or node == self.node_id:
+                streams_of.setdefault(key, []).append(stream)
+        # made by their submitters first; again here in case a stream was lost (a Redis restart)
+        self.gcs.ensure_groups([s for streams in streams_of.values() for s in streams])
+        with self.lock:
+            self._key_of.update((s, key) for key, streams in streams_of.items() for s in streams)
+            changed, self.streams_of = streams_of != self.streams_of, streams_of
+            self.sched.add_shapes(set(streams_of))
+        if changed:  # the other readers (one per tag on a Redis Cluster) may have new streams
+            self._capacity_freed()
 
     def _shutdown(self) -> None:
         self._transfers.shutdown(wait=False, cancel_futures=True)
@@ -220,111 +229,13 @@ class Raylet:
         except redis.RedisError:
             pass
 
-    # ---------------------------------------------------------------- reader
-    def _reader_loop(self) -> None:
-        """Pull tasks from the shape streams this node can start now (the task reader)."""
-        client: Any = connect_as(self.redis_url, self.settings, single_connection_client=True,
-                              retry=no_retry(), client_name=f"rayr-reader-{self.node_id}")
-        self._reader_client_id = int(client.client_id())
-        failed = False
-        while not self._stopping.is_set():
-            try:
-                if failed:  # on a new connection: CLIENT UNBLOCK must name its id
-                    self._reader_client_id = int(client.client_id())
-                    self._take_own_pending(client)
-                    failed = False
-                if self._shapes_dirty.is_set():
-                    self._shapes_dirty.clear()
-                    self._refresh_shapes()
-                with self._lock:
-                    budget = self.sched.read_budget(self._in_transit)
-                    leased = self.sched.leased_streams(self._in_transit)
-                if not budget:
-                    # nothing fits now: wait for room to free up or for a new shape
-                    self._capacity.wait(1.0)
-                    self._capacity.clear()
-                    continue
-                self._read_tasks(client, budget, leased)
-            except redis.RedisError:
-                self._reader_parked = False
-                failed = True
-                # read the shapes again once Redis is back: a poke about a new shape may have
-                # been taken (and the flag cleared) by a refresh that this very error cut short,
-                # and then nothing would ever read that shape's tasks here
-                self._shapes_dirty.set()
-                if self._stopping.is_set():
-                    return
-                log.exception("reading task streams failed; retrying")
-                time.sleep(0.5)
-        client.close()
-
-    def _read_tasks(self, client: Any, budget: dict[str, int], leased: set[str]) -> None:
-        """One read of the streams ``budget`` names. A stream a worker here holds a lease on
-        is only looked at, not waited on: Redis hands a new entry to the reader that blocked
-        first, which would be this reader, so a sync caller's next task would go to another
-        worker (a raylet hop, and a 100 MB argument mapped again) instead of the leased one
-        waiting for it. What the leased workers leave behind is read within LEASED_POLL_S."""
-        streams: dict[str, str] = {}
-        looked: dict[str, str] = {}
-        nested: dict[str, str] = {}
-        for shape in budget:
-            stream = self.keys.task_stream(shape, self.node_id)
-            (looked if stream in leased else streams)[stream] = ">"
-            self._key_of[stream] = shape
-            if res.is_nested(shape):
-                nested[stream] = ">"
-        count = max(budget.values())
-        if nested and len(nested) < len(budget):
-            # tasks started by running tasks first: a parent blocked in get() lent its CPU
-            # for its children, not for the next parent
-            reply = client.xreadgroup(TASK_GROUP, self.node_id, nested, count=count)
-            if reply and any(entries for _name, entries in reply):
-                self._take(reply)
-                return
-        if looked:
-            reply = client.xreadgroup(TASK_GROUP, self.node_id, looked, count=count)
-            if reply and any(entries for _name, entries in reply):
-                self._take(reply)
-                return
-            if not streams:
-                self._capacity.wait(LEASED_POLL_S)
-                self._capacity.clear()
-                return
-        # While blocked here, freed room or a new shape unblocks us (CLIENT UNBLOCK).
-        self._reader_parked = True
-        reply = client.xreadgroup(TASK_GROUP, self.node_id, streams, count=count,
-                                  block=int(LEASED_POLL_S * 1000) if looked else 1000)
-        self._reader_parked = False
-        self._take(reply)
-
-    def _take_own_pending(self, client: Any) -> None:
-        """After a failed read: take what it may have read without its reply reaching us
-        (pending under this node's consumer, and not among the tasks we know of)."""
-        with self._lock:
-            shapes = list(self.sched.shapes)
-            known = {t.entry_id for t in (*self.sched.ready, *self.sched.overflow, *self._in_transit)}
-            known |= {t.entry_id for t in self.sched.running.values()}
-        streams = {self.keys.task_stream(shape, self.node_id): "0" for shape in shapes}
-        if not streams:
-            return
-        for stream, shape in zip(streams, shapes, strict=True):
-            self._key_of[stream] = shape
-        reply = client.xreadgroup(TASK_GROUP, self.node_id, streams, count=10_000)
-        lost = [
-            (name, [(eid, fields or {}) for eid, fields in entries if eid not in known])
-            for name, entries in reply or []
-        ]
-        if any(entries for _, entries in lost):
-            log.warning("taking back %d task(s) a failed read left pending",
-                        sum(len(entries) for _, entries in lost))
-            self._take(lost)
-
+    # ---------------------------------------------------------------- control
     def _control_loop(self) -> None:
         """Serve the node stream at once, however busy the node: pokes, kills, cancels,
         pulls of objects this node holds, and jobs that ended."""
         client: Any = connect_as(self.redis_url, self.settings)
         stream = self.keys.node_stream(self.node_id)
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 reply = client.xreadgroup(TASK_GROUP, self.node_id, {stream: ">"}, count=64, block=1000)
                 for _name, entries in reply or []:
@@ -333,7 +244,7 @@ class Raylet:
                         client.xack(stream, TASK_GROUP, entry_id)
                         client.xdel(stream, entry_id)
             except redis.RedisError:
-                if self._stopping.is_set():
+                if self.stopping.is_set():
                     return
                 log.exception("reading the node stream failed; retrying")
                 time.sleep(0.5)
@@ -346,7 +257,7 @@ class Raylet:
     def _on_control_message(self, message: control.Message) -> None:
         match message:
             case control.Poke():
-                self._shapes_dirty.set()
+                self.shapes_dirty.set()
                 self._capacity_freed()  # wake the task reader to read the new stream
             case control.Kill(actor):
                 self._kills.put(actor)
@@ -357,17 +268,17 @@ class Raylet:
             case control.Pull(oid, dest, size):
                 self._transfers.submit(self._send_object, oid, dest, size)
             case control.ReserveBundles(pg, bundles, reply):
-                with self._lock:
+                with self.lock:
                     ok = self.sched.reserve_bundles(pg, bundles)
                     total = dict(self.sched.total)
                 if ok:
                     self.gcs.r.hset(self.keys.node(self.node_id), "resources_total", json.dumps(total))
                     self._publish_resources()
-                    self._shapes_dirty.set()
+                    self.shapes_dirty.set()
                     self._capacity_freed()
                 self.gcs.r.rpush(reply, f"{'ok' if ok else 'fail'}:{self.node_id}")
             case control.ReleaseBundles(pg):
-                with self._lock:
+                with self.lock:
                     self.sched.release_bundles(pg)
                     total = dict(self.sched.total)
                 self.gcs.r.hset(self.keys.node(self.node_id), "resources_total", json.dumps(total))
@@ -395,7 +306,7 @@ class Raylet:
             return not task.actor and TaskSpec.decode(task.spec).job_hex == job_hex
 
         dropped = []
-        with self._lock:
+        with self.lock:
             while (task := self.sched.remove_queued(of_job)) is not None:
                 dropped.append(task)
         for task in dropped:
@@ -414,26 +325,24 @@ class Raylet:
         self._capacity_freed()
 
     def _capacity_freed(self) -> None:
-        """Wake the task reader: it may now pull more (or other) tasks."""
-        self._capacity.set()
-        self._unpark_reader()
+        """Wake the task readers: they may now pull more (or other) tasks."""
+        for reader in self._readers:
+            reader.wake()
 
-    def _unpark_reader(self) -> None:
-        """Make the task reader, if blocked in XREADGROUP, read its budget again."""
-        if self._reader_parked:
-            self._reader_parked = False
-            try:
-                self.gcs.r.client_unblock(self._reader_client_id)
-            except redis.RedisError:
-                pass
+    def known_entries(self) -> set[bytes]:
+        """(Under the lock.) The stream entries of every task this node has read and holds."""
+        sched = self.sched
+        known = {t.entry_id for t in (*sched.ready, *sched.overflow, *self.in_transit)}
+        return known | {t.entry_id for t in sched.running.values()}
 
-    def _take(self, reply: list) -> None:
+    def take(self, reply: list) -> None:
+        """Hand tasks a reader read (an XREADGROUP reply) to the main loop."""
         tasks: list[QueuedTask] = []
         for stream_name, entries in reply or []:
             stream = stream_name.decode()
             for entry_id, fields in entries:
                 if SPEC_FIELD not in fields:  # a deleted (cancelled) entry: nothing to run
-                    self.gcs.r.xack(stream, TASK_GROUP, entry_id)
+                    self.gcs.stream_client(stream).xack(stream, TASK_GROUP, entry_id)
                     continue
                 shape = self._key_of[stream]
                 task = QueuedTask(stream, entry_id, fields[SPEC_FIELD], shape, res.parse_shape(shape),
@@ -445,15 +354,15 @@ class Raylet:
                     task.lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
                 tasks.append(task)
         if tasks:
-            with self._lock:  # counted against the next read's budget until the main loop has them
-                self._in_transit.extend(tasks)
+            with self.lock:  # counted against the next read's budget until the main loop has them
+                self.in_transit.extend(tasks)
             self._incoming.put(tasks)
             self._wake_w.send(b"t")
 
     # ------------------------------------------------------------------ main
     def _main_loop(self) -> None:
         next_beat = 0.0
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             if self._signalled:
                 self.stop()
                 break
@@ -480,12 +389,12 @@ class Raylet:
         except BlockingIOError:
             pass
         for tasks in _drained(self._incoming):
-            with self._lock:
+            with self.lock:
                 for _ in range(len(tasks)):  # batches arrive in the order the reader took them
-                    self._in_transit.popleft()
+                    self.in_transit.popleft()
             if self._cancel_later:
                 tasks = self._drop_cancelled(tasks)
-            with self._lock:
+            with self.lock:
                 self.sched.on_tasks(tasks)
         self.envs.on_wake()
         for digest in _drained(self._env_prepares):
@@ -503,7 +412,7 @@ class Raylet:
         def is_it(task: QueuedTask) -> bool:
             return not task.actor and TaskSpec.decode(task.spec).task_id == task_id
 
-        with self._lock:
+        with self.lock:
             queued = self.sched.remove_queued(is_it)
             running = next((w for w, t in self.sched.running.items() if is_it(t)), None)
         if running is None and "." in consumer:  # a leased worker took it from the stream itself
@@ -537,7 +446,7 @@ class Raylet:
 
     def _finish_cancelled(self, task: QueuedTask) -> None:
         spec = TaskSpec.decode(task.spec)
-        with self.gcs.r.pipeline(transaction=False) as pipe:
+        with self.gcs.stream_pipeline(task.stream) as pipe:
             self.gcs.fail_tasks([spec], TaskCancelledError(f"Task {spec.name} was cancelled."), pipe)
             if task.stream:
                 pipe.xack(task.stream, TASK_GROUP, task.entry_id)
@@ -556,7 +465,7 @@ class Raylet:
         freed = isinstance(msg, protocol.Done | protocol.ActorReady | protocol.ActorFailed) or (
             isinstance(msg, protocol.Blocked) and msg.blocked
         )
-        with self._lock:
+        with self.lock:
             match msg:
                 case protocol.Ready():
                     handle.ready = True
@@ -576,10 +485,11 @@ class Raylet:
                     log.error("worker %s sent %r, which a raylet does not take", handle.worker_id, msg)
         if freed:
             self._capacity_freed()
-        elif isinstance(msg, protocol.Blocked) and self._reader_parked:
+        elif isinstance(msg, protocol.Blocked):
             # the worker waits on its leased stream again: the reader, parked on that stream
-            # while the worker was blocked, must leave it the first claim (see _read_tasks)
-            self._unpark_reader()
+            # while the worker was blocked, must leave it the first claim (see TaskReader.read)
+            for reader in self._readers:
+                reader.unpark()
 
     def _on_worker_exit(self, handle: WorkerHandle) -> None:
         if handle.worker_id in self.pool.workers:
@@ -588,12 +498,12 @@ class Raylet:
         self._forget_inbox(handle.worker_id)
         actor_id = self._actor_of.pop(handle.worker_id, None)
         if actor_id is not None:
-            with self._lock:
+            with self.lock:
                 self.sched.on_actor_died(handle.worker_id)
             until_reachable(functools.partial(self._actor_exited, actor_id, handle), "restarting an actor")
             self._capacity_freed()
             return
-        with self._lock:
+        with self.lock:
             if handle.ready:
                 task = self.sched.on_worker_died(handle.worker_id)
             else:
@@ -627,7 +537,7 @@ class Raylet:
         if task.actor or not task.stream:
             return [task]
         consumer = f"{self.node_id}.{handle.worker_id}"
-        r = self.gcs.r
+        r = self.gcs.stream_client(task.stream)
         lost = []
         if r.xpending_range(task.stream, TASK_GROUP, task.entry_id, task.entry_id, 1):
             lost.append(task)
@@ -653,7 +563,7 @@ class Raylet:
             lifetime = dict((spec.actor_options or {}).get("lifetime_resources", {}))
             env = (spec.actor_options or {}).get("runtime_env", "")
             task = QueuedTask("", b"", info.creation_spec, "", lifetime, actor_id, lifetime, True, env)
-            with self._lock:
+            with self.lock:
                 self.sched.on_tasks([task])
             log.warning("actor %s restarting (%d/%s): %s",
                         actor_id, info.restarts + 1, info.max_restarts, why)
@@ -673,7 +583,7 @@ class Raylet:
             self._force_cancelled.discard(spec.task_id)
             self._finish_cancelled(task)  # a cancelled task is never retried
             return
-        with self.gcs.r.pipeline(transaction=False) as pipe:
+        with self.gcs.stream_pipeline(task.stream) as pipe:
             self.gcs.retry_or_fail(spec, task.stream, why, pipe)
             pipe.xack(task.stream, TASK_GROUP, task.entry_id)
             pipe.xdel(task.stream, task.entry_id)
@@ -687,13 +597,13 @@ class Raylet:
         if info.may_restart():
             if not self.gcs.set_actor_state(task.actor, ActorState.RESTARTING, restarts=info.restarts + 1):
                 return
-            with self._lock:
+            with self.lock:
                 self.sched.on_tasks([dataclasses.replace(task)])
             return
         cause = f"The actor {task.actor} died while being constructed: {why}."
         self.gcs.fail_tasks(self.gcs.mark_actor_dead(task.actor, cause), ActorDiedError(cause, task.actor))
         spec = TaskSpec.decode(task.spec)
-        with self.gcs.r.pipeline(transaction=False) as pipe:
+        with self.gcs.stream_pipeline(task.stream) as pipe:
             if not task.restart:
                 self.gcs.fail_tasks([spec], ActorDiedError(cause, task.actor), pipe)
             if task.stream:
@@ -702,7 +612,7 @@ class Raylet:
             pipe.execute()
 
     def _act(self) -> None:
-        with self._lock:
+        with self.lock:
             dispatches = self.sched.dispatches()
             to_start, retire = self.sched.plan_workers(time.monotonic())
         for d in dispatches:
@@ -736,7 +646,7 @@ class Raylet:
         self._reap_slow_starters()
 
     def _start_worker(self, kind: str = "") -> None:
-        with self._lock:
+        with self.lock:
             self.sched.on_worker_started(kind)
         self.spawn_worker(kind, None)
 
@@ -747,7 +657,7 @@ class Raylet:
             handle = self.pool.start(kind, worker_env)
         except OSError as err:  # e.g. a runtime env's interpreter that cannot run
             log.error("could not start a worker (kind %r): %s", kind, err)
-            with self._lock:
+            with self.lock:
                 self.sched.on_worker_failed_to_start(kind)
             env = split_kind(kind)[0]
             if env:
@@ -772,7 +682,7 @@ class Raylet:
 
     def _publish_resources(self, with_store: bool = False) -> None:
         """Refresh liveness and free resources (and store usage) in the node table (any thread)."""
-        with self._lock:
+        with self.lock:
             available = {k: round(v, 6) for k, v in self.sched.available.items()}
             load = len(self.sched.running) + len(self.sched.ready) + len(self.sched.overflow)
         store = host = None

@@ -172,8 +172,9 @@ class ActorRuntime:
         if not self.restart:
             executor.results.deliver(spec, records, self.creation_stream, self.creation_entry, TASK_GROUP)
         elif self.creation_stream:  # a restart queued by the monitor: the owner has its result
-            self.gcs.r.xack(self.creation_stream, TASK_GROUP, self.creation_entry)
-            self.gcs.r.xdel(self.creation_stream, self.creation_entry)
+            client = self.gcs.stream_client(self.creation_stream)
+            client.xack(self.creation_stream, TASK_GROUP, self.creation_entry)
+            client.xdel(self.creation_stream, self.creation_entry)
         executor.send(protocol.ActorReady(self.actor_id))
         return True
 

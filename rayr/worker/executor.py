@@ -38,6 +38,7 @@ from rayr.gcs.client import (
     GcsClient,
     connect_as,
     no_retry,
+    on_tag,
     until_reachable,
 )
 from rayr.ids import JobID
@@ -164,6 +165,7 @@ class TaskExecutor:
         self._send_lock = threading.Lock()
         self.output: OutputCapture | None = None  # set once stdout/stderr are captured
         self._lease_client: Any = None
+        self._lease_clients: dict[int | None, Any] = {}  # spread tag -> a client on its master
         self.results = ResultDelivery(core)
         self.actor_id: str | None = None  # set once this worker became an actor
         self.actor_name = ""
@@ -224,8 +226,13 @@ class TaskExecutor:
         lease ends (and the resources go back) when the stream stays empty for a moment, or
         after ``worker_lease_max_s``.
         """
+        tag = self.core.keys.tag_of(stream)
         if self._lease_client is None:
             self._lease_client = connect_as(self.redis_url, self.core.settings, retry=no_retry())
+        client: Any = self._lease_clients.get(tag)
+        if client is None:  # on a Redis Cluster: to the master of the stream's tag
+            client = self._lease_client if tag is None else on_tag(self._lease_client, self.core.keys, tag)
+            self._lease_clients[tag] = client
         consumer = f"{self.core.node_hex}.{self.core.worker_hex}"
         ran = 0
         count = 1
@@ -235,11 +242,11 @@ class TaskExecutor:
             self.core.commands.push()
             asked = time.perf_counter()
             try:
-                reply = self._lease_client.xreadgroup(
+                reply = client.xreadgroup(
                     TASK_GROUP, consumer, {stream: ">"}, count=count, block=LEASE_IDLE_MS
                 )
             except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: end the lease, the raylet goes on
-                return ran + self._run_own_pending(stream, consumer)
+                return ran + self._run_own_pending(client, stream, consumer)
             entries = reply[0][1] if reply else []
             if not entries:
                 return ran
@@ -260,11 +267,10 @@ class TaskExecutor:
                 count, hold = 1, False
         return ran
 
-    def _run_own_pending(self, stream: str, consumer: str) -> int:
+    def _run_own_pending(self, client: Any, stream: str, consumer: str) -> int:
         """After a failed lease read: run what the read may have taken without its reply
         reaching us. Such entries are pending under our consumer, where nobody else looks."""
         ran = 0
-        client = self._lease_client
 
         def read_own_pending() -> Any:
             return client.xreadgroup(TASK_GROUP, consumer, {stream: "0"}, count=LEASE_BATCH)
@@ -283,7 +289,8 @@ class TaskExecutor:
                         self.execute(stream, entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
                         ran += 1
                     else:  # deleted meanwhile (cancelled): only its pending slot is left
-                        self.core.commands.send([("XACK", stream, TASK_GROUP, entry_id)])
+                        spread.stream_for(self.core.commands, self.core.gcs, stream).send(
+                            [("XACK", stream, TASK_GROUP, entry_id)])
         except REDIS_DOWN_ERRORS:  # gone for good: the raylet recovers our consumer if we die
             pass
         return ran
@@ -428,8 +435,8 @@ class TaskExecutor:
         if spec.args_object is not None:
             (record,) = core.gcs.get_objects([spec.args_object.hex()])
             if record is None and core.gcs.spread_only:
-                # on a Redis Cluster the arguments' record went on another stream than the
-                # task: it may still be on its way
+                # on a Redis Cluster an actor call's arguments' record went on another stream
+                # than the call (the caller's tag, not the actor's): it may be on its way
                 held_args: ObjectRef[Any] = ObjectRef(spec.args_object)
                 core.wait_ready([spec.args_object], 1, None)
                 record = core.ownership.records.get(spec.args_object)

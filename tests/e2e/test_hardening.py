@@ -26,8 +26,8 @@ def _pending_under(node_id: str) -> int:
     """Task-stream entries pending under a consumer of ``node_id`` (its raylet or its workers)."""
     core = rayr.context.require_core()
     count = 0
-    for shape in core.gcs.shapes():
-        summary = core.gcs.r.xpending(core.keys.shape_stream(shape), TASK_GROUP)
+    for stream in core.gcs.task_streams():
+        summary = core.gcs.stream_client(stream).xpending(stream, TASK_GROUP)
         for item in summary.get("consumers") or []:
             if item["name"].decode().startswith(node_id):
                 count += item["pending"]

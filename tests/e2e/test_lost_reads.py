@@ -7,7 +7,7 @@ import time
 
 import rayr
 from rayr.gcs.client import connect
-from rayr.keys import TASK_GROUP, Keys
+from rayr.keys import TASK_GROUP, Keys, spread_tag
 from rayr.testing import Cluster
 
 
@@ -32,7 +32,7 @@ def test_entries_a_lost_read_took_are_taken_back(redis_url):
         time.sleep(1)
         ref = stranded.remote()
         rayr.get(rayr.put(0))  # our submissions are written
-        stream = Keys(cluster.name).task_stream("CPU=1", node)
+        stream = Keys(cluster.name).shape_stream("CPU=1", spread_tag(rayr.context.require_core().worker_hex))
         # what a read whose reply was lost leaves behind: the entry pending under the node
         got = r.xreadgroup(TASK_GROUP, node, {stream: ">"}, count=1)
         assert got and len(got[0][1]) == 1

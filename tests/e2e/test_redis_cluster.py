@@ -14,8 +14,11 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 import rayr
 from rayr import ObjectRef, serialization
+from rayr.exceptions import TaskCancelledError
 from rayr.gcs import records as rec
 from rayr.gcs.address import slot_of, spread_slot
 from rayr.job_submission import JobStatus, JobSubmissionClient
@@ -207,6 +210,22 @@ def _objects_under_their_owners_tags(cluster_set: Any) -> None:
     assert master_of(theirs) != master_of(me), "20 actors in a row had their inbox on the driver's master"
     [ref] = rayr.get(maker.later.remote(1.0), timeout=60)
     assert keys.tag_of(keys.object(ref.hex())) == spread_tag(theirs)  # the owner's tag
+    # each submitter's tasks queue on streams under its own tag, on that tag's master
+    streams = rayr.context.require_core().gcs.task_streams()
+    for worker in (me, theirs):
+        mine = [s for s in streams if keys.tag_of(s) == spread_tag(worker)]
+        assert mine, (worker, streams)
+        client: Any = cluster_set.masters[master_of(worker)].client()
+        try:
+            assert all(client.exists(s) for s in mine)
+        finally:
+            client.close()
+    # a task taken by a raylet is cancelled through its stream's slot and its node's stream
+    slow = late.remote(60)
+    time.sleep(1)
+    rayr.cancel(slow)
+    with pytest.raises(TaskCancelledError):
+        rayr.get(slow, timeout=30)
     assert rayr.get(ref, timeout=60) == "late"
     [big] = rayr.get(maker.put.remote(300_000), timeout=60)
     assert rayr.get(big, timeout=60) == b"x" * 300_000
@@ -219,7 +238,7 @@ def _objects_under_their_owners_tags(cluster_set: Any) -> None:
     suffix = with_object_tag(os.urandom(12), spread_tag(theirs))
     oid = bytes.fromhex(rayr.get_runtime_context().get_job_id()) + suffix + b"\0\0\0\1"
     unseen = ObjectRef(oid)
-    client: Any = cluster_set.masters[master_of(theirs)].client()
+    client = cluster_set.masters[master_of(theirs)].client()
     try:
         record = rec.value_record(serialization.serialize("found").to_bytes())
         timer = threading.Timer(0.5, lambda: client.set(keys.object(oid.hex()), record))

@@ -105,7 +105,7 @@ def test_monitor_declares_silent_nodes_dead(gcs):
 
 
 def test_ensure_group_is_idempotent(gcs):
-    stream = gcs.keys.shape_stream("CPU=1")
+    stream = gcs.keys.shape_stream("CPU=1", 3)
     gcs.ensure_group(stream)
     gcs.ensure_group(stream)
     assert gcs.r.xinfo_groups(stream)[0]["name"] == b"raylets"
@@ -127,8 +127,8 @@ def test_history_is_cut_to_its_size_oldest_first(gcs):
     nodes = [f"{i:032x}" for i in range(3)]
     for node in nodes:
         gcs.register_node(NodeInfo(node, hostname="h"), ttl_s=10)
-        gcs.r.sadd(gcs.keys.node_shapes(node), "CPU=1")
-        gcs.r.xadd(gcs.keys.task_stream("~CPU=1", node), {b"s": b"x"})
+        gcs.r.sadd(gcs.keys.task_streams, gcs.keys.task_stream("~CPU=1", node, 5))
+        gcs.r.xadd(gcs.keys.task_stream("~CPU=1", node, 5), {b"s": b"x"})
         gcs.set_node_state(node, NODE_DEAD, "test")
     # nothing is old enough yet
     assert trim_history(gcs, 1, 1, 1, min_age_s=3600) == 0
@@ -138,7 +138,8 @@ def test_history_is_cut_to_its_size_oldest_first(gcs):
     assert gcs.r.smembers(gcs.keys.jobs) == {jobs[2].encode()}
     assert [gcs.r.exists(gcs.keys.actor(a)) for a in actors] == [0, 0, 1]
     assert [gcs.r.exists(gcs.keys.node(n)) for n in nodes] == [0, 0, 1]
-    assert [gcs.r.exists(gcs.keys.task_stream("~CPU=1", n)) for n in nodes] == [0, 0, 1]
+    assert [gcs.r.exists(gcs.keys.task_stream("~CPU=1", n, 5)) for n in nodes] == [0, 0, 1]
+    assert gcs.task_streams() == [gcs.keys.task_stream("~CPU=1", nodes[2], 5)]
     assert gcs.r.smembers(gcs.keys.nodes) == {nodes[2].encode()}
     assert trim_history(gcs, 1, 1, 1) == 0
 

@@ -84,6 +84,15 @@ def test_lua_scripts_spell_no_key_family_of_their_own():
     for family, key in (("actor_mb", keys.actor_mailbox("ab")), ("actor_ctl", keys.actor_control("ab"))):
         assert key == keys.spread_prefix(spread_tag("ab")) + FAMILIES[family] + "ab"
     assert keys.tag_of(keys.actor("ab")) is None
+    # a task stream carries its submitter's tag; its name gives back key, target and tag
+    node = "f" * 32
+    for key, target in (("CPU=1", ""), ("@CPU=1|env=x:y", ""), ("~CPU=0.5,GPU=1", node), ("~@CPU=1", node)):
+        stream = keys.task_stream(key, target, 11)
+        assert stream.startswith("rayr:{c/11}:tasks:")
+        assert keys.parse_task_stream(stream) == (key, target, 11)
+    for bad in (keys.node_stream(node), "rayr:{c/1}:inbox:ab", "rayr:{d/1}:tasks:shape:CPU=1"):
+        with pytest.raises(ValueError, match="not a task stream"):
+            keys.parse_task_stream(bad)
     assert keys.actor_channel == keys.prefix + FAMILIES["actor_events"]
     assert keys.dead_actors == keys.prefix + FAMILIES["dead_actors"]
 
