@@ -230,10 +230,10 @@ class SimulatedNodes:
             self.stop.wait(max(0.0, self.interval_s - (time.monotonic() - start)))
 
     def _read(self, node: str, stream: str) -> None:
-        client: Any = connect(self.url, self.password, cluster_name=self.cluster,
-                              single_connection_client=True)
         tag = self.keys.tag_of(stream)
-        if tag is not None:  # on a Redis Cluster: a connection to the master of the stream's tag
+        client: Any = connect(self.url, self.password, cluster_name=self.cluster,
+                              single_connection_client=tag is None)
+        if tag is not None:  # on a Redis Cluster: one connection to the master of the stream's tag
             client = on_tag(client, self.keys, tag, single_connection=True)
         try:
             client.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)

@@ -98,7 +98,7 @@ class Raylet:
         )
         self.lock = threading.Lock()  # guards self.sched (main + reader threads)
         self._incoming: queue.SimpleQueue[list[QueuedTask]] = queue.SimpleQueue()
-        # read by the reader, not yet handed to the scheduler by the main loop (under _lock):
+        # read by the readers, not yet handed to the scheduler by the main loop (under lock):
         # without them the reader's next budget would count their room as free, and a task it
         # read on that room would wait for a worker's lease to end
         self.in_transit: deque[QueuedTask] = deque()

@@ -64,11 +64,12 @@ class TaskReader:
 
     def _connect(self) -> Any:
         raylet = self.raylet
-        client: Any = connect_as(raylet.redis_url, raylet.settings, single_connection_client=True,
-                                 retry=no_retry(), client_name=f"rayr-reader-{raylet.node_id}")
-        if self.tag is not None:
-            client = on_tag(client, raylet.keys, self.tag, single_connection=True)
-        return client
+        options: dict[str, Any] = {"retry": no_retry(), "client_name": f"rayr-reader-{raylet.node_id}"}
+        if self.tag is None:
+            return connect_as(raylet.redis_url, raylet.settings, single_connection_client=True, **options)
+        # (a pool that has not connected yet: the one connection goes to the tag's master)
+        return on_tag(connect_as(raylet.redis_url, raylet.settings, **options), raylet.keys, self.tag,
+                      single_connection=True)
 
     def _streams(self, key: str) -> list[str]:
         """The streams of scheduler ``key`` this reader reads."""
