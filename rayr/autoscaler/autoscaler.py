@@ -49,13 +49,13 @@ def waiting_demands(gcs: GcsClient) -> list[dict[str, float]]:
     """One resource request per task / actor creation no node has taken, and per bundle of a
     pending placement group."""
     demands: list[dict[str, float]] = []
-    for shape, streams in sorted(gcs.shape_streams().items()):
+    shape_streams = gcs.shape_streams()
+    replies = gcs.per_stream([s for streams in shape_streams.values() for s in streams],
+                             lambda p, s: (p.xlen(s), p.xinfo_groups(s)))
+    for shape, streams in sorted(shape_streams.items()):
         waiting = 0
         for stream in streams:  # one per submitter tag
-            with gcs.stream_client(stream).pipeline(transaction=False) as p:
-                p.xlen(stream)
-                p.xinfo_groups(stream)
-                length, groups = p.execute(raise_on_error=False)
+            length, groups = replies[stream]
             if isinstance(length, Exception) or not length:
                 continue
             taken = 0

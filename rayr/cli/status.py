@@ -37,8 +37,11 @@ def collect(gcs: GcsClient) -> dict[str, Any]:
         for name, amount in node.resources_available.items():
             free[name] = free.get(name, 0.0) + float(amount)
     demands = []
-    for shape, streams in sorted(gcs.shape_streams().items()):
-        queued = sum(int(gcs.stream_client(stream).xlen(stream)) for stream in streams)
+    shape_streams = gcs.shape_streams()
+    lengths = gcs.per_stream([s for streams in shape_streams.values() for s in streams],
+                             lambda p, s: p.xlen(s))
+    for shape, streams in sorted(shape_streams.items()):
+        queued = sum(int(n) for s in streams for n in lengths[s] if not isinstance(n, Exception))
         if queued:
             request = parse_shape(shape)
             feasible = any(fits(n.resources_total, request) for n in alive)

@@ -520,19 +520,32 @@ class GcsClient:
 
     def ensure_groups(self, streams: Iterable[str]) -> None:
         """``ensure_group`` of each stream, a round trip per master."""
+        made = self.per_stream(streams, lambda p, s: p.xgroup_create(s, TASK_GROUP, id="0", mkstream=True))
+        for (reply,) in made.values():
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+        self.durable()
+
+    def per_stream(self, streams: Iterable[str], build: Callable[[Any, str], Any]) -> dict[str, list[Any]]:
+        """For each stream, the replies of the commands ``build(pipeline, stream)`` queues on
+        it (errors as exception objects): one pipeline per master."""
         by_client: dict[int, tuple[Any, list[str]]] = {}
         for stream in streams:
             client = self.stream_client(stream)
             by_client.setdefault(id(client), (client, []))[1].append(stream)
+        out: dict[str, list[Any]] = {}
         for client, names in by_client.values():
             with client.pipeline(transaction=False) as p:
+                counts = []
                 for stream in names:
-                    p.xgroup_create(stream, TASK_GROUP, id="0", mkstream=True)
+                    before = len(p)
+                    build(p, stream)
+                    counts.append(len(p) - before)
                 replies = p.execute(raise_on_error=False)
-            for reply in replies:
-                if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
-                    raise reply
-        self.durable()
+            at = 0
+            for stream, n in zip(names, counts, strict=True):
+                out[stream], at = replies[at:at + n], at + n
+        return out
 
     def task_streams(self) -> list[str]:
         """The names of every announced task stream (``Keys.parse_task_stream`` reads them)."""

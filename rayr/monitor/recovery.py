@@ -17,8 +17,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import redis
-
 from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.gcs.rows import ActorState
@@ -80,22 +78,23 @@ def requeue_tasks(gcs: GcsClient, alive: set[str], dead: Iterable[str]) -> tuple
     """
     requeued = failed = 0
     dead = set(dead)
-    for stream in gcs.task_streams():
+    streams = gcs.task_streams()
+    for stream in streams:
         _key, target, _tag = gcs.keys.parse_task_stream(stream)
-        client = gcs.stream_client(stream)
         if target in dead:
             # a stream targeted at a dead node: everything on it (taken by the node, or not
             # read yet) goes to the shared stream of its shape
-            entries = client.xrange(stream, count=10_000)
+            entries = gcs.stream_client(stream).xrange(stream, count=10_000)
             if entries:
                 why = f"it was sent to node {target[:12]}, which died"
                 r, f = _requeue_entries(gcs, stream, [e[0] for e in entries], why)
                 requeued, failed = requeued + r, failed + f
+    # who holds what, for every stream at once (this runs every second)
+    summaries = gcs.per_stream(streams, lambda p, s: p.xpending(s, TASK_GROUP))
+    for stream, (summary,) in summaries.items():
+        if isinstance(summary, Exception):  # the stream or its group is gone
             continue
-        try:
-            summary = client.xpending(stream, TASK_GROUP)
-        except redis.ResponseError:  # the stream or its group is gone
-            continue
+        client = gcs.stream_client(stream)
         for item in summary.get("consumers") or []:
             node = consumer_node(item["name"])
             if node in alive or gcs.node_alive(node):

@@ -12,7 +12,7 @@ from rayr.config import Settings
 from rayr.gcs import records as rec
 from rayr.gcs.client import NODE_ALIVE, NODE_DEAD, GcsClient, connect
 from rayr.gcs.rows import NodeInfo
-from rayr.keys import Keys
+from rayr.keys import TASK_GROUP, Keys
 from rayr.monitor.history import sweep_dead_mailboxes
 from rayr.monitor.monitor import Monitor, restart_grace_s
 from rayr.task_spec import ACTOR_CALL, TaskSpec
@@ -109,6 +109,27 @@ def test_ensure_group_is_idempotent(gcs):
     gcs.ensure_group(stream)
     gcs.ensure_group(stream)
     assert gcs.r.xinfo_groups(stream)[0]["name"] == b"raylets"
+
+
+def test_queued_demand_adds_up_over_submitters_streams(gcs):
+    """A shape's tasks wait on one stream per submitter tag: the autoscaler's demand and
+    `rayr status` count the entries of all of them that no raylet has taken."""
+    from rayr.autoscaler.autoscaler import waiting_demands
+    from rayr.cli.status import collect
+
+    streams = [gcs.keys.shape_stream("CPU=3", tag) for tag in (2, 9)]
+    for stream, n in zip(streams, (2, 3), strict=True):
+        gcs.ensure_group(stream)
+        assert gcs.announce_stream(stream)
+        for _ in range(n):
+            gcs.r.xadd(stream, {b"s": b"x"})
+    gcs.r.xreadgroup(TASK_GROUP, "some-node", {streams[1]: ">"}, count=1)  # taken: not waiting
+    assert gcs.shape_streams() == {"CPU=3": streams}
+    assert waiting_demands(gcs) == [{"CPU": 3.0}] * 4
+    lengths = gcs.per_stream(streams + [gcs.keys.shape_stream("CPU=3", 4)], lambda p, s: p.xlen(s))
+    assert [replies[0] for replies in lengths.values()] == [2, 3, 0]
+    demand = collect(gcs)["demands"]
+    assert [d["count"] for d in demand if d.get("resources") == {"CPU": 3.0}] == [5]
 
 
 def test_history_is_cut_to_its_size_oldest_first(gcs):
