@@ -335,8 +335,8 @@ class Raylet:
         known = {t.entry_id for t in (*sched.ready, *sched.overflow, *self.in_transit)}
         return known | {t.entry_id for t in sched.running.values()}
 
-    def take(self, reply: list) -> None:
-        """Hand tasks a reader read (an XREADGROUP reply) to the main loop."""
+    def take(self, reply: list, reader: TaskReader | None = None) -> None:
+        """Hand tasks ``reader`` read (an XREADGROUP reply) to the main loop."""
         tasks: list[QueuedTask] = []
         for stream_name, entries in reply or []:
             stream = stream_name.decode()
@@ -358,6 +358,11 @@ class Raylet:
                 self.in_transit.extend(tasks)
             self._incoming.put(tasks)
             self._wake_w.send(b"t")
+            for other in self._readers:
+                if other is not reader:
+                    # (on a Redis Cluster) blocked on a budget that these tasks took: it reads
+                    # the budget again, rather than take more than fits when its tasks come
+                    other.unpark()
 
     # ------------------------------------------------------------------ main
     def _main_loop(self) -> None:

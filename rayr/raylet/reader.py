@@ -5,7 +5,8 @@ A task stream lives under its submitter's spread tag (``Keys.task_stream``). On 
 Cluster one ``XREADGROUP`` cannot span slots, so each spread tag gets a reader of its own,
 with its own blocking connection to the master serving that tag; on any other Redis one
 reader reads every stream at once. Readers share the node's budget: each reads what the
-budget allows when it reads, so two readers answered at once may take more than fits, which
+budget allows when it reads, and a reader that took tasks unblocks the others so that they
+read the smaller budget again; two answered at once may still take more than fits, which
 waits in the scheduler's overflow queue as a read over several streams always could.
 """
 
@@ -137,7 +138,8 @@ class TaskReader:
                     nested[stream] = ">"
             # COUNT applies per stream: a key's budget shared over its streams (submitters)
             count = max(count, math.ceil(n / len(mine)))
-        take = self.raylet.take
+        def take(reply: Any) -> None:
+            self.raylet.take(reply, self)
         if nested and len(nested) < len(streams) + len(looked):
             # tasks started by running tasks first: a parent blocked in get() lent its CPU
             # for its children, not for the next parent
@@ -179,4 +181,4 @@ class TaskReader:
         if any(entries for _, entries in lost):
             log.warning("taking back %d task(s) a failed read left pending",
                         sum(len(entries) for _, entries in lost))
-            raylet.take(lost)
+            raylet.take(lost, self)
