@@ -44,6 +44,12 @@ def where() -> str:
     return rayr.get_runtime_context().get_node_id()
 
 
+@rayr.remote(max_retries=3)
+def where_after(delay: float) -> str:
+    time.sleep(delay)
+    return rayr.get_runtime_context().get_node_id()
+
+
 @rayr.remote
 def total(data: bytes) -> int:
     return sum(data[::4096])
@@ -105,11 +111,17 @@ def test_a_cluster_runs_on_a_redis_cluster(redis_cluster_set, tmp_path):
             assert counts[owner] > 0 and sum(counts) == counts[owner], counts
             status = run_cli("status", env=_env(head_dir)).stdout
             assert status.count(" 1 node_") == 2, status
-            # a node dies: the head's monitor sees it, and work goes on on the head
+            # a node dies: the head's monitor sees it, queues again the task it was running
+            # (pending on a stream under the driver's tag, on that tag's master), and work
+            # goes on on the head
+            pinned = NodeAffinitySchedulingStrategy(node_id, soft=False)
+            running = where_after.options(scheduling_strategy=pinned).remote(3.0)
+            rayr.wait([running], timeout=1.0)  # (started by now, or still queued: both are recovered)
             raylet = _raylet_pid(node_dir)
             os.kill(raylet, signal.SIGKILL)
             wait_node_dead(node_id, timeout=60)
             assert rayr.get(where.remote(), timeout=60) != node_id
+            assert rayr.get(running, timeout=60) not in (node_id, None)  # ran again, on the head
         finally:
             rayr.shutdown()
     finally:
