@@ -90,6 +90,11 @@ CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": None} | (
 )
 
 
+# how long a job's task-events end marker lives (at least): ends the tables of views that
+# arrive after the job's retention (a tiny key per ended job, for a week)
+ENDED_MARKER_MS = 7 * 86_400_000
+
+
 def connect(url: str, password: str | None = None, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` (bytes replies): any address form ``rayr.gcs.address``
     accepts, Sentinel, TLS and Redis Cluster included (a cluster address needs
@@ -307,10 +312,12 @@ class GcsClient:
             p.delete(self.keys.job_alive(job_hex))
             p.execute()
         # task events stay readable a while after the job (rayr list tasks, timeline); views
-        # written later (a task still running) see the marker and expire with them
+        # written later (a task still running) see the marker and expire with them. The
+        # marker outlives the retention: a view written after it would make a table no one
+        # ever expires.
         keep_ms = max(1, int(retention_s * 1000))
         with self.shard(spread_tag(job_hex)).pipeline(transaction=False) as p:
-            p.set(self.keys.task_events_ended(job_hex), b"1", px=keep_ms)
+            p.set(self.keys.task_events_ended(job_hex), b"1", px=max(keep_ms, ENDED_MARKER_MS))
             for key in self.keys.task_events_keys(job_hex):
                 p.pexpire(key, keep_ms)
             p.execute()

@@ -132,6 +132,27 @@ def test_queued_demand_adds_up_over_submitters_streams(gcs):
     assert [d["count"] for d in demand if d.get("resources") == {"CPU": 3.0}] == [5]
 
 
+def test_task_events_written_after_the_retention_still_expire(gcs):
+    """A task of an ended job that reports after the job's retention is over does not leave
+    a table that never expires."""
+    job = gcs.new_job({"driver_pid": 1, "driver_worker": "drv"}).hex()
+    table = gcs.keys.task_events_exec(job)
+    client = gcs.shard(gcs.keys.tag_of(table))
+
+    def record(task: bytes) -> None:
+        client.execute_command(*gcs.task_events_command(table, job, [task, b"view"], 100, 0.2))
+
+    record(b"t1")
+    assert client.pttl(table) == -1  # the job runs: its events stay
+    gcs.finish_job(job, "SUCCEEDED", retention_s=0.2)
+    deadline = time.monotonic() + 30
+    while client.exists(table) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client.exists(table)
+    record(b"t2")  # a late view, after the retention
+    assert 0 < client.pttl(table) <= 200
+
+
 def test_history_is_cut_to_its_size_oldest_first(gcs):
     from rayr.monitor.history import trim_history
 
