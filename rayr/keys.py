@@ -48,6 +48,13 @@ def spread_tag(id_hex: str) -> int:
     return zlib.crc32(id_hex.encode()) % SPREAD_TAGS
 
 
+def consumer_node(consumer: str | bytes) -> str:
+    """The node of a task-stream consumer: ``<node>`` (its raylet) or ``<node>.<worker>``
+    (a leased worker)."""
+    name = consumer.decode() if isinstance(consumer, bytes) else consumer
+    return name.partition(".")[0]
+
+
 # An object id's byte 4 (the first after the job id) carries a spread tag in its low four bits:
 # an owner sets it to its inbox's tag in every id it makes (TaskSubmitter.unique_suffix). The
 # Lua scripts read the same hex digit (gcs/scripts.py, ``tag_of``).

@@ -21,7 +21,16 @@ from rayr.gcs import address as address_mod
 from rayr.gcs import control, records, scripts
 from rayr.gcs.rows import ActorInfo, NodeInfo, NodeState
 from rayr.ids import JobID
-from rayr.keys import ACTOR_GROUP, FAMILIES, SPREAD_TAGS, TASK_GROUP, Keys, object_tag, spread_tag
+from rayr.keys import (
+    ACTOR_GROUP,
+    FAMILIES,
+    SPREAD_TAGS,
+    TASK_GROUP,
+    Keys,
+    consumer_node,
+    object_tag,
+    spread_tag,
+)
 from rayr.task_spec import ACTOR_CREATION, SPEC_FIELD, TaskSpec, entry_fields
 
 log = logging.getLogger("rayr.gcs")
@@ -174,16 +183,23 @@ class GcsClient:
             client = self._shards.setdefault(tag, on_tag(self.r, self.keys, tag))
         return client
 
+    def by_server(self, items: Iterable[T], client_of: Callable[[T], Any]) -> list[tuple[Any, list[T]]]:
+        """``items`` grouped by the Redis server their client (``client_of(item)``) reaches,
+        each group with one of those clients: on a Redis Cluster a group per master (its
+        tags' clients differ, their master is the same), elsewhere one group."""
+        groups: dict[Any, tuple[Any, list[T]]] = {}
+        for item in items:
+            client = client_of(item)
+            server = client.connection_pool.connection_kwargs["slot_master"].find() if self.spread_only else 0
+            groups.setdefault(server, (client, []))[1].append(item)
+        return list(groups.values())
+
     def shard_clients(self) -> list[Any]:
         """One client per Redis server holding spread keys: on a Redis Cluster one per master
         serving some tag (for SCANs), elsewhere just the tables' client."""
         if not self.spread_only:
             return [self.r]
-        by_master: dict[Any, Any] = {}
-        for tag in range(SPREAD_TAGS):
-            client = self.shard(tag)
-            by_master.setdefault(client.connection_pool.connection_kwargs["slot_master"].find(), client)
-        return list(by_master.values())
+        return [client for client, _ in self.by_server(range(SPREAD_TAGS), self.shard)]
 
     def scan_spread(self, suffix: str, count: int = 1000) -> Iterator[tuple[Any, list[bytes]]]:
         """(client, a batch of keys) for every spread key whose name after its prefix matches
@@ -536,12 +552,8 @@ class GcsClient:
     def per_stream(self, streams: Iterable[str], build: Callable[[Any, str], Any]) -> dict[str, list[Any]]:
         """For each stream, the replies of the commands ``build(pipeline, stream)`` queues on
         it (errors as exception objects): one pipeline per master."""
-        by_client: dict[int, tuple[Any, list[str]]] = {}
-        for stream in streams:
-            client = self.stream_client(stream)
-            by_client.setdefault(id(client), (client, []))[1].append(stream)
         out: dict[str, list[Any]] = {}
-        for client, names in by_client.values():
+        for client, names in self.by_server(streams, self.stream_client):
             with client.pipeline(transaction=False) as p:
                 counts = []
                 for stream in names:
@@ -598,11 +610,7 @@ class GcsClient:
 
     def drop_inboxes(self, worker_hexes: Iterable[str]) -> None:
         """Delete the inboxes of these processes (a round trip per master at most)."""
-        by_client: dict[int, tuple[Any, list[str]]] = {}
-        for worker_hex in worker_hexes:
-            client = self.inbox_client(worker_hex)
-            by_client.setdefault(id(client), (client, []))[1].append(worker_hex)
-        for client, group in by_client.values():
+        for client, group in self.by_server(worker_hexes, self.inbox_client):
             with client.pipeline(transaction=False) as p:
                 for worker_hex in group:  # a DEL each: on a Redis Cluster they are in different slots
                     p.delete(*self.keys.inbox_keys(worker_hex))
@@ -732,7 +740,7 @@ class GcsClient:
         if status != "node":
             return status, ""
         consumer = reply[1].decode()
-        node = consumer.partition(".")[0]  # worker consumers are '<node>.<worker>'
+        node = consumer_node(consumer)
         cancel = control.Cancel(bytes.fromhex(task_hex), flags, consumer)
         self.r.xadd(self.keys.node_stream(node), cancel.fields())
         return status, node

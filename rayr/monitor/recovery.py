@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
 
 from rayr.exceptions import ActorDiedError
 from rayr.gcs.client import GcsClient
 from rayr.gcs.rows import ActorState
-from rayr.keys import TASK_GROUP, spread_tag
+from rayr.keys import TASK_GROUP, consumer_node, spread_tag
 from rayr.resources import ACTOR_SHAPE_MARK, ENV_MARK, TARGET_MARK, shape_key
 from rayr.task_spec import SPEC_FIELD, TaskSpec, entry_fields
 
@@ -35,13 +34,6 @@ def _announce(gcs: GcsClient, shape: str, tag: int) -> str:
     if gcs.announce_stream(stream):  # new: raylets learn of it through a poke
         gcs.poke(n.node_id for n in gcs.alive_nodes())
     return stream
-
-
-def consumer_node(consumer: Any) -> str:
-    """The node of a task-stream consumer: ``<node>`` (its raylet) or ``<node>.<worker>``
-    (a leased worker)."""
-    name = consumer.decode() if isinstance(consumer, bytes) else str(consumer)
-    return name.partition(".")[0]
 
 
 def _requeue_entries(gcs: GcsClient, stream: str, entry_ids: list[bytes], why: str) -> tuple[int, int]:
