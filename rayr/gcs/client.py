@@ -164,6 +164,7 @@ class GcsClient:
         self._close_mailbox = client.register_script(scripts.CLOSE_MAILBOX)
         self._update_live_actor = client.register_script(scripts.UPDATE_LIVE_ACTOR)
         self._cancel_task = client.register_script(scripts.CANCEL_TASK)
+        self._give_back_tasks = client.register_script(scripts.GIVE_BACK_TASKS)
         self._cancel_actor_call = client.register_script(scripts.CANCEL_ACTOR_CALL)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._shards: dict[int, Any] = {}
@@ -744,6 +745,11 @@ class GcsClient:
         cancel = control.Cancel(bytes.fromhex(task_hex), flags, consumer)
         self.r.xadd(self.keys.node_stream(node), cancel.fields())
         return status, node
+
+    def give_back_tasks(self, stream: str, entry_ids: list[bytes]) -> int:
+        """Queue again, at the tail of ``stream``, tasks a worker took there but will not start
+        now; returns how many (see scripts.GIVE_BACK_TASKS)."""
+        return int(self._give_back_tasks(keys=[stream], args=entry_ids, client=self.stream_client(stream)))
 
     def cancel_actor_call(self, actor_hex: str, entry_id: bytes, task_hex: str) -> str:
         """"deleted", "gone" or "delivered" for a call in an actor's mailbox."""

@@ -218,6 +218,26 @@ end
 return {'node', pending[1][2]}
 """)
 
+# Give back tasks a leased worker took but has not started, because the task it runs
+# blocked in get (what it waits for may be one of them): each is queued again at the
+# stream's tail with the same fields, and the taken entry acknowledged and deleted, at once.
+# KEYS[1]  task stream
+# ARGV     entry ids
+# Returns how many were queued again (an entry deleted meanwhile, e.g. cancelled, is not).
+GIVE_BACK_TASKS = _fill("""
+local queued = 0
+for i = 1, #ARGV do
+  local found = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+  if #found == 1 then
+    redis.call('XADD', KEYS[1], '*', unpack(found[1][2]))
+    queued = queued + 1
+  end
+  redis.call('XACK', KEYS[1], '<<TASK_GROUP>>', ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return queued
+""")
+
 # Cancel an actor call: delete it if the actor has not read it yet, else tell the actor
 # (the call's cancel marker is set just before, in the tables' slot).
 # KEYS[1]  actor mailbox

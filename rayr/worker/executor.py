@@ -21,10 +21,13 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
+
+import redis
 
 from rayr import accelerators, context, log_config, protocol, serialization
 from rayr.config import child_settings
@@ -57,9 +60,13 @@ LEASE_IDLE_MS = 2  # a leased worker gives its resources back after this long wi
 # queued work that an idle one could start.
 LEASE_BATCH = 16
 SHORT_TASK_S = 0.001
-# A read that took more than this share of a (longer) task's time brings two tasks, so the
-# second's read overlaps nothing but costs half: 1-5 ms tasks spent ~0.5 ms per read here.
-READ_SHARE = 0.1
+# While its tasks stay under this long, a leased worker sends the read of its next batch
+# before it runs the current one (without BLOCK: it takes only tasks already queued), so the
+# read's round trip overlaps the run: 1-5 ms tasks spent ~0.6 ms between tasks on a busy
+# 2-core host, most of it in that read. A task read ahead waits at most this long behind
+# the one running; longer tasks are not read ahead, so none waits behind a long one.
+READ_AHEAD_MAX_S = 0.01
+_READ_BROKE = -1  # the read sent ahead failed: its reply, and maybe tasks it took, are lost
 
 
 # a finished task's results, waiting for delivery: (spec, records, stream, entry id, group)
@@ -165,7 +172,17 @@ class TaskExecutor:
         self._send_lock = threading.Lock()
         self.output: OutputCapture | None = None  # set once stdout/stderr are captured
         self._lease_client: Any = None
-        self._lease_clients: dict[int | None, Any] = {}  # spread tag -> a client on its master
+        self._ahead_client: Any = None
+        # the lease being run: (its stream, the connection for reads sent ahead), the tasks it
+        # took and has not started, and the COUNT of the read sent ahead whose reply is not
+        # read yet (0: none; _READ_BROKE: it failed); under _lease_lock, as a task's threads
+        # blocking in get give the unstarted back (give_back_unstarted)
+        self._lease_lock = threading.Lock()
+        self._lease: tuple[str, Any] | None = None
+        self._unstarted: deque[tuple[bytes, Any]] = deque()
+        self._ahead = 0
+        # spread tag -> (a client on its master, a connection there for reads sent ahead)
+        self._lease_clients: dict[int | None, tuple[Any, Any]] = {}
         self.results = ResultDelivery(core)
         self.actor_id: str | None = None  # set once this worker became an actor
         self.actor_name = ""
@@ -224,48 +241,134 @@ class TaskExecutor:
         The raylet leased us its resources for one task of the stream's shape; as long as
         more such tasks wait, running them back to back needs no raylet hop per task. The
         lease ends (and the resources go back) when the stream stays empty for a moment, or
-        after ``worker_lease_max_s``.
+        after ``worker_lease_max_s``. Tasks taken but not started go back to the stream when
+        the running one blocks in ``get`` (``give_back_unstarted``).
         """
         tag = self.core.keys.tag_of(stream)
-        if self._lease_client is None:
-            self._lease_client = connect_as(self.redis_url, self.core.settings, retry=no_retry())
-        client: Any = self._lease_clients.get(tag)
-        if client is None:  # on a Redis Cluster: to the master of the stream's tag
-            client = self._lease_client if tag is None else on_tag(self._lease_client, self.core.keys, tag)
-            self._lease_clients[tag] = client
+        client, ahead_client = self._lease_clients_for(tag)
         consumer = f"{self.core.node_hex}.{self.core.worker_hex}"
         ran = 0
-        count = 1
+        count, hold, read_ahead = 1, False, False
         ends = time.monotonic() + self.core.settings.worker_lease_max_s  # a raylet hop per second
-        hold = False  # deliver a batch's results together (short tasks only)
-        while time.monotonic() < ends:
-            self.core.commands.push()
-            asked = time.perf_counter()
+        with self._lease_lock:
+            self._lease = (stream, ahead_client)
+        try:
+            while True:
+                self.core.commands.push()  # our results go out before we wait for more work
+                try:
+                    with self._lease_lock:
+                        reply = self._take_ahead()
+                    if not reply:  # nothing read ahead (or nothing was queued then): wait for work
+                        if time.monotonic() >= ends:
+                            return ran
+                        reply = client.xreadgroup(
+                            TASK_GROUP, consumer, {stream: ">"}, count=count, block=LEASE_IDLE_MS
+                        )
+                except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: end the lease, the raylet goes on
+                    ahead_client.connection.disconnect()  # whatever was on the wire is void
+                    return ran + self._run_own_pending(client, stream, consumer)
+                entries = reply[0][1] if reply else []
+                if not entries:
+                    return ran
+                with self._lease_lock:
+                    self._unstarted.extend(entries)
+                    # only after a full read: more may be queued (a sync caller's next is not)
+                    if read_ahead and len(entries) >= count and time.monotonic() < ends:
+                        self._ahead = self._read_ahead(ahead_client, consumer, stream, count)
+                started = time.perf_counter()
+                done = 0
+                with self.results.batch(hold and len(entries) > 1):
+                    while True:
+                        with self._lease_lock:
+                            if not self._unstarted:
+                                break
+                            entry_id, fields = self._unstarted.popleft()
+                        if fields and SPEC_FIELD in fields:
+                            self.execute(stream, entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
+                            ran += 1
+                        done += 1
+                per_task = (time.perf_counter() - started) / max(done, 1)
+                if per_task < SHORT_TASK_S:
+                    count, hold, read_ahead = min(2 * count, LEASE_BATCH), True, True
+                else:
+                    count, hold, read_ahead = 1, False, per_task < READ_AHEAD_MAX_S
+        finally:
+            with self._lease_lock:
+                self._lease = None
+
+    def _take_ahead(self) -> Any:
+        """(Under _lease_lock.) The reply of the read sent ahead, if one is on the wire.
+
+        Raises:
+            redis.ConnectionError: that read failed (its tasks may be pending under us).
+        """
+        ahead, self._ahead = self._ahead, 0
+        if ahead == _READ_BROKE:
+            raise redis.ConnectionError("the read sent ahead of a task failed")
+        if not ahead or self._lease is None:
+            return None
+        ahead_client = self._lease[1]
+        try:
+            return ahead_client.parse_response(ahead_client.connection, "XREADGROUP")
+        except REDIS_DOWN_ERRORS:
+            self._ahead = _READ_BROKE  # for the lease loop, if we are not it
+            raise
+
+    def give_back_unstarted(self) -> None:
+        """The running task blocked in ``get``: the tasks this lease took and has not started
+        (the rest of a batch, what the read sent ahead took) go back to their stream, where
+        another worker can take them; one of them may be what the task waits for."""
+        with self._lease_lock:
+            if self._lease is None:
+                return
+            stream = self._lease[0]
+            taken = list(self._unstarted)
+            self._unstarted.clear()
             try:
-                reply = client.xreadgroup(
-                    TASK_GROUP, consumer, {stream: ">"}, count=count, block=LEASE_IDLE_MS
-                )
-            except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: end the lease, the raylet goes on
-                return ran + self._run_own_pending(client, stream, consumer)
-            entries = reply[0][1] if reply else []
-            if not entries:
-                return ran
-            started = time.perf_counter()
-            with self.results.batch(hold and len(entries) > 1):
-                for entry_id, fields in entries:
-                    if fields and SPEC_FIELD in fields:
-                        self.execute(stream, entry_id, TaskSpec.decode(fields[SPEC_FIELD]))
-                        ran += 1
-            per_task = (time.perf_counter() - started) / len(entries)
-            if per_task < SHORT_TASK_S:
-                count, hold = min(2 * count, LEASE_BATCH), True
-            elif started - asked > READ_SHARE * per_task:
-                # the read costs a good share of a task: take the next task along with this
-                # one (one more waits here at most; each result still goes out at once)
-                count, hold = 2, False
+                reply = self._take_ahead()
+            except REDIS_DOWN_ERRORS:
+                reply = None  # the lease loop runs what that read took once the task is done
+            if reply:
+                taken += reply[0][1]
+        if not taken:
+            return
+        try:
+            self.core.gcs.give_back_tasks(stream, [entry_id for entry_id, _ in taken])
+        except REDIS_DOWN_ERRORS:  # kept: they run here once the blocked task is done
+            with self._lease_lock:
+                self._unstarted.extendleft(reversed(taken))
+
+    def _lease_clients_for(self, tag: int | None) -> tuple[Any, Any]:
+        """(a client for the lease's blocking reads, one connection of our own for the reads
+        sent ahead), both on the master of spread tag ``tag`` on a Redis Cluster."""
+        clients = self._lease_clients.get(tag)
+        if clients is None:
+            if self._lease_client is None:
+                name = self.core.worker_hex
+                self._lease_client = connect_as(self.redis_url, self.core.settings, retry=no_retry(),
+                                                client_name=f"rayr-lease-{name}")
+                self._ahead_client = connect_as(self.redis_url, self.core.settings, retry=no_retry(),
+                                                client_name=f"rayr-ahead-{name}",
+                                                single_connection_client=True)
+            if tag is None:
+                clients = (self._lease_client, self._ahead_client)
             else:
-                count, hold = 1, False
-        return ran
+                clients = (on_tag(self._lease_client, self.core.keys, tag),
+                           on_tag(self._ahead_client, self.core.keys, tag, single_connection=True))
+            self._lease_clients[tag] = clients
+        return clients
+
+    @staticmethod
+    def _read_ahead(ahead_client: Any, consumer: str, stream: str, count: int) -> int:
+        """Send a read of up to ``count`` queued tasks without waiting for its reply; its COUNT
+        (or _READ_BROKE when the send failed: Redis may have run it all the same)."""
+        try:
+            ahead_client.connection.send_command(
+                "XREADGROUP", "GROUP", TASK_GROUP, consumer, "COUNT", count, "STREAMS", stream, ">"
+            )
+        except REDIS_DOWN_ERRORS:
+            return _READ_BROKE
+        return count
 
     def _run_own_pending(self, client: Any, stream: str, consumer: str) -> int:
         """After a failed lease read: run what the read may have taken without its reply
@@ -576,6 +679,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         if blocked:
             executor.results.flush()
+            executor.give_back_unstarted()
         if core.current_task_id is not None and executor.actor_id is None:
             executor.send(protocol.Blocked(blocked))
 

@@ -111,6 +111,27 @@ def test_ensure_group_is_idempotent(gcs):
     assert gcs.r.xinfo_groups(stream)[0]["name"] == b"raylets"
 
 
+def test_tasks_given_back_go_to_the_tail_and_leave_the_takers_pending_list(gcs):
+    """A leased worker whose task blocks gives back what it took and has not started: each
+    entry is queued again, fields unchanged, behind what waits, and no longer pending."""
+    stream = gcs.keys.shape_stream("CPU=1", 5)
+    gcs.ensure_group(stream)
+    ids = [gcs.r.xadd(stream, {b"s": f"task{i}".encode(), b"n": b"1"}) for i in range(4)]
+    taken = gcs.r.xreadgroup(TASK_GROUP, "node.worker", {stream: ">"}, count=3)[0][1]
+    assert [entry_id for entry_id, _ in taken] == ids[:3]
+    gone = gcs.r.xadd(stream, {b"x": b"y"})  # taken, then deleted (as a cancel does)
+    gcs.r.xreadgroup(TASK_GROUP, "node.worker", {stream: ">"}, count=2)
+    gcs.r.xdel(stream, gone)
+    assert gcs.give_back_tasks(stream, [ids[1], ids[2], gone]) == 2
+    fields = [f for _, f in gcs.r.xrange(stream)]
+    assert [f[b"s"] for f in fields] == [b"task0", b"task3", b"task1", b"task2"]
+    assert fields[2] == {b"s": b"task1", b"n": b"1"}
+    pending = gcs.r.xpending_range(stream, TASK_GROUP, "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [ids[0], ids[3]]
+    again = gcs.r.xreadgroup(TASK_GROUP, "other.worker", {stream: ">"}, count=10)[0][1]
+    assert [f[b"s"] for _, f in again] == [b"task1", b"task2"]
+
+
 def test_queued_demand_adds_up_over_submitters_streams(gcs):
     """A shape's tasks wait on one stream per submitter tag: the autoscaler's demand and
     `rayr status` count the entries of all of them that no raylet has taken."""
