@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from rayr.exceptions import ActorDiedError, ObjectLostError, RaySystemError, Tas
 from rayr.gcs import records as rec
 from rayr.gcs import spread
 from rayr.gcs.client import GcsClient
-from rayr.gcs.command_stream import CommandStream
+from rayr.gcs.command_stream import BURST_GAP_S, BURST_MAX, CommandStream
 from rayr.ids import JobID
 from rayr.keys import spread_tag, with_object_tag
 from rayr.object_ref import ObjectRef
@@ -40,6 +41,7 @@ from rayr.task_spec import (
     ACTOR_CREATION,
     ARGS_OBJECT_INDEX,
     DYNAMIC,
+    FIRST_RETURN,
     STREAMING,
     TASK,
     ArgRef,
@@ -147,6 +149,10 @@ class TaskSubmitter:
         # per actor, this process's calls in submission order; sent head first once ready
         self.actor_queues: dict[str, deque[WaitingTask]] = {}
         self.send_lock = threading.RLock()  # reentrant: a local-mode actor call may call actors
+        # actors with calls held back in a burst, sent together at the next push (under cond)
+        self._deferred: set[str] = set()
+        self._last_call = 0.0  # when the last actor call was submitted (perf_counter)
+        commands.before_push(self.flush_deferred_calls)
         # task id -> (stream, entry id, spec) of submitted, unfinished tasks (to cancel them)
         self.submitted: dict[bytes, tuple[str, bytes, TaskSpec]] = {}
         self.children: dict[bytes, list[bytes]] = {}  # running task -> first return of each child
@@ -246,7 +252,7 @@ class TaskSubmitter:
         if self.events is not None:
             self.events.submitted(spec, parent, opts.shape, bool(waiting.missing))
         if kind == ACTOR_CALL:
-            self.flush_actor_queue(actor_id)
+            self._call_soon(actor_id)
         elif not waiting.missing:
             self.submit_ready(spec, stream)
         return refs
@@ -383,47 +389,84 @@ class TaskSubmitter:
         self._args_sizes[args_object] = frame.total_size
         return b"", args_object, arg_refs, held
 
+    def _call_soon(self, actor_id: str) -> None:
+        """Send an actor's queued calls now, or, inside a burst of calls (the last one came
+        within BURST_GAP_S), at the next push (a get or wait, the flusher within
+        FLUSH_AFTER_S, or BURST_MAX calls queued): a burst's calls to an actor then go out
+        as one batch, with one send and one reply callback, instead of one each."""
+        now = time.perf_counter()
+        burst, self._last_call = now - self._last_call < BURST_GAP_S, now
+        if not burst or self.local is not None:
+            self.flush_actor_queue(actor_id)
+            return
+        with self.cond:
+            self._deferred.add(actor_id)
+            full = len(self.actor_queues.get(actor_id, ())) >= BURST_MAX
+        if full:
+            self.flush_actor_queue(actor_id)
+        else:
+            self.commands.wake_flusher()
+
+    def flush_deferred_calls(self) -> None:
+        """Send the calls held back in a burst (``CommandStream.before_push``)."""
+        if not self._deferred:
+            return
+        with self.cond:
+            actors, self._deferred = self._deferred, set()
+        for actor_id in actors:
+            self.flush_actor_queue(actor_id)
+
     def flush_actor_queue(self, actor_id: str) -> None:
-        """Send this process's queued calls to an actor, in order, while the head is ready."""
+        """Send this process's queued calls to an actor, in order, while the head is ready:
+        up to BURST_MAX in one send."""
         with self.send_lock:
             while True:
+                ready: list[WaitingTask] = []
                 with self.cond:
                     queue = self.actor_queues.get(actor_id)
-                    if not queue or queue[0].missing:
-                        return
-                    waiting = queue.popleft()
-                    if not queue:
+                    while queue and not queue[0].missing and len(ready) < BURST_MAX:
+                        ready.append(queue.popleft())
+                    if queue is not None and not queue:
                         del self.actor_queues[actor_id]
-                if waiting.cancelled:
+                if not ready:
+                    return
+                specs = [self._with_inline_deps(w.spec) for w in ready if not w.cancelled]
+                if not specs:
                     continue
-                spec = self._with_inline_deps(waiting.spec)
                 if self.local is not None:
-                    self.local(spec)
+                    for spec in specs:
+                        self.local(spec)
                     continue
-                command = self.gcs.submit_actor_call_command(actor_id, spec.encode())
-                stream = spread.stream_for(self.commands, self.gcs, command[1])
-                stream.send([command], self._on_actor_call_queued(spec))
+                commands = [self.gcs.submit_actor_call_command(actor_id, spec.encode()) for spec in specs]
+                stream = spread.stream_for(self.commands, self.gcs, commands[0][1])
+                stream.send(commands, self._on_actor_calls_queued(specs, commands[0][1]))
 
-    def _on_actor_call_queued(self, spec: TaskSpec) -> Callable[[list[Any]], None]:
+    def _on_actor_calls_queued(self, specs: list[TaskSpec], mailbox: str) -> Callable[[list[Any]], None]:
         def on_reply(replies: list[Any]) -> None:
-            reply = replies[0]
-            if isinstance(reply, Exception):
-                self.gcs.fail_tasks([spec], ActorDiedError(f"Could not call the actor: {reply}",
-                                                          spec.actor_id))
-            elif reply is None:  # no mailbox: the actor is dead or unknown
-                cause = self.gcs.actor_death_cause(spec.actor_id)
-                self.gcs.fail_tasks([spec], ActorDiedError(f"The actor {spec.actor_id} is dead: {cause}",
-                                                          spec.actor_id))
-            else:
-                self._remember_submitted(spec, self.keys.actor_mailbox(spec.actor_id), reply)
+            entries = []
+            for spec, reply in zip(specs, replies, strict=True):
+                if isinstance(reply, Exception):
+                    self.gcs.fail_tasks([spec], ActorDiedError(f"Could not call the actor: {reply}",
+                                                              spec.actor_id))
+                elif reply is None:  # no mailbox: the actor is dead or unknown
+                    cause = self.gcs.actor_death_cause(spec.actor_id)
+                    self.gcs.fail_tasks([spec], ActorDiedError(
+                        f"The actor {spec.actor_id} is dead: {cause}", spec.actor_id))
+                else:
+                    entries.append((spec, reply))
+            if entries:
+                self._remember_submitted(entries, mailbox)
 
         return on_reply
 
-    def _remember_submitted(self, spec: TaskSpec, stream: str, entry_id: bytes) -> None:
-        """Where a task waits, so it can be cancelled; only while it is unfinished."""
+    def _remember_submitted(self, entries: list[tuple[TaskSpec, bytes]], stream: str) -> None:
+        """Where tasks wait (spec, entry id on ``stream``), so they can be cancelled; only
+        while they are unfinished."""
+        pending = self.own.pending
         with self.cond:
-            if spec.return_ids()[0] in self.own.pending:
-                self.submitted[spec.task_id] = (stream, entry_id, spec)
+            for spec, entry_id in entries:
+                if spec.task_id + FIRST_RETURN in pending:
+                    self.submitted[spec.task_id] = (stream, entry_id, spec)
 
     def _with_inline_deps(self, spec: TaskSpec) -> TaskSpec:
         """The spec with small resolved dependencies inlined, so the executor need not fetch them."""
@@ -478,7 +521,7 @@ class TaskSubmitter:
             if isinstance(replies[0], Exception):
                 self.gcs.fail_tasks([spec], RaySystemError(f"Could not queue the task: {replies[0]}"))
             else:
-                self._remember_submitted(spec, stream, replies[0])
+                self._remember_submitted([(spec, replies[0])], stream)
 
         # on a Redis Cluster: the stream to our tag's master, which our large-arguments
         # objects and results share (so the task comes after its arguments' records)
@@ -521,23 +564,30 @@ class TaskSubmitter:
     def cancel(self, oid: bytes, force: bool, recursive: bool) -> None:
         """Cancel the task that produces ``oid`` (see ``rayr.cancel``)."""
         task_id = oid[:16]
-        self.commands.flush()  # learn the stream entries of everything submitted so far
         if oid[16:] == PUT_INDEX:
             raise TypeError(
                 f"cancel() needs the ref of a task's output; {oid.hex()} was made by put(), "
                 "and no task produces it"
             )
-        with self.cond:
-            own = self.own
-            if oid not in own.owned and oid not in own.records and task_id not in self.submitted:
-                raise ValueError(
-                    f"cancel(): this process does not own {oid.hex()}; only the process that "
-                    "submitted a task can cancel it"
-                )
-            if oid in own.records and oid not in own.pending:
-                return  # already finished
-            entry = self.submitted.get(task_id)
-            waiting = self._find_waiting(task_id)
+        flushed = False
+        while True:
+            with self.cond:
+                own = self.own
+                if oid not in own.owned and oid not in own.records and task_id not in self.submitted:
+                    raise ValueError(
+                        f"cancel(): this process does not own {oid.hex()}; only the process that "
+                        "submitted a task can cancel it"
+                    )
+                if oid in own.records and oid not in own.pending:
+                    return  # already finished
+                entry = self.submitted.get(task_id)
+                waiting = self._find_waiting(task_id)
+            # still queued here (e.g. a call held back in a burst): cancelled before it goes;
+            # else learn the stream entries of everything submitted so far, and look again
+            if waiting is not None or flushed:
+                break
+            self.commands.flush()
+            flushed = True
         spec = waiting.spec if waiting is not None else entry[2] if entry is not None else None
         if spec is not None and spec.kind == ACTOR_CALL and force:
             raise ValueError("force=True is not supported for actor tasks; use kill() on the actor")

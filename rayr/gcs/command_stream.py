@@ -131,6 +131,9 @@ class CommandStream:
         self._out: list[bytes] = []  # packed commands of a burst, not written yet (under _lock)
         self._last_send = 0.0
         self._burst = threading.Event()  # a burst started buffering: the flusher writes it soon
+        # run first thing in every push (and so by the flusher): a submitter's sends it held
+        # back during a burst (actor calls, see TaskSubmitter.flush_deferred_calls)
+        self._before_push: list[Callable[[], None]] = []
         # script body -> SHA1, for the scripts this stream has loaded (SCRIPT LOAD written
         # ahead of their first use, and again first thing on every new connection)
         self._shas: dict[str, str] = {}
@@ -216,9 +219,21 @@ class CommandStream:
         finally:
             self._out = []
 
+    def before_push(self, hook: Callable[[], None]) -> None:
+        """Have every push (the flusher's too) call ``hook`` first: it sends what its owner
+        held back (``wake_flusher`` makes sure one comes soon)."""
+        self._before_push.append(hook)
+
+    def wake_flusher(self) -> None:
+        """A push within FLUSH_AFTER_S, for sends a ``before_push`` hook holds back."""
+        if not self._burst.is_set():
+            self._burst.set()
+
     def push(self) -> None:
         """Write a buffered burst now (before waiting for anything it leads to), here and on
         the streams ``for_slot`` made."""
+        for hook in self._before_push:
+            hook()
         if self._out:
             with self._lock:
                 if self._out and not self._broken:

@@ -479,6 +479,39 @@ def test_a_call_waiting_on_earlier_calls_of_its_batch_does_not_deadlock(ray):
 
 
 @rayr.remote
+class Tally:
+    """Counts its calls, and writes each to a file the test reads without calling it."""
+
+    def __init__(self, path):
+        self.n = 0
+        self.path = path
+
+    def inc(self, k=1):
+        self.n += k
+        with open(self.path, "a") as f:
+            f.write("x")
+        return self.n
+
+    def get(self):
+        return self.n
+
+
+def test_a_burst_of_calls_to_two_actors_arrives_in_order_without_a_get(ray, tmp_path):
+    """Calls made in a burst are held back and sent together; with no get or wait to push
+    them, the flusher sends them, each actor's in submission order."""
+    paths = [str(tmp_path / "a"), str(tmp_path / "b")]
+    a, b = Tally.remote(paths[0]), Tally.remote(paths[1])
+    rayr.get([a.get.remote(), b.get.remote()])
+    calls = [(a if i % 2 else b).inc.remote(1) for i in range(400)]
+    deadline = time.monotonic() + 60
+    while sum(os.path.getsize(p) for p in paths if os.path.exists(p)) < 400:
+        assert time.monotonic() < deadline, "the held-back calls were never sent"
+        time.sleep(0.05)
+    assert rayr.get(calls[1::2], timeout=30) == list(range(1, 201))
+    assert rayr.get(calls[0::2], timeout=30) == list(range(1, 201))
+
+
+@rayr.remote
 def short(i):
     return i
 
