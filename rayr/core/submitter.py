@@ -152,7 +152,13 @@ class TaskSubmitter:
         # actors with calls held back in a burst, sent together at the next push (under cond)
         self._deferred: set[str] = set()
         self._last_call = 0.0  # when the last actor call was submitted (perf_counter)
-        commands.before_push(self.flush_deferred_calls)
+        # tasks held back in a burst: (command stream, spec, task stream, XADD), in order;
+        # _held_send_lock keeps them in order with what is sent at once after them
+        self._held: list[tuple[CommandStream, TaskSpec, str, tuple[Any, ...]]] = []
+        self._held_lock = threading.Lock()
+        self._held_send_lock = threading.Lock()
+        self._last_task = 0.0
+        commands.before_push(self.flush_held)
         # task id -> (stream, entry id, spec) of submitted, unfinished tasks (to cancel them)
         self.submitted: dict[bytes, tuple[str, bytes, TaskSpec]] = {}
         self.children: dict[bytes, list[bytes]] = {}  # running task -> first return of each child
@@ -254,7 +260,7 @@ class TaskSubmitter:
         if kind == ACTOR_CALL:
             self._call_soon(actor_id)
         elif not waiting.missing:
-            self.submit_ready(spec, stream)
+            self.submit_ready(spec, stream, burst=True)
         return refs
 
     def _queue(self, spec: TaskSpec, stream: str, kind: int, actor_id: str) -> WaitingTask:
@@ -407,14 +413,29 @@ class TaskSubmitter:
         else:
             self.commands.wake_flusher()
 
-    def flush_deferred_calls(self) -> None:
-        """Send the calls held back in a burst (``CommandStream.before_push``)."""
+    def flush_held(self) -> None:
+        """Send the tasks and actor calls held back in a burst (``CommandStream.before_push``)."""
+        if self._held:
+            with self._held_send_lock:
+                self._send_held_tasks()
         if not self._deferred:
             return
         with self.cond:
             actors, self._deferred = self._deferred, set()
         for actor_id in actors:
             self.flush_actor_queue(actor_id)
+
+    def _send_held_tasks(self) -> None:
+        """(Under _held_send_lock.) One send per command stream for the held tasks, in order."""
+        with self._held_lock:
+            held, self._held = self._held, []
+        start = 0
+        for i in range(1, len(held) + 1):
+            if i == len(held) or held[i][0] is not held[start][0]:
+                batch = held[start:i]
+                batch[0][0].send([command for _, _, _, command in batch],
+                                 self._on_tasks_queued([(spec, stream) for _, spec, stream, _ in batch]))
+                start = i
 
     def flush_actor_queue(self, actor_id: str) -> None:
         """Send this process's queued calls to an actor, in order, while the head is ready:
@@ -508,7 +529,10 @@ class TaskSubmitter:
         shape = stream[len(shared):]
         return self.ensure_stream(TARGET_MARK + shape, node, spec.resources, spec.function_name)
 
-    def submit_ready(self, spec: TaskSpec, stream: str) -> None:
+    def submit_ready(self, spec: TaskSpec, stream: str, burst: bool = False) -> None:
+        """Queue a task whose arguments are all resolved on its stream. With ``burst`` (a
+        ``.remote()`` call), one that comes within BURST_GAP_S of the last is held back and
+        sent with the rest of its burst at the next push (as actor calls, see _call_soon)."""
         spec = self._with_inline_deps(spec)
         if self.local is not None:
             self.local(spec)
@@ -516,16 +540,39 @@ class TaskSubmitter:
         stream = self._near_large_arguments(spec, stream)
         fields = entry_fields(spec.encode(), creation=spec.kind == ACTOR_CREATION)
         command = ("XADD", stream, "*", *[x for kv in fields.items() for x in kv])
-
-        def on_reply(replies: list[Any]) -> None:
-            if isinstance(replies[0], Exception):
-                self.gcs.fail_tasks([spec], RaySystemError(f"Could not queue the task: {replies[0]}"))
-            else:
-                self._remember_submitted([(spec, replies[0])], stream)
-
         # on a Redis Cluster: the stream to our tag's master, which our large-arguments
         # objects and results share (so the task comes after its arguments' records)
-        spread.stream_for(self.commands, self.gcs, stream).send([command], on_reply)
+        target = spread.stream_for(self.commands, self.gcs, stream)
+        if burst:
+            now = time.perf_counter()
+            held, self._last_task = now - self._last_task < BURST_GAP_S, now
+            if held:
+                with self._held_lock:
+                    self._held.append((target, spec, stream, command))
+                    full = len(self._held) >= BURST_MAX
+                if full:
+                    with self._held_send_lock:
+                        self._send_held_tasks()
+                else:
+                    self.commands.wake_flusher()
+                return
+        with self._held_send_lock:
+            if self._held:  # they came first: they go first
+                self._send_held_tasks()
+            target.send([command], self._on_tasks_queued([(spec, stream)]))
+
+    def _on_tasks_queued(self, items: list[tuple[TaskSpec, str]]) -> Callable[[list[Any]], None]:
+        def on_reply(replies: list[Any]) -> None:
+            queued: dict[str, list[tuple[TaskSpec, bytes]]] = {}
+            for (spec, stream), reply in zip(items, replies, strict=True):
+                if isinstance(reply, Exception):
+                    self.gcs.fail_tasks([spec], RaySystemError(f"Could not queue the task: {reply}"))
+                else:
+                    queued.setdefault(stream, []).append((spec, reply))
+            for stream, entries in queued.items():
+                self._remember_submitted(entries, stream)
+
+        return on_reply
 
     def ensure_stream(self, key: str, node: str, request: dict[str, float], name: str) -> str:
         """The stream for scheduler ``key`` (targeted at ``node`` if given), announced to the

@@ -381,3 +381,34 @@ def test_what_a_task_submits_and_puts_belongs_to_its_job(ray):
     # a worker runs tasks of several jobs: its children and objects take the running task's
     job = rayr.get_runtime_context().get_job_id()
     assert rayr.get(parent_in_a_job.remote()) == (job, job, job)
+
+
+@rayr.remote(num_cpus=0, resources={"custom": 2})  # the node's whole "custom": one at a time
+def note_in_order(path, i):
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    return i
+
+
+def _lines(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [int(line) for line in f.read().split()]
+
+
+def test_a_burst_of_tasks_goes_out_in_order_without_a_get(ray, tmp_path):
+    """Tasks submitted in a burst are held back and sent together: with no get or wait to
+    push them, the flusher sends them; one sent at once after a pause goes after them."""
+    path = str(tmp_path / "order")
+    first = [note_in_order.remote(path, i) for i in range(300)]
+    deadline = time.monotonic() + 60
+    while len(_lines(path)) < 300:
+        assert time.monotonic() < deadline, "the held-back tasks were never sent"
+        time.sleep(0.05)
+    assert _lines(path) == list(range(300))
+    more = [note_in_order.remote(path, i) for i in range(300, 400)]
+    time.sleep(0.01)  # past the burst: the next is sent at once, behind the held ones
+    more.append(note_in_order.remote(path, 400))
+    assert rayr.get(first + more, timeout=60) == list(range(401))
+    assert _lines(path) == list(range(401))
