@@ -132,7 +132,7 @@ class CommandStream:
         self._last_send = 0.0
         self._burst = threading.Event()  # a burst started buffering: the flusher writes it soon
         # run first thing in every push (and so by the flusher): a submitter's sends it held
-        # back during a burst (actor calls, see TaskSubmitter.flush_deferred_calls)
+        # back during a burst (tasks and actor calls, see TaskSubmitter.flush_held)
         self._before_push: list[Callable[[], None]] = []
         # script body -> SHA1, for the scripts this stream has loaded (SCRIPT LOAD written
         # ahead of their first use, and again first thing on every new connection)
