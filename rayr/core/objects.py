@@ -197,15 +197,17 @@ class ObjectClient:
 
     def wait_ready(self, oids: list[bytes], num: int, timeout: float | None) -> set[bytes]:
         """Block until at least ``num`` of ``oids`` are resolved (or the timeout passes)."""
-        self.commands.push()  # a buffered burst of submissions must not wait for the flusher
         self.drain_released()
         self.watch(oids)
         records = self.own.records
         with self.cond:
             ready = {o for o in oids if o in records}
             if len(ready) >= num or timeout == 0:
+                # nothing to wait for: what we buffered goes out with its burst (a loop of
+                # put+get writes its records in batches, not one write each)
                 return ready
             missing = [o for o in dict.fromkeys(oids) if o not in ready]
+        self.commands.push()  # a buffered burst of submissions must not wait for the flusher
         deadline = None if timeout is None else time.monotonic() + timeout
         # waiting for every one (get): the first still missing decides, so each wake-up only
         # moves past what arrived (results come roughly in order), instead of re-checking
