@@ -51,13 +51,6 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("rayr.commands")
 
-
-def pack_one(command: Sequence[Any]) -> bytes:
-    """``command`` in RESP, packed by hiredis (redis-py's packer is several times slower)."""
-    if _pack_command is not None:
-        return bytes(_pack_command(tuple(command)))
-    return b"".join(redis.connection.Connection().pack_command(*command))  # pragma: no cover
-
 Command = Sequence[Any]
 _NO_SCRIPT = redis.exceptions.NoScriptError
 Callback = Callable[[list[Any]], None]

@@ -31,6 +31,7 @@ from rayr import protocol, serialization
 from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
 from rayr.gcs.client import REDIS_DOWN_ERRORS, connect_as, on_tag
+from rayr.gcs.stream_read import read_group
 from rayr.keys import ACTOR_GROUP, TASK_GROUP, spread_tag
 from rayr.task_spec import DYNAMIC, READY_METHOD, SPEC_FIELD, STREAMING, TaskSpec
 
@@ -198,7 +199,7 @@ class ActorRuntime:
                     next_check = time.monotonic() + INCARNATION_CHECK_S
                     self._check_incarnation(client)
                 self.core.commands.push()  # results of the last batch: out before we wait
-                reply = client.xreadgroup(ACTOR_GROUP, self.consumer, streams, count=READ_BATCH, block=1000)
+                reply = read_group(client, ACTOR_GROUP, self.consumer, streams, READ_BATCH, 1000)
             except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: its mailbox comes back with it
                 if self._exiting.is_set():
                     break
@@ -269,7 +270,7 @@ class ActorRuntime:
     def _poll_control(self, client: Any) -> None:
         """Read what the control stream holds now, without waiting."""
         try:
-            reply = client.xreadgroup(ACTOR_GROUP, self.consumer, {self.control: ">"}, count=READ_BATCH)
+            reply = read_group(client, ACTOR_GROUP, self.consumer, {self.control: ">"}, READ_BATCH)
         except REDIS_DOWN_ERRORS:
             return  # read with the next batch
         for _stream, entries in reply or []:

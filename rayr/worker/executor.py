@@ -44,7 +44,7 @@ from rayr.gcs.client import (
     on_tag,
     until_reachable,
 )
-from rayr.gcs.command_stream import pack_one as _pack_command
+from rayr.gcs.stream_read import read_command, read_group, read_reply
 from rayr.ids import JobID
 from rayr.keys import TASK_GROUP, Keys
 from rayr.log_stream import OutputCapture, encode
@@ -262,9 +262,7 @@ class TaskExecutor:
                     if not reply:  # nothing read ahead (or nothing was queued then): wait for work
                         if time.monotonic() >= ends:
                             return ran
-                        reply = client.xreadgroup(
-                            TASK_GROUP, consumer, {stream: ">"}, count=count, block=LEASE_IDLE_MS
-                        )
+                        reply = read_group(client, TASK_GROUP, consumer, {stream: ">"}, count, LEASE_IDLE_MS)
                 except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: end the lease, the raylet goes on
                     ahead_client.connection.disconnect()  # whatever was on the wire is void
                     return ran + self._run_own_pending(client, stream, consumer)
@@ -310,7 +308,7 @@ class TaskExecutor:
             return None
         ahead_client = self._lease[1]
         try:
-            return ahead_client.parse_response(ahead_client.connection, "XREADGROUP")
+            return read_reply(ahead_client.connection)
         except REDIS_DOWN_ERRORS:
             self._ahead = _READ_BROKE  # for the lease loop, if we are not it
             raise
@@ -363,9 +361,9 @@ class TaskExecutor:
     def _read_ahead(ahead_client: Any, consumer: str, stream: str, count: int) -> int:
         """Send a read of up to ``count`` queued tasks without waiting for its reply; its COUNT
         (or _READ_BROKE when the send failed: Redis may have run it all the same)."""
-        try:  # packed by hiredis: redis-py's packer cost more than the rest of the read
-            ahead_client.connection.send_packed_command([_pack_command(
-                ("XREADGROUP", "GROUP", TASK_GROUP, consumer, "COUNT", count, "STREAMS", stream, ">"))])
+        try:
+            command = read_command(TASK_GROUP, consumer, {stream: ">"}, count)
+            ahead_client.connection.send_packed_command([command])
         except REDIS_DOWN_ERRORS:
             return _READ_BROKE
         return count
