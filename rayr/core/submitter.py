@@ -483,8 +483,8 @@ class TaskSubmitter:
     def _remember_submitted(self, entries: list[tuple[TaskSpec, bytes]], stream: str) -> None:
         """Where tasks wait (spec, entry id on ``stream``), so they can be cancelled; only
         while they are unfinished."""
-        pending = self.own.pending
         with self.cond:
+            pending = self.own.pending
             for spec, entry_id in entries:
                 if spec.task_id + FIRST_RETURN in pending:
                     self.submitted[spec.task_id] = (stream, entry_id, spec)

@@ -749,7 +749,9 @@ class GcsClient:
     def give_back_tasks(self, stream: str, entry_ids: list[bytes]) -> int:
         """Queue again, at the tail of ``stream``, tasks a worker took there but will not start
         now; returns how many (see scripts.GIVE_BACK_TASKS)."""
-        return int(self._give_back_tasks(keys=[stream], args=entry_ids, client=self.stream_client(stream)))
+        queued = int(self._give_back_tasks(keys=[stream], args=entry_ids, client=self.stream_client(stream)))
+        self.durable()  # else a failover could leave them pending under a worker that let go
+        return queued
 
     def cancel_actor_call(self, actor_hex: str, entry_id: bytes, task_hex: str) -> str:
         """"deleted", "gone" or "delivered" for a call in an actor's mailbox."""

@@ -265,6 +265,8 @@ class TaskExecutor:
                         reply = read_group(client, TASK_GROUP, consumer, {stream: ">"}, count, LEASE_IDLE_MS)
                 except REDIS_DOWN_ERRORS:  # e.g. Redis restarting: end the lease, the raylet goes on
                     ahead_client.connection.disconnect()  # whatever was on the wire is void
+                    with self._lease_lock:
+                        self._ahead = 0  # what it took is pending under us: run below
                     return ran + self._run_own_pending(client, stream, consumer)
                 entries = reply[0][1] if reply else []
                 if not entries:
@@ -677,7 +679,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         if blocked:
             executor.results.flush()
-            executor.give_back_unstarted()
+            if threading.current_thread() is threading.main_thread():
+                # the running task itself waits (a thread it left behind does not hold up
+                # the lease): what its lease holds may be what it waits for
+                executor.give_back_unstarted()
         if core.current_task_id is not None and executor.actor_id is None:
             executor.send(protocol.Blocked(blocked))
 
