@@ -31,7 +31,7 @@ def test_entries_a_lost_read_took_are_taken_back(redis_url):
         busy = hold.remote(3)  # the node's one CPU: its reader reads nothing meanwhile
         time.sleep(1)
         ref = stranded.remote()
-        rayr.get(rayr.put(0))  # our submissions are written
+        assert rayr.context.require_core().commands.flush()  # our submissions are in Redis
         stream = Keys(cluster.name).shape_stream("CPU=1", spread_tag(rayr.context.require_core().worker_hex))
         # what a read whose reply was lost leaves behind: the entry pending under the node
         got = r.xreadgroup(TASK_GROUP, node, {stream: ">"}, count=1)
