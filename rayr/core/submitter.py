@@ -429,13 +429,10 @@ class TaskSubmitter:
         """(Under _held_send_lock.) One send per command stream for the held tasks, in order."""
         with self._held_lock:
             held, self._held = self._held, []
-        start = 0
-        for i in range(1, len(held) + 1):
-            if i == len(held) or held[i][0] is not held[start][0]:
-                batch = held[start:i]
-                batch[0][0].send([command for _, _, _, command in batch],
-                                 self._on_tasks_queued([(spec, stream) for _, spec, stream, _ in batch]))
-                start = i
+        for target, run in itertools.groupby(held, key=lambda item: item[0]):  # streams compare by identity
+            batch = list(run)
+            target.send([command for _, _, _, command in batch],
+                        self._on_tasks_queued([(spec, stream) for _, spec, stream, _ in batch]))
 
     def flush_actor_queue(self, actor_id: str) -> None:
         """Send this process's queued calls to an actor, in order, while the head is ready:

@@ -57,21 +57,16 @@ def read_group(client: Any, group: str, consumer: str, streams: dict[str, str], 
     conn = client.connection or pool.get_connection()
     try:
         conn.send_packed_command([read_command(group, consumer, streams, count, block)], check_health=False)
-        reply = conn.read_response(disable_decoding=True)
+        reply = conn.read_response(disable_decoding=True)  # raises an error reply
     except BaseException:
         conn.disconnect()
         raise
     finally:
         if client.connection is None:
             pool.release(conn)
-    if isinstance(reply, Exception):  # an error reply comes back as an exception object
-        raise reply
     return parse_read(reply)
 
 
 def read_reply(conn: Any) -> Read:
     """The parsed reply of a read sent earlier on ``conn`` (``read_command``)."""
-    reply = conn.read_response(disable_decoding=True)
-    if isinstance(reply, Exception):
-        raise reply
-    return parse_read(reply)
+    return parse_read(conn.read_response(disable_decoding=True))
