@@ -30,6 +30,7 @@ from rayr.core.objects import ObjectClient
 from rayr.core.ownership import OwnershipTable
 from rayr.core.submitter import TaskSubmitter, WaitingTask
 from rayr.gcs import records as rec
+from rayr.gcs import spread
 from rayr.gcs.client import NODE_DEAD, GcsClient, on_tag
 from rayr.gcs.command_stream import CommandStream
 from rayr.ids import JobID
@@ -328,7 +329,7 @@ class CoreWorker:
         for _refs, args_object in finished:
             if args_object is not None:
                 self.store.delete(args_object)
-                self.gcs.delete_objects([args_object.hex()])
+                spread.send(self.commands, self.gcs, self.gcs.delete_objects_commands([args_object.hex()]))
         for request in rebuild_requests:
             self.objects.on_rebuild_request(request)
 

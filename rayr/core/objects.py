@@ -167,8 +167,14 @@ class ObjectClient:
         # shared or containing refs: freed (and releasing what they hold) in Redis
         for tag, command, held in self.gcs.free_objects_commands(frees.held):
             spread.send(self.commands, self.gcs, [(tag, command)], self._on_freed(held))
+        if not frees.delete_records:
+            return
+        # on the command stream, behind the puts that wrote them (a put's record may still
+        # be buffered in its burst: a DEL on another connection could run first, and the
+        # record would be written after it and kept until the job ends)
         try:
-            self.gcs.delete_objects(oid.hex() for oid in frees.delete_records)
+            spread.send(self.commands, self.gcs,
+                        self.gcs.delete_objects_commands(oid.hex() for oid in frees.delete_records))
         except Exception:  # cluster going away; job cleanup removes the rest
             pass
 

@@ -522,6 +522,11 @@ class GcsClient:
         for tag, group in self.by_object_tag(object_hexes, lambda h: h):
             self.shard(tag).delete(*[self.keys.object(h) for h in group])
 
+    def delete_objects_commands(self, object_hexes: Iterable[str]) -> list[Tagged]:
+        """``delete_objects`` as commands for a CommandStream (``spread.send``)."""
+        return [(tag, ("DEL", *[self.keys.object(h) for h in group]))
+                for tag, group in self.by_object_tag(object_hexes, lambda h: h)]
+
     # ---------------------------------------------------------------- tasks
     def stream_client(self, stream: str) -> Any:
         """The client for a stream under a spread tag (a task stream, a mailbox)."""

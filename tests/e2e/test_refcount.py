@@ -126,3 +126,26 @@ def test_store_returns_to_baseline_after_a_mixed_workload(ray):
     while _store_used() > baseline and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _store_used() <= baseline
+
+
+def test_every_record_of_a_burst_of_puts_is_deleted_once_freed(ray):
+    """Frees go out while a burst's puts may still be buffered: a record's delete must not
+    overtake the write of that record (it would be written after and kept until the job ends)."""
+    hexes = []
+    for i in range(3000):
+        ref = rayr.put(i)
+        assert rayr.get(ref) == i
+        hexes.append(ref.hex())
+        del ref
+    r, keys = context.require_core().gcs.r, context.require_core().keys
+    left = hexes
+    deadline = time.monotonic() + 15
+    while left and time.monotonic() < deadline:
+        gc.collect()
+        rayr.get(rayr.put(0))  # a safe point: queued ref releases are counted down
+        time.sleep(0.2)
+        with r.pipeline(transaction=False) as p:
+            for h in left:
+                p.exists(keys.object(h))
+            left = [h for h, there in zip(left, p.execute(), strict=True) if there]
+    assert not left, f"{len(left)} of {len(hexes)} records outlived their refs"
