@@ -55,9 +55,8 @@ end
 #   object id (20 raw bytes) | object id hex | record | owner's inbox key ('' = none)
 # Returns {number of objects stored, what is left to other slots (see SPREAD)}.
 STORE_OBJECTS = SPREAD + _fill("""
-local n = 0
-for i = 3, #ARGV, 4 do
-  local oid, ohex, rec, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+if #ARGV == 6 then  -- one object (a put, a sync task's result): the plainest path
+  local oid, ohex, rec, owner = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
   local p = prefix_of(ohex)
   redis.call('SET', p .. '<<obj>>' .. ohex, rec)
   local msg = '<<MSG_OBJECT>>' .. oid .. rec
@@ -74,7 +73,69 @@ for i = 3, #ARGV, 4 do
   if #waiters > 0 then
     redis.call('DEL', wkey)
   end
+  return {1, remote}
+end
+-- a command per batch, not per object: each redis.call costs more than the SET it runs
+local function chunked(cmd, head, items)  -- Lua's unpack takes a bounded number of values
+  local total = 0
+  for first = 1, #items, 1000 do
+    local last = math.min(first + 999, #items)
+    local r
+    if head then
+      r = redis.call(cmd, head, unpack(items, first, last))
+    else
+      r = redis.call(cmd, unpack(items, first, last))
+    end
+    if type(r) == 'number' then total = total + r end
+  end
+  return total
+end
+local sets, wkeys, msgs, owners, inboxes = {}, {}, {}, {}, {}
+local function queue(p, inbox, msg)  -- messages to one inbox go in one RPUSH, in order
+  if spread_only and string.sub(inbox, 1, #p) ~= p then
+    push(p, inbox, msg)  -- another slot's: handed back
+    return
+  end
+  local list = inboxes[inbox]
+  if not list then
+    list = {}
+    inboxes[inbox] = list
+    owners[#owners + 1] = inbox
+  end
+  list[#list + 1] = msg
+end
+local n = 0
+for i = 3, #ARGV, 4 do
+  local oid, ohex, rec, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local p = prefix_of(ohex)
+  sets[#sets + 1] = p .. '<<obj>>' .. ohex
+  sets[#sets + 1] = rec
+  wkeys[#wkeys + 1] = p .. '<<objw>>' .. ohex
+  local msg = '<<MSG_OBJECT>>' .. oid .. rec
+  msgs[#msgs + 1] = msg
+  if owner ~= '' then
+    queue(p, owner, msg)
+  end
   n = n + 1
+end
+chunked('MSET', nil, sets)
+if chunked('EXISTS', nil, wkeys) > 0 then  -- rare: someone other than the owner waits
+  for k, wkey in ipairs(wkeys) do
+    local waiters = redis.call('SMEMBERS', wkey)
+    if #waiters > 0 then
+      local owner = ARGV[4 * k + 2]
+      local p = prefix_of(ARGV[4 * k])
+      for _, w in ipairs(waiters) do
+        if w ~= owner then
+          queue(p, w, msgs[k])
+        end
+      end
+      redis.call('DEL', wkey)
+    end
+  end
+end
+for _, inbox in ipairs(owners) do
+  chunked('RPUSH', inbox, inboxes[inbox])
 end
 return {n, remote}
 """)

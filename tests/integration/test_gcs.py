@@ -53,6 +53,21 @@ def test_owner_is_not_notified_twice(gcs):
     assert gcs.r.llen(gcs.keys.inbox("owner")) == 1
 
 
+def test_a_batch_store_pushes_each_inbox_its_messages_in_order(gcs):
+    # over 1000 objects: the script's commands go in chunks (Lua's unpack is bounded)
+    n = 2500
+    items = [(oid(100 + i), rec.value_record(b"v%d" % i), "even" if i % 2 == 0 else "odd") for i in range(n)]
+    assert gcs.fetch_or_wait("waiter", [oid(100 + i).hex() for i in (7, 1500, 2499)]) == [None] * 3
+    assert gcs.fetch_or_wait("even", [oid(100 + 4).hex()]) == [None]  # the owner: told once
+    assert gcs.store_objects(items) == n
+    msgs = [rec.object_message(o, r) for o, r, _ in items]
+    assert gcs.r.lrange(gcs.keys.inbox("even"), 0, -1) == msgs[0::2]
+    assert gcs.r.lrange(gcs.keys.inbox("odd"), 0, -1) == msgs[1::2]
+    assert gcs.r.lrange(gcs.keys.inbox("waiter"), 0, -1) == [msgs[7], msgs[1500], msgs[2499]]
+    assert gcs.get_objects([o.hex() for o, _, _ in items]) == [r for _, r, _ in items]
+    assert not any(gcs.r.exists(gcs.keys.object_waiters(oid(100 + i).hex())) for i in (4, 7, 1500, 2499))
+
+
 def test_binary_records_survive(gcs):
     record = rec.value_record(bytes(range(256)) * 4)
     gcs.store_objects([(oid(3), record, "")])

@@ -88,6 +88,26 @@ def test_a_store_touches_its_objects_slot_and_tells_other_slots_after(redis_clus
         gcs.close()
 
 
+def test_a_batch_store_hands_back_other_slots_messages_in_order(redis_cluster_set):
+    gcs = _gcs(redis_cluster_set)
+    try:
+        owner = os.urandom(12).hex()
+        oids = [_oid(spread_tag(owner)) for _ in range(3)]
+        waiter = _worker_on_another_master(redis_cluster_set, spread_tag(owner))
+        assert gcs.fetch_or_wait(waiter, [oids[0].hex(), oids[2].hex()]) == [None, None]
+        record = rec.value_record(b"frame")
+        args = [a for o in oids for a in (o, o.hex(), record, KEYS.inbox(owner))]
+        stored, remote = gcs.shard(spread_tag(owner)).execute_command(
+            "EVAL", scripts.STORE_OBJECTS, 0, KEYS.spread_base, "1", *args)
+        messages = [rec.object_message(o, record) for o in oids]
+        assert stored == 3
+        to_waiter = KEYS.inbox(waiter).encode()
+        assert remote == [b"P", to_waiter, messages[0], b"P", to_waiter, messages[2]]
+        assert gcs.shard(spread_tag(owner)).lrange(KEYS.inbox(owner), 0, -1) == messages
+    finally:
+        gcs.close()
+
+
 @pytest.fixture
 def gcs_and_stream(redis_cluster_set: RedisClusterSet) -> Iterator[tuple[GcsClient, CommandStream]]:
     gcs = _gcs(redis_cluster_set)
