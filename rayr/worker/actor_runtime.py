@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from rayr import protocol, serialization
 from rayr.exceptions import ActorDiedError, ActorExitRequest, RayTaskError
 from rayr.gcs import records as rec
-from rayr.gcs.client import REDIS_DOWN_ERRORS, connect_as, on_tag
+from rayr.gcs.client import REDIS_DOWN_ERRORS, on_tag
 from rayr.gcs.stream_read import read_group
 from rayr.keys import ACTOR_GROUP, TASK_GROUP, spread_tag
 from rayr.task_spec import DYNAMIC, READY_METHOD, SPEC_FIELD, STREAMING, TaskSpec
@@ -187,8 +187,7 @@ class ActorRuntime:
     # -------------------------------------------------------------- serving
     def _serve(self) -> None:
         # the mailbox's master (on a Redis Cluster, that of the actor's spread tag)
-        client: Any = on_tag(connect_as(self.executor.redis_url, self.core.settings), self.gcs.keys,
-                             spread_tag(self.actor_id))
+        client: Any = on_tag(self.executor.take_mailbox_client(), self.gcs.keys, spread_tag(self.actor_id))
         if self.restart:
             self._take_over(client, min_idle_ms=0)
         streams = {self.mailbox: ">", self.control: ">"}
