@@ -87,13 +87,19 @@ class SerializedObject:
 
 
 # values that hold no ObjectRef nor buffer: the plain pickler makes the same bytes ~6x faster
-_PLAIN_TYPES = frozenset({type(None), bool, int, float, str, bytes})
+PLAIN_TYPES = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def serialize_plain(value: Any) -> SerializedObject:
+    """``serialize`` for a value the caller knows holds only plain values (PLAIN_TYPES) and
+    objects the standard pickler takes by reference (no ref, buffer, function or class)."""
+    return SerializedObject(pickle.dumps(value, protocol=5), [], [])
 
 
 def serialize(value: Any) -> SerializedObject:
     """Pickle ``value`` with out-of-band buffers; records ObjectRefs found inside it."""
-    if type(value) in _PLAIN_TYPES:  # e.g. most tasks' results
-        return SerializedObject(pickle.dumps(value, protocol=5), [], [])
+    if type(value) in PLAIN_TYPES:  # e.g. most tasks' results
+        return serialize_plain(value)
     buffers: list[memoryview] = []
     outer = getattr(_collector, "refs", None)
     refs: list[Any] = []

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from rayr import serialization
+from rayr.core.submitter import PLAIN_ARGS
 from rayr.serialization import ALIGN, deserialize, dumps, serialize
+from rayr.task_spec import ArgRef
 
 
 @pytest.mark.parametrize("value", [0, "s", b"b", [1, {"a": (2, 3)}], None, {1, 2}, 3.5])
@@ -63,3 +65,20 @@ def test_unpicklable_raises():
 
     with pytest.raises(TypeError):
         serialize(threading.Lock())
+
+
+@pytest.mark.parametrize("call", [
+    ((1, "two", b"3", 4.5, None, True), {"k": "v"}),
+    ((ArgRef(0), 7), {"ref": ArgRef(1)}),
+    ((), {"big": b"x" * 100_000}),
+])
+def test_plain_call_arguments_pickle_as_cloudpickle_would(call):
+    """The submitter pickles plain arguments (and ArgRef placeholders) with the standard
+    pickler: the frame must be the one ``serialize`` makes, so executors read both alike."""
+    args, kwargs = call
+    assert all(type(v) in PLAIN_ARGS for v in (*args, *kwargs.values()))
+    plain = serialization.serialize_plain(call)
+    assert plain.to_bytes() == serialize(call).to_bytes()
+    back_args, back_kwargs = deserialize(plain.to_bytes())
+    assert [type(a) for a in back_args] == [type(a) for a in args]
+    assert back_kwargs.keys() == kwargs.keys()
