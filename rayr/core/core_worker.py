@@ -358,7 +358,7 @@ class CoreWorker:
     def _housekeeping(self) -> None:
         """Between inbox batches: count down dead refs, send frees, refresh liveness."""
         self.objects.drain_released()
-        self.objects.flush_deletes()
+        self.objects.flush_deletes(due_only=True)
         if self.events is not None:
             self.events.flush_due()
         for reporter in list(self.reporters):

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 OWNER_ANSWER_S = 5.0  # an owner that does not acknowledge a rebuild request in time is dead
 REDIS_CHECK_S = 1.0  # a blocked get/wait looks this often whether Redis has been away too long
+FREES_EVERY_S = 0.05  # records of freed small objects are deleted in batches at most this often
 
 
 class ObjectClient:
@@ -82,6 +83,7 @@ class ObjectClient:
         self.node_died: str | None = None  # why this process's node died, once it has
         self._threshold = settings.inline_threshold
         self.rebuild_acks: set[bytes] = set()  # objects whose owner acknowledged our request
+        self._frees_due = 0.0  # flush_deletes(due_only=True) sends nothing before (monotonic)
 
     # -------------------------------------------------------------- writing
     def put(self, value: Any) -> ObjectRef:
@@ -154,8 +156,16 @@ class ObjectClient:
         if urgent:
             self.flush_deletes()
 
-    def flush_deletes(self) -> None:
-        """Send the frees that are due: local store copies, object records, borrowings."""
+    def flush_deletes(self, due_only: bool = False) -> None:
+        """Send the frees that are due: local store copies, object records, borrowings.
+        ``due_only`` (between inbox batches): at most every FREES_EVERY_S; what cannot wait
+        (stored objects' memory, borrowings, FLUSH_AT frees) goes at once from drain_released,
+        and a loop of sync calls writes one batch of deletes, not one per call."""
+        if due_only:
+            now = time.monotonic()
+            if now < self._frees_due:
+                return
+            self._frees_due = now + FREES_EVERY_S
         with self.cond:
             frees = self.own.take_frees()
         if not frees:

@@ -149,3 +149,54 @@ def test_every_record_of_a_burst_of_puts_is_deleted_once_freed(ray):
                 p.exists(keys.object(h))
             left = [h for h, there in zip(left, p.execute(), strict=True) if there]
     assert not left, f"{len(left)} of {len(hexes)} records outlived their refs"
+
+
+@rayr.remote
+def small(i):
+    return i
+
+
+def test_freed_small_records_are_deleted_in_batches_between_inbox_reads(ray):
+    """Between inbox batches (a sync call's get) deletes go out at most every FREES_EVERY_S,
+    not one write per call; a full flush (urgent frees, shutdown) sends them all."""
+    core = context.require_core()
+    r, keys = core.gcs.r, core.keys
+    first, second = rayr.put("first"), rayr.put("second")
+    hexes = [first.hex(), second.hex()]
+    core.objects._frees_due = time.monotonic() + 600  # a batch just went out
+    try:
+        del first
+        gc.collect()
+        core.objects.drain_released()
+        core.objects.flush_deletes(due_only=True)  # not due yet: kept back
+        core.commands.flush()
+        assert r.exists(keys.object(hexes[0])), "deleted before its batch was due"
+        del second
+        gc.collect()
+        core.objects.drain_released()
+        core.objects.flush_deletes()
+        core.commands.flush()
+        assert not r.exists(keys.object(hexes[0])) and not r.exists(keys.object(hexes[1]))
+    finally:
+        core.objects._frees_due = 0.0
+
+
+def test_a_loop_of_sync_calls_leaves_no_result_behind(ray):
+    """Each sync call frees the last one's small result; with deletes batched none is left."""
+    r, keys = context.require_core().gcs.r, context.require_core().keys
+    hexes = []
+    for i in range(300):
+        ref = small.remote(i)
+        assert rayr.get(ref) == i
+        hexes.append(ref.hex())
+        del ref
+    left = hexes
+    deadline = time.monotonic() + 15
+    while left and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.2)
+        with r.pipeline(transaction=False) as p:
+            for h in left:
+                p.exists(keys.object(h))
+            left = [h for h, there in zip(left, p.execute(), strict=True) if there]
+    assert not left, f"{len(left)} of {len(hexes)} results outlived their refs"
