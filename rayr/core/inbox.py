@@ -2,8 +2,9 @@
 
 Results reach a process through its *inbox*, a Redis list that executors (and the Lua store
 script, for objects it waits on but does not own) push to. The thread blocks on it (BLMOVE of
-one message into the process's *taken* list), hands it to the core worker, then takes up to
-1024 more at a time (a script that first empties the taken list: what it held was handled)
+one message into the process's *taken* list, written with a DEL of the taken list before it
+and an LLEN of the inbox after it), hands it to the core worker, then, if more wait, takes up
+to 1024 more at a time (a script that first empties the taken list: what it held was handled)
 until the inbox is empty, and between batches does the process's housekeeping: counting down
 dead refs, sending frees, and (in a driver) keeping its job's liveness key fresh.
 
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hiredis import pack_command
+
 from rayr.gcs import scripts
 from rayr.gcs.client import REDIS_DOWN_ERRORS
 
@@ -36,6 +39,10 @@ log = logging.getLogger("rayr.core")
 BATCH_MAX = 1024  # messages taken per round trip after the first
 BLOCK_S = 1.0  # the inbox thread's blocking read gives the token back this often
 YIELD_S = 0.005  # after a waiter read the inbox, the thread stays off it this long
+
+
+def _packed(*args: Any) -> bytes:
+    return bytes(pack_command(args))
 
 
 class InboxReader:
@@ -98,11 +105,32 @@ class InboxReader:
             self._more = bool(msgs)
             if msgs or block_s <= 0:
                 return msgs
-        item = self._redis.blmove(self._key, self._taken, block_s, "LEFT", "RIGHT")
-        if item is None:
-            return []
-        self._more = True
-        return [item]
+        return self._block_for_one(block_s)
+
+    def _block_for_one(self, block_s: float) -> list[bytes]:
+        """In one write: empty the taken list (all it held was handled), wait up to ``block_s``
+        for a message (BLMOVE into the taken list), and learn whether more wait behind it. A
+        loop of sync calls so makes one round trip per call, not two (TAKE_INBOX, then BLMOVE)."""
+        commands = b"".join((
+            _packed("DEL", self._taken),
+            # a timeout that formats as 0 would block for good
+            _packed("BLMOVE", self._key, self._taken, "LEFT", "RIGHT", f"{max(block_s, 0.001):.3f}"),
+            _packed("LLEN", self._key),
+        ))
+        pool = self._redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([commands], check_health=False)
+            conn.read_response()
+            item = conn.read_response(disable_decoding=True)
+            waiting = conn.read_response()
+        except BaseException:
+            conn.disconnect()  # whatever it was in the middle of is not read by the next one
+            raise
+        finally:
+            pool.release(conn)
+        self._more = bool(waiting)
+        return [] if item is None else [item]
 
     def _loop(self) -> None:
         while not self.stopping:

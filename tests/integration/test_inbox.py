@@ -160,3 +160,36 @@ def test_waiters_reading_the_inbox_themselves_share_it_with_the_thread(redis_url
         _stop(reader, client, inbox)
         client.delete(inbox, taken)
         client.close()
+
+
+def _blocked(client: Any, name: str) -> bool:
+    return any(info.get("name") == name and "b" in info.get("flags", "") for info in client.client_list())
+
+
+def test_a_message_that_comes_while_the_reader_blocks_costs_one_round_trip(redis_url):
+    """A loop of sync calls: each result arrives while the reader blocks on an empty inbox.
+    Then each read is one write (empty the taken list, BLMOVE, LLEN): no TAKE_INBOX round
+    trip first; and the taken list holds at most the one message being handled."""
+    inbox, taken = f"inbox-test:{uuid.uuid4().hex}", f"taken-test:{uuid.uuid4().hex}"
+    name = f"inbox-reader-{uuid.uuid4().hex[:8]}"
+    client = connect(redis_url)
+    collector = _Collector()
+    reader = _reader(redis_url, inbox, taken, collector, name=name)
+    try:
+        scripts_before = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        sent = [f"m{i}".encode() for i in range(20)]
+        for i, message in enumerate(sent):
+            deadline = time.monotonic() + 30
+            while not _blocked(client, name):
+                assert time.monotonic() < deadline, "the reader never blocked on the inbox"
+                time.sleep(0.002)
+            client.rpush(inbox, message)
+            collector.wait_for(i + 1)
+            assert client.llen(taken) <= 1
+        assert collector.got == sent
+        scripts = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) - scripts_before
+        assert scripts < len(sent) // 2, f"{scripts} TAKE_INBOX round trips for {len(sent)} single messages"
+    finally:
+        _stop(reader, client, inbox)
+        client.delete(inbox, taken)
+        client.close()
