@@ -30,12 +30,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from hiredis import pack_command
 
 from rayr.gcs import scripts
 from rayr.gcs.client import REDIS_DOWN_ERRORS
 
 log = logging.getLogger("rayr.core")
+# an error reply too (a full Redis refuses the BLMOVE): waiters see Redis as away, not a hang
+READ_ERRORS = (*REDIS_DOWN_ERRORS, redis.ResponseError)
 BATCH_MAX = 1024  # messages taken per round trip after the first
 BLOCK_S = 1.0  # the inbox thread's blocking read gives the token back this often
 YIELD_S = 0.005  # after a waiter read the inbox, the thread stays off it this long
@@ -148,9 +151,11 @@ class InboxReader:
                 self._wanted.clear()
                 try:
                     msgs = self._read(BLOCK_S)
-                except REDIS_DOWN_ERRORS:
+                except READ_ERRORS as err:
                     if self.stopping:
                         return
+                    if isinstance(err, redis.ResponseError) and self.down_since is None:
+                        log.warning("reading the inbox failed (%s); trying again", err)  # e.g. OOM
                     self._recover = True
                     if self.down_since is None:
                         self.down_since = time.monotonic()
@@ -211,7 +216,7 @@ class InboxReader:
             self._housekeep(wait=False)  # while what we wait for is still on its way
             try:
                 msgs = self._read(timeout)
-            except REDIS_DOWN_ERRORS:
+            except READ_ERRORS:
                 self._recover = True  # the inbox thread takes it from here
                 self._wanted.set()
                 return False

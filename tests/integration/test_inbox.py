@@ -193,3 +193,26 @@ def test_a_message_that_comes_while_the_reader_blocks_costs_one_round_trip(redis
         _stop(reader, client, inbox)
         client.delete(inbox, taken)
         client.close()
+
+
+def test_an_error_reply_does_not_end_the_reader(redis_url):
+    """An error reply to the inbox read (here the inbox key holds a string: WRONGTYPE; on a full
+    Redis, OOM) is retried like a lost connection: once the key is a list again, messages flow."""
+    inbox, taken = f"inbox-test:{uuid.uuid4().hex}", f"taken-test:{uuid.uuid4().hex}"
+    client = connect(redis_url)
+    client.set(inbox, b"not a list")
+    collector = _Collector()
+    reader = _reader(redis_url, inbox, taken, collector)
+    try:
+        deadline = time.monotonic() + 30
+        while reader.down_since is None:
+            assert time.monotonic() < deadline, "the read never failed"
+            time.sleep(0.01)
+        client.delete(inbox)
+        client.rpush(inbox, b"after")
+        assert collector.wait_for(1) == [b"after"]
+        assert reader.down_since is None
+    finally:
+        _stop(reader, client, inbox)
+        client.delete(inbox, taken)
+        client.close()
