@@ -117,4 +117,10 @@ class TaskSpec(NamedTuple):
 
     @classmethod
     def decode(cls, data: bytes) -> TaskSpec:
-        return cls(*pickle.loads(data))
+        fields = pickle.loads(data)
+        if len(fields) == _SPEC_FIELDS:  # every spec this version wrote: no keyword binding
+            return tuple.__new__(cls, fields)
+        return cls(*fields)  # an older spec without the newest fields: their defaults
+
+
+_SPEC_FIELDS = len(TaskSpec._fields)
