@@ -29,7 +29,7 @@ from rayr.exceptions import (
 from rayr.gcs import records as rec
 from rayr.gcs import spread
 from rayr.gcs.client import GcsClient
-from rayr.gcs.command_stream import CommandStream
+from rayr.gcs.command_stream import BURST_GAP_S, BURST_MAX, CommandStream
 from rayr.keys import spread_tag
 from rayr.object_ref import ObjectRef
 from rayr.object_store import transfer
@@ -84,6 +84,11 @@ class ObjectClient:
         self._threshold = settings.inline_threshold
         self.rebuild_acks: set[bytes] = set()  # objects whose owner acknowledged our request
         self._frees_due = 0.0  # flush_deletes(due_only=True) sends nothing before (monotonic)
+        # (object id, record) of small puts held back in a burst, in order (flush_puts)
+        self._held_puts: list[tuple[bytes, bytes]] = []
+        self._held_puts_lock = threading.Lock()
+        self._last_put = 0.0  # when the last put was made (perf_counter)
+        commands.before_push(self.flush_puts)
 
     # -------------------------------------------------------------- writing
     def put(self, value: Any) -> ObjectRef:
@@ -101,16 +106,47 @@ class ObjectClient:
         # the record goes to its own master's stream: a task there first waits for it)
         with self.cond:
             self.own.own_put(oid, record)
-        spread.send(self.commands, self.gcs, self.gcs.store_objects_commands([(oid, record, "")]),
-                    self._on_put_reply(oid))
+        now = time.perf_counter()
+        burst, self._last_put = now - self._last_put < BURST_GAP_S, now
+        if burst and record[0] != rec.STORED:
+            # a burst of small puts (a put+get loop): stored by one script call at the next
+            # push (flush_puts). A task given the ref carries the record inline; anyone else
+            # who asks for it meanwhile is told when it is stored, as for any object
+            with self._held_puts_lock:
+                self._held_puts.append((oid, record))
+                full = len(self._held_puts) >= BURST_MAX
+            if full:
+                self.flush_puts()
+            else:
+                self.commands.wake_flusher()
+        else:
+            self._store_puts([(oid, record)])
         return ObjectRef(oid, self.worker_hex)
 
-    def _on_put_reply(self, oid: bytes) -> Callable[[list[Any]], None]:
+    def flush_puts(self) -> None:
+        """Store the small puts held back in a burst (a ``CommandStream.before_push`` hook; also
+        before any free, whose delete must come after its record's write)."""
+        if not self._held_puts:
+            return
+        with self._held_puts_lock:
+            held, self._held_puts = self._held_puts, []
+        if held:
+            self._store_puts(held)
+
+    def _store_puts(self, puts: list[tuple[bytes, bytes]]) -> None:
+        # one script call per spread tag (one, off a Redis Cluster), each told its own failure
+        for _tag, group in self.gcs.by_object_tag(puts, lambda put: put[0].hex()):
+            spread.send(self.commands, self.gcs,
+                        self.gcs.store_objects_commands([(oid, record, "") for oid, record in group]),
+                        self._on_put_reply([oid for oid, _ in group]))
+
+    def _on_put_reply(self, oids: list[bytes]) -> Callable[[list[Any]], None]:
         def on_reply(replies: list[Any]) -> None:
             if isinstance(replies[0], Exception):  # not stored: a get must say so, not hang
-                error = RaySystemError(f"put() of {oid.hex()} failed in Redis: {replies[0]}")
                 with self.cond:
-                    self.own.fail_put(oid, rec.error_record(serialization.dumps(error)))
+                    for oid in oids:
+                        error = RaySystemError(f"put() of {oid.hex()} failed in Redis: {replies[0]}")
+                        self.own.fail_put(oid, rec.error_record(serialization.dumps(error)))
         return on_reply
 
     def make_record(self, oid: bytes, frame: serialization.SerializedObject, owner: str = "") -> bytes:
@@ -166,6 +202,7 @@ class ObjectClient:
             if now < self._frees_due:
                 return
             self._frees_due = now + FREES_EVERY_S
+        self.flush_puts()  # a record's delete must not overtake its write
         with self.cond:
             frees = self.own.take_frees()
         if not frees:

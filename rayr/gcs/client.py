@@ -66,6 +66,7 @@ def no_retry() -> Retry:
 
 
 REDIS_DOWN_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+INBOX_KEYS_KEPT = 4096  # inbox keys remembered by GcsClient.inbox_key
 RECONNECT_S = 60.0  # how long work that must not be dropped waits for Redis to come back
 RECONNECT_BACKOFF_MAX_S = 1.0  # the longest pause between two tries while Redis is away
 WAIT_TIMEOUT_MS = 500  # how long a registration waits for the replicas to hold it (durable)
@@ -172,6 +173,7 @@ class GcsClient:
         # script leaves to other slots follows in commands of their own (scripts.SPREAD)
         self.spread_only = address_mod.on_cluster(client.connection_pool)
         self._spread_args = [keys.spread_base, "1" if self.spread_only else "0"]
+        self._inbox_keys: dict[str, str] = {}  # worker hex -> its inbox key (inbox_key)
 
     def shard(self, tag: int | None) -> Any:
         """The client for keys under spread tag ``tag`` (``Keys.spread_prefix``; None: the
@@ -369,7 +371,12 @@ class GcsClient:
     # -------------------------------------------------------------- objects
     def inbox_key(self, worker_hex: str) -> str:
         """The inbox key of a process ('' for none), as the object scripts take it."""
-        return self.keys.inbox(worker_hex) if worker_hex else ""
+        key = self._inbox_keys.get(worker_hex)
+        if key is None:  # a result's owner is nearly always one seen before: no crc32 per result
+            if len(self._inbox_keys) >= INBOX_KEYS_KEPT:
+                self._inbox_keys.clear()
+            key = self._inbox_keys[worker_hex] = self.keys.inbox(worker_hex) if worker_hex else ""
+        return key
 
     def by_object_tag(self, items: Iterable[T], object_hex: Callable[[T], str]) -> list[tuple[int, list[T]]]:
         """``items`` grouped by their object's spread tag on a Redis Cluster (in first-seen

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import rayr
+from rayr import context
 from rayr.exceptions import GetTimeoutError
 
 
@@ -205,3 +206,32 @@ def test_many_pending_awaits_do_not_block_a_ready_one(ray):
     quick, values = asyncio.run(main())
     assert quick < 0.5, f"an await on a ready ref waited {quick:.2f}s behind pending ones"
     assert values == list(range(8))
+
+
+@rayr.remote
+def read_nested(holder):
+    return rayr.get(holder)
+
+
+def test_a_burst_of_small_puts_is_stored_in_batches_and_readable_elsewhere(ray):
+    """Small puts in a burst are held and stored a batch per script call, with no get or wait
+    to push them (the flusher does); a task that gets them through a list reads them all."""
+    core = context.require_core()
+    r, keys = core.gcs.r, core.keys
+    scripts_before = r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    refs = [rayr.put(f"value {i}") for i in range(600)]
+    deadline = time.monotonic() + 30
+    missing = refs
+    while missing and time.monotonic() < deadline:
+        with r.pipeline(transaction=False) as p:
+            for ref in missing:
+                p.exists(keys.object(ref.hex()))
+            missing = [ref for ref, there in zip(missing, p.execute(), strict=True) if not there]
+        time.sleep(0.05)
+    assert not missing, f"{len(missing)} of 600 records never reached Redis"
+    scripts = r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) - scripts_before
+    assert scripts < 300, f"{scripts} script calls stored 600 puts: they went one by one"
+    assert rayr.get(read_nested.remote(refs)) == [f"value {i}" for i in range(600)]
+    # one held a moment ago, sent to a task at once: the task waits for its record, not in vain
+    first, second = rayr.put("first"), rayr.put("second")
+    assert rayr.get(read_nested.remote([second, first])) == ["second", "first"]
