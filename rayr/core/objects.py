@@ -129,16 +129,22 @@ class ObjectClient:
         if not self._held_puts:
             return
         with self._held_puts_lock:
-            held, self._held_puts = self._held_puts, []
-        if held:
-            self._store_puts(held)
+            batch, self._held_puts = self._held_puts, []
+        if batch:
+            self._store_puts(batch, held=True)
 
-    def _store_puts(self, puts: list[tuple[bytes, bytes]]) -> None:
+    def _store_puts(self, puts: list[tuple[bytes, bytes]], held: bool = False) -> None:
         # one script call per spread tag (one, off a Redis Cluster), each told its own failure
         for _tag, group in self.gcs.by_object_tag(puts, lambda put: put[0].hex()):
-            spread.send(self.commands, self.gcs,
-                        self.gcs.store_objects_commands([(oid, record, "") for oid, record in group]),
-                        self._on_put_reply([oid for oid, _ in group]))
+            on_reply = self._on_put_reply([oid for oid, _ in group])
+            try:
+                spread.send(self.commands, self.gcs,
+                            self.gcs.store_objects_commands([(oid, record, "") for oid, record in group]),
+                            on_reply)
+            except Exception as err:  # the connection is lost for good
+                if not held:
+                    raise  # a put sent at once: its caller hears it
+                on_reply([err])  # held ones (maybe on the flusher thread): they fail, not hang
 
     def _on_put_reply(self, oids: list[bytes]) -> Callable[[list[Any]], None]:
         def on_reply(replies: list[Any]) -> None:

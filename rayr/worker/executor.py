@@ -347,8 +347,8 @@ class TaskExecutor:
         command costs ~1 ms more than a warm one, several under load."""
         try:
             self.core.gcs.r.ping()
-            lease_client, _ = self._lease_clients_for(None)
-            lease_client.ping()
+            self._lease_client = self._new_lease_client()
+            self._lease_client.ping()
             self._mailbox_client = self._new_mailbox_client()
             self._mailbox_client.ping()
         except REDIS_DOWN_ERRORS:
@@ -358,6 +358,10 @@ class TaskExecutor:
         """A client for an actor's mailbox reads (with redis-py's retries, unlike a lease's)."""
         client, self._mailbox_client = self._mailbox_client, None
         return client if client is not None else self._new_mailbox_client()
+
+    def _new_lease_client(self) -> Any:
+        return connect_as(self.redis_url, self.core.settings, retry=no_retry(),
+                          client_name=f"rayr-lease-{self.core.worker_hex}")
 
     def _new_mailbox_client(self) -> Any:
         name = f"rayr-mailbox-{self.core.worker_hex}"
@@ -369,11 +373,10 @@ class TaskExecutor:
         clients = self._lease_clients.get(tag)
         if clients is None:
             if self._lease_client is None:
-                name = self.core.worker_hex
-                self._lease_client = connect_as(self.redis_url, self.core.settings, retry=no_retry(),
-                                                client_name=f"rayr-lease-{name}")
+                self._lease_client = self._new_lease_client()
+            if self._ahead_client is None:
                 self._ahead_client = connect_as(self.redis_url, self.core.settings, retry=no_retry(),
-                                                client_name=f"rayr-ahead-{name}",
+                                                client_name=f"rayr-ahead-{self.core.worker_hex}",
                                                 single_connection_client=True)
             if tag is None:
                 clients = (self._lease_client, self._ahead_client)
