@@ -486,7 +486,7 @@ class TaskSubmitter:
                     for spec in specs:
                         self.local(spec)
                     continue
-                commands = [self.gcs.submit_actor_call_command(actor_id, spec.encode()) for spec in specs]
+                commands = self.gcs.submit_actor_call_commands(actor_id, [spec.encode() for spec in specs])
                 stream = spread.stream_for(self.commands, self.gcs, commands[0][1])
                 stream.send(commands, self._on_actor_calls_queued(specs, commands[0][1]))
 

@@ -476,13 +476,18 @@ class GcsClient:
         return ("EVAL", scripts.RECORD_TASK_EVENTS, 3, table, self.keys.task_events_dropped(job_hex),
                 self.keys.task_events_ended(job_hex), cap, job_hex, int(retention_s * 1000), *flat)
 
+    def submit_actor_call_commands(self, actor_hex: str, specs: list[bytes]) -> list[tuple[Any, ...]]:
+        """``submit_actor_call_command`` for several calls to one actor."""
+        mailbox = self.keys.actor_mailbox(actor_hex)
+        return [("XADD", mailbox, "NOMKSTREAM", "*", SPEC_FIELD, spec) for spec in specs]
+
     def submit_actor_call_command(self, actor_hex: str, spec: bytes) -> tuple[Any, ...]:
         """Append a call to the actor's mailbox, as one command: its reply is the entry id, or
         None when the actor is dead or unknown. The mailbox exists from the actor's
         registration until it is marked DEAD (and closed right after), so ``NOMKSTREAM`` is
         the liveness check, with no script per call. It goes on the stream to the mailbox's
         master (``spread.stream_for``)."""
-        return ("XADD", self.keys.actor_mailbox(actor_hex), "NOMKSTREAM", "*", SPEC_FIELD, spec)
+        return self.submit_actor_call_commands(actor_hex, [spec])[0]
 
     def actor_death_cause(self, actor_hex: str) -> str:
         """Why calls to an actor are refused (its mailbox is gone)."""
