@@ -345,14 +345,14 @@ class TaskExecutor:
         would otherwise connect on its critical path: the tables' client (the job, the
         function), a lease's reads and an actor's mailbox reads. A new connection's first
         command costs ~1 ms more than a warm one, several under load."""
-        try:
-            self.core.gcs.r.ping()
-            self._lease_client = self._new_lease_client()
-            self._lease_client.ping()
-            self._mailbox_client = self._new_mailbox_client()
-            self._mailbox_client.ping()
-        except REDIS_DOWN_ERRORS:
-            pass  # each is connected when first used, as it would be anyway
+        self._lease_client = self._new_lease_client()
+        self._mailbox_client = self._new_mailbox_client()
+        for client in (self.core.gcs.r, self._lease_client, self._mailbox_client):
+            pool = client.connection_pool
+            try:
+                pool.release(pool.get_connection())  # connected (and authenticated): no command needed
+            except Exception:  # e.g. Redis away: each is connected when first used, as before
+                return
 
     def take_mailbox_client(self) -> Any:
         """A client for an actor's mailbox reads (with redis-py's retries, unlike a lease's)."""
