@@ -19,15 +19,25 @@ def _exists(oid_hex: str) -> bool:
     return bool(core.gcs.r.exists(core.keys.object(oid_hex)))
 
 
-def _freed(oid_hex: str, timeout: float = 15.0) -> bool:
+def _outliving(hexes: list[str], timeout: float = 15.0) -> list[str]:
+    """Those of ``hexes`` whose object records are still in Redis after ``timeout``."""
+    r, keys = context.require_core().gcs.r, context.require_core().keys
+    left = hexes
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        with r.pipeline(transaction=False) as p:
+            for h in left:
+                p.exists(keys.object(h))
+            left = [h for h, there in zip(left, p.execute(), strict=True) if there]
+        if not left or time.monotonic() > deadline:
+            return left
         gc.collect()
         rayr.get(rayr.put(0))  # a safe point: queued ref releases are counted down
-        if not _exists(oid_hex):
-            return True
         time.sleep(0.1)
-    return False
+
+
+def _freed(oid_hex: str, timeout: float = 15.0) -> bool:
+    return not _outliving([oid_hex], timeout)
 
 
 def _store_used() -> int:
@@ -137,17 +147,7 @@ def test_every_record_of_a_burst_of_puts_is_deleted_once_freed(ray):
         assert rayr.get(ref) == i
         hexes.append(ref.hex())
         del ref
-    r, keys = context.require_core().gcs.r, context.require_core().keys
-    left = hexes
-    deadline = time.monotonic() + 15
-    while left and time.monotonic() < deadline:
-        gc.collect()
-        rayr.get(rayr.put(0))  # a safe point: queued ref releases are counted down
-        time.sleep(0.2)
-        with r.pipeline(transaction=False) as p:
-            for h in left:
-                p.exists(keys.object(h))
-            left = [h for h, there in zip(left, p.execute(), strict=True) if there]
+    left = _outliving(hexes)
     assert not left, f"{len(left)} of {len(hexes)} records outlived their refs"
 
 
@@ -183,20 +183,11 @@ def test_freed_small_records_are_deleted_in_batches_between_inbox_reads(ray):
 
 def test_a_loop_of_sync_calls_leaves_no_result_behind(ray):
     """Each sync call frees the last one's small result; with deletes batched none is left."""
-    r, keys = context.require_core().gcs.r, context.require_core().keys
     hexes = []
     for i in range(300):
         ref = small.remote(i)
         assert rayr.get(ref) == i
         hexes.append(ref.hex())
         del ref
-    left = hexes
-    deadline = time.monotonic() + 15
-    while left and time.monotonic() < deadline:
-        gc.collect()
-        time.sleep(0.2)
-        with r.pipeline(transaction=False) as p:
-            for h in left:
-                p.exists(keys.object(h))
-            left = [h for h, there in zip(left, p.execute(), strict=True) if there]
+    left = _outliving(hexes)
     assert not left, f"{len(left)} of {len(hexes)} results outlived their refs"
