@@ -31,10 +31,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from hiredis import pack_command
 
 from rayr.gcs import scripts
 from rayr.gcs.client import REDIS_DOWN_ERRORS
+from rayr.gcs.stream_read import packed, round_trip
 
 log = logging.getLogger("rayr.core")
 # an error reply too (a full Redis refuses the BLMOVE): waiters see Redis as away, not a hang
@@ -42,10 +42,6 @@ READ_ERRORS = (*REDIS_DOWN_ERRORS, redis.ResponseError)
 BATCH_MAX = 1024  # messages taken per round trip after the first
 BLOCK_S = 1.0  # the inbox thread's blocking read gives the token back this often
 YIELD_S = 0.005  # after a waiter read the inbox, the thread stays off it this long
-
-
-def _packed(*args: Any) -> bytes:
-    return bytes(pack_command(args))
 
 
 class InboxReader:
@@ -115,23 +111,12 @@ class InboxReader:
         for a message (BLMOVE into the taken list), and learn whether more wait behind it. A
         loop of sync calls so makes one round trip per call, not two (TAKE_INBOX, then BLMOVE)."""
         commands = b"".join((
-            _packed("DEL", self._taken),
+            packed("DEL", self._taken),
             # a timeout that formats as 0 would block for good
-            _packed("BLMOVE", self._key, self._taken, "LEFT", "RIGHT", f"{max(block_s, 0.001):.3f}"),
-            _packed("LLEN", self._key),
+            packed("BLMOVE", self._key, self._taken, "LEFT", "RIGHT", f"{max(block_s, 0.001):.3f}"),
+            packed("LLEN", self._key),
         ))
-        pool = self._redis.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([commands], check_health=False)
-            conn.read_response()
-            item = conn.read_response(disable_decoding=True)
-            waiting = conn.read_response()
-        except BaseException:
-            conn.disconnect()  # whatever it was in the middle of is not read by the next one
-            raise
-        finally:
-            pool.release(conn)
+        _, item, waiting = round_trip(self._redis, commands, 3)
         self._more = bool(waiting)
         return [] if item is None else [item]
 

@@ -531,8 +531,8 @@ class GcsClient:
         return [found[h] for h in object_hexes]
 
     def delete_objects(self, object_hexes: Iterable[str]) -> None:
-        for tag, group in self.by_object_tag(object_hexes, lambda h: h):
-            self.shard(tag).delete(*[self.keys.object(h) for h in group])
+        for tag, command in self.delete_objects_commands(object_hexes):
+            self.shard(tag).execute_command(*command)
 
     def delete_objects_commands(self, object_hexes: Iterable[str]) -> list[Tagged]:
         """``delete_objects`` as commands for a CommandStream (``spread.send``)."""

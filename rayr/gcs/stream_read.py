@@ -26,7 +26,30 @@ def read_command(group: str, consumer: str, streams: dict[str, str], count: int,
     args.append("STREAMS")
     args.extend(streams)
     args.extend(streams.values())
-    return bytes(pack_command(tuple(args)))
+    return packed(*args)
+
+
+def packed(*args: Any) -> bytes:
+    """One command in RESP, packed by hiredis."""
+    return bytes(pack_command(args))
+
+
+def round_trip(client: Any, commands: bytes, replies: int) -> list[Any]:
+    """Write packed ``commands`` on ``client``'s connection (its own, for a single-connection
+    client, else one from its pool) and read their ``replies`` raw. No retry: a connection
+    error is raised (as ``redis.ConnectionError``), an error reply as itself, with the
+    connection closed so nobody reads what was left on it."""
+    pool = client.connection_pool
+    conn = client.connection or pool.get_connection()
+    try:
+        conn.send_packed_command([commands], check_health=False)
+        return [conn.read_response(disable_decoding=True) for _ in range(replies)]
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        if client.connection is None:
+            pool.release(conn)
 
 
 def parse_read(reply: Any) -> Read:
@@ -50,20 +73,8 @@ def parse_read(reply: Any) -> Read:
 
 def read_group(client: Any, group: str, consumer: str, streams: dict[str, str], count: int,
                block: int | None = None) -> Read:
-    """``XREADGROUP`` through ``client``'s connection (its own, for a single-connection
-    client, else one from its pool). No retry: a connection error is raised (as
-    ``redis.ConnectionError``) with the connection closed, as redis-py would leave it."""
-    pool = client.connection_pool
-    conn = client.connection or pool.get_connection()
-    try:
-        conn.send_packed_command([read_command(group, consumer, streams, count, block)], check_health=False)
-        reply = conn.read_response(disable_decoding=True)  # raises an error reply
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        if client.connection is None:
-            pool.release(conn)
+    """``XREADGROUP`` through ``client`` (``round_trip``)."""
+    (reply,) = round_trip(client, read_command(group, consumer, streams, count, block), 1)
     return parse_read(reply)
 
 

@@ -360,12 +360,15 @@ class TaskExecutor:
         return client if client is not None else self._new_mailbox_client()
 
     def _new_lease_client(self) -> Any:
-        return connect_as(self.redis_url, self.core.settings, retry=no_retry(),
-                          client_name=f"rayr-lease-{self.core.worker_hex}")
+        return self._named_client("lease", retry=no_retry())
 
     def _new_mailbox_client(self) -> Any:
-        name = f"rayr-mailbox-{self.core.worker_hex}"
-        return connect_as(self.redis_url, self.core.settings, client_name=name)
+        return self._named_client("mailbox")
+
+    def _named_client(self, role: str, **kwargs: Any) -> Any:
+        """A client whose connections are named ``rayr-<role>-<worker>`` (CLIENT LIST)."""
+        name = f"rayr-{role}-{self.core.worker_hex}"
+        return connect_as(self.redis_url, self.core.settings, client_name=name, **kwargs)
 
     def _lease_clients_for(self, tag: int | None) -> tuple[Any, Any]:
         """(a client for the lease's blocking reads, one connection of our own for the reads
@@ -375,9 +378,8 @@ class TaskExecutor:
             if self._lease_client is None:
                 self._lease_client = self._new_lease_client()
             if self._ahead_client is None:
-                self._ahead_client = connect_as(self.redis_url, self.core.settings, retry=no_retry(),
-                                                client_name=f"rayr-ahead-{self.core.worker_hex}",
-                                                single_connection_client=True)
+                self._ahead_client = self._named_client("ahead", retry=no_retry(),
+                                                        single_connection_client=True)
             if tag is None:
                 clients = (self._lease_client, self._ahead_client)
             else:
