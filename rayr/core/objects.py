@@ -87,6 +87,7 @@ class ObjectClient:
         # (object id, record) of small puts held back in a burst, in order (flush_puts)
         self._held_puts: list[tuple[bytes, bytes]] = []
         self._held_puts_lock = threading.Lock()
+        self._held_puts_send_lock = threading.Lock()  # flush_puts: take and send in one hold
         self._last_put = 0.0  # when the last put was made (perf_counter)
         commands.before_push(self.flush_puts)
 
@@ -126,12 +127,13 @@ class ObjectClient:
     def flush_puts(self) -> None:
         """Store the small puts held back in a burst (a ``CommandStream.before_push`` hook; also
         before any free, whose delete must come after its record's write)."""
-        if not self._held_puts:
-            return
-        with self._held_puts_lock:
-            batch, self._held_puts = self._held_puts, []
-        if batch:
-            self._store_puts(batch, held=True)
+        # the batch is taken and sent under one lock: a free waits here for a batch another
+        # thread (the flusher) took and has not yet sent, or its DEL could go first
+        with self._held_puts_send_lock:
+            with self._held_puts_lock:
+                batch, self._held_puts = self._held_puts, []
+            if batch:
+                self._store_puts(batch, held=True)
 
     def _store_puts(self, puts: list[tuple[bytes, bytes]], held: bool = False) -> None:
         # one script call per spread tag (one, off a Redis Cluster), each told its own failure

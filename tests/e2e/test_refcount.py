@@ -4,6 +4,7 @@ and are freed (table entry and store memory) once nothing does."""
 from __future__ import annotations
 
 import gc
+import threading
 import time
 
 import numpy as np
@@ -191,3 +192,35 @@ def test_a_loop_of_sync_calls_leaves_no_result_behind(ray):
         del ref
     left = _outliving(hexes)
     assert not left, f"{len(left)} of {len(hexes)} results outlived their refs"
+
+
+def test_a_free_waits_for_the_puts_another_thread_took_to_store(ray, monkeypatch):
+    """The flusher took a burst of held puts and has not sent them yet when their refs die:
+    the frees' DEL must wait for that send, or the records are written after it and stay."""
+    core = context.require_core()
+    objects = core.objects
+    store_puts = objects._store_puts
+    taken, sent = threading.Event(), threading.Event()
+
+    def slow_from_another_thread(puts, held=False):
+        late = held and threading.current_thread() is not threading.main_thread()
+        if late:
+            taken.set()
+            time.sleep(0.5)  # taken, not yet sent
+        store_puts(puts, held)
+        if late:
+            sent.set()
+
+    monkeypatch.setattr(objects, "_store_puts", slow_from_another_thread)
+    refs = [rayr.put(f"value {i}") for i in range(20)]
+    hexes = [ref.hex() for ref in refs]
+    assert taken.wait(30), "the flusher never took the held puts"
+    del refs
+    gc.collect()
+    objects.drain_released()
+    objects.flush_deletes()
+    assert sent.wait(30)
+    core.commands.flush()  # the stores and the deletes have run, in whatever order they went
+    monkeypatch.undo()
+    left = _outliving(hexes)
+    assert not left, f"{len(left)} of {len(hexes)} records were written after their delete"
